@@ -1,0 +1,80 @@
+"""The aiohttp application factory."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aiohttp import web
+
+from api.appkeys import INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETTINGS
+from api.catalogue import Catalogue
+from api.errors import json_errors, request_metrics
+from api.ids import IdAllocator
+from api.routes import setup_routes
+from api.sale_queue import SaleQueue
+from api.sales import SalesIntake
+from shared.db import create_pool
+from shared.migrate import migrate
+from shared.queue import QueueKeys
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+STARTUP_WAIT_SECONDS = 30
+
+
+async def _connect_postgres(settings: Settings) -> asyncpg.Pool:
+    """Wait a little for PostgreSQL at start (it may be starting beside us)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_WAIT_SECONDS
+    while True:
+        try:
+            return await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.PostgresConnectionError) as exc:
+            if loop.time() > deadline:
+                raise
+            log.warning("PostgreSQL not ready (%s); retrying", exc)
+            await asyncio.sleep(1)
+
+
+async def postgres_ctx(app: web.Application):
+    settings = app[SETTINGS]
+    pool = await _connect_postgres(settings)
+    async with pool.acquire() as conn:
+        await migrate(conn, settings.report_timezone)
+    app[PG_POOL] = pool
+    yield
+    await pool.close()
+
+
+async def redis_ctx(app: web.Application):
+    client = connect_redis(app[SETTINGS].redis_url)
+    app[REDIS] = client
+    app[QUEUE_KEYS] = QueueKeys(app[SETTINGS].redis_key_prefix)
+    yield
+    await client.aclose()
+
+
+async def intake_ctx(app: web.Application):
+    settings = app[SETTINGS]
+    catalogue = Catalogue(app[PG_POOL])
+    await catalogue.start()
+    ids = IdAllocator(app[PG_POOL])
+    queue = SaleQueue(app[REDIS], app[QUEUE_KEYS], max_depth=settings.queue_max_depth,
+                      idempotency_ttl=settings.idempotency_ttl_seconds)
+    app[INTAKE] = SalesIntake(catalogue, ids, queue)
+    yield
+    await queue.close()
+    await ids.close()
+    await catalogue.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[request_metrics, json_errors])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx])
+    setup_routes(app)
+    return app

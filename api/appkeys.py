@@ -1,0 +1,16 @@
+"""Typed keys for what the app holds (aiohttp's AppKey)."""
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as redis
+from aiohttp import web
+
+from api.sales import SalesIntake
+from shared.queue import QueueKeys
+from shared.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", redis.Redis)
+QUEUE_KEYS = web.AppKey("queue_keys", QueueKeys)
+INTAKE = web.AppKey("intake", SalesIntake)

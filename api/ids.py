@@ -1,0 +1,83 @@
+"""Final sale ids, reserved from PostgreSQL's `sales_id_seq` in blocks (shared.sale_ids).
+
+The API answers POST /sales/ with the id the sale will have in PostgreSQL, without a query
+per sale. Blocks are sized to cover about a minute of the recent rate, and the next one is
+fetched in the background when half of the current one is used, so sales keep flowing
+through a short database outage.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+from shared.sale_ids import BLOCK, reserve_blocks
+
+
+class IdsUnavailable(Exception):
+    """No ids left and PostgreSQL cannot give more right now."""
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("reserving sale ids failed: %s", task.exception())
+
+
+class IdAllocator:
+    def __init__(self, pool: asyncpg.Pool, *, min_block: int = 1_000, max_block: int = 100_000, cover_seconds: float = 60.0):
+        self._pool = pool
+        self._min_block = min_block
+        self._max_block = max_block
+        self._cover_seconds = cover_seconds
+        self._ids: collections.deque[int] = collections.deque()
+        self._block = min_block
+        self._refill: asyncio.Task | None = None
+        self._window_start = time.monotonic()
+        self._used_in_window = 0
+
+    async def take(self, count: int) -> list[int]:
+        while len(self._ids) < count:
+            await self._refill_now(count)
+        ids = [self._ids.popleft() for _ in range(count)]
+        self._note_use(count)
+        if len(self._ids) < self._block // 2:
+            self._start_refill()
+        return ids
+
+    def _note_use(self, count: int) -> None:
+        self._used_in_window += count
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= 5.0:
+            rate = self._used_in_window / elapsed
+            self._block = int(min(self._max_block, max(self._min_block, rate * self._cover_seconds)))
+            self._window_start, self._used_in_window = time.monotonic(), 0
+
+    def _start_refill(self, at_least: int = 0) -> asyncio.Task:
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.create_task(self._fetch(max(self._block, at_least)))
+            self._refill.add_done_callback(_log_failure)
+        return self._refill
+
+    async def _refill_now(self, at_least: int) -> None:
+        try:
+            await asyncio.shield(self._start_refill(at_least))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            raise IdsUnavailable(f"cannot reserve sale ids: {exc}") from exc
+
+    async def _fetch(self, count: int) -> None:
+        async with self._pool.acquire() as conn:
+            starts = await reserve_blocks(conn, -(-count // BLOCK))
+        for start in starts:
+            self._ids.extend(range(start, start + BLOCK))
+
+    async def close(self) -> None:
+        if self._refill and not self._refill.done():
+            self._refill.cancel()
+            with contextlib.suppress(BaseException):
+                await self._refill

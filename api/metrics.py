@@ -1,0 +1,69 @@
+"""Prometheus metrics: the API's own, and at scrape time the queue's and the worker's.
+
+With several API processes (`API_PROCESSES`), the launcher sets PROMETHEUS_MULTIPROC_DIR
+before this module is imported, and a scrape of any process sums all of them.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import multiprocess
+
+from shared import worker_stats
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+HTTP_LATENCY = Histogram("http_request_duration_seconds", "Time to answer a request", ["method", "route"],
+                         buckets=LATENCY_BUCKETS)
+SALES_ACCEPTED = Counter("sales_accepted_total", "Sales answered 202 (replays of an idempotency key included)")
+SALES_REJECTED = Counter("sales_rejected_total", "Sales refused", ["reason"])
+FLUSH_SIZE = Histogram("queue_flush_sales", "Sales per Redis round trip (group commit)",
+                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])
+
+
+class _Snapshot:
+    """Gauges read from Redis and PostgreSQL just before the scrape."""
+
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+def _worker_families(stats: dict[str, int], depth: int, oldest_age_s: float | None, dead_pending: int | None):
+    families = [GaugeMetricFamily("queue_depth_sales", "Sales accepted and not yet written", value=depth)]
+    families.append(GaugeMetricFamily(
+        "queue_oldest_age_seconds", "Age of the oldest sale not yet written (worker lag)",
+        value=oldest_age_s or 0.0))
+    for name, doc in worker_stats.COUNTERS.items():
+        families.append(CounterMetricFamily(f"worker_{name}", doc, value=stats.get(name, 0)))
+    buckets = [(str(b), stats.get(f"batch_size_le_{b}", 0)) for b in worker_stats.BATCH_SIZE_BUCKETS]
+    buckets.append(("+Inf", stats.get("batches", 0)))
+    families.append(HistogramMetricFamily(
+        "worker_batch_size_sales", "Sales per batch written by the worker",
+        buckets=buckets, sum_value=stats.get("batch_size_sum", 0)))
+    if dead_pending is not None:
+        families.append(GaugeMetricFamily(
+            "dead_letters_pending", "Sales in dead_letter not yet replayed", value=dead_pending))
+    return families
+
+
+def render(stats: dict[str, int], depth: int, oldest_age_s: float | None, dead_pending: int | None) -> bytes:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(_Snapshot(_worker_families(stats, depth, oldest_age_s, dead_pending)))
+        return generate_latest(registry)
+    from prometheus_client import REGISTRY
+    registry.register(_Snapshot(_worker_families(stats, depth, oldest_age_s, dead_pending)))
+    return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,168 @@
+"""The OpenAPI 3 description of every route (a test fails if a route is missing here)."""
+from __future__ import annotations
+
+import functools
+
+from api.validation import MAX_BATCH
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return _json(_ERROR, description)
+
+
+_UNAVAILABLE = {
+    "description": "Redis or PostgreSQL unavailable, or the queue over its limit; retry after Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    "content": {"application/json": {"schema": _ERROR}},
+}
+_ADMIN_ERRORS = {
+    "400": _error("Bad parameters"),
+    "401": _error("No bearer token"),
+    "403": _error("Wrong token, or no ADMIN_TOKEN configured"),
+    "503": _UNAVAILABLE,
+}
+_CNT = {"name": "cnt", "in": "query", "required": False, "description": "How many rows (default 10)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}}
+_COUNT_PARAMS = [
+    {"name": "items", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 50}},
+    {"name": "stores", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 50}},
+    {"name": "sales", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000000, "default": 3600}},
+]
+_ADMIN_OK = _json({"type": "object", "required": ["status", "items", "stores", "sales"],
+                   "properties": {"status": {"type": "string"}, "items": {"type": "integer"},
+                                  "stores": {"type": "integer"}, "sales": {"type": "integer"}}},
+                  "Done; the counts of rows now in the tables")
+
+
+def _admin(summary: str, with_counts: bool) -> dict:
+    operation = {"summary": summary, "security": [{"bearer": []}],
+                 "responses": {"200": _ADMIN_OK, **_ADMIN_ERRORS}}
+    if with_counts:
+        operation["parameters"] = _COUNT_PARAMS
+    return operation
+
+
+def _admin_post(summary: str, with_counts: bool) -> dict:
+    operation = _admin(summary, with_counts)
+    if with_counts:
+        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False,
+            "properties": {p["name"]: p["schema"] for p in _COUNT_PARAMS}}}}}
+    return operation
+
+
+@functools.cache
+def spec() -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Sales backbone", "version": "1.0.0",
+                 "description": "Point-of-sale systems post sales; owners read reports."},
+        "paths": {
+            "/": {"get": {"summary": "Owners' dashboard (HTML)", "responses": {
+                "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+            "/items/": {"get": {"summary": "All items, by id", "responses": {
+                "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Item"}}, "Items")}}},
+            "/stores/": {"get": {"summary": "All stores, by id", "responses": {
+                "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Store"}}, "Stores")}}},
+            "/items/top/": {"get": {
+                "summary": "Items by units sold, all time, most first (ties by id)",
+                "parameters": [_CNT],
+                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/TopItem"}},
+                                           "Top items"),
+                              "400": _error("Bad cnt")}}},
+            "/stores/top/": {"get": {
+                "summary": "Stores by income in a calendar month (REPORT_TIMEZONE), most first (ties by id)",
+                "parameters": [
+                    _CNT,
+                    {"name": "mm", "in": "query", "description": "Month 1..12; default the current one. "
+                     "Without year: the most recent month with that number that has begun.",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 12}},
+                    {"name": "year", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+                    {"name": "gg", "in": "query", "description": "Alias of year",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+                ],
+                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/TopStore"}},
+                                           "Top stores"),
+                              "400": _error("Bad cnt, mm or year")}}},
+            "/sales/": {"post": {
+                "summary": "Report one sale; answered once it is durable in the queue",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 64}}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/SaleIn"}}}},
+                "responses": {
+                    "202": _json({"$ref": "#/components/schemas/Sale"}, "Accepted (or the earlier sale with this key)"),
+                    "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
+                    "413": _error("Body over 1 MiB"),
+                    "422": _error("Unknown item_id or store_id"),
+                    "503": _UNAVAILABLE}}},
+            "/sales/batch/": {"post": {
+                "summary": f"Report up to {MAX_BATCH} sales: all accepted, or none",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                     "items": {"$ref": "#/components/schemas/SaleIn"}},
+                    {"type": "object", "required": ["sales"], "additionalProperties": False, "properties": {
+                        "sales": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                                  "items": {"$ref": "#/components/schemas/SaleIn"}}}},
+                ]}}}},
+                "responses": {
+                    "202": _json({"type": "array", "items": {"$ref": "#/components/schemas/Sale"}},
+                                 "All accepted, in order"),
+                    "400": _error("Malformed JSON or not a list of sales"),
+                    "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} sales"),
+                    "422": _json({"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"),
+                    "503": _UNAVAILABLE}}},
+            "/clear/": {"get": _admin("Empty every table (admin)", False),
+                        "post": _admin_post("Empty every table (admin)", False)},
+            "/create/": {"get": _admin("Replace all data with demo data (admin)", True),
+                         "post": _admin_post("Replace all data with demo data (admin)", True)},
+            "/health": {"get": {"summary": "Whether PostgreSQL and Redis answer", "responses": {
+                "200": _json({"$ref": "#/components/schemas/Health"}, "Both answer"),
+                "503": _json({"$ref": "#/components/schemas/Health"}, "One of them does not")}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+                "200": {"description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/openapi.json": {"get": {"summary": "This description", "responses": {
+                "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Item": {"type": "object", "required": ["id", "name", "price"], "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"}, "price": {"type": "integer"}}},
+                "Store": {"type": "object", "required": ["id", "address"], "properties": {
+                    "id": {"type": "integer"}, "address": {"type": "string"}}},
+                "TopItem": {"type": "object", "required": ["id", "name", "sales_amount"], "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"}, "sales_amount": {"type": "integer"}}},
+                "TopStore": {"type": "object", "required": ["id", "address", "income"], "properties": {
+                    "id": {"type": "integer"}, "address": {"type": "string"}, "income": {"type": "integer"}}},
+                "SaleIn": {"type": "object", "required": ["item_id", "store_id"], "additionalProperties": False,
+                           "properties": {
+                               "item_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                               "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                               "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
+                               "sale_time": {"type": "string", "format": "date-time",
+                                             "description": "ISO 8601 with offset; not in the future"},
+                               "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64}}},
+                "Sale": {"type": "object", "required": ["id", "sale_time", "item_id", "store_id"], "properties": {
+                    "id": {"type": "integer", "format": "int64"},
+                    "sale_time": {"type": "string", "format": "date-time"},
+                    "item_id": {"type": "integer"}, "store_id": {"type": "integer"}}},
+                "BatchErrors": {"type": "object", "required": ["error", "errors"], "properties": {
+                    "error": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object", "required": ["index", "error"],
+                               "properties": {"index": {"type": "integer"}, "error": {"type": "string"}}}}}},
+                "Health": {"type": "object", "required": ["status", "postgres", "redis"], "properties": {
+                    "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                    "postgres": {"type": "string"}, "redis": {"type": "string"},
+                    "queue_depth": {"type": "integer"}, "error": {"type": "string"}}},
+            },
+        },
+    }

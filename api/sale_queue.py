@@ -1,0 +1,86 @@
+"""Group commit of accepted sales into the Redis stream.
+
+Requests hand their sales to `SaleQueue.put`; while one Redis round trip is in flight, the
+sales of every request that arrives meanwhile wait and go together in the next one (one
+stream entry). A request gets its answer only after Redis has acknowledged its sales.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from api import metrics
+from shared.queue import ENQUEUE_SCRIPT, QueueKeys, QueuedSale, sale_decoder, sale_encoder
+
+log = logging.getLogger(__name__)
+
+# Keeps one script call well inside Lua's argument limits; a single batch request (up to
+# 1,000 sales) always fits alone.
+MAX_SALES_PER_FLUSH = 2_000
+
+
+class QueueUnavailable(Exception):
+    """Redis could not take the sales; nothing of the request was queued."""
+
+
+class QueueFull(Exception):
+    """The backlog is over its limit; the client should retry later."""
+
+
+class SaleQueue:
+    def __init__(self, client: redis.Redis, keys: QueueKeys, *, max_depth: int, idempotency_ttl: int):
+        self._script = client.register_script(ENQUEUE_SCRIPT)
+        self._keys = keys
+        self._max_depth = max_depth
+        self._idempotency_ttl = idempotency_ttl
+        self._waiting: collections.deque[tuple[list[QueuedSale], asyncio.Future]] = collections.deque()
+        self._flusher: asyncio.Task | None = None
+
+    async def put(self, sales: list[QueuedSale]) -> list[QueuedSale]:
+        """Queue the sales; answers each one as stored (an earlier sale for a reused key)."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((sales, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_while_waiting())
+        return await future
+
+    async def _flush_while_waiting(self) -> None:
+        while self._waiting:
+            group, size = [], 0
+            while self._waiting and (not group or size + len(self._waiting[0][0]) <= MAX_SALES_PER_FLUSH):
+                sales, future = self._waiting.popleft()
+                group.append((sales, future))
+                size += len(sales)
+            await self._flush(group, size)
+
+    async def _flush(self, group: list[tuple[list[QueuedSale], asyncio.Future]], size: int) -> None:
+        args: list = [self._max_depth, self._idempotency_ttl, len(group)]
+        for sales, _ in group:
+            args.append(len(sales))
+            for sale in sales:
+                key = self._keys.idempotency(sale.store_id, sale.idempotency_key) if sale.idempotency_key else ""
+                args += (key, sale_encoder.encode(sale))
+        try:
+            answers = await self._script(keys=[self._keys.stream, self._keys.depth], args=args)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("queueing %d sales failed: %s", size, exc)
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(QueueUnavailable(str(exc) or type(exc).__name__))
+            return
+        metrics.FLUSH_SIZE.observe(size)
+        for (sales, future), answer in zip(group, answers):
+            if future.done():  # the client went away
+                continue
+            if answer == 0:
+                future.set_exception(QueueFull())
+            else:
+                future.set_result([sale_decoder.decode(earlier) if earlier else sale for sale, earlier in zip(sales, answer)])
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)

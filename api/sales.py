@@ -1,0 +1,86 @@
+"""Accepting sales: check against the catalogue, give final ids and prices, queue durably."""
+from __future__ import annotations
+
+import datetime as dt
+
+from api import metrics
+from api.catalogue import Catalogue
+from api.errors import ServiceUnavailable
+from api.ids import IdAllocator, IdsUnavailable
+from api.sale_queue import QueueFull, QueueUnavailable, SaleQueue
+from api.validation import SaleIn
+from shared.queue import QueuedSale
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+class UnknownReferences(Exception):
+    """Sales naming items or stores that do not exist: `errors` maps index -> message."""
+
+    def __init__(self, errors: dict[int, str]):
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
+
+
+def to_us(moment: dt.datetime) -> int:
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def from_us(us: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(microseconds=us)
+
+
+def sale_json(sale: QueuedSale) -> dict:
+    """The answer for an accepted sale, as the seed's POST /sales/ gave it."""
+    return {"id": sale.id, "sale_time": from_us(sale.sale_time_us).isoformat(),
+            "item_id": sale.item_id, "store_id": sale.store_id}
+
+
+class SalesIntake:
+    def __init__(self, catalogue: Catalogue, ids: IdAllocator, queue: SaleQueue):
+        self.catalogue = catalogue
+        self.ids = ids
+        self.queue = queue
+
+    async def accept(self, sales: list[SaleIn], now: dt.datetime) -> list[QueuedSale]:
+        """All the sales, queued; raises before anything is queued if one of them cannot be."""
+        item_ids = {s.item_id for s in sales}
+        store_ids = {s.store_id for s in sales}
+        if not await self.catalogue.knows(item_ids, store_ids):
+            metrics.SALES_REJECTED.labels("unknown_reference").inc(len(sales))
+            raise UnknownReferences(self._unknown(sales))
+        prices = self.catalogue.item_prices
+        try:
+            ids = await self.ids.take(len(sales))
+        except IdsUnavailable as exc:
+            metrics.SALES_REJECTED.labels("no_ids").inc(len(sales))
+            raise ServiceUnavailable("the database is unavailable and no sale ids are left; retry shortly", 5) from exc
+        now_us = to_us(now)
+        queued = [
+            QueuedSale(id=sale_id, sale_time_us=to_us(s.sale_time) if s.sale_time else now_us,
+                       item_id=s.item_id, store_id=s.store_id, price=prices[s.item_id],
+                       quantity=s.quantity, idempotency_key=s.idempotency_key, accepted_at_us=now_us)
+            for sale_id, s in zip(ids, sales)
+        ]
+        try:
+            stored = await self.queue.put(queued)
+        except QueueFull as exc:
+            metrics.SALES_REJECTED.labels("queue_full").inc(len(sales))
+            raise ServiceUnavailable("too many sales are waiting to be written; retry shortly", 2) from exc
+        except QueueUnavailable as exc:
+            metrics.SALES_REJECTED.labels("redis_unavailable").inc(len(sales))
+            raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
+        metrics.SALES_ACCEPTED.inc(len(sales))
+        return stored
+
+    def _unknown(self, sales: list[SaleIn]) -> dict[int, str]:
+        errors = {}
+        for index, sale in enumerate(sales):
+            problems = []
+            if sale.item_id not in self.catalogue.item_prices:
+                problems.append(f"unknown item_id {sale.item_id}")
+            if sale.store_id not in self.catalogue.store_ids:
+                problems.append(f"unknown store_id {sale.store_id}")
+            if problems:
+                errors[index] = "; ".join(problems)
+        return errors

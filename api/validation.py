@@ -1,0 +1,115 @@
+"""Typed decoding of request bodies and query strings; every failure is a BadRequest."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated
+
+import msgspec
+from multidict import MultiMapping
+
+MAX_BATCH = 1_000
+INT32_MAX = 2_147_483_647
+# Offline POS systems upload old sales, but not from before the chain existed; a little
+# clock skew between a POS and the server is tolerated.
+EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+FUTURE_SKEW = dt.timedelta(seconds=5)
+
+Id = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class BadRequest(Exception):
+    """Input that can never be accepted as sent (400, or `status`)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class SaleIn(msgspec.Struct, forbid_unknown_fields=True):
+    item_id: Id
+    store_id: Id
+    quantity: Quantity = 1
+    sale_time: dt.datetime | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+_sale_decoder = msgspec.json.Decoder(SaleIn)
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_batch_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
+
+
+def _check_sale_time(sale: SaleIn, now: dt.datetime) -> None:
+    if sale.sale_time is None:
+        return
+    if sale.sale_time.tzinfo is None:
+        raise BadRequest("sale_time must carry a UTC offset, e.g. 2026-09-01T12:30:00+03:00")
+    if sale.sale_time > now + FUTURE_SKEW:
+        raise BadRequest("sale_time is in the future")
+    if sale.sale_time < EARLIEST_SALE_TIME:
+        raise BadRequest("sale_time is before 2000-01-01")
+
+
+def _message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):  # well-formed JSON of the wrong shape
+        return text.replace("Object contains unknown field", "unknown field")
+    return f"malformed JSON: {text}"
+
+
+def decode_sale(body: bytes | msgspec.Raw, now: dt.datetime) -> SaleIn:
+    try:
+        sale = _sale_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadRequest(_message(exc)) from exc
+    _check_sale_time(sale, now)
+    return sale
+
+
+def decode_batch(body: bytes) -> list[msgspec.Raw]:
+    """The raw sales of a batch: a JSON array, or {"sales": [...]}."""
+    stripped = body.lstrip()
+    try:
+        if stripped[:1] == b"{":
+            wrapper = _raw_batch_decoder.decode(body)
+            if set(wrapper) != {"sales"}:
+                raise BadRequest('a batch is a JSON array of sales, or an object {"sales": [...]}')
+            raw = wrapper["sales"]
+        else:
+            raw = _raw_list_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest('a batch is a JSON array of sales, or an object {"sales": [...]}: ' + str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(_message(exc)) from exc
+    if not raw:
+        raise BadRequest("a batch holds at least one sale")
+    if len(raw) > MAX_BATCH:
+        raise BadRequest(f"a batch holds at most {MAX_BATCH} sales, got {len(raw)}", status=413)
+    return raw
+
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
+
+
+def int_param(query: MultiMapping[str], name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high]; absent means `default`."""
+    values = query.getall(name, [])
+    if not values:
+        return default
+    if len(values) > 1:
+        raise BadRequest(f"{name} is given more than once")
+    raw = values[0]
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def one_of_params(query: MultiMapping[str], names: tuple[str, ...], low: int, high: int) -> int | None:
+    """A parameter that has aliases (`year` / `gg`): all given ones must agree."""
+    values = {name: int_param(query, name, None, low, high) for name in names}
+    given = {v for v in values.values() if v is not None}
+    if len(given) > 1:
+        raise BadRequest(f"{' and '.join(names)} disagree")
+    return given.pop() if given else None

@@ -1,0 +1,63 @@
+"""POST /sales/ and POST /sales/batch/."""
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+from aiohttp import web
+
+from api.appkeys import INTAKE
+from api.responses import json_error, json_response
+from api.sales import UnknownReferences, sale_json
+from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale
+
+_header_key = msgspec.json.Decoder(IdempotencyKey)
+
+
+def _idempotency_header(request: web.Request) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    try:  # the same rules as the body field
+        return _header_key.decode(msgspec.json.encode(value))
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"Idempotency-Key header: {exc}") from exc
+
+
+async def post_sale(request: web.Request) -> web.Response:
+    now = dt.datetime.now(dt.timezone.utc)
+    sale = decode_sale(await request.read(), now)
+    header_key = _idempotency_header(request)
+    if header_key is not None:
+        if sale.idempotency_key not in (None, header_key):
+            raise BadRequest("the Idempotency-Key header and the idempotency_key field differ")
+        sale.idempotency_key = header_key
+    try:
+        [stored] = await request.app[INTAKE].accept([sale], now)
+    except UnknownReferences as exc:
+        return json_error(422, str(exc))
+    return json_response(sale_json(stored), status=202)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    now = dt.datetime.now(dt.timezone.utc)
+    if "Idempotency-Key" in request.headers:
+        raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
+    raw_sales = decode_batch(await request.read())
+    sales: list[SaleIn] = []
+    errors: dict[int, str] = {}
+    for index, raw in enumerate(raw_sales):
+        try:
+            sales.append(decode_sale(raw, now))
+        except BadRequest as exc:
+            errors[index] = str(exc)
+    if not errors:
+        try:
+            stored = await request.app[INTAKE].accept(sales, now)
+        except UnknownReferences as exc:
+            errors = exc.errors
+        else:
+            return json_response([sale_json(s) for s in stored], status=202)
+    return json_error(
+        422, f"{len(errors)} of {len(raw_sales)} sales are invalid; none was accepted",
+        errors=[{"index": i, "error": message} for i, message in sorted(errors.items())])

@@ -1,0 +1,1 @@
+"""Code shared by the API and the worker: settings, schema, queue format, seeding."""

@@ -1,0 +1,141 @@
+"""The Redis stream that carries accepted sales from the API to the worker.
+
+One stream entry holds every sale one API process accepted in one group commit:
+fields `n` (how many sales) and `d` (a msgpack array of QueuedSale arrays). The Lua scripts
+below keep three things atomic: the idempotency check, the append, and the queue-depth
+counter that backpressure reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+
+GROUP = "writers"
+
+
+class QueuedSale(msgspec.Struct, array_like=True, frozen=True):
+    id: int
+    sale_time_us: int  # microseconds since the Unix epoch, UTC
+    item_id: int
+    store_id: int
+    price: int
+    quantity: int
+    idempotency_key: str | None
+    accepted_at_us: int
+
+
+sale_encoder = msgspec.msgpack.Encoder()
+sale_decoder = msgspec.msgpack.Decoder(QueuedSale)
+entry_decoder = msgspec.msgpack.Decoder(list[QueuedSale])
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueKeys:
+    prefix: str = "sales:"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix}stream"
+
+    @property
+    def depth(self) -> str:
+        return f"{self.prefix}depth"
+
+    @property
+    def worker_stats(self) -> str:
+        return f"{self.prefix}worker-stats"
+
+    def idempotency(self, store_id: int, key: str) -> str:
+        return f"{self.prefix}idem:{store_id}:{key}"
+
+    @property
+    def idempotency_pattern(self) -> str:
+        return f"{self.prefix}idem:*"
+
+
+# KEYS: stream, depth.  ARGV: max_depth, idempotency_ttl, number of requests, then per
+# request its sale count followed by (idempotency redis key or "", encoded sale) pairs.
+# Answers, per request: 0 when the queue is full (nothing of it stored), else a list with,
+# per sale, "" (queued now) or the encoded sale stored earlier under the same key.
+ENQUEUE_SCRIPT = """
+local depth = tonumber(redis.call('GET', KEYS[2]) or '0')
+local max_depth = tonumber(ARGV[1])
+local ttl = ARGV[2]
+local requests = tonumber(ARGV[3])
+local at = 4
+local answers = {}
+local parts = {}
+for r = 1, requests do
+    local n = tonumber(ARGV[at]); at = at + 1
+    if depth + #parts >= max_depth then
+        answers[r] = 0
+        at = at + 2 * n
+    else
+        local answer = {}
+        for s = 1, n do
+            local key, sale = ARGV[at], ARGV[at + 1]; at = at + 2
+            local earlier = false
+            if key ~= '' then
+                earlier = redis.call('GET', key)
+                if not earlier then redis.call('SET', key, sale, 'EX', ttl) end
+            end
+            if earlier then
+                answer[s] = earlier
+            else
+                answer[s] = ''
+                parts[#parts + 1] = sale
+            end
+        end
+        answers[r] = answer
+    end
+end
+if #parts > 0 then
+    -- msgpack array32 header, then the sales already encoded by the API
+    local blob = struct.pack('>BI4', 0xdd, #parts) .. table.concat(parts)
+    redis.call('XADD', KEYS[1], '*', 'n', #parts, 'd', blob)
+    redis.call('INCRBY', KEYS[2], #parts)
+end
+return answers
+"""
+
+# KEYS: stream, depth.  ARGV: group, then (entry id, sale count) pairs. Only an entry this
+# call really removed leaves the depth counter, so a redelivered or purged entry counts once.
+ACK_SCRIPT = """
+local done = 0
+for i = 2, #ARGV, 2 do
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+        redis.call('DECRBY', KEYS[2], ARGV[i + 1])
+        done = done + 1
+    end
+end
+return done
+"""
+
+# KEYS: stream, depth. Drops every queued sale (for /clear/ and /create/).
+PURGE_SCRIPT = """
+redis.call('XTRIM', KEYS[1], 'MAXLEN', 0)
+redis.call('SET', KEYS[2], 0)
+return 1
+"""
+
+
+async def purge(client, keys: QueueKeys) -> None:
+    """Forget queued sales and remembered idempotency keys: the data they refer to is gone."""
+    await client.eval(PURGE_SCRIPT, 2, keys.stream, keys.depth)
+    batch = []
+    async for key in client.scan_iter(match=keys.idempotency_pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await client.unlink(*batch)
+            batch.clear()
+    if batch:
+        await client.unlink(*batch)
+
+
+def entry_age_ms(entry_id: bytes | str, now_ms: int) -> int:
+    """Stream ids start with the append time in milliseconds."""
+    if isinstance(entry_id, bytes):
+        entry_id = entry_id.decode()
+    return max(0, now_ms - int(entry_id.split("-", 1)[0]))

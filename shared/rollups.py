@@ -1,0 +1,88 @@
+"""The pre-aggregated tables the reports read, defined once.
+
+Each rollup is a GROUP BY over sales in the report time zone. The same definition yields
+the worker's incremental upsert (fed only by the rows a batch really inserted), the full
+rebuild, and the recount that reconciliation compares against.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import asyncpg
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollup:
+    table: str
+    keys: dict[str, str]  # column -> expression over (local_time, item_id, store_id)
+
+
+ROLLUPS = (
+    Rollup("store_monthly", {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"}),
+    Rollup("item_totals", {"item_id": "item_id"}),
+    Rollup("daily_totals", {"day": "local_time::date"}),
+)
+MEASURES = {"income": "sum(income)", "units": "sum(quantity)", "sales": "count(*)"}
+
+# Sales as the rollups see them: local time in the configured zone, income = price x quantity.
+LOCAL_SALES = """
+    SELECT s.sale_time AT TIME ZONE rs.timezone AS local_time, s.item_id, s.store_id,
+           s.price::bigint * s.quantity AS income, s.quantity
+    FROM {source} s CROSS JOIN report_settings rs
+"""
+
+
+def recount_sql(rollup: Rollup, source: str = "sales") -> str:
+    keys = ", ".join(f"{expr} AS {col}" for col, expr in rollup.keys.items())
+    measures = ", ".join(f"{expr} AS {col}" for col, expr in MEASURES.items())
+    positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
+    return (
+        f"SELECT {keys}, {measures} FROM ({LOCAL_SALES.format(source=source)}) AS local "
+        f"GROUP BY {positions}"
+    )
+
+
+def upsert_sql(rollup: Rollup, source: str) -> str:
+    """Add the counts of `source` rows to the rollup, in key order so writers never deadlock."""
+    columns = [*rollup.keys, *MEASURES]
+    positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
+    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
+    return (
+        f"INSERT INTO {rollup.table} AS r ({', '.join(columns)}) "
+        f"{recount_sql(rollup, source)} ORDER BY {positions} "
+        f"ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {additions}"
+    )
+
+
+async def rebuild(conn: asyncpg.Connection) -> None:
+    """Recompute every rollup from raw sales (inside the caller's transaction)."""
+    await conn.execute("TRUNCATE " + ", ".join(r.table for r in ROLLUPS))
+    for rollup in ROLLUPS:
+        await conn.execute(upsert_sql(rollup, "sales"))
+
+
+async def drift(conn: asyncpg.Connection) -> dict[str, int]:
+    """How many rows of each rollup differ from a recount of raw sales."""
+    result = {}
+    for rollup in ROLLUPS:
+        keys = list(rollup.keys)
+        cols = ", ".join([*keys, *MEASURES])
+        query = (
+            f"SELECT count(*) FROM ((SELECT {cols} FROM {rollup.table} EXCEPT ALL "
+            f"SELECT {cols} FROM ({recount_sql(rollup)}) a) UNION ALL "
+            f"(SELECT {cols} FROM ({recount_sql(rollup)}) b EXCEPT ALL "
+            f"SELECT {cols} FROM {rollup.table})) d"
+        )
+        result[rollup.table] = await conn.fetchval(query)
+    return result
+
+
+async def ensure_timezone(conn: asyncpg.Connection, timezone: str) -> bool:
+    """Cut the rollups in `timezone`; rebuild them if they were cut in another one."""
+    async with conn.transaction():
+        current = await conn.fetchval("SELECT timezone FROM report_settings FOR UPDATE")
+        if current == timezone:
+            return False
+        await conn.execute("UPDATE report_settings SET timezone = $1", timezone)
+        await rebuild(conn)
+    return True

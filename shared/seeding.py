@@ -1,0 +1,143 @@
+"""Demo data: items, stores and sales spread over the 12 months ending with the current one.
+
+Used by GET/POST /create/ and by `python -m shared.seed`. Sales are generated with numpy and
+loaded with one binary COPY; the foreign keys on sales are dropped for the load and added back
+(validated) at the end, which is PostgreSQL's own advice for bulk loads. Everything happens in
+one transaction: readers see the old data or the new, never half of it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import zoneinfo
+from typing import AsyncIterator, Callable
+
+import asyncpg
+import numpy as np
+
+from shared import rollups
+from shared.sale_ids import BLOCK, reserve_blocks
+
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: binary COPY's zero
+CHUNK = 250_000
+DATA_TABLES = "sales, dead_letter, store_monthly, item_totals, daily_totals, item, store"
+
+# One binary COPY row: field count, then (length, value) for each column, big-endian.
+_SALE_ROW = np.dtype([
+    ("fields", ">i2"),
+    ("id_len", ">i4"), ("id", ">i8"),
+    ("time_len", ">i4"), ("sale_time", ">i8"),
+    ("item_len", ">i4"), ("item_id", ">i4"),
+    ("store_len", ">i4"), ("store_id", ">i4"),
+    ("price_len", ">i4"), ("price", ">i4"),
+    ("qty_len", ">i4"), ("quantity", ">i4"),
+    ("acc_len", ">i4"), ("accepted_at", ">i8"),
+])
+_SALE_COLUMNS = ["id", "sale_time", "item_id", "store_id", "price", "quantity", "accepted_at"]
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+
+Progress = Callable[[int], None]
+
+
+def month_starts(now: dt.datetime, tz: zoneinfo.ZoneInfo, months: int = 12) -> list[dt.datetime]:
+    """Local midnights starting the `months` months that end with the current one."""
+    local = now.astimezone(tz)
+    year, month = local.year, local.month
+    starts = []
+    for _ in range(months):
+        starts.append(dt.datetime(year, month, 1, tzinfo=tz))
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return starts[::-1]
+
+
+def sale_times_us(count: int, now: dt.datetime, tz: zoneinfo.ZoneInfo, rng: np.random.Generator) -> np.ndarray:
+    """`count` sorted sale times (Unix µs): an equal share in each month, the current one up to now."""
+    starts = month_starts(now, tz)
+    bounds = [int(s.timestamp() * 1_000_000) for s in starts] + [int(now.timestamp() * 1_000_000)]
+    shares = np.full(len(starts), count // len(starts))
+    shares[: count % len(starts)] += 1
+    parts = [rng.integers(bounds[i], max(bounds[i] + 1, bounds[i + 1]), size=int(n)) for i, n in enumerate(shares)]
+    times = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    times.sort()
+    return times
+
+
+def _copy_rows(ids: np.ndarray, times_us: np.ndarray, item_ids: np.ndarray, store_ids: np.ndarray,
+               prices: np.ndarray) -> bytes:
+    rows = np.empty(len(ids), dtype=_SALE_ROW)
+    rows["fields"] = len(_SALE_COLUMNS)
+    for length_field, size in (("id_len", 8), ("time_len", 8), ("item_len", 4), ("store_len", 4),
+                               ("price_len", 4), ("qty_len", 4), ("acc_len", 8)):
+        rows[length_field] = size
+    rows["id"] = ids
+    rows["sale_time"] = times_us - PG_EPOCH_US
+    rows["item_id"] = item_ids
+    rows["store_id"] = store_ids
+    rows["price"] = prices
+    rows["quantity"] = 1
+    rows["accepted_at"] = times_us - PG_EPOCH_US
+    return rows.tobytes()
+
+
+async def _reserve_ids(conn: asyncpg.Connection, count: int) -> np.ndarray:
+    starts = np.array(await reserve_blocks(conn, -(-count // BLOCK)) if count else [], dtype=np.int64)
+    return (starts[:, None] + np.arange(BLOCK, dtype=np.int64)).ravel()[:count]
+
+
+async def _sale_chunks(ids: np.ndarray, item_prices: np.ndarray, stores: int, now: dt.datetime,
+                       tz: zoneinfo.ZoneInfo, rng: np.random.Generator,
+                       progress: Progress | None) -> AsyncIterator[bytes]:
+    count = len(ids)
+    times = sale_times_us(count, now, tz, rng)
+    yield _COPY_HEADER
+    for lo in range(0, count, CHUNK):
+        hi = min(count, lo + CHUNK)
+        item_ids = rng.integers(1, len(item_prices) + 1, size=hi - lo)
+        store_ids = rng.integers(1, stores + 1, size=hi - lo)
+        yield _copy_rows(ids[lo:hi], times[lo:hi], item_ids, store_ids, item_prices[item_ids - 1])
+        if progress:
+            progress(hi - lo)
+    yield _COPY_TRAILER
+
+
+async def _foreign_keys(conn: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
+    return [(r["conname"], r["definition"]) for r in await conn.fetch(
+        "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+        "WHERE conrelid = $1::regclass AND contype = 'f' ORDER BY conname", table)]
+
+
+async def clear(conn: asyncpg.Connection) -> None:
+    """Empty every table (inside the caller's transaction). Sale ids keep counting up."""
+    await conn.execute(f"TRUNCATE {DATA_TABLES}")
+    await conn.execute("ALTER SEQUENCE item_id_seq RESTART")
+    await conn.execute("ALTER SEQUENCE store_id_seq RESTART")
+
+
+async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, sales: int = 3600,
+               tz: zoneinfo.ZoneInfo, now: dt.datetime | None = None, seed: int | None = None,
+               progress: Progress | None = None) -> dict[str, int]:
+    """Replace all data with `items` items, `stores` stores and `sales` sales."""
+    if items < 1 or stores < 1 or sales < 0:
+        raise ValueError("need at least one item and one store, and no negative sale count")
+    now = now or dt.datetime.now(dt.timezone.utc)
+    rng = np.random.default_rng(seed)
+    prices = rng.integers(100, 5_000, size=items, dtype=np.int64)
+    async with conn.transaction():
+        await clear(conn)
+        await conn.copy_records_to_table(
+            "item", columns=["name", "price"],
+            records=((f"item-{i}", int(p)) for i, p in enumerate(prices, start=1)))
+        await conn.copy_records_to_table(
+            "store", columns=["address"], records=((f"store-{i}",) for i in range(1, stores + 1)))
+        foreign_keys = await _foreign_keys(conn, "sales")
+        for name, _ in foreign_keys:
+            await conn.execute(f'ALTER TABLE sales DROP CONSTRAINT "{name}"')
+        await conn.copy_to_table(
+            "sales", columns=_SALE_COLUMNS, format="binary",
+            source=_sale_chunks(await _reserve_ids(conn, sales), prices, stores, now, tz, rng, progress))
+        for name, definition in foreign_keys:
+            await conn.execute(f'ALTER TABLE sales ADD CONSTRAINT "{name}" {definition}')
+        await rollups.rebuild(conn)
+    await conn.execute("ANALYZE sales")
+    return {"items": items, "stores": stores, "sales": sales}

@@ -1,0 +1,1 @@
+"""The arq worker that moves sales from the Redis stream into PostgreSQL."""

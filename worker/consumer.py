@@ -1,0 +1,187 @@
+"""Draining the Redis stream into PostgreSQL.
+
+A long-lived task in the arq worker process: XREADGROUP a batch of entries, write all their
+sales in one transaction (worker.writer), then acknowledge and delete the entries. An entry
+is acknowledged only after its transaction committed, so a crash at any point leaves it
+pending; entries pending on a consumer that stopped answering are taken over with
+XAUTOCLAIM once idle for `reclaim_idle_ms`. Database trouble never drops a batch: it is
+retried with backoff, for as long as it takes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import asyncpg
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+
+from shared import worker_stats
+from shared.queue import ACK_SCRIPT, GROUP, QueueKeys
+from worker import writer
+
+log = logging.getLogger(__name__)
+
+_rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
+RECLAIM_EVERY_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 5.0
+TRANSIENT_REDIS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class StreamConsumer:
+    def __init__(self, client: redis.Redis, pool: asyncpg.Pool, keys: QueueKeys, name: str, *,
+                 batch_entries: int = 200, reclaim_idle_ms: int = 15_000, block_ms: int = 1000):
+        self._redis = client
+        self._pool = pool
+        self._keys = keys
+        self.name = name
+        self._batch_entries = batch_entries
+        self._reclaim_idle_ms = reclaim_idle_ms
+        self._block_ms = block_ms
+        self._ack = client.register_script(ACK_SCRIPT)
+        self._stopping = asyncio.Event()
+        self._last_reclaim = 0.0
+        self.batches_written = 0
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from run()."""
+        self._stopping.set()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._keys.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self.ensure_group()
+                while not self._stopping.is_set():
+                    entries = await self._next_entries()
+                    if entries:
+                        await self._process(entries)
+                backoff = 0.1
+            except TRANSIENT_REDIS as exc:
+                log.warning("redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
+
+    async def run_until_empty(self) -> int:
+        """Process everything currently queued, then return (tests, replays, burst mode)."""
+        await self.ensure_group()
+        while entries := await self._next_entries(block=False):
+            await self._process(entries)
+        self._last_reclaim = 0.0
+        while entries := await self._reclaim(min_idle_ms=0):
+            await self._process(entries)
+        return self.batches_written
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _next_entries(self, block: bool = True) -> list:
+        if time.monotonic() - self._last_reclaim >= RECLAIM_EVERY_SECONDS:
+            self._last_reclaim = time.monotonic()
+            reclaimed = await self._reclaim(self._reclaim_idle_ms)
+            if reclaimed:
+                log.info("took over %d entries left pending by a stopped consumer", len(reclaimed))
+                return reclaimed
+        response = await self._redis.xreadgroup(
+            GROUP, self.name, {self._keys.stream: ">"}, count=self._batch_entries,
+            block=self._block_ms if block else None)
+        return response[0][1] if response else []
+
+    async def _reclaim(self, min_idle_ms: int) -> list:
+        try:
+            response = await self._redis.xautoclaim(
+                self._keys.stream, GROUP, self.name, min_idle_time=min_idle_ms, start_id="0-0",
+                count=self._batch_entries)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                await self.ensure_group()
+                return []
+            raise
+        return [entry for entry in response[1] if entry[1]]
+
+    async def _process(self, entries: list) -> None:
+        rows: list[tuple] = []
+        acks: list = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted meanwhile (purged by /clear/)
+                acks += (entry_id, 0)
+                continue
+            try:
+                rows.extend(_rows_decoder.decode(fields[b"d"]))
+            except (msgspec.DecodeError, KeyError) as exc:
+                await self._park_undecodable(entry_id, fields, exc)
+            acks += (entry_id, int(fields.get(b"n", 0)))
+        result = await self._write_until_done(rows, acks[::2]) if rows else writer.BatchResult()
+        await self._acknowledge(acks)
+        self.batches_written += 1
+        await self._record(len(rows), result)
+
+    async def _write_until_done(self, rows: list[tuple], entry_ids: list) -> writer.BatchResult:
+        backoff = 0.1
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    return await writer.write_batch(conn, rows)
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the batch must not be dropped
+                log.warning("writing %d sales failed (%s); retrying in %.1f s", len(rows), exc, backoff)
+                await self._bump_retries()
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
+                await self._keep_claim(entry_ids)
+
+    async def _keep_claim(self, entry_ids: list) -> None:
+        """Reset the idle time of entries we are still working on, so nobody takes them over."""
+        try:
+            await self._redis.xclaim(self._keys.stream, GROUP, self.name, min_idle_time=0,
+                                     message_ids=entry_ids, justid=True)
+        except TRANSIENT_REDIS:
+            pass
+
+    async def _acknowledge(self, acks: list) -> None:
+        backoff = 0.1
+        while True:  # the rows are committed; an ack lost now only means a harmless redelivery
+            try:
+                await self._ack(keys=[self._keys.stream, self._keys.depth], args=[GROUP, *acks])
+                return
+            except TRANSIENT_REDIS as exc:
+                if self._stopping.is_set():
+                    log.warning("could not acknowledge %d entries (%s); they will be redelivered", len(acks) // 2, exc)
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
+
+    async def _park_undecodable(self, entry_id, fields, exc: Exception) -> None:
+        log.error("entry %s cannot be decoded (%s); moved to dead_letter", entry_id, exc)
+        raw = {k.decode(errors="replace"): v.hex() for k, v in fields.items()}
+        async with self._pool.acquire() as conn:
+            await conn.execute(writer.INSERT_DEAD_LETTER, None, {"stream_entry": str(entry_id), "fields_hex": raw},
+                               f"undecodable queue entry: {exc}")
+
+    async def _bump_retries(self) -> None:
+        try:
+            await self._redis.hincrby(self._keys.worker_stats, "retries", 1)
+        except TRANSIENT_REDIS:
+            pass
+
+    async def _record(self, size: int, result: writer.BatchResult) -> None:
+        fields = worker_stats.batch_fields(size, result.written, result.duplicates, result.dead)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name, value in fields.items():
+                    pipe.hincrby(self._keys.worker_stats, name, value)
+                await pipe.execute()
+        except TRANSIENT_REDIS as exc:
+            log.warning("could not record worker stats: %s", exc)

@@ -1,0 +1,78 @@
+"""arq WorkerSettings: the stream consumer runs as a task beside arq's own loop.
+
+arq hosts the process (signals, startup/shutdown hooks, health check key) and runs the
+periodic housekeeping as cron jobs; the sales themselves travel through a Redis stream,
+because one arq job per sale (or per small group) costs more Redis round trips than the
+sale is worth (see docs/architecture.md).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from arq import cron
+from arq.connections import RedisSettings
+
+from shared.db import create_pool
+from shared.queue import GROUP, QueueKeys
+from shared.redis_client import connect_redis
+from shared.settings import Settings
+from worker import writer
+from worker.consumer import StreamConsumer
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 20
+STALE_CONSUMER_IDLE_MS = 3600 * 1000
+
+
+async def startup(ctx: dict) -> None:
+    settings: Settings = ctx.get("settings") or Settings.from_env()
+    ctx["settings"] = settings
+    ctx["pg_pool"] = await create_pool(settings.database_url, min_size=1, max_size=2,
+                                       prepare=writer.prepare_connection,
+                                       server_settings={"application_name": "sales-worker"})
+    ctx["stream_redis"] = connect_redis(settings.redis_url, max_connections=8)
+    keys = QueueKeys(settings.redis_key_prefix)
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    consumer = StreamConsumer(ctx["stream_redis"], ctx["pg_pool"], keys, name,
+                              batch_entries=settings.worker_batch_entries,
+                              reclaim_idle_ms=settings.worker_reclaim_idle_ms)
+    ctx["consumer"] = consumer
+    ctx["consumer_task"] = asyncio.create_task(consumer.run(), name="stream-consumer")
+    log.info("worker %s consuming %s", name, keys.stream)
+
+
+async def shutdown(ctx: dict) -> None:
+    consumer: StreamConsumer = ctx["consumer"]
+    consumer.stop()
+    try:
+        await asyncio.wait_for(ctx["consumer_task"], SHUTDOWN_GRACE_SECONDS)
+    except asyncio.TimeoutError:
+        log.warning("batch in hand not finished in %d s; it stays pending and will be redelivered",
+                    SHUTDOWN_GRACE_SECONDS)
+    await ctx["stream_redis"].aclose()
+    await ctx["pg_pool"].close()
+
+
+async def forget_stopped_consumers(ctx: dict) -> None:
+    """Remove consumers (stopped worker processes) that have nothing pending any more."""
+    client = ctx["stream_redis"]
+    keys = QueueKeys(ctx["settings"].redis_key_prefix)
+    for consumer in await client.xinfo_consumers(keys.stream, GROUP):
+        name = consumer["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        if consumer["pending"] == 0 and consumer["idle"] > STALE_CONSUMER_IDLE_MS and name != ctx["consumer"].name:
+            await client.xgroup_delconsumer(keys.stream, GROUP, name)
+
+
+class WorkerSettings:
+    redis_settings = RedisSettings.from_dsn(Settings.from_env().redis_url)
+    functions: list = []
+    cron_jobs = [cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False)]
+    on_startup = startup
+    on_shutdown = shutdown
+    keep_result = 0
+    job_timeout = 60

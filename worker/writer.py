@@ -1,0 +1,138 @@
+"""Writing a batch of queued sales to PostgreSQL, exactly once.
+
+One transaction per batch: COPY into a temporary staging table, INSERT ... ON CONFLICT DO
+NOTHING into sales, and rollup upserts fed only by the rows that INSERT returned. A batch
+delivered twice therefore inserts nothing and counts nothing the second time.
+
+A row that can never be written (a constraint it breaks) does not block the others: the
+batch is retried row by row in savepoints and that row goes to `dead_letter` with its reason.
+Any other error (connection lost, server restarting) propagates: the caller retries the batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import asyncpg
+
+from shared.rollups import ROLLUPS, upsert_sql
+
+Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
+COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "idempotency_key", "accepted_at_us"]
+
+CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS sales_incoming (
+    id bigint, sale_time_us bigint, item_id integer, store_id integer,
+    price integer, quantity integer, idempotency_key text, accepted_at_us bigint
+) ON COMMIT DELETE ROWS
+"""
+
+_FROM_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
+
+INSERT_FROM_STAGING = f"""
+WITH inserted AS (
+    INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at)
+    SELECT id, {_FROM_US.format('sale_time_us')}, item_id, store_id, price, quantity, idempotency_key,
+           {_FROM_US.format('accepted_at_us')}
+    FROM sales_incoming ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING sale_time, item_id, store_id, price, quantity
+), {", ".join(f"{r.table}_added AS ({upsert_sql(r, 'inserted')})" for r in ROLLUPS)}
+SELECT count(*) FROM inserted
+"""
+
+# Rows of the batch not stored as they were queued: an idempotency key already used by
+# another stored sale, or (never expected) an id taken by a different sale.
+NOT_STORED_AS_QUEUED = f"""
+SELECT i.*, s.id AS stored_id, k.id AS key_owner
+FROM sales_incoming i
+LEFT JOIN sales s ON s.id = i.id
+LEFT JOIN sales k ON k.store_id = i.store_id AND k.idempotency_key = i.idempotency_key AND k.id <> i.id
+WHERE s.id IS NULL
+   OR (s.item_id, s.store_id, s.sale_time, s.quantity)
+      IS DISTINCT FROM (i.item_id, i.store_id, {_FROM_US.format('i.sale_time_us')}, i.quantity)
+"""
+
+INSERT_DEAD_LETTER = "INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3)"
+
+# Errors that say "this data can never be written": integrity (23) and data (22) classes.
+PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+
+
+@dataclasses.dataclass
+class BatchResult:
+    written: int = 0
+    duplicates: int = 0
+    dead: int = 0
+
+
+def row_json(row: Row) -> dict:
+    sale = dict(zip(COLUMNS, row))
+    for name in ("sale_time", "accepted_at"):
+        micros = sale.pop(f"{name}_us")
+        sale[name] = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)).isoformat()
+    return sale
+
+
+def _reason(exc: Exception) -> str:
+    detail = getattr(exc, "detail", None)
+    return f"{type(exc).__name__}: {exc}" + (f" ({detail})" if detail else "")
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(CREATE_STAGING)
+
+
+async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row]) -> tuple[int, list[tuple[Row, str]]]:
+    """Inserted count, and the rows not stored as queued with the reason (same transaction).
+
+    The staging table empties itself at commit; within one transaction the caller empties it.
+    """
+    await conn.copy_records_to_table("sales_incoming", records=rows, columns=COLUMNS)
+    inserted = await conn.fetchval(INSERT_FROM_STAGING)
+    lost = []
+    if inserted < len(rows):
+        for r in await conn.fetch(NOT_STORED_AS_QUEUED):
+            row = tuple(r[c] for c in COLUMNS)
+            if r["key_owner"] is not None and r["stored_id"] is None:
+                lost.append((row, f"idempotency key {r['idempotency_key']!r} already belongs to sale {r['key_owner']}"))
+            elif r["stored_id"] is not None:
+                lost.append((row, f"id {r['id']} already belongs to a different sale"))
+    return inserted, lost
+
+
+async def write_batch(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
+    """Write the rows (one transaction); raises only for errors worth retrying."""
+    try:
+        async with conn.transaction():
+            inserted, lost = await _stage_and_insert(conn, rows)
+            await _dead_letters(conn, lost)
+        return BatchResult(written=inserted, duplicates=len(rows) - inserted - len(lost), dead=len(lost))
+    except PERMANENT_ERRORS:
+        pass
+    return await _write_row_by_row(conn, rows)
+
+
+async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
+    result = BatchResult()
+    async with conn.transaction():
+        dead: list[tuple[Row, str]] = []
+        for row in rows:
+            try:
+                async with conn.transaction():  # a savepoint
+                    await conn.execute("DELETE FROM sales_incoming")
+                    inserted, lost = await _stage_and_insert(conn, [row])
+            except PERMANENT_ERRORS as exc:
+                dead.append((row, _reason(exc)))
+                continue
+            dead.extend(lost)
+            result.written += inserted
+            result.duplicates += 1 - inserted - len(lost)
+        await _dead_letters(conn, dead)
+        result.dead = len(dead)
+    return result
+
+
+async def _dead_letters(conn: asyncpg.Connection, dead: list[tuple[Row, str]]) -> None:
+    if dead:
+        await conn.executemany(INSERT_DEAD_LETTER, [(row[0], row_json(row), reason) for row, reason in dead])
