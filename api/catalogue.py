@@ -17,6 +17,11 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("catalogue reload failed: %s", task.exception())
+
+
 class Catalogue:
     def __init__(self, pool: asyncpg.Pool, *, refresh_interval: float = 30.0, miss_reload_interval: float = 0.5):
         self._pool = pool
@@ -25,6 +30,7 @@ class Catalogue:
         self.item_prices: dict[int, int] = {}
         self.store_ids: frozenset[int] = frozenset()
         self._loaded_at = 0.0
+        self._reload_started = 0.0
         self._reload_task: asyncio.Task | None = None
         self._listener: asyncpg.Connection | None = None
         self._refresher: asyncio.Task | None = None
@@ -34,10 +40,11 @@ class Catalogue:
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def close(self) -> None:
-        if self._refresher:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._reload_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         await self._close_listener()
 
     async def _load(self) -> None:
@@ -48,35 +55,50 @@ class Catalogue:
         self.store_ids = frozenset(r["id"] for r in stores)
         self._loaded_at = time.monotonic()
 
+    def _start_reload(self) -> asyncio.Task:
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_started = time.monotonic()
+            self._reload_task = asyncio.create_task(self._load())
+            self._reload_task.add_done_callback(_log_failure)
+        return self._reload_task
+
     async def reload(self) -> None:
         """Reload now; concurrent callers share one query."""
-        if self._reload_task is None or self._reload_task.done():
-            self._reload_task = asyncio.create_task(self._load())
+        await asyncio.shield(self._start_reload())
+
+    async def _reload_started_after(self, moment: float) -> None:
+        """Wait for a reload that began after `moment`, starting at most one per interval."""
+        while self._reload_started < moment:
+            running = self._reload_task is not None and not self._reload_task.done()
+            wait = self._miss_reload_interval - (time.monotonic() - self._reload_started)
+            if running:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._reload_task)
+            elif wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                self._start_reload()
         await asyncio.shield(self._reload_task)
 
     async def knows(self, item_ids: set[int], store_ids: set[int]) -> bool:
-        """True when every id is known, reloading once if some are not."""
+        """True when every id is known, after a fresh reload if some were not.
+
+        Unknown ids are rare (a new item, or bad input); they wait for a reload that began
+        after they arrived, and reloads happen at most every `miss_reload_interval` seconds.
+        """
         if self._all_known(item_ids, store_ids):
             return True
-        if time.monotonic() - self._loaded_at >= self._miss_reload_interval or (
-            self._reload_task and not self._reload_task.done()
-        ):
-            try:
-                await self.reload()
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-                log.warning("catalogue reload failed, using the cached copy: %s", exc)
+        try:
+            await self._reload_started_after(time.monotonic())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+            log.warning("catalogue reload failed, using the cached copy: %s", exc)
         return self._all_known(item_ids, store_ids)
 
     def _all_known(self, item_ids: set[int], store_ids: set[int]) -> bool:
         return item_ids <= self.item_prices.keys() and store_ids <= self.store_ids
 
     def _on_notify(self, *_args) -> None:
-        # A new task so the listener callback never blocks; reload() coalesces bursts.
-        asyncio.get_running_loop().create_task(self._reload_quietly())
-
-    async def _reload_quietly(self) -> None:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-            await self.reload()
+        self._start_reload()  # the listener callback must not block
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():

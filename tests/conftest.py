@@ -1,0 +1,132 @@
+"""Fixtures on the real PostgreSQL and Redis.
+
+Each test gets its own database (a copy of a migrated template) and its own Redis key
+prefix, so tests never see each other's data. Nothing is mocked.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+
+from api.app import create_app
+from shared import seeding
+from shared.db import create_pool
+from shared.migrate import migrate
+from shared.queue import QueueKeys
+from shared.settings import Settings
+from worker import writer
+from worker.consumer import StreamConsumer
+
+ADMIN_TOKEN = "test-admin-token"
+PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _db_url(name: str) -> str:
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def template_db():
+    """A migrated database that every test's database is copied from."""
+    import asyncio
+
+    name = f"sales_tmpl_{os.getpid()}"
+
+    async def create():
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        conn = await asyncpg.connect(_db_url(name))
+        await migrate(conn, "UTC")
+        await conn.close()
+
+    async def drop():
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def database_url(template_db):
+    name = f"sales_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    await admin.close()
+    yield _db_url(name)
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+def settings(database_url) -> Settings:
+    return Settings(database_url=database_url, redis_url=REDIS_URL, admin_token=ADMIN_TOKEN,
+                    redis_key_prefix=f"test-{uuid.uuid4().hex[:12]}:")
+
+
+@pytest.fixture
+async def redis_client(settings):
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=settings.redis_key_prefix + "*", count=1000)]
+    if keys:
+        await client.unlink(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def queue_keys(settings) -> QueueKeys:
+    return QueueKeys(settings.redis_key_prefix)
+
+
+@pytest.fixture
+async def db(database_url):
+    """A plain connection for assertions on the tables."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def seed(db):
+    """seed(items=, stores=, sales=): demo data in this test's database."""
+
+    async def run(items=5, stores=4, sales=0, tz="UTC", now=None):
+        return await seeding.seed(db, items=items, stores=stores, sales=sales,
+                                  tz=__import__("zoneinfo").ZoneInfo(tz), now=now, seed=1)
+
+    return run
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings, redis_client):
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def drain(settings, redis_client):
+    """drain(): write everything queued so far, as the worker would, and return."""
+    pool = await create_pool(settings.database_url, max_size=2, prepare=writer.prepare_connection)
+    consumer = StreamConsumer(redis_client, pool, QueueKeys(settings.redis_key_prefix), "test-consumer")
+
+    async def run() -> int:
+        return await consumer.run_until_empty()
+
+    yield run
+    await pool.close()
+
+
+def utc(*args) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.timezone.utc)

@@ -1,0 +1,139 @@
+"""POST /sales/: the answer, the stored row, and every kind of bad input."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+
+
+async def test_accepted_sale_answers_202_with_final_id_and_is_stored(client, seed, db, drain):
+    await seed(items=3, stores=2)
+    price = await db.fetchval("SELECT price FROM item WHERE id = 2")
+
+    response = await client.post("/sales/", json={"item_id": 2, "store_id": 1})
+
+    assert response.status == 202
+    body = await response.json()
+    assert set(body) == {"id", "sale_time", "item_id", "store_id"}
+    assert (body["item_id"], body["store_id"]) == (2, 1)
+    sale_time = dt.datetime.fromisoformat(body["sale_time"])
+    assert sale_time.utcoffset() == dt.timedelta(0)
+    assert abs(dt.datetime.now(dt.timezone.utc) - sale_time) < dt.timedelta(seconds=5)
+
+    await drain()
+    row = await db.fetchrow("SELECT * FROM sales WHERE id = $1", body["id"])
+    assert (row["item_id"], row["store_id"], row["price"], row["quantity"]) == (2, 1, price, 1)
+    assert row["sale_time"] == sale_time
+
+
+async def test_without_trailing_slash_too(client, seed):
+    await seed()
+    response = await client.post("/sales", json={"item_id": 1, "store_id": 1})
+    assert response.status == 202
+
+
+async def test_quantity_and_past_sale_time_are_kept(client, seed, db, drain):
+    await seed()
+    response = await client.post("/sales/", json={
+        "item_id": 1, "store_id": 1, "quantity": 7, "sale_time": "2026-03-01T09:30:00+03:00"})
+    assert response.status == 202
+    body = await response.json()
+    assert body["sale_time"] == "2026-03-01T06:30:00+00:00"
+    await drain()
+    row = await db.fetchrow("SELECT quantity, sale_time FROM sales WHERE id = $1", body["id"])
+    assert row["quantity"] == 7
+    assert row["sale_time"] == dt.datetime(2026, 3, 1, 6, 30, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b'{"item_id": 1, "store_id": 1', "malformed JSON"),
+    (b"", "malformed JSON"),
+    (b"[1, 2]", "Expected `object`"),
+    (b'{"item_id": 1}', "store_id"),
+    (b'{"item_id": "1", "store_id": 1}', "item_id"),
+    (b'{"item_id": 1.5, "store_id": 1}', "item_id"),
+    (b'{"item_id": true, "store_id": 1}', "item_id"),
+    (b'{"item_id": 0, "store_id": 1}', "item_id"),
+    (b'{"item_id": 1, "store_id": 99999999999}', "store_id"),
+    (b'{"item_id": 1, "store_id": 1, "quantity": 0}', "quantity"),
+    (b'{"item_id": 1, "store_id": 1, "quantity": 10001}', "quantity"),
+    (b'{"item_id": 1, "store_id": 1, "extra": 1}', "unknown field `extra`"),
+    (b'{"item_id": 1, "store_id": 1, "sale_time": "yesterday"}', "sale_time"),
+    (b'{"item_id": 1, "store_id": 1, "sale_time": "2026-01-01T10:00:00"}', "UTC offset"),
+    (b'{"item_id": 1, "store_id": 1, "sale_time": "2999-01-01T10:00:00+00:00"}', "future"),
+    (b'{"item_id": 1, "store_id": 1, "idempotency_key": ""}', "idempotency_key"),
+    (b'{"item_id": 1, "store_id": 1, "idempotency_key": "' + b"k" * 65 + b'"}', "idempotency_key"),
+])
+async def test_bad_input_is_400_and_queues_nothing(client, seed, redis_client, queue_keys, body, fragment):
+    await seed()
+    response = await client.post("/sales/", data=body)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert fragment in error
+    assert await redis_client.xlen(queue_keys.stream) == 0
+
+
+@pytest.mark.parametrize("sale, message", [
+    ({"item_id": 99, "store_id": 1}, "unknown item_id 99"),
+    ({"item_id": 1, "store_id": 55}, "unknown store_id 55"),
+])
+async def test_unknown_item_or_store_is_422_naming_it(client, seed, redis_client, queue_keys, sale, message):
+    await seed()
+    response = await client.post("/sales/", json=sale)
+    assert response.status == 422
+    assert await response.json() == {"error": message}
+    assert await redis_client.xlen(queue_keys.stream) == 0
+
+
+async def test_body_over_one_mib_is_413(client, seed):
+    await seed()
+    response = await client.post("/sales/", data=b'{"item_id": 1, "store_id": 1, "pad": "' + b"x" * (1024 * 1024) + b'"}')
+    assert response.status == 413
+    assert "error" in await response.json()
+
+
+async def test_new_item_is_known_without_restart(client, seed, db):
+    await seed(items=1)
+    new_id = await db.fetchval("INSERT INTO item (name, price) VALUES ('new', 10) RETURNING id")
+    response = await client.post("/sales/", json={"item_id": new_id, "store_id": 1})
+    assert response.status == 202
+
+
+async def test_same_idempotency_key_returns_same_sale_and_stores_once(client, seed, db, drain):
+    await seed()
+    sale = {"item_id": 1, "store_id": 2, "idempotency_key": "pos-7-000123"}
+    answers = await asyncio.gather(*(client.post("/sales/", json=sale) for _ in range(5)))
+    bodies = [await a.json() for a in answers]
+    assert {a.status for a in answers} == {202}
+    assert all(b == bodies[0] for b in bodies)
+    header = await client.post("/sales/", json={"item_id": 1, "store_id": 2},
+                               headers={"Idempotency-Key": "pos-7-000123"})
+    assert await header.json() == bodies[0]
+    await drain()
+    assert await db.fetchval("SELECT count(*) FROM sales") == 1
+    assert await db.fetchval("SELECT id FROM sales") == bodies[0]["id"]
+
+
+async def test_header_and_body_keys_must_agree(client, seed):
+    await seed()
+    response = await client.post("/sales/", json={"item_id": 1, "store_id": 1, "idempotency_key": "a"},
+                                 headers={"Idempotency-Key": "b"})
+    assert response.status == 400
+
+
+async def test_redis_down_answers_503_with_retry_after_quickly(aiohttp_client, settings, seed):
+    import dataclasses
+    import time
+
+    from api.app import create_app
+
+    await seed()
+    app = create_app(dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0"))
+    client = await aiohttp_client(app)
+    started = time.monotonic()
+    response = await client.post("/sales/", json={"item_id": 1, "store_id": 1})
+    assert time.monotonic() - started < 1.5
+    assert response.status == 503
+    assert response.headers["Retry-After"].isdigit()
+    assert "error" in await response.json()
