@@ -42,13 +42,19 @@ class SalesIntake:
         self.ids = ids
         self.queue = queue
 
+    async def unknown_references(self, sales: dict[int, SaleIn]) -> dict[int, str]:
+        """Index -> error for the sales naming an item or store the catalogue does not hold."""
+        item_ids = {s.item_id for s in sales.values()}
+        store_ids = {s.store_id for s in sales.values()}
+        if await self.catalogue.knows(item_ids, store_ids):
+            return {}
+        return self._unknown(sales)
+
     async def accept(self, sales: list[SaleIn], now: dt.datetime) -> list[QueuedSale]:
         """All the sales, queued; raises before anything is queued if one of them cannot be."""
-        item_ids = {s.item_id for s in sales}
-        store_ids = {s.store_id for s in sales}
-        if not await self.catalogue.knows(item_ids, store_ids):
+        if unknown := await self.unknown_references(dict(enumerate(sales))):
             metrics.SALES_REJECTED.labels("unknown_reference").inc(len(sales))
-            raise UnknownReferences(self._unknown(sales))
+            raise UnknownReferences(unknown)
         prices = self.catalogue.item_prices
         try:
             ids = await self.ids.take(len(sales))
@@ -73,9 +79,9 @@ class SalesIntake:
         metrics.SALES_ACCEPTED.inc(len(sales))
         return stored
 
-    def _unknown(self, sales: list[SaleIn]) -> dict[int, str]:
+    def _unknown(self, sales: dict[int, SaleIn]) -> dict[int, str]:
         errors = {}
-        for index, sale in enumerate(sales):
+        for index, sale in sales.items():
             problems = []
             if sale.item_id not in self.catalogue.item_prices:
                 problems.append(f"unknown item_id {sale.item_id}")

@@ -44,16 +44,19 @@ async def post_batch(request: web.Request) -> web.Response:
     if "Idempotency-Key" in request.headers:
         raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
     raw_sales = decode_batch(await request.read())
-    sales: list[SaleIn] = []
+    sales: dict[int, SaleIn] = {}
     errors: dict[int, str] = {}
     for index, raw in enumerate(raw_sales):
         try:
-            sales.append(decode_sale(raw, now))
+            sales[index] = decode_sale(raw, now)
         except BadRequest as exc:
             errors[index] = str(exc)
-    if not errors:
+    intake = request.app[INTAKE]
+    if errors:  # report every bad sale at once, unknown items and stores included
+        errors.update(await intake.unknown_references(sales))
+    else:
         try:
-            stored = await request.app[INTAKE].accept(sales, now)
+            stored = await intake.accept(list(sales.values()), now)
         except UnknownReferences as exc:
             errors = exc.errors
         else:
