@@ -60,7 +60,7 @@ async def redis_ctx(app: web.Application):
 
 async def intake_ctx(app: web.Application):
     settings = app[SETTINGS]
-    catalogue = Catalogue(app[PG_POOL])
+    catalogue = Catalogue(app[PG_POOL], settings.database_url)
     await catalogue.start()
     ids = IdAllocator(app[PG_POOL])
     queue = SaleQueue(app[REDIS], app[QUEUE_KEYS], max_depth=settings.queue_max_depth,

@@ -23,8 +23,9 @@ def _log_failure(task: asyncio.Task) -> None:
 
 
 class Catalogue:
-    def __init__(self, pool: asyncpg.Pool, *, refresh_interval: float = 30.0, miss_reload_interval: float = 0.5):
+    def __init__(self, pool: asyncpg.Pool, database_url: str, *, refresh_interval: float = 30.0, miss_reload_interval: float = 0.5):
         self._pool = pool
+        self._database_url = database_url
         self._refresh_interval = refresh_interval
         self._miss_reload_interval = miss_reload_interval
         self.item_prices: dict[int, int] = {}
@@ -66,6 +67,10 @@ class Catalogue:
         """Reload now; concurrent callers share one query."""
         await asyncio.shield(self._start_reload())
 
+    async def reload_after_change(self) -> None:
+        """Reload with a query that begins now, after a change the caller has committed."""
+        await self._reload_started_after(time.monotonic())
+
     async def _reload_started_after(self, moment: float) -> None:
         """Wait for a reload that began after `moment`, starting at most one per interval."""
         while self._reload_started < moment:
@@ -103,11 +108,12 @@ class Catalogue:
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
             return
-        conn = await self._pool.acquire()
+        # Its own connection, not a pooled one: it lives as long as the process.
+        conn = await asyncpg.connect(self._database_url, timeout=5)
         try:
             await conn.add_listener("catalogue_changed", self._on_notify)
         except BaseException:
-            await self._pool.release(conn)
+            await conn.close()
             raise
         self._listener = conn
         await self.reload()  # changes made while we were not listening
@@ -116,9 +122,8 @@ class Catalogue:
         conn, self._listener = self._listener, None
         if conn is not None:
             with contextlib.suppress(Exception):
-                await conn.remove_listener("catalogue_changed", self._on_notify)
-            with contextlib.suppress(Exception):
-                await self._pool.release(conn)
+                await asyncio.wait_for(conn.close(), 2)
+            conn.terminate()
 
     async def _refresh_forever(self) -> None:
         while True:

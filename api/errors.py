@@ -5,6 +5,7 @@ import asyncio
 import logging
 import time
 
+import asyncpg
 from aiohttp import web
 
 from api import metrics
@@ -12,6 +13,18 @@ from api.responses import json_error
 from api.validation import BadRequest
 
 log = logging.getLogger(__name__)
+
+# PostgreSQL away or overloaded: the request was fine, so this is a 503, not a 500.
+DATABASE_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# SQLSTATE classes meaning "the server cannot serve now": connection, resources, operator
+# intervention (shutdown), object not in prerequisite state (database not accepting connections).
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "55", "57")
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    if isinstance(exc, DATABASE_DOWN):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in UNAVAILABLE_SQLSTATE_CLASSES
 
 
 class ServiceUnavailable(Exception):
@@ -49,7 +62,10 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
         return json_error(exc.status, _http_message(request, exc), headers=headers)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
-    except Exception:
+    except Exception as exc:
+        if _database_unavailable(exc):
+            log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+            return json_error(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"})
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error; it has been logged")
 

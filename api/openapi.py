@@ -27,6 +27,29 @@ _ADMIN_ERRORS = {
     "403": _error("Wrong token, or no ADMIN_TOKEN configured"),
     "503": _UNAVAILABLE,
 }
+_FORMAT = {"name": "format", "in": "query", "required": False,
+           "description": "csv for CSV with a header row (or send Accept: text/csv); default json",
+           "schema": {"type": "string", "enum": ["json", "csv"]}}
+_MONTH_PARAMS = [
+    {"name": "mm", "in": "query", "description": "Month 1..12; default the current one. "
+     "Without year: the most recent month with that number that has begun.",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 12}},
+    {"name": "year", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+    {"name": "gg", "in": "query", "description": "Alias of year",
+     "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+]
+
+
+def _table(schema: dict, description: str) -> dict:
+    """A report answer: JSON by default, CSV on request."""
+    return {"description": description, "content": {
+        "application/json": {"schema": schema}, "text/csv": {"schema": {"type": "string"}}}}
+
+
+def _rows(name: str) -> dict:
+    return {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}
+
+
 _CNT = {"name": "cnt", "in": "query", "required": False, "description": "How many rows (default 10)",
         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}}
 _COUNT_PARAMS = [
@@ -66,30 +89,29 @@ def spec() -> dict:
         "paths": {
             "/": {"get": {"summary": "Owners' dashboard (HTML)", "responses": {
                 "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-            "/items/": {"get": {"summary": "All items, by id", "responses": {
-                "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Item"}}, "Items")}}},
-            "/stores/": {"get": {"summary": "All stores, by id", "responses": {
-                "200": _json({"type": "array", "items": {"$ref": "#/components/schemas/Store"}}, "Stores")}}},
+            "/items/": {"get": {"summary": "All items, by id", "parameters": [_FORMAT], "responses": {
+                "200": _table(_rows("Item"), "Items"), "400": _error("Bad format")}}},
+            "/stores/": {"get": {"summary": "All stores, by id", "parameters": [_FORMAT], "responses": {
+                "200": _table(_rows("Store"), "Stores"), "400": _error("Bad format")}}},
             "/items/top/": {"get": {
                 "summary": "Items by units sold, all time, most first (ties by id)",
-                "parameters": [_CNT],
-                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/TopItem"}},
-                                           "Top items"),
-                              "400": _error("Bad cnt")}}},
+                "parameters": [_CNT, _FORMAT],
+                "responses": {"200": _table(_rows("TopItem"), "Top items"), "400": _error("Bad cnt or format")}}},
             "/stores/top/": {"get": {
                 "summary": "Stores by income in a calendar month (REPORT_TIMEZONE), most first (ties by id)",
-                "parameters": [
-                    _CNT,
-                    {"name": "mm", "in": "query", "description": "Month 1..12; default the current one. "
-                     "Without year: the most recent month with that number that has begun.",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 12}},
-                    {"name": "year", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
-                    {"name": "gg", "in": "query", "description": "Alias of year",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
-                ],
-                "responses": {"200": _json({"type": "array", "items": {"$ref": "#/components/schemas/TopStore"}},
-                                           "Top stores"),
-                              "400": _error("Bad cnt, mm or year")}}},
+                "parameters": [_CNT, *_MONTH_PARAMS, _FORMAT],
+                "responses": {"200": _table(_rows("TopStore"), "Top stores"),
+                              "400": _error("Bad cnt, mm, year or format")}}},
+            "/reports/summary/": {"get": {
+                "summary": "A month's income, units and sales beside the previous month's",
+                "parameters": [*_MONTH_PARAMS, _FORMAT],
+                "responses": {"200": _table({"$ref": "#/components/schemas/MonthSummary"}, "Totals"),
+                              "400": _error("Bad mm, year or format")}}},
+            "/reports/daily/": {"get": {
+                "summary": "Income, units and sales of each day of a month that had sales, across the chain",
+                "parameters": [*_MONTH_PARAMS, _FORMAT],
+                "responses": {"200": _table(_rows("Day"), "Days, in order"),
+                              "400": _error("Bad mm, year or format")}}},
             "/sales/": {"post": {
                 "summary": "Report one sale; answered once it is durable in the queue",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
@@ -159,6 +181,18 @@ def spec() -> dict:
                     "error": {"type": "string"},
                     "errors": {"type": "array", "items": {"type": "object", "required": ["index", "error"],
                                "properties": {"index": {"type": "integer"}, "error": {"type": "string"}}}}}},
+                "MonthSummary": {"type": "object", "required": [
+                    "month", "income", "units", "sales", "previous_month", "previous_income", "previous_units",
+                    "previous_sales", "income_change_pct", "units_change_pct"], "properties": {
+                    "month": {"type": "string", "example": "2026-11"},
+                    "income": {"type": "integer"}, "units": {"type": "integer"}, "sales": {"type": "integer"},
+                    "previous_month": {"type": "string"}, "previous_income": {"type": "integer"},
+                    "previous_units": {"type": "integer"}, "previous_sales": {"type": "integer"},
+                    "income_change_pct": {"type": "number", "nullable": True},
+                    "units_change_pct": {"type": "number", "nullable": True}}},
+                "Day": {"type": "object", "required": ["day", "income", "units", "sales"], "properties": {
+                    "day": {"type": "string", "format": "date"}, "income": {"type": "integer"},
+                    "units": {"type": "integer"}, "sales": {"type": "integer"}}},
                 "Health": {"type": "object", "required": ["status", "postgres", "redis"], "properties": {
                     "status": {"type": "string", "enum": ["ok", "unavailable"]},
                     "postgres": {"type": "string"}, "redis": {"type": "string"},

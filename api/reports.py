@@ -45,3 +45,46 @@ async def top_items(conn: asyncpg.Connection, cnt: int) -> list[dict]:
 
 async def top_stores(conn: asyncpg.Connection, month: dt.date, cnt: int) -> list[dict]:
     return [dict(r) for r in await conn.fetch(TOP_STORES, month, cnt)]
+
+
+MONTH_TOTALS = """
+SELECT coalesce(sum(income), 0)::bigint AS income, coalesce(sum(units), 0)::bigint AS units,
+       coalesce(sum(sales), 0)::bigint AS sales
+FROM daily_totals WHERE day >= $1 AND day < $2
+"""
+
+DAILY = """
+SELECT day, income, units, sales FROM daily_totals
+WHERE day >= $1 AND day < $2 ORDER BY day
+"""
+
+
+def next_month(month: dt.date) -> dt.date:
+    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def previous_month(month: dt.date) -> dt.date:
+    return dt.date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
+
+
+def _change_pct(now: int, before: int) -> float | None:
+    return None if before == 0 else round((now - before) * 100 / before, 1)
+
+
+async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
+    """Totals of a month beside the previous month's, from the daily rollup (≤ 62 rows)."""
+    current = dict(await conn.fetchrow(MONTH_TOTALS, month, next_month(month)))
+    before_month = previous_month(month)
+    before = dict(await conn.fetchrow(MONTH_TOTALS, before_month, month))
+    return {
+        "month": month.strftime("%Y-%m"), **current,
+        "previous_month": before_month.strftime("%Y-%m"),
+        "previous_income": before["income"], "previous_units": before["units"], "previous_sales": before["sales"],
+        "income_change_pct": _change_pct(current["income"], before["income"]),
+        "units_change_pct": _change_pct(current["units"], before["units"]),
+    }
+
+
+async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
+    rows = await conn.fetch(DAILY, month, next_month(month))
+    return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]} for r in rows]

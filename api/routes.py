@@ -20,6 +20,8 @@ ROUTES = (
     Route("GET", "/stores/", reports.list_stores),
     Route("GET", "/items/top/", reports.top_items),
     Route("GET", "/stores/top/", reports.top_stores),
+    Route("GET", "/reports/summary/", reports.month_summary),
+    Route("GET", "/reports/daily/", reports.daily),
     Route("POST", "/sales/", sales.post_sale),
     Route("POST", "/sales/batch/", sales.post_batch),
     Route("GET", "/clear/", admin.clear),

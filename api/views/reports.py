@@ -1,36 +1,64 @@
-"""The catalogue and the reports (seed endpoints)."""
+"""The catalogue and the reports, as JSON or CSV."""
 from __future__ import annotations
 
 from aiohttp import web
 
 from api import reports
 from api.appkeys import PG_POOL, SETTINGS
-from api.responses import json_response
+from api.responses import json_response, table_response, wants_csv
 from api.validation import int_param, one_of_params
 
 
+def _month(request: web.Request):
+    mm = int_param(request.query, "mm", None, 1, 12)
+    year = one_of_params(request.query, ("year", "gg"), 1, 9999)
+    return reports.report_month(mm, year, request.app[SETTINGS].timezone)
+
+
 async def list_items(request: web.Request) -> web.Response:
+    wants_csv(request)  # validates `format` before any query
     async with request.app[PG_POOL].acquire() as conn:
-        rows = await conn.fetch(reports.ITEMS)
-    return json_response([dict(r) for r in rows])
+        rows = [dict(r) for r in await conn.fetch(reports.ITEMS)]
+    return table_response(request, rows, ["id", "name", "price"], "items")
 
 
 async def list_stores(request: web.Request) -> web.Response:
+    wants_csv(request)
     async with request.app[PG_POOL].acquire() as conn:
-        rows = await conn.fetch(reports.STORES)
-    return json_response([dict(r) for r in rows])
+        rows = [dict(r) for r in await conn.fetch(reports.STORES)]
+    return table_response(request, rows, ["id", "address"], "stores")
 
 
 async def top_items(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
+    wants_csv(request)
     async with request.app[PG_POOL].acquire() as conn:
-        return json_response(await reports.top_items(conn, cnt))
+        rows = await reports.top_items(conn, cnt)
+    return table_response(request, rows, ["id", "name", "sales_amount"], "top-items")
 
 
 async def top_stores(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
-    mm = int_param(request.query, "mm", None, 1, 12)
-    year = one_of_params(request.query, ("year", "gg"), 1, 9999)
-    month = reports.report_month(mm, year, request.app[SETTINGS].timezone)
+    month = _month(request)
+    wants_csv(request)
     async with request.app[PG_POOL].acquire() as conn:
-        return json_response(await reports.top_stores(conn, month, cnt))
+        rows = await reports.top_stores(conn, month, cnt)
+    return table_response(request, rows, ["id", "address", "income"], f"top-stores-{month:%Y-%m}")
+
+
+async def month_summary(request: web.Request) -> web.Response:
+    month = _month(request)
+    wants_csv(request)
+    async with request.app[PG_POOL].acquire() as conn:
+        summary = await reports.month_summary(conn, month)
+    if wants_csv(request):
+        return table_response(request, [summary], list(summary), f"summary-{month:%Y-%m}")
+    return json_response(summary)
+
+
+async def daily(request: web.Request) -> web.Response:
+    month = _month(request)
+    wants_csv(request)
+    async with request.app[PG_POOL].acquire() as conn:
+        rows = await reports.daily(conn, month)
+    return table_response(request, rows, ["day", "income", "units", "sales"], f"daily-{month:%Y-%m}")

@@ -1,0 +1,65 @@
+"""Every report answers CSV too, with a header row and the same values as its JSON."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+import pytest
+
+REPORTS = [
+    ("/items/", ["id", "name", "price"]),
+    ("/stores/", ["id", "address"]),
+    ("/items/top/?cnt=5", ["id", "name", "sales_amount"]),
+    ("/stores/top/?cnt=5", ["id", "address", "income"]),
+    ("/reports/daily/", ["day", "income", "units", "sales"]),
+]
+
+
+def _as_strings(rows: list[dict], columns: list[str]) -> list[list[str]]:
+    return [[str(row[c]) for c in columns] for row in rows]
+
+
+@pytest.mark.parametrize("path, columns", REPORTS)
+async def test_csv_matches_json(client, seed, path, columns):
+    await seed(items=6, stores=4, sales=240)
+    as_json = await (await client.get(path)).json()
+    assert as_json, "the report must have rows for this comparison to mean something"
+    sep = "&" if "?" in path else "?"
+    for response in (await client.get(f"{path}{sep}format=csv"),
+                     await client.get(path, headers={"Accept": "text/csv"})):
+        assert response.status == 200
+        assert response.content_type == "text/csv"
+        table = list(csv.reader(io.StringIO(await response.text())))
+        assert table[0] == columns
+        assert table[1:] == _as_strings(as_json, columns)
+
+
+async def test_summary_csv_is_one_row_of_the_json(client, seed):
+    await seed(items=3, stores=2, sales=120)
+    summary = await (await client.get("/reports/summary/")).json()
+    table = list(csv.reader(io.StringIO(await (await client.get("/reports/summary/?format=csv")).text())))
+    assert table[0] == list(summary)
+    assert table[1] == ["" if v is None else str(v) for v in summary.values()]
+
+
+async def test_unknown_format_is_400(client, seed):
+    await seed()
+    response = await client.get("/items/?format=xml")
+    assert response.status == 400
+    assert "format" in (await response.json())["error"]
+
+
+async def test_summary_compares_with_previous_month(client, seed, db):
+    await seed(items=3, stores=2, sales=1200, now=dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc))
+    summary = await (await client.get("/reports/summary/?mm=10&year=2026")).json()
+    recount = await db.fetchrow(
+        "SELECT sum(price::bigint * quantity) AS income, sum(quantity) AS units, count(*) AS sales FROM sales "
+        "WHERE sale_time >= '2026-10-01T00:00Z' AND sale_time < '2026-11-01T00:00Z'")
+    before = await db.fetchrow(
+        "SELECT sum(price::bigint * quantity) AS income, sum(quantity) AS units FROM sales "
+        "WHERE sale_time >= '2026-09-01T00:00Z' AND sale_time < '2026-10-01T00:00Z'")
+    assert (summary["month"], summary["previous_month"]) == ("2026-10", "2026-09")
+    assert (summary["income"], summary["units"], summary["sales"]) == (recount["income"], recount["units"], recount["sales"])
+    assert summary["previous_income"] == before["income"]
+    assert summary["income_change_pct"] == round((recount["income"] - before["income"]) * 100 / before["income"], 1)
