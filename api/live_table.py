@@ -1,0 +1,121 @@
+"""A small table kept in memory and reloaded when PostgreSQL says it changed.
+
+Kept current two ways: a LISTEN on a channel (fired by triggers on the table), and a periodic
+full reload as a safety net in case a notification is missed. If PostgreSQL is down, the last
+copy keeps serving. Subclasses say what to load (`_load`) and on which `channel`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+class LiveTable:
+    channel: str = ""
+
+    def __init__(self, pool: asyncpg.Pool, database_url: str, *, refresh_interval: float = 30.0,
+                 min_reload_interval: float = 0.5):
+        self._pool = pool
+        self._database_url = database_url
+        self._refresh_interval = refresh_interval
+        self._min_reload_interval = min_reload_interval
+        self._loaded_at = 0.0
+        self._reload_started = 0.0
+        self._reload_task: asyncio.Task | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._refresher: asyncio.Task | None = None
+
+    async def _load(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self.reload()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        for task in (self._refresher, self._reload_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await self._close_listener()
+
+    async def _load_and_stamp(self) -> None:
+        await self._load()
+        self._loaded_at = time.monotonic()
+
+    def _start_reload(self) -> asyncio.Task:
+        if self._reload_task is None or self._reload_task.done():
+            self._reload_started = time.monotonic()
+            self._reload_task = asyncio.create_task(self._load_and_stamp())
+            self._reload_task.add_done_callback(self._log_failure)
+        return self._reload_task
+
+    def _log_failure(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("reloading %s failed: %s", type(self).__name__, task.exception())
+
+    async def reload(self) -> None:
+        """Reload now; concurrent callers share one query."""
+        await asyncio.shield(self._start_reload())
+
+    async def reload_after_change(self) -> None:
+        """Wait for a reload that began after now (so it sees what was just committed).
+
+        Reloads start at most every `min_reload_interval` seconds, so callers driven by bad
+        input cannot hammer the database.
+        """
+        moment = time.monotonic()
+        while self._reload_started < moment:
+            running = self._reload_task is not None and not self._reload_task.done()
+            wait = self._min_reload_interval - (time.monotonic() - self._reload_started)
+            if running:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._reload_task)
+            elif wait > 0:
+                await asyncio.sleep(wait)
+            else:
+                self._start_reload()
+        await asyncio.shield(self._reload_task)
+
+    def _on_notify(self, *_args) -> None:
+        self._start_reload()  # the listener callback must not block
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        # Its own connection, not a pooled one: it lives as long as the process.
+        conn = await asyncpg.connect(self._database_url, timeout=5)
+        try:
+            await conn.add_listener(self.channel, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        self._listener = conn
+        await self.reload()  # changes made while we were not listening
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+            conn.terminate()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self._ensure_listener()
+                if time.monotonic() - self._loaded_at >= self._refresh_interval:
+                    await self.reload()
+            except DB_ERRORS as exc:
+                log.warning("%s refresh failed: %s", type(self).__name__, exc)
+                await self._close_listener()
+            await asyncio.sleep(min(self._refresh_interval, 1.0))
