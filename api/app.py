@@ -7,11 +7,12 @@ import logging
 import asyncpg
 from aiohttp import web
 
-from api.appkeys import INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETTINGS
+from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETTINGS
+from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
 from api.errors import json_errors, request_metrics
 from api.ids import IdAllocator
-from api.routes import setup_routes
+from api.routes import access_rule, setup_routes
 from api.sale_queue import SaleQueue
 from api.sales import SalesIntake
 from shared.db import create_pool
@@ -72,9 +73,28 @@ async def intake_ctx(app: web.Application):
     await catalogue.close()
 
 
+async def access_ctx(app: web.Application):
+    settings = app[SETTINGS]
+    keys = KeyRing(app[PG_POOL], settings.database_url) if settings.auth_required else None
+    if keys:
+        await keys.start()
+    app[ACCESS_CONTROL] = AccessControl(keys, settings.admin_token, settings.auth_required)
+    yield
+    if keys:
+        await keys.close()
+
+
+@web.middleware
+async def access_control(request: web.Request, handler) -> web.StreamResponse:
+    rule = access_rule(request)
+    if rule is not None and (refusal := await request.app[ACCESS_CONTROL].check(request, rule)) is not None:
+        return refusal
+    return await handler(request)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[request_metrics, json_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[request_metrics, json_errors, access_control])
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx, access_ctx])
     setup_routes(app)
     return app

@@ -5,6 +5,7 @@ import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
+from api.auth import AccessControl
 from api.sales import SalesIntake
 from shared.queue import QueueKeys
 from shared.settings import Settings
@@ -14,3 +15,4 @@ PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
 QUEUE_KEYS = web.AppKey("queue_keys", QueueKeys)
 INTAKE = web.AppKey("intake", SalesIntake)
+ACCESS_CONTROL = web.AppKey("access_control", AccessControl)

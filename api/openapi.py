@@ -144,6 +144,26 @@ def spec() -> dict:
                         "post": _admin_post("Empty every table (admin)", False)},
             "/create/": {"get": _admin("Replace all data with demo data (admin)", True),
                          "post": _admin_post("Replace all data with demo data (admin)", True)},
+            "/admin/keys/": {
+                "get": {"summary": "List API keys: prefix, kind, store, label, created, revoked (never secrets)",
+                        "security": [{"bearer": []}],
+                        "responses": {"200": _json(_rows("ApiKey"), "Keys, oldest first"),
+                                      "401": _error("No bearer token"), "403": _error("Not an admin")}},
+                "post": {"summary": "Issue a key; its secret is in this answer and never again",
+                         "security": [{"bearer": []}],
+                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                             "$ref": "#/components/schemas/KeyRequest"}}}},
+                         "responses": {"201": _json({"$ref": "#/components/schemas/IssuedKey"}, "The new key"),
+                                       "400": _error("Bad kind, store or label"),
+                                       "401": _error("No bearer token"), "403": _error("Not an admin"),
+                                       "422": _error("No such store")}}},
+            "/admin/keys/{prefix}": {"delete": {
+                "summary": "Revoke a key (every API process stops accepting it within 5 s)",
+                "security": [{"bearer": []}],
+                "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/ApiKey"}, "The revoked key"),
+                              "401": _error("No bearer token"), "403": _error("Not an admin"),
+                              "404": _error("No such key")}}},
             "/health": {"get": {"summary": "Whether PostgreSQL and Redis answer", "responses": {
                 "200": _json({"$ref": "#/components/schemas/Health"}, "Both answer"),
                 "503": _json({"$ref": "#/components/schemas/Health"}, "One of them does not")}}},
@@ -154,7 +174,13 @@ def spec() -> dict:
                 "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An API key, or ADMIN_TOKEN. With AUTH_REQUIRED=true every route but "
+                                          "/health needs one: pos keys post sales for their store, owner keys read "
+                                          "reports, /metrics and this document, admin keys do everything."},
+                "basic": {"type": "http", "scheme": "basic",
+                          "description": "Same keys as the password (any user name); how the dashboard logs in."}},
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Item": {"type": "object", "required": ["id", "name", "price"], "properties": {
@@ -193,6 +219,21 @@ def spec() -> dict:
                 "Day": {"type": "object", "required": ["day", "income", "units", "sales"], "properties": {
                     "day": {"type": "string", "format": "date"}, "income": {"type": "integer"},
                     "units": {"type": "integer"}, "sales": {"type": "integer"}}},
+                "KeyRequest": {"type": "object", "required": ["kind"], "additionalProperties": False, "properties": {
+                    "kind": {"type": "string", "enum": ["pos", "owner", "admin"]},
+                    "store_id": {"type": "integer", "description": "Required for pos keys, absent otherwise"},
+                    "label": {"type": "string", "maxLength": 200}}},
+                "IssuedKey": {"type": "object", "required": ["key", "prefix", "kind", "store_id", "label"],
+                              "properties": {
+                    "key": {"type": "string", "description": "The secret: shown once"},
+                    "prefix": {"type": "string"}, "kind": {"type": "string"},
+                    "store_id": {"type": "integer", "nullable": True}, "label": {"type": "string"}}},
+                "ApiKey": {"type": "object", "required": ["prefix", "kind", "store_id", "label", "created_at",
+                                                          "revoked_at"], "properties": {
+                    "prefix": {"type": "string"}, "kind": {"type": "string"},
+                    "store_id": {"type": "integer", "nullable": True}, "label": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "revoked_at": {"type": "string", "format": "date-time", "nullable": True}}},
                 "Health": {"type": "object", "required": ["status", "postgres", "redis"], "properties": {
                     "status": {"type": "string", "enum": ["ok", "unavailable"]},
                     "postgres": {"type": "string"}, "redis": {"type": "string"},

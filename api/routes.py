@@ -1,45 +1,67 @@
-"""Every route of the API, in one table (the OpenAPI test and the access rules read it)."""
+"""Every route of the API with who may call it, in one table.
+
+The OpenAPI test and the access-matrix test read this table, so a route cannot be added
+without a description and an access rule.
+"""
 from __future__ import annotations
 
 from typing import NamedTuple
 
 from aiohttp import web
 
-from api.views import admin, dashboard, ops, reports, sales
+from api.auth import ADMIN, OPEN, POST, READ
+from api.views import admin, dashboard, keys, ops, reports, sales
 
 
 class Route(NamedTuple):
     method: str
     path: str  # canonical form; a trailing slash is optional for every path but "/"
     handler: object
+    access: str  # api.auth: OPEN, READ (owners), POST (point of sale), ADMIN
 
 
 ROUTES = (
-    Route("GET", "/", dashboard.index),
-    Route("GET", "/items/", reports.list_items),
-    Route("GET", "/stores/", reports.list_stores),
-    Route("GET", "/items/top/", reports.top_items),
-    Route("GET", "/stores/top/", reports.top_stores),
-    Route("GET", "/reports/summary/", reports.month_summary),
-    Route("GET", "/reports/daily/", reports.daily),
-    Route("POST", "/sales/", sales.post_sale),
-    Route("POST", "/sales/batch/", sales.post_batch),
-    Route("GET", "/clear/", admin.clear),
-    Route("POST", "/clear/", admin.clear),
-    Route("GET", "/create/", admin.create),
-    Route("POST", "/create/", admin.create),
-    Route("GET", "/health", ops.health),
-    Route("GET", "/metrics", ops.metrics_view),
-    Route("GET", "/openapi.json", ops.openapi),
+    Route("GET", "/", dashboard.index, READ),
+    Route("GET", "/items/", reports.list_items, READ),
+    Route("GET", "/stores/", reports.list_stores, READ),
+    Route("GET", "/items/top/", reports.top_items, READ),
+    Route("GET", "/stores/top/", reports.top_stores, READ),
+    Route("GET", "/reports/summary/", reports.month_summary, READ),
+    Route("GET", "/reports/daily/", reports.daily, READ),
+    Route("POST", "/sales/", sales.post_sale, POST),
+    Route("POST", "/sales/batch/", sales.post_batch, POST),
+    Route("GET", "/clear/", admin.clear, ADMIN),
+    Route("POST", "/clear/", admin.clear, ADMIN),
+    Route("GET", "/create/", admin.create, ADMIN),
+    Route("POST", "/create/", admin.create, ADMIN),
+    Route("GET", "/admin/keys/", keys.list_keys, ADMIN),
+    Route("POST", "/admin/keys/", keys.issue_key, ADMIN),
+    Route("DELETE", "/admin/keys/{prefix}", keys.revoke_key, ADMIN),
+    Route("GET", "/health", ops.health, OPEN),
+    Route("GET", "/metrics", ops.metrics_view, READ),
+    Route("GET", "/openapi.json", ops.openapi, READ),
 )
+
+
+def bare(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+ACCESS = {(r.method, bare(r.path)): r.access for r in ROUTES}
+
+
+def access_rule(request: web.Request) -> str | None:
+    """The rule of the route this request matched (None when it matched none)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    return ACCESS.get((method, bare(resource.canonical)))
 
 
 def setup_routes(app: web.Application) -> None:
     for route in ROUTES:
-        bare = route.path.rstrip("/")
-        if not bare:
-            app.router.add_route(route.method, "/", route.handler)
-            continue
-        app.router.add_route(route.method, bare, route.handler)
-        if not bare.endswith(".json"):
-            app.router.add_route(route.method, bare + "/", route.handler)
+        path = bare(route.path)
+        app.router.add_route(route.method, path, route.handler)
+        if path != "/" and not path.endswith(".json") and "{" not in path:
+            app.router.add_route(route.method, path + "/", route.handler)

@@ -119,3 +119,24 @@ async def test_database_down_is_said_plainly(database_url, settings, aiohttp_cli
         admin = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+async def test_dashboard_with_auth_uses_the_owner_key_from_the_browser(settings, aiohttp_client, seed, db, browser):
+    import dataclasses
+
+    from api.app import create_app
+    from shared import keys
+
+    await seed(items=4, stores=3, sales=120)
+    owner = await keys.issue(db, "owner", None, "browser")
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, auth_required=True)))
+    context = await browser.new_context(http_credentials={"username": "owner", "password": owner.key})
+    page = await context.new_page()
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    await page.goto(str(client.make_url("/")))
+    await page.wait_for_function("document.getElementById('status').textContent.startsWith('Updated')")
+    summary = await (await client.get("/reports/summary/", headers={"Authorization": f"Bearer {owner.key}"})).json()
+    assert await page.text_content("#kpi-income") == _fmt(summary["income"])
+    assert not any(owner.key in url or owner.key.split(".")[1] in url for url in requested)
+    await context.close()

@@ -7,6 +7,7 @@ import msgspec
 from aiohttp import web
 
 from api.appkeys import INTAKE
+from api.auth import check_store_scope
 from api.responses import json_error, json_response
 from api.sales import UnknownReferences, sale_json
 from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale
@@ -32,6 +33,8 @@ async def post_sale(request: web.Request) -> web.Response:
         if sale.idempotency_key not in (None, header_key):
             raise BadRequest("the Idempotency-Key header and the idempotency_key field differ")
         sale.idempotency_key = header_key
+    if refusal := check_store_scope(request, [sale.store_id]):
+        return json_error(403, refusal)
     try:
         [stored] = await request.app[INTAKE].accept([sale], now)
     except UnknownReferences as exc:
@@ -51,6 +54,8 @@ async def post_batch(request: web.Request) -> web.Response:
             sales[index] = decode_sale(raw, now)
         except BadRequest as exc:
             errors[index] = str(exc)
+    if refusal := check_store_scope(request, [s.store_id for s in sales.values()]):
+        return json_error(403, refusal)
     intake = request.app[INTAKE]
     if errors:  # report every bad sale at once, unknown items and stores included
         errors.update(await intake.unknown_references(sales))
