@@ -3,7 +3,7 @@
 arq hosts the process (signals, startup/shutdown hooks, health check key) and runs the
 periodic housekeeping as cron jobs; the sales themselves travel through a Redis stream,
 because one arq job per sale (or per small group) costs more Redis round trips than the
-sale is worth (see docs/architecture.md).
+sale is worth (docs/architecture.md).
 """
 from __future__ import annotations
 
