@@ -1,6 +1,7 @@
 """Typed decoding of request bodies and query strings; every failure is a BadRequest."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from typing import Annotated
@@ -14,6 +15,8 @@ INT32_MAX = 2_147_483_647
 # clock skew between a POS and the server is tolerated.
 EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE_SKEW = dt.timedelta(seconds=5)
+
+TOO_DEEP = "malformed JSON: nested too deeply"
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
@@ -41,6 +44,17 @@ _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_batch_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
 
 
+BODY_TIMEOUT_SECONDS = 10.0
+
+
+async def read_body(request) -> bytes:
+    """The whole body, or 408 when it trickles in too slowly (a slow client must not hold us)."""
+    try:
+        return await asyncio.wait_for(request.read(), BODY_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError as exc:
+        raise BadRequest(f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s", status=408) from exc
+
+
 def _check_sale_time(sale: SaleIn, now: dt.datetime) -> None:
     if sale.sale_time is None:
         return
@@ -64,6 +78,8 @@ def decode_sale(body: bytes | msgspec.Raw, now: dt.datetime) -> SaleIn:
         sale = _sale_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(_message(exc)) from exc
+    except RecursionError as exc:
+        raise BadRequest(TOO_DEEP) from exc
     _check_sale_time(sale, now)
     return sale
 
@@ -83,6 +99,8 @@ def decode_batch(body: bytes) -> list[msgspec.Raw]:
         raise BadRequest('a batch is a JSON array of sales, or an object {"sales": [...]}: ' + str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(_message(exc)) from exc
+    except RecursionError as exc:
+        raise BadRequest(TOO_DEEP) from exc
     if not raw:
         raise BadRequest("a batch holds at least one sale")
     if len(raw) > MAX_BATCH:

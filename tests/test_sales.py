@@ -137,3 +137,26 @@ async def test_redis_down_answers_503_with_retry_after_quickly(aiohttp_client, s
     assert response.status == 503
     assert response.headers["Retry-After"].isdigit()
     assert "error" in await response.json()
+
+
+@pytest.mark.parametrize("path", ["/sales/", "/sales/batch/"])
+async def test_deeply_nested_json_is_400_not_500(client, seed, path):
+    await seed()
+    for body in (b"[" * 200_000 + b"]" * 200_000, b'{"item_id": ' * 50_000):
+        response = await client.post(path, data=body)
+        assert response.status == 400
+        assert "error" in await response.json()
+
+
+async def test_body_that_trickles_in_is_cut_off_with_408(client, seed, monkeypatch):
+    from api import validation
+
+    await seed()
+    monkeypatch.setattr(validation, "BODY_TIMEOUT_SECONDS", 0.5)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 40\r\n\r\n{\"item_id\": 1")
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from api.appkeys import PG_POOL
 from api.responses import json_error, json_response
-from api.validation import BadRequest
+from api.validation import BadRequest, read_body
 from shared import keys
 
 
@@ -25,8 +25,8 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def issue_key(request: web.Request) -> web.Response:
     try:
-        wanted = msgspec.json.decode(await request.read(), type=KeyRequest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        wanted = msgspec.json.decode(await read_body(request), type=KeyRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise BadRequest(f"body must be {{\"kind\": \"pos\"|\"owner\"|\"admin\", \"store_id\": N, \"label\": \"...\"}}: {exc}") from exc
     if len(wanted.label) > 200:
         raise BadRequest("label is at most 200 characters")

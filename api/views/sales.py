@@ -10,7 +10,7 @@ from api.appkeys import INTAKE
 from api.auth import check_store_scope
 from api.responses import json_error, json_response
 from api.sales import UnknownReferences, sale_json
-from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale
+from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, read_body
 
 _header_key = msgspec.json.Decoder(IdempotencyKey)
 
@@ -27,7 +27,7 @@ def _idempotency_header(request: web.Request) -> str | None:
 
 async def post_sale(request: web.Request) -> web.Response:
     now = dt.datetime.now(dt.timezone.utc)
-    sale = decode_sale(await request.read(), now)
+    sale = decode_sale(await read_body(request), now)
     header_key = _idempotency_header(request)
     if header_key is not None:
         if sale.idempotency_key not in (None, header_key):
@@ -46,7 +46,7 @@ async def post_batch(request: web.Request) -> web.Response:
     now = dt.datetime.now(dt.timezone.utc)
     if "Idempotency-Key" in request.headers:
         raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
-    raw_sales = decode_batch(await request.read())
+    raw_sales = decode_batch(await read_body(request))
     sales: dict[int, SaleIn] = {}
     errors: dict[int, str] = {}
     for index, raw in enumerate(raw_sales):
