@@ -7,7 +7,8 @@ from typing import Awaitable, Callable
 import asyncpg
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def set_codecs(conn: asyncpg.Connection) -> None:
+    """jsonb in and out as Python objects."""
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -17,7 +18,7 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 1
     """A pool whose connections decode jsonb, then run `prepare` (once per connection)."""
 
     async def init(conn: asyncpg.Connection) -> None:
-        await _init_connection(conn)
+        await set_codecs(conn)
         if prepare is not None:
             await prepare(conn)
 

@@ -5,7 +5,7 @@ NOTHING into sales, and rollup upserts fed only by the rows that INSERT returned
 delivered twice therefore inserts nothing and counts nothing the second time.
 
 A row that can never be written (a constraint it breaks) does not block the others: the
-batch is retried row by row in savepoints and that row goes to `dead_letter` with its reason.
+batch is split in savepoints (bisection) until that row is alone, and it goes to `dead_letter` with its reason.
 Any other error (connection lost, server restarting) propagates: the caller retries the batch.
 """
 from __future__ import annotations
@@ -15,10 +15,17 @@ import datetime as dt
 
 import asyncpg
 
+from shared.db import set_codecs
+
 from shared.rollups import ROLLUPS, upsert_sql
 
 Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
 COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "idempotency_key", "accepted_at_us"]
+
+# The staging table has no statistics, so the planner guesses huge row counts and would spend
+# more time JIT-compiling each batch statement than running it (measured: 0.6 s of 1.2 s for
+# 100k rows). Sorting a batch by id needs more than the default 4 MB work_mem.
+SESSION_SETTINGS = {"application_name": "sales-worker", "jit": "off", "work_mem": "64MB"}
 
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS sales_incoming (
@@ -53,6 +60,22 @@ WHERE s.id IS NULL
       IS DISTINCT FROM (i.item_id, i.store_id, {_FROM_US.format('i.sale_time_us')}, i.quantity)
 """
 
+# The foreign keys of sales, checked once per batch instead of once per row. PostgreSQL's own
+# check (a trigger per row and key, 6 µs each: most of a batch's time) locks the referenced
+# item and store rows FOR KEY SHARE; this does the same for each distinct id of the batch, and
+# only when every one exists (and the role may) skips the per-row triggers for this transaction.
+# A batch naming a missing item or store takes the ordinary path and gets the ordinary errors.
+LOCK_PARENTS_AND_SKIP_ROW_CHECKS = """
+WITH item_ids AS (SELECT DISTINCT item_id AS id FROM sales_incoming),
+     store_ids AS (SELECT DISTINCT store_id AS id FROM sales_incoming),
+     items AS (SELECT id FROM item WHERE id IN (SELECT id FROM item_ids) ORDER BY id FOR KEY SHARE),
+     stores AS (SELECT id FROM store WHERE id IN (SELECT id FROM store_ids) ORDER BY id FOR KEY SHARE)
+SELECT CASE WHEN (SELECT count(*) FROM items) = (SELECT count(*) FROM item_ids)
+             AND (SELECT count(*) FROM stores) = (SELECT count(*) FROM store_ids)
+             AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+        THEN set_config('session_replication_role', 'replica', true) END
+"""
+
 INSERT_DEAD_LETTER = "INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3)"
 
 # Errors that say "this data can never be written": integrity (23) and data (22) classes.
@@ -76,19 +99,24 @@ def row_json(row: Row) -> dict:
 
 def _reason(exc: Exception) -> str:
     detail = getattr(exc, "detail", None)
-    return f"{type(exc).__name__}: {exc}" + (f" ({detail})" if detail else "")
+    return f"{type(exc).__name__}: {exc}" + (f" ({detail})" if detail and detail not in str(exc) else "")
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Once per connection: jsonb codecs (dead letters) and the staging table."""
+    await set_codecs(conn)
     await conn.execute(CREATE_STAGING)
 
 
-async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row]) -> tuple[int, list[tuple[Row, str]]]:
+async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row],
+                            batch_key_checks: bool = False) -> tuple[int, list[tuple[Row, str]]]:
     """Inserted count, and the rows not stored as queued with the reason (same transaction).
 
     The staging table empties itself at commit; within one transaction the caller empties it.
     """
     await conn.copy_records_to_table("sales_incoming", records=rows, columns=COLUMNS)
+    if batch_key_checks:
+        await conn.execute(LOCK_PARENTS_AND_SKIP_ROW_CHECKS)
     inserted = await conn.fetchval(INSERT_FROM_STAGING)
     lost = []
     if inserted < len(rows):
@@ -105,7 +133,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
     """Write the rows (one transaction); raises only for errors worth retrying."""
     try:
         async with conn.transaction():
-            inserted, lost = await _stage_and_insert(conn, rows)
+            inserted, lost = await _stage_and_insert(conn, rows, batch_key_checks=True)
             await _dead_letters(conn, lost)
         return BatchResult(written=inserted, duplicates=len(rows) - inserted - len(lost), dead=len(lost))
     except PERMANENT_ERRORS:
@@ -114,23 +142,42 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
 
 
 async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
+    """The batch broke a constraint: find the rows that cannot be written by bisection.
+
+    Halves are tried in savepoints and only a failing half is split again, so k bad rows in
+    a batch of n cost about 2k·log2(n/k) attempts instead of n (one poisoned row no longer
+    makes the whole batch crawl row by row while live traffic piles up behind it).
+    """
     result = BatchResult()
     async with conn.transaction():
         dead: list[tuple[Row, str]] = []
-        for row in rows:
-            try:
-                async with conn.transaction():  # a savepoint
-                    await conn.execute("DELETE FROM sales_incoming")
-                    inserted, lost = await _stage_and_insert(conn, [row])
-            except PERMANENT_ERRORS as exc:
-                dead.append((row, _reason(exc)))
-                continue
-            dead.extend(lost)
-            result.written += inserted
-            result.duplicates += 1 - inserted - len(lost)
+        middle = len(rows) // 2
+        for part in (rows[:middle], rows[middle:]) if len(rows) > 1 else (rows,):
+            await _write_part(conn, part, result, dead)
         await _dead_letters(conn, dead)
         result.dead = len(dead)
     return result
+
+
+async def _write_part(conn: asyncpg.Connection, rows: list[Row], result: BatchResult,
+                      dead: list[tuple[Row, str]]) -> None:
+    if not rows:
+        return
+    try:
+        async with conn.transaction():  # a savepoint
+            await conn.execute("DELETE FROM sales_incoming")
+            inserted, lost = await _stage_and_insert(conn, rows)
+    except PERMANENT_ERRORS as exc:
+        if len(rows) == 1:
+            dead.append((rows[0], _reason(exc)))
+            return
+        middle = len(rows) // 2
+        await _write_part(conn, rows[:middle], result, dead)
+        await _write_part(conn, rows[middle:], result, dead)
+        return
+    dead.extend(lost)
+    result.written += inserted
+    result.duplicates += len(rows) - inserted - len(lost)
 
 
 async def _dead_letters(conn: asyncpg.Connection, dead: list[tuple[Row, str]]) -> None:
