@@ -8,12 +8,16 @@ sale is worth (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
 
 from arq import cron
 from arq.connections import RedisSettings
+from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from shared.db import create_pool
 from shared.queue import GROUP, QueueKeys
@@ -33,7 +37,7 @@ async def startup(ctx: dict) -> None:
     ctx["settings"] = settings
     ctx["pg_pool"] = await create_pool(settings.database_url, min_size=1, max_size=2,
                                        prepare=writer.prepare_connection,
-                                       server_settings={"application_name": "sales-worker"})
+                                       server_settings=writer.SESSION_SETTINGS)
     ctx["stream_redis"] = connect_redis(settings.redis_url, max_connections=8)
     keys = QueueKeys(settings.redis_key_prefix)
     name = f"{socket.gethostname()}-{os.getpid()}"
@@ -76,3 +80,35 @@ class WorkerSettings:
     on_shutdown = shutdown
     keep_result = 0
     job_timeout = 60
+
+
+class ResilientWorker(Worker):
+    """arq's Worker, except that Redis going away does not end the process.
+
+    arq's poll loop (ZRANGEBYSCORE on its job queue, health-check key, cron) lets a Redis
+    ConnectionError escape `main()`: the process exited a moment after Redis stopped, and its
+    `close()` then failed before `on_shutdown`, so the stream consumer (which waits for Redis
+    with backoff on its own) died with it and nothing was written after Redis came back.
+    Here a failed poll is logged and retried, and shutdown tolerates a missing Redis.
+    """
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("arq poll failed (%s); retrying in 1 s", exc)
+            await asyncio.sleep(1)
+
+    async def close(self) -> None:
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values())
+        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            await self.pool.close(close_connection_pool=True)
+        self._pool = None

@@ -1,0 +1,183 @@
+"""Sales the worker could never write: list them, and replay them once the cause is fixed.
+
+    python -m worker.dead_letters list [--all]      # pending ones (or every one, replayed too)
+    python -m worker.dead_letters replay [--id N]   # write them again (all pending, or one)
+
+A replay goes through the worker's own write path (worker.writer: COPY into the staging
+table, INSERT ... ON CONFLICT DO NOTHING, rollups fed only by what was inserted), one dead
+letter per savepoint inside one transaction per letter, so it is exactly-once: a sale already
+stored (replayed before, or redelivered meanwhile) is not counted again. A letter that
+replays is marked `replayed_at`; one that still fails stays pending with the new reason.
+
+Exit status: 0 when everything asked for was replayed (or there was nothing to do), 1 when
+some letters still fail, 2 on bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import sys
+
+import asyncpg
+import msgspec
+
+from shared.db import create_pool
+from shared.settings import Settings
+from worker import writer
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
+
+
+class _StillFailing(Exception):
+    """Rolls back the rows of a letter that did not replay completely."""
+
+
+class Unreplayable(Exception):
+    """The stored letter does not hold a sale that can be written as it is."""
+
+
+def _us(iso: str) -> int:
+    return (dt.datetime.fromisoformat(iso) - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def rows_of(sale: dict) -> list[writer.Row]:
+    """The queued rows a dead letter holds (writer.row_json's inverse, or an undecodable entry)."""
+    if "fields_hex" in sale:  # a whole stream entry that could not be decoded when it arrived
+        try:
+            return [tuple(r) for r in _rows_decoder.decode(bytes.fromhex(sale["fields_hex"]["d"]))]
+        except (KeyError, ValueError, msgspec.DecodeError) as exc:
+            raise Unreplayable(f"undecodable queue entry: {exc}") from exc
+    try:
+        values = dict(sale)
+        values["sale_time_us"] = _us(values.pop("sale_time"))
+        values["accepted_at_us"] = _us(values.pop("accepted_at"))
+        return [tuple(values[c] for c in writer.COLUMNS)]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise Unreplayable(f"stored sale is incomplete: {exc}") from exc
+
+
+@dataclasses.dataclass
+class Outcome:
+    letter_id: int
+    replayed: bool
+    written: int = 0
+    already_stored: int = 0
+    reason: str | None = None
+
+
+async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None:
+    """Replay one pending letter in its own transaction; None if it is not pending (any more)."""
+    async with conn.transaction():
+        letter = await conn.fetchrow(
+            "SELECT id, sale FROM dead_letter WHERE id = $1 AND replayed_at IS NULL FOR UPDATE SKIP LOCKED",
+            letter_id)
+        if letter is None:
+            return None
+        outcome = Outcome(letter_id, replayed=False)
+        reasons = []
+        try:
+            rows = rows_of(letter["sale"])
+        except Unreplayable as exc:
+            rows, reasons = [], [str(exc)]
+        try:
+            async with conn.transaction():  # every row of the letter, or none of them
+                for row in rows:
+                    try:
+                        async with conn.transaction():  # a savepoint per row, to collect every reason
+                            await conn.execute("DELETE FROM sales_incoming")
+                            inserted, lost = await writer._stage_and_insert(conn, [row])
+                    except writer.PERMANENT_ERRORS as exc:
+                        reasons.append(writer._reason(exc))
+                        continue
+                    if lost:
+                        reasons.extend(reason for _, reason in lost)
+                    elif inserted:
+                        outcome.written += inserted
+                    else:
+                        outcome.already_stored += 1
+                if reasons:
+                    raise _StillFailing
+        except _StillFailing:
+            outcome.written = outcome.already_stored = 0
+            outcome.reason = "; ".join(reasons)
+            await conn.execute("UPDATE dead_letter SET reason = $2, failed_at = now() WHERE id = $1",
+                               letter_id, f"replay failed: {outcome.reason}")
+        else:
+            outcome.replayed = True
+            await conn.execute("UPDATE dead_letter SET replayed_at = now() WHERE id = $1", letter_id)
+        return outcome
+
+
+async def replay(conn: asyncpg.Connection, letter_id: int | None = None) -> list[Outcome]:
+    if letter_id is None:
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM dead_letter WHERE replayed_at IS NULL ORDER BY id")]
+    else:
+        ids = [letter_id]
+    outcomes = []
+    for one in ids:
+        outcome = await replay_one(conn, one)
+        if outcome is not None:
+            outcomes.append(outcome)
+    return outcomes
+
+
+async def pending(conn: asyncpg.Connection, include_replayed: bool = False) -> list[asyncpg.Record]:
+    where = "" if include_replayed else "WHERE replayed_at IS NULL"
+    return await conn.fetch(f"SELECT id, sale_id, sale, reason, failed_at, replayed_at FROM dead_letter {where} ORDER BY id")
+
+
+def _print_list(records: list[asyncpg.Record]) -> None:
+    if not records:
+        print("no dead letters")
+        return
+    print(f"{'id':>8}  {'sale_id':>12}  {'failed_at':<25}  {'replayed_at':<25}  reason / sale")
+    for r in records:
+        failed = r["failed_at"].isoformat(timespec="seconds")
+        replayed = r["replayed_at"].isoformat(timespec="seconds") if r["replayed_at"] else "-"
+        sale = r["sale"]
+        brief = {k: sale.get(k) for k in ("item_id", "store_id", "quantity", "sale_time")} if "fields_hex" not in sale else sale.get("stream_entry")
+        print(f"{r['id']:>8}  {str(r['sale_id'] or '-'):>12}  {failed:<25}  {replayed:<25}  {r['reason']}")
+        print(f"{'':>8}  {'':>12}  {'':<25}  {'':<25}  {brief}")
+    print(f"{len(records)} dead letter(s)")
+
+
+async def _main(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    pool = await create_pool(settings.database_url, max_size=1, prepare=writer.prepare_connection)
+    try:
+        async with pool.acquire() as conn:
+            if args.command == "list":
+                _print_list(await pending(conn, args.all))
+                return 0
+            outcomes = await replay(conn, args.id)
+    finally:
+        await pool.close()
+    if args.id is not None and not outcomes:
+        print(f"dead letter {args.id} does not exist or was already replayed", file=sys.stderr)
+        return 1
+    failed = [o for o in outcomes if not o.replayed]
+    for o in outcomes:
+        if o.replayed:
+            print(f"dead letter {o.letter_id}: replayed ({o.written} written, {o.already_stored} already stored)")
+        else:
+            print(f"dead letter {o.letter_id}: still failing: {o.reason}")
+    print(f"{len(outcomes) - len(failed)} replayed, {len(failed)} still failing")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.dead_letters", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    list_cmd = sub.add_parser("list", help="show dead letters not yet replayed")
+    list_cmd.add_argument("--all", action="store_true", help="replayed ones too")
+    replay_cmd = sub.add_parser("replay", help="write pending dead letters again")
+    replay_cmd.add_argument("--id", type=int, default=None, help="only this dead letter")
+    args = parser.parse_args(argv)
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
