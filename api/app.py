@@ -52,7 +52,8 @@ async def postgres_ctx(app: web.Application):
 
 
 async def redis_ctx(app: web.Application):
-    client = connect_redis(app[SETTINGS].redis_url)
+    # A Redis that hangs must still get the client a 503 within a second.
+    client = connect_redis(app[SETTINGS].redis_url, socket_timeout=0.8)
     app[REDIS] = client
     app[QUEUE_KEYS] = QueueKeys(app[SETTINGS].redis_key_prefix)
     yield

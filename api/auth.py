@@ -37,6 +37,10 @@ class Principal(NamedTuple):
     prefix: str
 
 
+# Who made the request (None in open mode, where nobody needs to say).
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
 class _Entry(NamedTuple):
     secret_hash: bytes
     principal: Principal
@@ -122,12 +126,12 @@ class AccessControl:
         return self.keys.authenticate(given) if self.keys else None
 
     async def check(self, request: web.Request, rule: str) -> web.Response | None:
-        """None to let the request through (with request["principal"] set), else the refusal."""
-        request["principal"] = None
+        """None to let the request through (with request[PRINCIPAL] set), else the refusal."""
+        request[PRINCIPAL] = None
         if rule == OPEN or (rule != ADMIN and not self._auth_required):
             return None
         refusal = self._refusal(request, rule)
-        if refusal is not None and request["principal"] is None:
+        if refusal is not None and request[PRINCIPAL] is None:
             # A failed authentication: answered as usual, but a client that keeps failing
             # waits longer and longer for its answers (up to MAX_FAILURE_DELAY each).
             client = request.remote or "unknown"
@@ -153,7 +157,7 @@ class AccessControl:
             if not self._auth_required:  # open mode: only the admin token exists
                 return json_error(403, "the bearer token is not the admin token")
             return json_error(401, "unknown or revoked key", headers={"WWW-Authenticate": challenge})
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         if refusal := _forbidden(principal, rule):
             return json_error(403, refusal)
         return None
@@ -173,7 +177,7 @@ def _forbidden(principal: Principal, rule: str) -> str | None:
 
 def check_store_scope(request: web.Request, store_ids: list[int]) -> str | None:
     """The refusal when a pos key posts for another store than its own, else None."""
-    principal: Principal | None = request.get("principal")
+    principal: Principal | None = request.get(PRINCIPAL)
     if principal is None or principal.kind != "pos":
         return None
     others = sorted({s for s in store_ids if s != principal.store_id})

@@ -4,10 +4,10 @@ from __future__ import annotations
 import redis.asyncio as redis
 
 
-def connect_redis(url: str, *, max_connections: int = 64) -> redis.Redis:
+def connect_redis(url: str, *, max_connections: int = 64, socket_timeout: float = 2.0) -> redis.Redis:
     return redis.Redis.from_url(
         url,
-        socket_timeout=2.0,
+        socket_timeout=socket_timeout,
         socket_connect_timeout=0.5,
         max_connections=max_connections,
         health_check_interval=15,

@@ -65,3 +65,16 @@ async def test_referenced_item_cannot_be_deleted_while_a_batch_holds_it(db, seed
         await conn.fetchval(writer.INSERT_FROM_STAGING)
     await conn.close()
     assert await db.fetchval("SELECT count(*) FROM sales WHERE id = 30001") == 1
+
+
+async def test_redelivered_bad_row_is_filed_once(db, seed, database_url):
+    await seed(items=2, stores=1)
+    await db.execute("DELETE FROM item WHERE id = 2")
+    conn = await asyncpg.connect(database_url, server_settings=writer.SESSION_SETTINGS)
+    await writer.prepare_connection(conn)
+    rows = _rows([40_001], 1, 1) + _rows([40_002], 2, 1)
+    first = await writer.write_batch(conn, rows)
+    second = await writer.write_batch(conn, rows)  # the ack was lost: the same batch again
+    await conn.close()
+    assert (first.written, first.dead, second.written, second.duplicates, second.dead) == (1, 1, 0, 2, 0)
+    assert await db.fetchval("SELECT count(*) FROM dead_letter WHERE sale_id = 40002") == 1

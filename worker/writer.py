@@ -76,7 +76,9 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = (SELECT count(*) FROM item_ids)
         THEN set_config('session_replication_role', 'replica', true) END
 """
 
-INSERT_DEAD_LETTER = "INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3)"
+# A bad row delivered again (its batch's ack was lost) is already filed: not filed twice.
+INSERT_DEAD_LETTER = ("INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3) "
+                      "ON CONFLICT DO NOTHING RETURNING id")
 
 # Errors that say "this data can never be written": integrity (23) and data (22) classes.
 PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
@@ -134,8 +136,8 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
     try:
         async with conn.transaction():
             inserted, lost = await _stage_and_insert(conn, rows, batch_key_checks=True)
-            await _dead_letters(conn, lost)
-        return BatchResult(written=inserted, duplicates=len(rows) - inserted - len(lost), dead=len(lost))
+            filed = await _dead_letters(conn, lost)
+        return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
     except PERMANENT_ERRORS:
         pass
     return await _write_row_by_row(conn, rows)
@@ -154,8 +156,8 @@ async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchR
         middle = len(rows) // 2
         for part in (rows[:middle], rows[middle:]) if len(rows) > 1 else (rows,):
             await _write_part(conn, part, result, dead)
-        await _dead_letters(conn, dead)
-        result.dead = len(dead)
+        result.dead = await _dead_letters(conn, dead)
+        result.duplicates += len(dead) - result.dead
     return result
 
 
@@ -180,6 +182,9 @@ async def _write_part(conn: asyncpg.Connection, rows: list[Row], result: BatchRe
     result.duplicates += len(rows) - inserted - len(lost)
 
 
-async def _dead_letters(conn: asyncpg.Connection, dead: list[tuple[Row, str]]) -> None:
-    if dead:
-        await conn.executemany(INSERT_DEAD_LETTER, [(row[0], row_json(row), reason) for row, reason in dead])
+async def _dead_letters(conn: asyncpg.Connection, dead: list[tuple[Row, str]]) -> int:
+    """File the rows (rare: one statement each); returns how many were not filed already."""
+    filed = 0
+    for row, reason in dead:
+        filed += await conn.fetchval(INSERT_DEAD_LETTER, row[0], row_json(row), reason) is not None
+    return filed
