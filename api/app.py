@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 
 import asyncpg
 from aiohttp import web
@@ -10,9 +12,10 @@ from aiohttp import web
 from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETTINGS
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
-from api.errors import json_errors, request_metrics
+from api import metrics
+from api.errors import answer_as_json
 from api.ids import IdAllocator
-from api.routes import access_rule, setup_routes
+from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
 from api.sales import SalesIntake
 from shared.db import create_pool
@@ -85,16 +88,29 @@ async def access_ctx(app: web.Application):
         await keys.close()
 
 
-@web.middleware
-async def access_control(request: web.Request, handler) -> web.StreamResponse:
+async def _checked(request: web.Request, handler) -> web.StreamResponse:
     rule = access_rule(request)
-    if rule is not None and (refusal := await request.app[ACCESS_CONTROL].check(request, rule)) is not None:
+    access = request.app[ACCESS_CONTROL]
+    if rule is not None and access.applies(rule) and (refusal := await access.check(request, rule)) is not None:
         return refusal
     return await handler(request)
 
 
+@web.middleware
+async def edge(request: web.Request, handler) -> web.StreamResponse:
+    """Every request: access rules, JSON errors, metrics, in one layer (it is the hot path)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await answer_as_json(request, functools.partial(_checked, handler=handler))
+        status = response.status
+        return response
+    finally:
+        metrics.observe_request(request.method, route_label(request), status, time.perf_counter() - started)
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[request_metrics, json_errors, access_control])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[edge])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx, access_ctx])
     setup_routes(app)

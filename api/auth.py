@@ -125,6 +125,10 @@ class AccessControl:
             return Principal("admin", None, "ADMIN_TOKEN")
         return self.keys.authenticate(given) if self.keys else None
 
+    def applies(self, rule: str) -> bool:
+        """Whether requests under this rule need credentials at all (cheap, per request)."""
+        return rule != OPEN and (rule == ADMIN or self._auth_required)
+
     async def check(self, request: web.Request, rule: str) -> web.Response | None:
         """None to let the request through (with request[PRINCIPAL] set), else the refusal."""
         request[PRINCIPAL] = None

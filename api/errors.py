@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import asyncpg
 from aiohttp import web
 
-from api import metrics
 from api.responses import json_error
 from api.validation import BadRequest
 
@@ -47,8 +45,8 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     return text.removeprefix(f"{exc.status}: ") if text else exc.reason
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler) -> web.StreamResponse:
+async def answer_as_json(request: web.Request, handler) -> web.StreamResponse:
+    """The handler's answer, with every failure turned into `{"error": ...}`."""
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -68,18 +66,3 @@ async def json_errors(request: web.Request, handler) -> web.StreamResponse:
             return json_error(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"})
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_error(500, "internal error; it has been logged")
-
-
-@web.middleware
-async def request_metrics(request: web.Request, handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - started)

@@ -26,6 +26,22 @@ FLUSH_SIZE = Histogram("queue_flush_sales", "Sales per Redis round trip (group c
 AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])
 
 
+_request_counters: dict[tuple[str, str, int], object] = {}
+_latency_histograms: dict[tuple[str, str], object] = {}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count and time one request (labelled children cached: this runs on every request)."""
+    counter = _request_counters.get((method, route, status))
+    if counter is None:
+        counter = _request_counters[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
+    histogram = _latency_histograms.get((method, route))
+    if histogram is None:
+        histogram = _latency_histograms[(method, route)] = HTTP_LATENCY.labels(method, route)
+    counter.inc()
+    histogram.observe(seconds)
+
+
 class _Snapshot:
     """Gauges read from Redis and PostgreSQL just before the scrape."""
 

@@ -48,6 +48,15 @@ def bare(path: str) -> str:
 
 
 ACCESS = {(r.method, bare(r.path)): r.access for r in ROUTES}
+DOCUMENTED_PATH = {bare(r.path): r.path for r in ROUTES}
+
+
+def route_label(request: web.Request) -> str:
+    """The documented path of the matched route ("/items/" for /items too), for metrics."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return DOCUMENTED_PATH.get(bare(resource.canonical), resource.canonical)
 
 
 def access_rule(request: web.Request) -> str | None:
