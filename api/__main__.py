@@ -19,9 +19,19 @@ import tempfile
 from shared.settings import Settings
 
 log = logging.getLogger("api")
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _exit_now(_signum, _frame) -> None:
+    raise SystemExit(0)
 
 
 def _serve(settings: Settings, reuse_port: bool) -> None:
+    # Stopped while still starting (before run_app handles signals): exit cleanly, not by
+    # the signal's default action.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _exit_now)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     import uvloop
     from aiohttp import web
 
@@ -48,6 +58,8 @@ async def _migrate(settings: Settings) -> None:
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _exit_now)
     settings = Settings.from_env()
     count = settings.api_processes or os.cpu_count() or 1
     if count == 1:
@@ -61,17 +73,25 @@ def main() -> None:
     asyncio.run(_migrate(settings))
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_serve, args=(settings, True), daemon=False) for _ in range(count)]
+    # A stop signal that arrives while we fork waits until `stop` below can pass it on.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for worker in workers:
         worker.start()
     log.info("serving on %s:%d (%d processes)", settings.host, settings.port, count)
 
+    signalled: set[int] = set()
+
     def stop(signum, _frame):
+        # Once per process: a second SIGTERM during aiohttp's graceful shutdown aborts it
+        # ("Event loop stopped before Future completed") and the process exits 1.
         for worker in workers:
-            if worker.is_alive():
+            if worker.is_alive() and worker.pid not in signalled:
+                signalled.add(worker.pid)
                 os.kill(worker.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     exit_code = 0
     try:
         # If one process dies, stop the rest: a supervisor restarts the whole service.

@@ -30,6 +30,7 @@ class LiveTable:
         self._loaded_at = 0.0
         self._reload_started = 0.0
         self._reload_task: asyncio.Task | None = None
+        self._notified = False
         self._listener: asyncpg.Connection | None = None
         self._refresher: asyncio.Task | None = None
 
@@ -49,7 +50,13 @@ class LiveTable:
         await self._close_listener()
 
     async def _load_and_stamp(self) -> None:
-        await self._load()
+        # A notification that arrives while we load may be about a change our queries did
+        # not see: load again, or it would be lost until the periodic refresh.
+        while True:
+            self._notified = False
+            await self._load()
+            if not self._notified:
+                break
         self._loaded_at = time.monotonic()
 
     def _start_reload(self) -> asyncio.Task:
@@ -87,6 +94,7 @@ class LiveTable:
         await asyncio.shield(self._reload_task)
 
     def _on_notify(self, *_args) -> None:
+        self._notified = True
         self._start_reload()  # the listener callback must not block
 
     async def _ensure_listener(self) -> None:
@@ -115,7 +123,7 @@ class LiveTable:
                 await self._ensure_listener()
                 if time.monotonic() - self._loaded_at >= self._refresh_interval:
                     await self.reload()
-            except DB_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - this loop must outlive any failure
                 log.warning("%s refresh failed: %s", type(self).__name__, exc)
                 await self._close_listener()
             await asyncio.sleep(min(self._refresh_interval, 1.0))

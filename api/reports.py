@@ -1,6 +1,7 @@
 """Report queries. They read only the rollups, so their cost does not grow with sales."""
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import zoneinfo
 
@@ -50,21 +51,30 @@ async def top_stores(conn: asyncpg.Connection, month: dt.date, cnt: int) -> list
 MONTH_TOTALS = """
 SELECT coalesce(sum(income), 0)::bigint AS income, coalesce(sum(units), 0)::bigint AS units,
        coalesce(sum(sales), 0)::bigint AS sales
-FROM daily_totals WHERE day >= $1 AND day < $2
+FROM daily_totals WHERE day >= $1 AND day <= $2
 """
 
 DAILY = """
 SELECT day, income, units, sales FROM daily_totals
-WHERE day >= $1 AND day < $2 ORDER BY day
+WHERE day >= $1 AND day <= $2 ORDER BY day
 """
 
 
-def next_month(month: dt.date) -> dt.date:
-    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+# Month bounds are inclusive (first and last day): the day after December 9999 and the month
+# before January of year 1 are not dates, and `year` may be anything from 1 to 9999.
+def month_end(month: dt.date) -> dt.date:
+    return month.replace(day=calendar.monthrange(month.year, month.month)[1])
 
 
-def previous_month(month: dt.date) -> dt.date:
-    return dt.date(month.year - (month.month == 1), (month.month - 2) % 12 + 1, 1)
+def previous_month(month: dt.date) -> dt.date | None:
+    """The first day of the month before (None before January of year 1)."""
+    if month.month == 1:
+        return dt.date(month.year - 1, 12, 1) if month.year > 1 else None
+    return month.replace(month=month.month - 1)
+
+
+def month_label(year: int, month: int) -> str:
+    return f"{year:04d}-{month:02d}"
 
 
 def _change_pct(now: int, before: int) -> float | None:
@@ -73,12 +83,16 @@ def _change_pct(now: int, before: int) -> float | None:
 
 async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
     """Totals of a month beside the previous month's, from the daily rollup (≤ 62 rows)."""
-    current = dict(await conn.fetchrow(MONTH_TOTALS, month, next_month(month)))
+    current = dict(await conn.fetchrow(MONTH_TOTALS, month, month_end(month)))
     before_month = previous_month(month)
-    before = dict(await conn.fetchrow(MONTH_TOTALS, before_month, month))
+    if before_month is None:
+        before = {"income": 0, "units": 0, "sales": 0}
+    else:
+        before = dict(await conn.fetchrow(MONTH_TOTALS, before_month, month_end(before_month)))
     return {
-        "month": month.strftime("%Y-%m"), **current,
-        "previous_month": before_month.strftime("%Y-%m"),
+        "month": month_label(month.year, month.month), **current,
+        "previous_month": month_label(month.year - 1, 12) if before_month is None
+        else month_label(before_month.year, before_month.month),
         "previous_income": before["income"], "previous_units": before["units"], "previous_sales": before["sales"],
         "income_change_pct": _change_pct(current["income"], before["income"]),
         "units_change_pct": _change_pct(current["units"], before["units"]),
@@ -86,5 +100,5 @@ async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
 
 
 async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
-    rows = await conn.fetch(DAILY, month, next_month(month))
+    rows = await conn.fetch(DAILY, month, month_end(month))
     return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]} for r in rows]

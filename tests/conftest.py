@@ -111,7 +111,8 @@ async def seed(db):
 
 
 @pytest.fixture
-async def client(aiohttp_client, settings, redis_client):
+async def client(settings, redis_client, aiohttp_client):
+    # aiohttp_client comes last so that the app closes before the test database is dropped
     return await aiohttp_client(create_app(settings))
 
 

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from api.appkeys import INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETTINGS
 from api.errors import ServiceUnavailable
 from api.responses import json_response
-from api.validation import BadRequest, int_param
+from api.validation import BadRequest, int_param, read_body
 from shared import seeding
 from shared.queue import purge
 
@@ -21,11 +21,11 @@ async def _params(request: web.Request) -> MultiDict[str]:
     """Query string, overlaid by a JSON object body on POST."""
     params = MultiDict(request.query)
     if request.method == "POST" and request.can_read_body:
-        body = await request.read()
+        body = await read_body(request)
         if body.strip():
             try:
                 data = msgspec.json.decode(body, type=dict[str, int])
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 raise BadRequest(f"body must be a JSON object of integer counts: {exc}") from exc
             for key, value in data.items():
                 params[key] = str(value)

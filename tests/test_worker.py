@@ -1,0 +1,227 @@
+"""The worker: sales written once whatever the redeliveries, bad rows dead-lettered, dead consumers' entries taken over."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+
+import pytest
+
+from shared import rollups
+from shared.db import create_pool
+from shared.queue import GROUP
+from shared.sale_ids import reserve_blocks
+from tests import recount
+from worker import writer
+from worker.consumer import StreamConsumer
+
+NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
+
+
+async def _post_batch(client, sales):
+    response = await client.post("/sales/batch/", json=sales)
+    assert response.status == 202, await response.text()
+    return await response.json()
+
+
+async def _stored_ids(db) -> list[int]:
+    return [r["id"] for r in await db.fetch("SELECT id FROM sales ORDER BY id")]
+
+
+async def _snapshot(db):
+    return ([tuple(r) for r in await db.fetch("SELECT * FROM sales ORDER BY id")],
+            [tuple(r) for r in await db.fetch("SELECT * FROM store_monthly ORDER BY 1, 2")],
+            [tuple(r) for r in await db.fetch("SELECT * FROM item_totals ORDER BY 1")],
+            [tuple(r) for r in await db.fetch("SELECT * FROM daily_totals ORDER BY 1")])
+
+
+@pytest.fixture
+async def worker_pool(settings):
+    pool = await create_pool(settings.database_url, max_size=2, prepare=writer.prepare_connection)
+    yield pool
+    await pool.close()
+
+
+async def test_drain_writes_queued_sales(client, seed, db, drain, redis_client, queue_keys):
+    await seed(items=4, stores=3)
+    answers = await _post_batch(client, [{"item_id": i % 4 + 1, "store_id": i % 3 + 1, "quantity": i + 1}
+                                         for i in range(10)])
+    single = await client.post("/sales/", json={"item_id": 2, "store_id": 2})
+    answers.append(await single.json())
+    assert await _stored_ids(db) == []
+    assert await redis_client.xlen(queue_keys.stream) == 2
+
+    await drain()
+    assert await _stored_ids(db) == sorted(a["id"] for a in answers)
+    assert await db.fetchval("SELECT sum(quantity) FROM sales") == sum(range(1, 11)) + 1
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await (await client.get("/items/top/")).json() == await recount.top_items(db)
+
+
+async def test_write_batch_twice_stores_each_sale_once(seed, db, worker_pool):
+    await seed(items=3, stores=2)
+    prices = {r["id"]: r["price"] for r in await db.fetch("SELECT id, price FROM item")}
+    [start] = await reserve_blocks(db, 1)
+    now_us = int(time.time() * 1_000_000)
+    rows = [(start + i, now_us - i * 86_400_000_000, i % 3 + 1, i % 2 + 1, prices[i % 3 + 1], i + 1,
+             f"k-{i}" if i % 2 else None, now_us) for i in range(40)]
+
+    async with worker_pool.acquire() as conn:
+        first = await writer.write_batch(conn, rows)
+        assert (first.written, first.duplicates, first.dead) == (40, 0, 0)
+        snapshot = await _snapshot(db)
+        second = await writer.write_batch(conn, rows)
+        assert (second.written, second.duplicates, second.dead) == (0, 40, 0)
+        # A batch overlapping the first: only the new rows count.
+        extra = (start + 40, now_us, 1, 1, prices[1], 5, None, now_us)
+        third = await writer.write_batch(conn, rows[10:20] + [extra])
+        assert (third.written, third.duplicates, third.dead) == (1, 10, 0)
+
+    after = (await _snapshot(db))[0]
+    assert after[:40] == snapshot[0] and after[40][0] == start + 40
+    assert await db.fetchval("SELECT count(*) FROM sales") == 41
+    assert await db.fetchval("SELECT sum(quantity) FROM sales") == sum(range(1, 41)) + 5
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await db.fetchval("SELECT count(*) FROM dead_letter") == 0
+
+
+async def test_readded_stream_entry_is_stored_once(client, seed, db, drain, redis_client, queue_keys):
+    await seed(items=3, stores=3)
+    answers = await _post_batch(client, [{"item_id": i % 3 + 1, "store_id": 3 - i % 3, "quantity": 2}
+                                         for i in range(6)])
+    [(_, fields)] = await redis_client.xrange(queue_keys.stream)
+    await drain()
+    snapshot = await _snapshot(db)
+    assert len(snapshot[0]) == 6
+
+    # The same entry delivered again (as after a lost acknowledgement), twice over.
+    for _ in range(2):
+        await redis_client.xadd(queue_keys.stream, fields)
+        await redis_client.incrby(queue_keys.depth, int(fields[b"n"]))
+    await drain()
+    assert await _snapshot(db) == snapshot
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert sorted(a["id"] for a in answers) == await _stored_ids(db)
+    stats = await redis_client.hgetall(queue_keys.worker_stats)
+    assert int(stats[b"duplicates"]) == 12 and int(stats[b"sales_written"]) == 6
+
+
+async def test_entry_written_but_not_acknowledged_is_not_counted_again(client, seed, db, drain, redis_client,
+                                                                       queue_keys, worker_pool):
+    """A worker that committed a batch and died before XACK: the next one redelivers it."""
+    await seed(items=2, stores=2)
+    await _post_batch(client, [{"item_id": 1, "store_id": 2, "quantity": 3}, {"item_id": 2, "store_id": 1}])
+    await redis_client.xgroup_create(queue_keys.stream, GROUP, id="0", mkstream=True)
+    [[_, [(_, fields)]]] = await redis_client.xreadgroup(GROUP, "crashed", {queue_keys.stream: ">"})
+    from worker.consumer import _rows_decoder
+    async with worker_pool.acquire() as conn:
+        result = await writer.write_batch(conn, _rows_decoder.decode(fields[b"d"]))
+    assert result.written == 2
+    snapshot = await _snapshot(db)
+
+    await drain()  # takes the pending entry over and processes it again
+    assert await _snapshot(db) == snapshot
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert (await redis_client.xpending(queue_keys.stream, GROUP))["pending"] == 0
+
+
+async def test_row_whose_item_was_deleted_goes_to_dead_letter_and_the_rest_is_stored(
+        client, seed, db, drain, redis_client, queue_keys):
+    await seed(items=3, stores=2)
+    answers = await _post_batch(client, [
+        {"item_id": 1, "store_id": 1, "quantity": 2},
+        {"item_id": 2, "store_id": 2, "quantity": 4},
+        {"item_id": 3, "store_id": 2},
+    ])
+    assert await redis_client.xlen(queue_keys.stream) == 1  # one entry, so one batch
+    await db.execute("DELETE FROM item WHERE id = 2")
+
+    await drain()
+    assert await _stored_ids(db) == sorted([answers[0]["id"], answers[2]["id"]])
+    [dead] = await db.fetch("SELECT * FROM dead_letter")
+    assert dead["sale_id"] == answers[1]["id"]
+    assert dead["replayed_at"] is None
+    assert "item" in dead["reason"] and "foreign key" in dead["reason"]
+    assert await db.fetchval("SELECT jsonb_typeof(sale) FROM dead_letter") == "object"
+    sale = json.loads(dead["sale"])
+    assert (sale["id"], sale["item_id"], sale["store_id"], sale["quantity"]) == (answers[1]["id"], 2, 2, 4)
+    assert dt.datetime.fromisoformat(sale["sale_time"]) == dt.datetime.fromisoformat(answers[1]["sale_time"])
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert int(await redis_client.get(queue_keys.depth)) == 0
+    stats = await redis_client.hgetall(queue_keys.worker_stats)
+    assert int(stats[b"dead_letters"]) == 1 and int(stats[b"sales_written"]) == 2
+
+    text = await (await client.get("/metrics")).text()
+    assert "\nworker_dead_letters_total 1.0" in text
+    assert "\ndead_letters_pending 1.0" in text
+
+
+async def test_undecodable_entry_goes_to_dead_letter(client, seed, db, drain, redis_client, queue_keys):
+    await seed()
+    await _post_batch(client, [{"item_id": 1, "store_id": 1}])
+    await redis_client.xadd(queue_keys.stream, {"n": 1, "d": b"\xc1 not msgpack"})
+    await redis_client.incrby(queue_keys.depth, 1)
+    await _post_batch(client, [{"item_id": 2, "store_id": 2}])
+    await drain()
+    assert await db.fetchval("SELECT count(*) FROM sales") == 2
+    [dead] = await db.fetch("SELECT * FROM dead_letter")
+    assert "undecodable" in dead["reason"]
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert int(await redis_client.get(queue_keys.depth)) == 0
+
+
+async def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_entries_of_a_dead_consumer_are_taken_over_once(client, seed, db, redis_client, queue_keys,
+                                                              worker_pool):
+    await seed(items=3, stores=3)
+    answers = []
+    for i in range(3):  # three entries
+        answers += await _post_batch(client, [{"item_id": i + 1, "store_id": 3 - i, "quantity": i + 1}] * 4)
+    await redis_client.xgroup_create(queue_keys.stream, GROUP, id="0", mkstream=True)
+    [[_, entries]] = await redis_client.xreadgroup(GROUP, "dead-consumer", {queue_keys.stream: ">"})
+    assert len(entries) == 3
+
+    # Not idle long enough yet: a live consumer leaves them alone.
+    patient = StreamConsumer(redis_client, worker_pool, queue_keys, "patient", reclaim_idle_ms=60_000, block_ms=50)
+    task = asyncio.create_task(patient.run())
+    await asyncio.sleep(0.3)
+    patient.stop()
+    await asyncio.wait_for(task, 5)
+    assert await _stored_ids(db) == []
+    assert (await redis_client.xpending(queue_keys.stream, GROUP))["pending"] == 3
+
+    # Idle past reclaim_idle_ms: taken over, written, acknowledged.
+    live = StreamConsumer(redis_client, worker_pool, queue_keys, "live", reclaim_idle_ms=200, block_ms=50)
+    task = asyncio.create_task(live.run())
+    try:
+        await _wait_for(lambda: _count_is(db, 12), 10, "the dead consumer's sales")
+        await _wait_for(lambda: _stream_empty(redis_client, queue_keys), 5, "the acknowledgements")
+    finally:
+        live.stop()
+        await asyncio.wait_for(task, 5)
+    assert await _stored_ids(db) == sorted(a["id"] for a in answers)
+    assert await db.fetchval("SELECT sum(quantity) FROM sales") == 4 * (1 + 2 + 3)
+    assert await rollups.drift(db) == NO_DRIFT
+    assert (await redis_client.xpending(queue_keys.stream, GROUP))["pending"] == 0
+    assert int(await redis_client.get(queue_keys.depth)) == 0
+
+
+async def _count_is(db, n):
+    return await db.fetchval("SELECT count(*) FROM sales") == n
+
+
+async def _stream_empty(redis_client, queue_keys):
+    return await redis_client.xlen(queue_keys.stream) == 0
