@@ -96,17 +96,26 @@ class FailureLimiter:
         self._buckets[client] = (self._level(client, now) - 1, now)
 
 
+def _has_surrogates(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def credentials(request: web.Request) -> str | None:
     """The key or token in the Authorization header (Bearer, or Basic's password)."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and value:
-        return value
+        # header bytes that are not UTF-8 reach us as lone surrogates: no key looks like that
+        return value if value.isascii() or not _has_surrogates(value) else None
     if scheme.lower() == "basic" and value:
         try:
             user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: not ASCII
             return None
         return password or user or None
     return None

@@ -6,6 +6,8 @@ import functools
 from api.validation import MAX_BATCH
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# An idempotency key: printable, no control characters (as api.validation.IdempotencyKey).
+_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 def _json(schema: dict, description: str) -> dict:
@@ -115,7 +117,8 @@ def spec() -> dict:
             "/sales/": {"post": {
                 "summary": "Report one sale; answered once it is durable in the queue",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 64}}],
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 64,
+                                           "pattern": _KEY_PATTERN}}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/SaleIn"}}}},
                 "responses": {
@@ -196,9 +199,11 @@ def spec() -> dict:
                                "item_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
                                "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
                                "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
-                               "sale_time": {"type": "string", "format": "date-time",
-                                             "description": "ISO 8601 with offset; not in the future"},
-                               "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64}}},
+                               "sale_time": {"type": "string", "format": "date-time", "nullable": True,
+                                             "description": "ISO 8601 with offset; not in the future, "
+                                                            "not before 2000; null or absent: now"},
+                               "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64,
+                                                   "pattern": _KEY_PATTERN, "nullable": True}}},
                 "Sale": {"type": "object", "required": ["id", "sale_time", "item_id", "store_id"], "properties": {
                     "id": {"type": "integer", "format": "int64"},
                     "sale_time": {"type": "string", "format": "date-time"},

@@ -49,9 +49,14 @@ BODY_TIMEOUT_SECONDS = 10.0
 
 async def read_body(request) -> bytes:
     """The whole body, or 408 when it trickles in too slowly (a slow client must not hold us)."""
+    if request.content_length is not None and request.content_length > request.client_max_size:
+        # refused at once, instead of waiting for a body that would be refused anyway
+        raise BadRequest(f"request body is too large: at most {request.client_max_size // 1024 // 1024} MiB",
+                         status=413)
     try:
-        return await asyncio.wait_for(request.read(), BODY_TIMEOUT_SECONDS)
-    except asyncio.TimeoutError as exc:
+        async with asyncio.timeout(BODY_TIMEOUT_SECONDS):  # no extra task, unlike wait_for
+            return await request.read()
+    except TimeoutError as exc:
         raise BadRequest(f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s", status=408) from exc
 
 
@@ -73,6 +78,10 @@ def _message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
     return f"malformed JSON: {text}"
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    return f"malformed JSON: not UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start})"
+
+
 def decode_sale(body: bytes | msgspec.Raw, now: dt.datetime) -> SaleIn:
     try:
         sale = _sale_decoder.decode(body)
@@ -80,6 +89,8 @@ def decode_sale(body: bytes | msgspec.Raw, now: dt.datetime) -> SaleIn:
         raise BadRequest(_message(exc)) from exc
     except RecursionError as exc:
         raise BadRequest(TOO_DEEP) from exc
+    except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for bytes that are not UTF-8
+        raise BadRequest(not_utf8(exc)) from exc
     _check_sale_time(sale, now)
     return sale
 
@@ -101,6 +112,8 @@ def decode_batch(body: bytes) -> list[msgspec.Raw]:
         raise BadRequest(_message(exc)) from exc
     except RecursionError as exc:
         raise BadRequest(TOO_DEEP) from exc
+    except UnicodeDecodeError as exc:
+        raise BadRequest(not_utf8(exc)) from exc
     if not raw:
         raise BadRequest("a batch holds at least one sale")
     if len(raw) > MAX_BATCH:

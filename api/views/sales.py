@@ -23,6 +23,8 @@ def _idempotency_header(request: web.Request) -> str | None:
         return _header_key.decode(msgspec.json.encode(value))
     except msgspec.ValidationError as exc:
         raise BadRequest(f"Idempotency-Key header: {exc}") from exc
+    except UnicodeEncodeError as exc:  # bytes that are not UTF-8 reach us as lone surrogates
+        raise BadRequest("Idempotency-Key header: not UTF-8") from exc
 
 
 async def post_sale(request: web.Request) -> web.Response:
