@@ -1,0 +1,1 @@
+"""Benchmarks: the product against a plain baseline, side by side (see bench/README.md)."""
