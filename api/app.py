@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 
@@ -13,7 +12,7 @@ from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETT
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
 from api import metrics
-from api.errors import answer_as_json
+from api.errors import error_response
 from api.ids import IdAllocator
 from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
@@ -88,25 +87,19 @@ async def access_ctx(app: web.Application):
         await keys.close()
 
 
-async def _checked(request: web.Request, handler) -> web.StreamResponse:
-    rule = access_rule(request)
-    access = request.app[ACCESS_CONTROL]
-    if rule is not None and access.applies(rule) and (refusal := await access.check(request, rule)) is not None:
-        return refusal
-    return await handler(request)
-
-
 @web.middleware
 async def edge(request: web.Request, handler) -> web.StreamResponse:
     """Every request: access rules, JSON errors, metrics, in one layer (it is the hot path)."""
     started = time.perf_counter()
-    status = 500
     try:
-        response = await answer_as_json(request, functools.partial(_checked, handler=handler))
-        status = response.status
-        return response
-    finally:
-        metrics.observe_request(request.method, route_label(request), status, time.perf_counter() - started)
+        rule = access_rule(request)
+        access = request.app[ACCESS_CONTROL]
+        refusal = await access.check(request, rule) if rule is not None and access.applies(rule) else None
+        response = refusal if refusal is not None else await handler(request)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes {"error": ...}
+        response = error_response(request, exc)
+    metrics.observe_request(request.method, route_label(request), response.status, time.perf_counter() - started)
+    return response
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -45,24 +45,21 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
     return text.removeprefix(f"{exc.status}: ") if text else exc.reason
 
 
-async def answer_as_json(request: web.Request, handler) -> web.StreamResponse:
-    """The handler's answer, with every failure turned into `{"error": ...}`."""
-    try:
-        return await handler(request)
-    except BadRequest as exc:
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The `{"error": ...}` answer for an exception a handler raised (re-raised if not an error)."""
+    if isinstance(exc, BadRequest):
         return json_error(exc.status, str(exc))
-    except ServiceUnavailable as exc:
+    if isinstance(exc, ServiceUnavailable):
         return json_error(503, str(exc), headers={"Retry-After": str(exc.retry_after)})
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return json_error(exc.status, _http_message(request, exc), headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception as exc:
-        if _database_unavailable(exc):
-            log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
-            return json_error(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"})
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal error; it has been logged")
+    if isinstance(exc, ConnectionResetError):
+        raise exc
+    if _database_unavailable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        return json_error(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"})
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return json_error(500, "internal error; it has been logged")

@@ -53,6 +53,8 @@ async def read_body(request) -> bytes:
         # refused at once, instead of waiting for a body that would be refused anyway
         raise BadRequest(f"request body is too large: at most {request.client_max_size // 1024 // 1024} MiB",
                          status=413)
+    if request.content.is_eof():  # the whole body is here already: the usual case
+        return await request.read()
     try:
         async with asyncio.timeout(BODY_TIMEOUT_SECONDS):  # no extra task, unlike wait_for
             return await request.read()

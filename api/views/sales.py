@@ -41,7 +41,7 @@ async def post_sale(request: web.Request) -> web.Response:
         [stored] = await request.app[INTAKE].accept([sale], now)
     except UnknownReferences as exc:
         return json_error(422, str(exc))
-    return json_response(sale_json(stored), status=202)
+    return json_response(sale_json(stored, now), status=202)
 
 
 async def post_batch(request: web.Request) -> web.Response:
