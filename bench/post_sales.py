@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--stores", type=int, default=1_000)
+    parser.add_argument("--ceiling-port", type=int, default=18070)
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
 
@@ -73,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     base = run_post(args.baseline_port, baseline_url, drain_port=None, **kwargs)
     log("load on the product")
     prod = run_post(args.product_port, product_url, drain_port=args.product_port, **kwargs)
+    log("load on the ceiling (aiohttp JSON echo, stores nothing)")
+    ceiling = common.Service("ceiling", [common.PYTHON, "-m", "bench.ceiling"],
+                             {"PORT": str(args.ceiling_port)}, args.ceiling_port)
+    common.on_exit(ceiling.stop)
+    ceiling.wait_http("/")
+    ceil = common.wrk(args.ceiling_port, "/sales/", "bench/post_sale.lua", args.duration, args.connections,
+                      args.threads, {"ITEMS": str(args.items), "STORES": str(args.stores)})
+    ceiling.stop()
 
     common.header("POST /sales/ (wrk, %d connections, %g s per system)" % (args.connections, args.duration))
     rows = [
@@ -88,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         ["settled after load (s)", f"{base['drain_s']:.2f}", f"{prod['drain_s']:.2f}", ""],
     ]
     print(common.table(["metric", "baseline", "product", "ratio product/baseline"], rows))
+    print(f"\nCeiling on this machine, same run and load: a bare aiohttp JSON echo (`bench/ceiling.py`, "
+          f"2 processes, stores nothing): {ceil['ok_rps']:.0f} req/s, p50 {ms(ceil['p50_us'])} ms, "
+          f"p99 {ms(ceil['p99_us'])} ms; the product reaches {prod['ok_rps'] / ceil['ok_rps']:.0%} of it.")
     print("\nStored check (rows added to `sales` after the product's queue drained, vs wrk's 2xx):\n")
     all_ok = True
     for name, stats in (("baseline", base), ("product", prod)):
