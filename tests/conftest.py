@@ -32,6 +32,35 @@ def _db_url(name: str) -> str:
     return f"{base}/{name}"
 
 
+async def create_database(name: str, template: str | None = None) -> str:
+    """A new database (a copy of `template` when given); its URL."""
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    finally:
+        await admin.close()
+    return _db_url(name)
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def process_env(database_url: str, prefix: str, port: int, processes: int,
+                redis_url: str = REDIS_URL) -> dict[str, str]:
+    """Environment for `python -m api` / `python -m worker` on a test's database and key prefix."""
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
+           "HOST": "127.0.0.1", "PORT": str(port), "API_PROCESSES": str(processes),
+           "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.pop("AUTH_REQUIRED", None)
+    return env
+
+
 @pytest.fixture(scope="session")
 def template_db():
     """A migrated database that every test's database is copied from."""
@@ -40,34 +69,21 @@ def template_db():
     name = f"sales_tmpl_{os.getpid()}"
 
     async def create():
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-        conn = await asyncpg.connect(_db_url(name))
+        await drop_database(name)
+        conn = await asyncpg.connect(await create_database(name))
         await migrate(conn, "UTC")
         await conn.close()
 
-    async def drop():
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
     asyncio.run(create())
     yield name
-    asyncio.run(drop())
+    asyncio.run(drop_database(name))
 
 
 @pytest.fixture
 async def database_url(template_db):
     name = f"sales_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    await admin.close()
-    yield _db_url(name)
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    yield await create_database(name, template_db)
+    await drop_database(name)
 
 
 @pytest.fixture

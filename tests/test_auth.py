@@ -13,7 +13,7 @@ import time
 import pytest
 
 from api.app import create_app
-from api.routes import ROUTES, bare
+from api.routes import ROUTES
 from shared import keys
 from tests.conftest import ADMIN_TOKEN
 

@@ -11,7 +11,7 @@ import pytest
 from shared import rollups
 from shared.migrate import migrate, migration_files
 from shared.sale_ids import reserve_blocks
-from tests.conftest import PG_ADMIN_URL, _db_url
+from tests.conftest import create_database, drop_database
 from worker import writer
 
 NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
@@ -20,13 +20,8 @@ NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
 @pytest.fixture
 async def empty_database_url():
     name = f"sales_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield _db_url(name)
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    yield await create_database(name)
+    await drop_database(name)
 
 
 async def test_concurrent_migrate_on_an_empty_database_applies_each_migration_once(empty_database_url):

@@ -5,7 +5,6 @@ import dataclasses
 import re
 import time
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app

@@ -16,7 +16,7 @@ import aiohttp
 import redis.asyncio as redis
 
 from tests import recount
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import process_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_PROCESS_REDIS_URL", "redis://127.0.0.1:6379/10")
@@ -54,10 +54,7 @@ async def test_api_and_worker_processes_end_to_end(seed, db, database_url):
     await seed(items=8, stores=5)
     port = _free_port()
     prefix = f"test-proc-{uuid.uuid4().hex[:12]}:"
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix,
-           "HOST": "127.0.0.1", "PORT": str(port), "API_PROCESSES": "2", "ADMIN_TOKEN": ADMIN_TOKEN,
-           "LOG_LEVEL": "WARNING"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = process_env(database_url, prefix, port, processes=2, redis_url=REDIS_URL)
     logdir = pathlib.Path(tempfile.mkdtemp(prefix="sales-proc-test-"))
     logs = [logdir / "api.log", logdir / "worker.log"]
     api = await _start(["-m", "api"], env, logs[0])
@@ -116,9 +113,7 @@ async def test_api_and_worker_processes_end_to_end(seed, db, database_url):
 async def test_api_stopped_while_its_processes_start_exits_0(db, database_url):
     port = _free_port()
     prefix = f"test-proc-{uuid.uuid4().hex[:12]}:"
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix,
-           "HOST": "127.0.0.1", "PORT": str(port), "API_PROCESSES": "2", "LOG_LEVEL": "INFO"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env = {**process_env(database_url, prefix, port, processes=2, redis_url=REDIS_URL), "LOG_LEVEL": "INFO"}
     log = pathlib.Path(tempfile.mkdtemp(prefix="sales-proc-test-")) / "api.log"
     api = await _start(["-m", "api"], env, log)
     try:

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from api.openapi import spec
 from shared import seeding
-from tests.conftest import ADMIN_TOKEN, PG_ADMIN_URL, REDIS_URL, _db_url
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, _db_url, create_database, drop_database, process_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
@@ -73,26 +73,14 @@ def server(template_db):
     database_url = _db_url(name)
 
     async def create():
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        await admin.close()
-        conn = await asyncpg.connect(database_url)
+        conn = await asyncpg.connect(await create_database(name, template_db))
         await seeding.seed(conn, items=5, stores=5, sales=60, tz=zoneinfo.ZoneInfo("UTC"), seed=1)
         await conn.close()
-
-    async def drop():
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
     asyncio.run(create())
     port = _free_port()
     prefix = f"test-fuzz-{uuid.uuid4().hex[:12]}:"
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": prefix,
-           "HOST": "127.0.0.1", "PORT": str(port), "API_PROCESSES": "1", "ADMIN_TOKEN": ADMIN_TOKEN,
-           "LOG_LEVEL": "WARNING"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.pop("AUTH_REQUIRED", None)
+    env = process_env(database_url, prefix, port, processes=1)
     log = pathlib.Path(tempfile.mkdtemp(prefix="sales-fuzz-")) / "api.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=out,
@@ -123,7 +111,7 @@ def server(template_db):
         if keys:
             client.unlink(*keys)
         client.close()
-        asyncio.run(drop())
+        asyncio.run(drop_database(name))
 
 
 @schema.parametrize()
