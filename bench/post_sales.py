@@ -10,7 +10,6 @@ for the product's queue to drain, and compares the rows added to `sales` with wr
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
