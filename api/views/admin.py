@@ -1,4 +1,5 @@
-"""/clear/ and /create/: they destroy data, so they answer only to ADMIN_TOKEN."""
+"""/clear/ and /create/: they destroy data, so their access rule is ADMIN (api/routes.py):
+ADMIN_TOKEN, or an admin key when AUTH_REQUIRED=true."""
 from __future__ import annotations
 
 import asyncpg
@@ -32,9 +33,12 @@ async def _params(request: web.Request) -> MultiDict[str]:
     return params
 
 
-async def _purge_queue(request: web.Request) -> None:
-    # This process must not accept a sale for a deleted item (or at a replaced price) once
-    # it has answered: do not wait for the catalogue_changed notification.
+async def _after_data_replaced(request: web.Request) -> None:
+    """Reload this process's catalogue and drop queued sales: they refer to data now gone.
+
+    This process must not accept a sale for a deleted item (or at a replaced price) once it
+    has answered, so it does not wait for the catalogue_changed notification.
+    """
     await request.app[INTAKE].catalogue.reload_after_change()
     try:
         await purge(request.app[REDIS], request.app[QUEUE_KEYS])
@@ -48,7 +52,7 @@ async def clear(request: web.Request) -> web.Response:
             await seeding.clear(conn)
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise ServiceUnavailable(f"the database is unavailable: {exc}") from exc
-    await _purge_queue(request)
+    await _after_data_replaced(request)
     return json_response({"status": "cleared", "items": 0, "stores": 0, "sales": 0})
 
 
@@ -67,5 +71,5 @@ async def create(request: web.Request) -> web.Response:
             result = await seeding.seed(conn, tz=request.app[SETTINGS].timezone, **counts)
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise ServiceUnavailable(f"the database is unavailable: {exc}") from exc
-    await _purge_queue(request)
+    await _after_data_replaced(request)
     return json_response({"status": "created", **result})
