@@ -44,26 +44,33 @@ class SaleQueue:
         self._idempotency_ttl = idempotency_ttl
         self._waiting: collections.deque[tuple[list[QueuedSale], asyncio.Future]] = collections.deque()
         self._max_in_flight = max_in_flight
+        self._active = 0  # flushers running; counted inside them, not by done-callbacks (those run late)
         self._flushers: set[asyncio.Task] = set()
 
     async def put(self, sales: list[QueuedSale]) -> list[QueuedSale]:
         """Queue the sales; answers each one as stored (an earlier sale for a reused key)."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((sales, future))
-        if len(self._flushers) < self._max_in_flight:
+        if self._active < self._max_in_flight:
+            self._active += 1
             flusher = asyncio.create_task(self._flush_while_waiting())
             self._flushers.add(flusher)
             flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _flush_while_waiting(self) -> None:
-        while self._waiting:
-            group, size = [], 0
-            while self._waiting and (not group or size + len(self._waiting[0][0]) <= MAX_SALES_PER_FLUSH):
-                sales, future = self._waiting.popleft()
-                group.append((sales, future))
-                size += len(sales)
-            await self._flush(group, size)
+        try:
+            while self._waiting:
+                group, size = [], 0
+                while self._waiting and (not group or size + len(self._waiting[0][0]) <= MAX_SALES_PER_FLUSH):
+                    sales, future = self._waiting.popleft()
+                    group.append((sales, future))
+                    size += len(sales)
+                await self._flush(group, size)
+        finally:
+            # No await between the last look at _waiting and this: a put() arriving now
+            # sees a free slot and starts a flusher, so no sale is left waiting unflushed.
+            self._active -= 1
 
     async def _flush(self, group: list[tuple[list[QueuedSale], asyncio.Future]], size: int) -> None:
         args: list = [self._max_depth, self._idempotency_ttl, len(group)]
