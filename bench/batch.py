@@ -35,13 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
 
-    product_url = common.create_database("bench_product", args.keep)
-    baseline_url = common.create_database("bench_baseline", args.keep)
-    common.clean_redis()
-    if not args.keep:
-        common.on_exit(common.clean_redis)
-    common.seed_product(product_url, args.items, args.stores, 0)
-    common.copy_to_baseline(product_url, baseline_url, with_sales=False)
+    product_url, baseline_url = common.prepare_databases(args)
     baseline = common.start_baseline(baseline_url, args.baseline_port)
     api, worker = common.start_product(product_url, args.product_port)
     env = {"ITEMS": str(args.items), "STORES": str(args.stores), "BATCH": str(args.batch)}

@@ -292,6 +292,18 @@ def seed_product(database_url: str, items: int, stores: int, sales: int) -> floa
     return time.perf_counter() - started
 
 
+def prepare_databases(args) -> tuple[str, str]:
+    """Fresh product and baseline databases holding the same catalogue and no sales."""
+    product_url = create_database("bench_product", args.keep)
+    baseline_url = create_database("bench_baseline", args.keep)
+    clean_redis()
+    if not args.keep:
+        on_exit(clean_redis)
+    seed_product(product_url, args.items, args.stores, 0)
+    copy_to_baseline(product_url, baseline_url, with_sales=False)
+    return product_url, baseline_url
+
+
 def start_product(database_url: str, port: int, worker: bool = True) -> tuple[Service, Service | None]:
     env = product_env(database_url, port)
     api = Service("product-api", [PYTHON, "-m", "api"], env, port)

@@ -83,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     month = dt.datetime.now(dt.timezone.utc).month
     paths = {"/stores/top/": f"/stores/top/?cnt={args.cnt}&mm={month}", "/items/top/": f"/items/top/?cnt={args.cnt}"}
 
-    product_url = common.create_database("bench_product", args.keep)
-    baseline_url = common.create_database("bench_baseline", args.keep)
-    common.clean_redis()
-    if not args.keep:
-        common.on_exit(common.clean_redis)
-    common.seed_product(product_url, args.items, args.stores, 0)
-    common.copy_to_baseline(product_url, baseline_url, with_sales=False)
+    product_url, baseline_url = common.prepare_databases(args)
     baseline = common.start_baseline(baseline_url, args.baseline_port)
     api, _ = common.start_product(product_url, args.product_port, worker=False)
     systems = {"baseline": args.baseline_port, "product": args.product_port}
