@@ -11,6 +11,7 @@ import uuid
 
 import asyncpg
 import pytest
+import redis as redis_sync
 import redis.asyncio as redis
 
 from api.app import create_app
@@ -87,9 +88,16 @@ async def database_url(template_db):
 
 
 @pytest.fixture
-def settings(database_url) -> Settings:
-    return Settings(database_url=database_url, redis_url=REDIS_URL, admin_token=ADMIN_TOKEN,
-                    redis_key_prefix=f"test-{uuid.uuid4().hex[:12]}:")
+def settings(database_url):
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    yield Settings(database_url=database_url, redis_url=REDIS_URL, admin_token=ADMIN_TOKEN,
+                   redis_key_prefix=prefix)
+    # whatever the test's apps left in the shared Redis goes (apps close before this runs)
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.unlink(*keys)
+    client.close()
 
 
 @pytest.fixture
