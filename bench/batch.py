@@ -30,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections for the batch load")
     parser.add_argument("--baseline-connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--stores", type=int, default=1_000)
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
 

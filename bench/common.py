@@ -47,6 +47,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--baseline-port", type=int, default=18090)
     parser.add_argument("--product-port", type=int, default=18080)
     parser.add_argument("--keep", action="store_true", help="leave the databases and Redis keys behind")
+    # the catalogue size issue 4 names, the same in every benchmark
+    parser.add_argument("--items", type=int, default=10_000)
+    parser.add_argument("--stores", type=int, default=1_000)
     return parser
 
 

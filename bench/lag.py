@@ -125,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-rate", type=float, default=20, help="probe sales per second")
     parser.add_argument("--poll-ms", type=float, default=5, help="how often `sales` is polled for the probes")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--stores", type=int, default=1_000)
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
 

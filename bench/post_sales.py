@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3, help="seconds of load before measuring (0: none)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--stores", type=int, default=1_000)
     parser.add_argument("--ceiling-port", type=int, default=18070)
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")

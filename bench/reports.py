@@ -64,8 +64,6 @@ def under_load_p99(load: dict, duration: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,1000000,10000000", help="sale counts, comma-separated")
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--stores", type=int, default=1_000)
     parser.add_argument("--requests", type=int, default=200, help="sequential requests for the latency")
     parser.add_argument("--warmup-requests", type=int, default=10)
     parser.add_argument("--latency-budget", type=float, default=60,

@@ -26,8 +26,6 @@ from bench import common  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=10_000)
-    parser.add_argument("--stores", type=int, default=1_000)
     parser.add_argument("--sales", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
