@@ -35,9 +35,9 @@ def wants_csv(request: web.Request) -> bool:
     return "text/csv" in accept and "application/json" not in accept
 
 
-def table_response(request: web.Request, rows: list[dict], columns: list[str], name: str) -> web.Response:
-    """The rows as JSON, or as CSV with a header row when the client asks for it."""
-    if not wants_csv(request):
+def table_response(rows: list[dict], columns: list[str], name: str, as_csv: bool) -> web.Response:
+    """The rows as JSON, or as CSV with a header row (`as_csv`: see wants_csv)."""
+    if not as_csv:
         return json_response(rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
