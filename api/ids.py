@@ -15,9 +15,9 @@ import time
 
 import asyncpg
 
-log = logging.getLogger(__name__)
-
 from shared.sale_ids import BLOCK, reserve_blocks
+
+log = logging.getLogger(__name__)
 
 
 class IdsUnavailable(Exception):
