@@ -62,17 +62,18 @@ WHERE s.id IS NULL
 
 # The foreign keys of sales, checked once per batch instead of once per row. PostgreSQL's own
 # check (a trigger per row and key, 6 µs each: most of a batch's time) locks the referenced
-# item and store rows FOR KEY SHARE; this does the same for each distinct id of the batch, and
-# only when every one exists (and the role may) skips the per-row triggers for this transaction.
-# A batch naming a missing item or store takes the ordinary path and gets the ordinary errors.
+# item and store rows FOR KEY SHARE; this does the same for each distinct id of the batch
+# ($1 items, $2 stores, sorted), and only when every one exists (and the role may) skips the
+# per-row triggers for this transaction. A batch naming a missing item or store takes the
+# ordinary path and gets the ordinary errors. The ids come as arrays so that the lookups are
+# index probes whatever the batch size (a join with the staging table scanned all 10,000
+# items: 1.6 ms per batch).
 LOCK_PARENTS_AND_SKIP_ROW_CHECKS = """
-WITH item_ids AS (SELECT DISTINCT item_id AS id FROM sales_incoming),
-     store_ids AS (SELECT DISTINCT store_id AS id FROM sales_incoming),
-     items AS (SELECT id FROM item WHERE id IN (SELECT id FROM item_ids) ORDER BY id FOR KEY SHARE),
-     stores AS (SELECT id FROM store WHERE id IN (SELECT id FROM store_ids) ORDER BY id FOR KEY SHARE)
-SELECT CASE WHEN (SELECT count(*) FROM items) = (SELECT count(*) FROM item_ids)
-             AND (SELECT count(*) FROM stores) = (SELECT count(*) FROM store_ids)
-             AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+WITH items AS (SELECT id FROM item WHERE id = ANY($1::int[]) ORDER BY id FOR KEY SHARE),
+     stores AS (SELECT id FROM store WHERE id = ANY($2::int[]) ORDER BY id FOR KEY SHARE)
+SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
+             AND (SELECT count(*) FROM stores) = cardinality($2::int[])
+             AND current_setting('is_superuser') = 'on'
         THEN set_config('session_replication_role', 'replica', true) END
 """
 
@@ -110,6 +111,11 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_STAGING)
 
 
+def parent_ids(rows: list[Row]) -> tuple[list[int], list[int]]:
+    """The distinct item and store ids of a batch, sorted (the order rows are locked in)."""
+    return sorted({row[2] for row in rows}), sorted({row[3] for row in rows})
+
+
 async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row],
                             batch_key_checks: bool = False) -> tuple[int, list[tuple[Row, str]]]:
     """Inserted count, and the rows not stored as queued with the reason (same transaction).
@@ -118,7 +124,7 @@ async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row],
     """
     await conn.copy_records_to_table("sales_incoming", records=rows, columns=COLUMNS)
     if batch_key_checks:
-        await conn.execute(LOCK_PARENTS_AND_SKIP_ROW_CHECKS)
+        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(rows))
     inserted = await conn.fetchval(INSERT_FROM_STAGING)
     lost = []
     if inserted < len(rows):
