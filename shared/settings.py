@@ -30,6 +30,9 @@ class Settings:
     # Worker
     worker_batch_entries: int = 200
     worker_reclaim_idle_ms: int = 15_000
+    # After a read that did not fill a batch, wait this long for more before writing: a
+    # transaction has a fixed cost, and sales written 30 at a time spent 5x more CPU each.
+    worker_linger_ms: int = 50
 
     def __post_init__(self) -> None:
         try:
@@ -74,4 +77,5 @@ class Settings:
             db_pool_size=get("DB_POOL_SIZE", defaults.db_pool_size),
             worker_batch_entries=get("WORKER_BATCH_ENTRIES", defaults.worker_batch_entries),
             worker_reclaim_idle_ms=get("WORKER_RECLAIM_IDLE_MS", defaults.worker_reclaim_idle_ms),
+            worker_linger_ms=get("WORKER_LINGER_MS", defaults.worker_linger_ms),
         )

@@ -33,7 +33,8 @@ TRANSIENT_REDIS = (RedisError, OSError, asyncio.TimeoutError)
 
 class StreamConsumer:
     def __init__(self, client: redis.Redis, pool: asyncpg.Pool, keys: QueueKeys, name: str, *,
-                 batch_entries: int = 200, reclaim_idle_ms: int = 15_000, block_ms: int = 1000):
+                 batch_entries: int = 200, reclaim_idle_ms: int = 15_000, block_ms: int = 1000,
+                 linger_ms: int = 0):
         self._redis = client
         self._pool = pool
         self._keys = keys
@@ -41,6 +42,7 @@ class StreamConsumer:
         self._batch_entries = batch_entries
         self._reclaim_idle_ms = reclaim_idle_ms
         self._block_ms = block_ms
+        self._linger_s = linger_ms / 1000
         self._ack = client.register_script(ACK_SCRIPT)
         self._stopping = asyncio.Event()
         self._last_reclaim = 0.0
@@ -64,6 +66,10 @@ class StreamConsumer:
                 await self.ensure_group()
                 while not self._stopping.is_set():
                     entries = await self._next_entries()
+                    if entries and self._linger_s and len(entries) < self._batch_entries:
+                        # not a backlog: let the batch grow a little before paying for a transaction
+                        await self._sleep(self._linger_s)
+                        entries += await self._read_new(self._batch_entries - len(entries), block=False)
                     if entries:
                         await self._process(entries)
                 backoff = 0.1
@@ -95,9 +101,11 @@ class StreamConsumer:
             if reclaimed:
                 log.info("took over %d entries left pending by a stopped consumer", len(reclaimed))
                 return reclaimed
+        return await self._read_new(self._batch_entries, block)
+
+    async def _read_new(self, count: int, block: bool) -> list:
         response = await self._redis.xreadgroup(
-            GROUP, self.name, {self._keys.stream: ">"}, count=self._batch_entries,
-            block=self._block_ms if block else None)
+            GROUP, self.name, {self._keys.stream: ">"}, count=count, block=self._block_ms if block else None)
         return response[0][1] if response else []
 
     async def _reclaim(self, min_idle_ms: int) -> list:

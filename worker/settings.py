@@ -43,7 +43,8 @@ async def startup(ctx: dict) -> None:
     name = f"{socket.gethostname()}-{os.getpid()}"
     consumer = StreamConsumer(ctx["stream_redis"], ctx["pg_pool"], keys, name,
                               batch_entries=settings.worker_batch_entries,
-                              reclaim_idle_ms=settings.worker_reclaim_idle_ms)
+                              reclaim_idle_ms=settings.worker_reclaim_idle_ms,
+                              linger_ms=settings.worker_linger_ms)
     ctx["consumer"] = consumer
     ctx["consumer_task"] = asyncio.create_task(consumer.run(), name="stream-consumer")
     log.info("worker %s consuming %s", name, keys.stream)
