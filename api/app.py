@@ -8,12 +8,13 @@ import time
 import asyncpg
 from aiohttp import web
 
-from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, SETTINGS
+from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, REPORT_CACHE, SETTINGS
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
 from api import metrics
 from api.errors import error_response
 from api.ids import IdAllocator
+from api.report_cache import ReportCache
 from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
 from api.sales import SalesIntake
@@ -76,6 +77,14 @@ async def intake_ctx(app: web.Application):
     await catalogue.close()
 
 
+async def report_cache_ctx(app: web.Application):
+    cache = ReportCache(app[SETTINGS].database_url)
+    await cache.start()
+    app[REPORT_CACHE] = cache
+    yield
+    await cache.close()
+
+
 async def access_ctx(app: web.Application):
     settings = app[SETTINGS]
     keys = KeyRing(app[PG_POOL], settings.database_url) if settings.auth_required else None
@@ -105,6 +114,6 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[edge])
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx, access_ctx])
+    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx, report_cache_ctx, access_ctx])
     setup_routes(app)
     return app

@@ -6,6 +6,7 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from api.auth import AccessControl
+from api.report_cache import ReportCache
 from api.sales import SalesIntake
 from shared.queue import QueueKeys
 from shared.settings import Settings
@@ -16,3 +17,4 @@ REDIS = web.AppKey("redis", redis.Redis)
 QUEUE_KEYS = web.AppKey("queue_keys", QueueKeys)
 INTAKE = web.AppKey("intake", SalesIntake)
 ACCESS_CONTROL = web.AppKey("access_control", AccessControl)
+REPORT_CACHE = web.AppKey("report_cache", ReportCache)

@@ -40,6 +40,14 @@ def report_month(mm: int | None, year: int | None, tz: zoneinfo.ZoneInfo, now: d
     return dt.date(year, month, 1)
 
 
+async def list_items(conn: asyncpg.Connection) -> list[dict]:
+    return [dict(r) for r in await conn.fetch(ITEMS)]
+
+
+async def list_stores(conn: asyncpg.Connection) -> list[dict]:
+    return [dict(r) for r in await conn.fetch(STORES)]
+
+
 async def top_items(conn: asyncpg.Connection, cnt: int) -> list[dict]:
     return [dict(r) for r in await conn.fetch(TOP_ITEMS, cnt)]
 

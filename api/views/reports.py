@@ -4,9 +4,20 @@ from __future__ import annotations
 from aiohttp import web
 
 from api import reports
-from api.appkeys import PG_POOL, SETTINGS
+from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS
 from api.responses import json_response, table_response, wants_csv
 from api.validation import int_param, one_of_params
+
+
+async def _cached(request: web.Request, key: tuple, query, *args):
+    """`query(conn, *args)`'s result, from the report cache when nothing changed since."""
+    pool = request.app[PG_POOL]
+
+    async def compute():
+        async with pool.acquire() as conn:
+            return await query(conn, *args)
+
+    return await request.app[REPORT_CACHE].get(key, compute)
 
 
 def _month(request: web.Request):
@@ -17,23 +28,20 @@ def _month(request: web.Request):
 
 async def list_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)  # validates `format` before any query
-    async with request.app[PG_POOL].acquire() as conn:
-        rows = [dict(r) for r in await conn.fetch(reports.ITEMS)]
+    rows = await _cached(request, ("items",), reports.list_items)
     return table_response(rows, ["id", "name", "price"], "items", as_csv)
 
 
 async def list_stores(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
-    async with request.app[PG_POOL].acquire() as conn:
-        rows = [dict(r) for r in await conn.fetch(reports.STORES)]
+    rows = await _cached(request, ("stores",), reports.list_stores)
     return table_response(rows, ["id", "address"], "stores", as_csv)
 
 
 async def top_items(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
     as_csv = wants_csv(request)
-    async with request.app[PG_POOL].acquire() as conn:
-        rows = await reports.top_items(conn, cnt)
+    rows = await _cached(request, ("top_items", cnt), reports.top_items, cnt)
     return table_response(rows, ["id", "name", "sales_amount"], "top-items", as_csv)
 
 
@@ -41,16 +49,14 @@ async def top_stores(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
     month = _month(request)
     as_csv = wants_csv(request)
-    async with request.app[PG_POOL].acquire() as conn:
-        rows = await reports.top_stores(conn, month, cnt)
+    rows = await _cached(request, ("top_stores", month, cnt), reports.top_stores, month, cnt)
     return table_response(rows, ["id", "address", "income"], f"top-stores-{month:%Y-%m}", as_csv)
 
 
 async def month_summary(request: web.Request) -> web.Response:
     month = _month(request)
     as_csv = wants_csv(request)
-    async with request.app[PG_POOL].acquire() as conn:
-        summary = await reports.month_summary(conn, month)
+    summary = await _cached(request, ("summary", month), reports.month_summary, month)
     if as_csv:
         return table_response([summary], list(summary), f"summary-{month:%Y-%m}", as_csv)
     return json_response(summary)
@@ -59,6 +65,5 @@ async def month_summary(request: web.Request) -> web.Response:
 async def daily(request: web.Request) -> web.Response:
     month = _month(request)
     as_csv = wants_csv(request)
-    async with request.app[PG_POOL].acquire() as conn:
-        rows = await reports.daily(conn, month)
+    rows = await _cached(request, ("daily", month), reports.daily, month)
     return table_response(rows, ["day", "income", "units", "sales"], f"daily-{month:%Y-%m}", as_csv)
