@@ -14,6 +14,7 @@ INT32_MAX = 2_147_483_647
 # Offline POS systems upload old sales, but not from before the chain existed; a little
 # clock skew between a POS and the server is tolerated.
 EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE_SKEW = dt.timedelta(seconds=5)
 
 TOO_DEEP = "malformed JSON: nested too deeply"
@@ -62,12 +63,12 @@ async def read_body(request) -> bytes:
         raise BadRequest(f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s", status=408) from exc
 
 
-def _check_sale_time(sale: SaleIn, now: dt.datetime) -> None:
+def _check_sale_time(sale: SaleIn, now_us: int) -> None:
     if sale.sale_time is None:
         return
     if sale.sale_time.tzinfo is None:
         raise BadRequest("sale_time must carry a UTC offset, e.g. 2026-09-01T12:30:00+03:00")
-    if sale.sale_time > now + FUTURE_SKEW:
+    if sale.sale_time > EPOCH + dt.timedelta(microseconds=now_us) + FUTURE_SKEW:
         raise BadRequest("sale_time is in the future")
     if sale.sale_time < EARLIEST_SALE_TIME:
         raise BadRequest("sale_time is before 2000-01-01")
@@ -84,7 +85,7 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
     return f"malformed JSON: not UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start})"
 
 
-def decode_sale(body: bytes | msgspec.Raw, now: dt.datetime) -> SaleIn:
+def decode_sale(body: bytes | msgspec.Raw, now_us: int) -> SaleIn:
     try:
         sale = _sale_decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -93,7 +94,7 @@ def decode_sale(body: bytes | msgspec.Raw, now: dt.datetime) -> SaleIn:
         raise BadRequest(TOO_DEEP) from exc
     except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for bytes that are not UTF-8
         raise BadRequest(not_utf8(exc)) from exc
-    _check_sale_time(sale, now)
+    _check_sale_time(sale, now_us)
     return sale
 
 

@@ -1,15 +1,13 @@
 """POST /sales/ and POST /sales/batch/."""
 from __future__ import annotations
 
-import datetime as dt
-
 import msgspec
 from aiohttp import web
 
 from api.appkeys import INTAKE
 from api.auth import check_store_scope
 from api.responses import json_error, json_response
-from api.sales import UnknownReferences, sale_json
+from api.sales import UnknownReferences, now_us, sale_json
 from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, read_body
 
 _header_key = msgspec.json.Decoder(IdempotencyKey)
@@ -28,8 +26,8 @@ def _idempotency_header(request: web.Request) -> str | None:
 
 
 async def post_sale(request: web.Request) -> web.Response:
-    now = dt.datetime.now(dt.timezone.utc)
-    sale = decode_sale(await read_body(request), now)
+    accepted_us = now_us()
+    sale = decode_sale(await read_body(request), accepted_us)
     header_key = _idempotency_header(request)
     if header_key is not None:
         if sale.idempotency_key not in (None, header_key):
@@ -38,14 +36,14 @@ async def post_sale(request: web.Request) -> web.Response:
     if refusal := check_store_scope(request, [sale.store_id]):
         return json_error(403, refusal)
     try:
-        [stored] = await request.app[INTAKE].accept([sale], now)
+        [stored] = await request.app[INTAKE].accept([sale], accepted_us)
     except UnknownReferences as exc:
         return json_error(422, str(exc))
-    return json_response(sale_json(stored, now), status=202)
+    return json_response(sale_json(stored), status=202)
 
 
 async def post_batch(request: web.Request) -> web.Response:
-    now = dt.datetime.now(dt.timezone.utc)
+    accepted_us = now_us()
     if "Idempotency-Key" in request.headers:
         raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
     raw_sales = decode_batch(await read_body(request))
@@ -53,7 +51,7 @@ async def post_batch(request: web.Request) -> web.Response:
     errors: dict[int, str] = {}
     for index, raw in enumerate(raw_sales):
         try:
-            sales[index] = decode_sale(raw, now)
+            sales[index] = decode_sale(raw, accepted_us)
         except BadRequest as exc:
             errors[index] = str(exc)
     if refusal := check_store_scope(request, [s.store_id for s in sales.values()]):
@@ -63,7 +61,7 @@ async def post_batch(request: web.Request) -> web.Response:
         errors.update(await intake.unknown_references(sales))
     else:
         try:
-            stored = await intake.accept(list(sales.values()), now)
+            stored = await intake.accept(list(sales.values()), accepted_us)
         except UnknownReferences as exc:
             errors = exc.errors
         else:
