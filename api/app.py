@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -85,6 +86,15 @@ async def report_cache_ctx(app: web.Application):
     await cache.close()
 
 
+async def metrics_ctx(app: web.Application):
+    flusher = asyncio.create_task(metrics.flush_every_second())
+    yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    metrics.flush()
+
+
 async def access_ctx(app: web.Application):
     settings = app[SETTINGS]
     keys = KeyRing(app[PG_POOL], settings.database_url) if settings.auth_required else None
@@ -114,6 +124,6 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[edge])
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([postgres_ctx, redis_ctx, intake_ctx, report_cache_ctx, access_ctx])
+    app.cleanup_ctx.extend([metrics_ctx, postgres_ctx, redis_ctx, intake_ctx, report_cache_ctx, access_ctx])
     setup_routes(app)
     return app

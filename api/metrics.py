@@ -5,6 +5,8 @@ before this module is imported, and a scrape of any process sums all of them.
 """
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
 import time
 
@@ -26,20 +28,52 @@ FLUSH_SIZE = Histogram("queue_flush_sales", "Sales per Redis round trip (group c
 AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])
 
 
-_request_counters: dict[tuple[str, str, int], object] = {}
-_latency_histograms: dict[tuple[str, str], object] = {}
+class _RequestTally:
+    """Answered requests counted in plain dicts, moved into the Prometheus metrics in bulk.
+
+    With several processes, prometheus_client writes every inc/observe to an mmap'ed file
+    under a lock: 9 µs per request, measured, about a tenth of what a sale costs the API.
+    Here a request costs a dict update and a bisect; `flush` (every second, and before each
+    scrape of this process) adds the totals, so a scrape lags other processes by at most 1 s.
+    """
+
+    def __init__(self):
+        self._counts: dict[tuple[str, str, int], int] = {}
+        self._latencies: dict[tuple[str, str], list] = {}  # [count per bucket..., sum of seconds]
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        tally = self._latencies.get((method, route))
+        if tally is None:
+            tally = self._latencies[(method, route)] = [0] * (len(LATENCY_BUCKETS) + 2)
+        tally[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le semantics, as Histogram
+        tally[-1] += seconds
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        latencies, self._latencies = self._latencies, {}
+        for (method, route, status), count in counts.items():
+            HTTP_REQUESTS.labels(method, route, str(status)).inc(count)
+        for (method, route), tally in latencies.items():
+            histogram = HTTP_LATENCY.labels(method, route)
+            # prometheus_client (pinned) keeps one value per bucket and the sum: adding to
+            # them is what `observe` does for each value, done once per bucket.
+            for bucket, count in zip(histogram._buckets, tally[:-1]):
+                if count:
+                    bucket.inc(count)
+            histogram._sum.inc(tally[-1])
 
 
-def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    """Count and time one request (labelled children cached: this runs on every request)."""
-    counter = _request_counters.get((method, route, status))
-    if counter is None:
-        counter = _request_counters[(method, route, status)] = HTTP_REQUESTS.labels(method, route, str(status))
-    histogram = _latency_histograms.get((method, route))
-    if histogram is None:
-        histogram = _latency_histograms[(method, route)] = HTTP_LATENCY.labels(method, route)
-    counter.inc()
-    histogram.observe(seconds)
+_tally = _RequestTally()
+observe_request = _tally.observe
+flush = _tally.flush
+
+
+async def flush_every_second() -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        flush()
 
 
 class _Snapshot:

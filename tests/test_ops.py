@@ -68,6 +68,30 @@ async def test_metrics_are_prometheus_text(client, seed, drain, db):
     assert _value(families, "worker_batch_size_sales", "worker_batch_size_sales_count") == 0
 
 
+def test_request_tally_gives_what_direct_observation_gives():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from api import metrics
+
+    seconds = [0.0001, 0.0005, 0.0005001, 0.003, 0.02, 9.99, 10, 42.0]
+    reference = Histogram("reference_seconds", "", ["method", "route"], buckets=metrics.LATENCY_BUCKETS,
+                          registry=CollectorRegistry())
+    for value in seconds:
+        reference.labels("PUT", "/tally-test").observe(value)
+        metrics.observe_request("PUT", "/tally-test", 204, value)
+    metrics.flush()
+
+    def samples(histogram, prefix):
+        return {(s.name.removeprefix(prefix), s.labels.get("le")): s.value
+                for s in histogram.collect()[0].samples
+                if s.labels.get("route") == "/tally-test" and not s.name.endswith("_created")}
+
+    assert samples(metrics.HTTP_LATENCY, "http_request_duration_seconds") == samples(reference, "reference_seconds")
+    counted = [s.value for s in metrics.HTTP_REQUESTS.collect()[0].samples
+               if s.name == "http_requests_total" and s.labels == {"method": "PUT", "route": "/tally-test", "status": "204"}]
+    assert counted == [len(seconds)]
+
+
 async def test_metrics_follow_the_queue_and_the_worker(client, seed, drain, db):
     await seed()
     response = await client.post("/sales/batch/", json=[{"item_id": 1, "store_id": 1}] * 3)

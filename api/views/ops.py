@@ -70,6 +70,7 @@ async def metrics_view(request: web.Request) -> web.Response:
         dead = await asyncio.wait_for(_dead_letters_pending(request), CHECK_TIMEOUT)
     except Exception:
         dead = None
+    metrics.flush()
     body = metrics.render(stats, depth, age, dead)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
