@@ -40,6 +40,10 @@ class _RequestTally:
     def __init__(self):
         self._counts: dict[tuple[str, str, int], int] = {}
         self._latencies: dict[tuple[str, str], list] = {}  # [count per bucket..., sum of seconds]
+        self._accepted = 0
+
+    def sales_accepted(self, count: int) -> None:
+        self._accepted += count
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -53,6 +57,9 @@ class _RequestTally:
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
         latencies, self._latencies = self._latencies, {}
+        accepted, self._accepted = self._accepted, 0
+        if accepted:
+            SALES_ACCEPTED.inc(accepted)
         for (method, route, status), count in counts.items():
             HTTP_REQUESTS.labels(method, route, str(status)).inc(count)
         for (method, route), tally in latencies.items():
@@ -67,6 +74,7 @@ class _RequestTally:
 
 _tally = _RequestTally()
 observe_request = _tally.observe
+sales_accepted = _tally.sales_accepted
 flush = _tally.flush
 
 

@@ -95,7 +95,7 @@ class SalesIntake:
         except QueueUnavailable as exc:
             metrics.SALES_REJECTED.labels("redis_unavailable").inc(len(sales))
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
-        metrics.SALES_ACCEPTED.inc(len(sales))
+        metrics.sales_accepted(len(sales))
         return stored
 
     def _all_known(self, sales: list[SaleIn]) -> bool:

@@ -76,10 +76,13 @@ def test_request_tally_gives_what_direct_observation_gives():
     seconds = [0.0001, 0.0005, 0.0005001, 0.003, 0.02, 9.99, 10, 42.0]
     reference = Histogram("reference_seconds", "", ["method", "route"], buckets=metrics.LATENCY_BUCKETS,
                           registry=CollectorRegistry())
+    accepted_before = metrics.SALES_ACCEPTED._value.get()
     for value in seconds:
         reference.labels("PUT", "/tally-test").observe(value)
         metrics.observe_request("PUT", "/tally-test", 204, value)
+        metrics.sales_accepted(2)
     metrics.flush()
+    assert metrics.SALES_ACCEPTED._value.get() - accepted_before == 2 * len(seconds)
 
     def samples(histogram, prefix):
         return {(s.name.removeprefix(prefix), s.labels.get("le")): s.value
