@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import os
 import time
 
@@ -15,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client import multiprocess
 
 from shared import worker_stats
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -81,7 +84,10 @@ flush = _tally.flush
 async def flush_every_second() -> None:
     while True:
         await asyncio.sleep(1.0)
-        flush()
+        try:
+            flush()
+        except Exception:  # noqa: BLE001 - metrics must never stop; say why once per second at most
+            log.exception("flushing request metrics failed")
 
 
 class _Snapshot:

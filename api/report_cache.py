@@ -11,6 +11,8 @@ requests share one round trip (as sales share a Redis write), which is what make
 pay under load: 64 clients cost one tiny query per round trip, not 64 report queries.
 
 While the listening connection is down, nothing is cached and every request queries.
+Under steady ingestion every worker commit clears the cache, so report traffic then costs one
+query per report and commit (in each process) rather than one per request.
 """
 from __future__ import annotations
 
@@ -26,13 +28,19 @@ from api.live_table import DB_ERRORS
 log = logging.getLogger(__name__)
 
 CHANNELS = ("reports_changed", "catalogue_changed")
+LISTENING_QUERY = "SELECT count(*) FROM pg_listening_channels()"
 SYNC_TIMEOUT_SECONDS = 2.0
 
 
+def _rows(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 1
+
+
 class ReportCache:
-    def __init__(self, database_url: str, *, max_entries: int = 256, reconnect_interval: float = 1.0):
+    def __init__(self, database_url: str, *, max_rows: int = 50_000, reconnect_interval: float = 1.0):
         self._database_url = database_url
-        self._max_entries = max_entries
+        self._max_rows = max_rows  # bounds the memory: a result counts as its number of rows
+        self._rows = 0
         self._reconnect_interval = reconnect_interval
         self._entries: dict[Hashable, Any] = {}
         self._computing: dict[Hashable, asyncio.Future] = {}
@@ -74,14 +82,18 @@ class ReportCache:
             if self._computing.get(key) is not None and self._generation == generation:
                 del self._computing[key]
         if self._generation == generation:  # nothing changed while it ran
-            if len(self._entries) >= self._max_entries:
-                del self._entries[next(iter(self._entries))]
-            self._entries[key] = value
+            rows = _rows(value)
+            while self._entries and self._rows + rows > self._max_rows:  # the oldest go first
+                self._rows -= _rows(self._entries.pop(next(iter(self._entries))))
+            if rows <= self._max_rows:
+                self._entries[key] = value
+                self._rows += rows
         return value
 
     def _invalidate(self, *_args) -> None:
         self._generation += 1
         self._entries.clear()
+        self._rows = 0
         self._computing.clear()  # results in flight may predate the change: nobody new waits for them
 
     # -- being sure every change committed before a request has been heard of
@@ -102,20 +114,27 @@ class ReportCache:
         asyncio.ensure_future(self._sync(future))
 
     async def _sync(self, future: asyncio.Future) -> None:
-        ok = False
+        ok, broken = False, None
+        conn = self._conn
         try:
-            if self._conn is not None:
-                await self._conn.fetchval("SELECT 1", timeout=SYNC_TIMEOUT_SECONDS)
-                ok = self._conn is not None
+            if conn is not None:
+                # Any query would do; this one also notices a session that stopped listening
+                # (a transaction-mode pooler in between would make it lose its LISTENs).
+                listening = await conn.fetchval(LISTENING_QUERY, timeout=SYNC_TIMEOUT_SECONDS)
+                ok = conn is self._conn and listening == len(CHANNELS)
+                if not ok and conn is self._conn:
+                    broken = f"listening on {listening} of {len(CHANNELS)} channels"
         except DB_ERRORS as exc:
-            log.warning("report cache lost its PostgreSQL connection: %s", exc)
-            await self._drop_connection()
+            broken = str(exc) or type(exc).__name__
         finally:
             self._syncing = False
             if not future.done():
-                future.set_result(ok)
+                future.set_result(ok)  # the waiting requests query at once if not ok
             if self._next_sync is not None:
                 self._start_sync()
+        if broken is not None:
+            log.warning("report cache stops caching until it listens again: %s", broken)
+            await self._drop_connection()
 
     # -- the listening connection
 
@@ -131,14 +150,16 @@ class ReportCache:
         self._invalidate()  # changes made while nobody listened
         self._conn = conn
 
-    def _on_terminated(self, _conn) -> None:
-        self._conn = None
-        self._invalidate()
+    def _on_terminated(self, conn) -> None:
+        if conn is self._conn:  # not an older connection we let go of
+            self._conn = None
+            self._invalidate()
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         self._invalidate()
         if conn is not None:
+            conn.remove_termination_listener(self._on_terminated)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
             conn.terminate()

@@ -5,6 +5,7 @@ import asyncio
 
 from api import reports
 from api.appkeys import REPORT_CACHE
+from api.report_cache import ReportCache
 
 
 async def _top_items(client, cnt=3):
@@ -87,3 +88,29 @@ async def test_without_its_listening_connection_nothing_is_served_from_memory(cl
     cached = await _top_items(client)
     await _set_units_unannounced(db, first[-1]["id"], 3_000_000)
     assert await _top_items(client) == cached
+
+
+async def test_memory_is_bounded_by_rows(database_url):
+    cache = ReportCache(database_url, max_rows=5)
+    await cache.start()
+    calls: list[str] = []
+
+    def rows(key: str, count: int):
+        async def compute():
+            calls.append(key)
+            return list(range(count))
+        return compute
+
+    try:
+        for key, count in [("a", 3), ("a", 3), ("b", 2), ("b", 2)]:
+            assert await cache.get(key, rows(key, count)) == list(range(count))
+        assert calls == ["a", "b"]  # 5 rows: both kept
+        await cache.get("c", rows("c", 1))  # 6 rows: the oldest result goes
+        await cache.get("b", rows("b", 2))
+        await cache.get("a", rows("a", 3))
+        assert calls == ["a", "b", "c", "a"]
+        await cache.get("huge", rows("huge", 6))
+        await cache.get("huge", rows("huge", 6))  # larger than the whole cache: never kept
+        assert calls[-2:] == ["huge", "huge"]
+    finally:
+        await cache.close()

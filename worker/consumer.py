@@ -67,9 +67,7 @@ class StreamConsumer:
                 while not self._stopping.is_set():
                     entries = await self._next_entries()
                     if entries and self._linger_s and len(entries) < self._batch_entries:
-                        # not a backlog: let the batch grow a little before paying for a transaction
-                        await self._sleep(self._linger_s)
-                        entries += await self._read_new(self._batch_entries - len(entries), block=False)
+                        entries += await self._top_up(self._batch_entries - len(entries))
                     if entries:
                         await self._process(entries)
                 backoff = 0.1
@@ -102,6 +100,17 @@ class StreamConsumer:
                 log.info("took over %d entries left pending by a stopped consumer", len(reclaimed))
                 return reclaimed
         return await self._read_new(self._batch_entries, block)
+
+    async def _top_up(self, count: int) -> list:
+        """Not a backlog: let the batch grow a little before paying for a transaction."""
+        await self._sleep(self._linger_s)
+        if self._stopping.is_set():
+            return []
+        try:
+            return await self._read_new(count, block=False)
+        except TRANSIENT_REDIS as exc:  # write what is in hand; the rest waits in the stream
+            log.warning("could not top up the batch (%s)", exc)
+            return []
 
     async def _read_new(self, count: int, block: bool) -> list:
         response = await self._redis.xreadgroup(

@@ -1,8 +1,9 @@
 """Writing a batch of queued sales to PostgreSQL, exactly once.
 
-One transaction per batch: COPY into a temporary staging table, INSERT ... ON CONFLICT DO
-NOTHING into sales, and rollup upserts fed only by the rows that INSERT returned. A batch
-delivered twice therefore inserts nothing and counts nothing the second time.
+One transaction per batch: COPY into a temporary staging table, INSERT into sales, and rollup
+upserts fed only by the rows that INSERT returned. The INSERT is plain; if any row is stored
+already the transaction fails as a whole and the batch is written again with ON CONFLICT DO
+NOTHING. A batch delivered twice therefore inserts nothing and counts nothing the second time.
 
 A row that can never be written (a constraint it breaks) does not block the others: the
 batch is split in savepoints (bisection) until that row is alone, and it goes to `dead_letter` with its reason.
