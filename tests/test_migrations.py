@@ -98,3 +98,14 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
     assert await buckets() == [(march, 1, 2 * price), (march, 2, price), (april, 2, price)]
     assert await rollups.drift(db) == NO_DRIFT
     assert await rollups.ensure_timezone(db, "UTC") is False
+
+
+async def test_seeding_leaves_the_sales_constraints_as_migrated(db, seed):
+    # the seeder drops the primary and foreign keys of sales while it loads, and adds them back
+    query = ("SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+             "WHERE conrelid = 'sales'::regclass ORDER BY conname")
+    before = [tuple(r) for r in await db.fetch(query)]
+    await seed(items=3, stores=2, sales=500)
+    assert [tuple(r) for r in await db.fetch(query)] == before
+    assert ("sales_pkey", "PRIMARY KEY (id)") in before
+    assert await db.fetchval("SELECT count(DISTINCT id) FROM sales") == 500
