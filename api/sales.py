@@ -1,19 +1,14 @@
 """Accepting sales: check against the catalogue, give final ids and prices, queue durably."""
 from __future__ import annotations
 
-import datetime as dt
-import time
-
 from api import metrics
 from api.catalogue import Catalogue
 from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
+from api.moments import iso_utc, to_us
 from api.sale_queue import QueueFull, QueueUnavailable, SaleQueue
 from api.validation import SaleIn
 from shared.queue import QueuedSale
-
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
 
 class UnknownReferences(Exception):
     """Sales naming items or stores that do not exist: `errors` maps index -> message."""
@@ -21,33 +16,6 @@ class UnknownReferences(Exception):
     def __init__(self, errors: dict[int, str]):
         super().__init__("; ".join(errors.values()))
         self.errors = errors
-
-
-def to_us(moment: dt.datetime) -> int:
-    return (moment - EPOCH) // dt.timedelta(microseconds=1)
-
-
-def from_us(us: int) -> dt.datetime:
-    return EPOCH + dt.timedelta(microseconds=us)
-
-
-def now_us() -> int:
-    """Now, in microseconds since the epoch (the moment a request is accepted)."""
-    return time.time_ns() // 1000
-
-
-_second_prefix: tuple[int, str] = (-1, "")
-
-
-def iso_utc(us: int) -> str:
-    """`from_us(us).isoformat()`, built from a per-second cache: most sales happened now, and
-    the datetime round trip cost 5 µs of the 202's path."""
-    global _second_prefix
-    second, micros = divmod(us, 1_000_000)
-    if _second_prefix[0] != second:
-        _second_prefix = (second, from_us(second * 1_000_000).isoformat()[:-6])
-    prefix = _second_prefix[1]
-    return f"{prefix}.{micros:06d}+00:00" if micros else f"{prefix}+00:00"
 
 
 def sale_json(sale: QueuedSale) -> dict:

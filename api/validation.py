@@ -9,12 +9,13 @@ from typing import Annotated
 import msgspec
 from multidict import MultiMapping
 
+from api.moments import from_us
+
 MAX_BATCH = 1_000
 INT32_MAX = 2_147_483_647
 # Offline POS systems upload old sales, but not from before the chain existed; a little
 # clock skew between a POS and the server is tolerated.
 EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 FUTURE_SKEW = dt.timedelta(seconds=5)
 
 TOO_DEEP = "malformed JSON: nested too deeply"
@@ -68,7 +69,7 @@ def _check_sale_time(sale: SaleIn, now_us: int) -> None:
         return
     if sale.sale_time.tzinfo is None:
         raise BadRequest("sale_time must carry a UTC offset, e.g. 2026-09-01T12:30:00+03:00")
-    if sale.sale_time > EPOCH + dt.timedelta(microseconds=now_us) + FUTURE_SKEW:
+    if sale.sale_time > from_us(now_us) + FUTURE_SKEW:
         raise BadRequest("sale_time is in the future")
     if sale.sale_time < EARLIEST_SALE_TIME:
         raise BadRequest("sale_time is before 2000-01-01")
