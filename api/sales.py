@@ -10,6 +10,7 @@ from api.sale_queue import QueueFull, QueueUnavailable, SaleQueue
 from api.validation import SaleIn
 from shared.queue import QueuedSale
 
+
 class UnknownReferences(Exception):
     """Sales naming items or stores that do not exist: `errors` maps index -> message."""
 
@@ -40,7 +41,7 @@ class SalesIntake:
 
     async def accept(self, sales: list[SaleIn], accepted_us: int) -> list[QueuedSale]:
         """All the sales, queued; raises before anything is queued if one of them cannot be."""
-        if not self._all_known(sales) and (unknown := await self.unknown_references(dict(enumerate(sales)))):
+        if unknown := await self.unknown_references(dict(enumerate(sales))):
             metrics.SALES_REJECTED.labels("unknown_reference").inc(len(sales))
             raise UnknownReferences(unknown)
         prices = self.catalogue.item_prices
@@ -65,11 +66,6 @@ class SalesIntake:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
         metrics.sales_accepted(len(sales))
         return stored
-
-    def _all_known(self, sales: list[SaleIn]) -> bool:
-        """The catalogue in memory knows every item and store (no set building: the usual case)."""
-        prices, stores = self.catalogue.item_prices, self.catalogue.store_ids
-        return all(s.item_id in prices and s.store_id in stores for s in sales)
 
     def _unknown(self, sales: dict[int, SaleIn]) -> dict[int, str]:
         errors = {}

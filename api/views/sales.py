@@ -6,8 +6,8 @@ from aiohttp import web
 
 from api.appkeys import INTAKE
 from api.auth import check_store_scope
-from api.responses import json_error, json_response
 from api.moments import now_us
+from api.responses import json_error, json_response
 from api.sales import UnknownReferences, sale_json
 from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, read_body
 
