@@ -4,9 +4,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from redis.asyncio import Connection
+from redis.exceptions import DataError
 
 from api.sale_queue import SaleQueue
 from shared.queue import QueuedSale
+from shared.redis_client import HiredisPackingConnection, connect_redis
 
 
 def _sale(n: int) -> QueuedSale:
@@ -32,3 +35,28 @@ async def test_concurrent_puts_all_answered_once(redis_client, queue_keys):
     assert sorted(r[0].id for r in results) == list(range(500))
     await queue.close()
     assert await redis_client.get(queue_keys.depth) == b"500"
+
+
+@pytest.mark.parametrize("args", [
+    ("SET", "k", "é"), ("SET", b"k", b"\x00\xff"), ("INCRBY", "k", 2**70), ("SET", "k", 0.1),
+    ("SET", "k", memoryview(b"view")), ("CLIENT SETNAME", "name"), ("EVALSHA", "f" * 40, 2, "a", "b", *range(3000)),
+])
+def test_commands_are_encoded_as_redis_py_encodes_them(args):
+    ours, theirs = HiredisPackingConnection(), Connection()
+    assert b"".join(ours.pack_command(*args)) == b"".join(map(bytes, theirs.pack_command(*args)))
+
+
+@pytest.mark.parametrize("value", [None, True, bytearray(b"x")])
+def test_values_redis_py_refuses_are_still_refused(value):
+    with pytest.raises(DataError):
+        HiredisPackingConnection().pack_command("SET", "k", value)
+
+
+async def test_the_product_client_packs_in_c_and_round_trips(settings, queue_keys):
+    client = connect_redis(settings.redis_url)
+    assert client.connection_pool.connection_class is HiredisPackingConnection
+    key = queue_keys.prefix + "pack-check"
+    await client.set(key, "é")
+    assert await client.get(key) == "é".encode()
+    await client.delete(key)
+    await client.aclose()
