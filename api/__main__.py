@@ -13,6 +13,7 @@ import multiprocessing.connection
 import os
 import signal
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -23,7 +24,11 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _exit_now(_signum, _frame) -> None:
-    raise SystemExit(0)
+    # Not SystemExit: raised wherever the signal lands, it was once swallowed by a __del__
+    # ("Exception ignored in ..."), and the process went on to serve after being stopped.
+    # Before serving there is nothing to close that the kernel does not close for us.
+    logging.shutdown()
+    os._exit(0)
 
 
 def _serve(settings: Settings, reuse_port: bool) -> None:
@@ -41,6 +46,21 @@ def _serve(settings: Settings, reuse_port: bool) -> None:
     access_log = logging.getLogger("aiohttp.access") if os.environ.get("ACCESS_LOG") else None
     web.run_app(create_app(settings), host=settings.host, port=settings.port, reuse_port=reuse_port,
                 access_log=access_log, print=None, shutdown_timeout=30)
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """With SO_REUSEPORT our processes would also join any server already on the port and
+    silently take a share of its connections (seen: two stacks on one port, each storing
+    half of a benchmark's sales). So the port is bound once without it, as a check."""
+    for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                log.error("cannot serve on %s:%d: %s (is another server on that port?)", host, port, exc.strerror)
+                sys.exit(1)
 
 
 async def _migrate(settings: Settings) -> None:
@@ -67,10 +87,11 @@ def main() -> None:
         _serve(settings, reuse_port=False)
         return
 
+    _refuse_a_taken_port(settings.host, settings.port)
+    asyncio.run(_migrate(settings))
     # Metrics from every process are summed at scrape time from files in this directory.
     metrics_dir = tempfile.mkdtemp(prefix="sales-api-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    asyncio.run(_migrate(settings))
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_serve, args=(settings, True), daemon=False) for _ in range(count)]
     # A stop signal that arrives while we fork waits until `stop` below can pass it on.

@@ -128,3 +128,18 @@ async def test_api_stopped_while_its_processes_start_exits_0(db, database_url):
         if api.returncode is None:
             os.killpg(api.pid, signal.SIGKILL)
             await api.wait()
+
+
+async def test_api_refuses_a_port_another_server_listens_on(db, database_url, tmp_path):
+    # A listener that allows SO_REUSEPORT, as a second copy of the API would be: without the
+    # check our processes would share the port with it and take part of its connections.
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = process_env(database_url, f"test-proc-{uuid.uuid4().hex[:12]}:", port, processes=2, redis_url=REDIS_URL)
+        log = tmp_path / "api.log"
+        api = await _start(["-m", "api"], env, log)
+        assert await asyncio.wait_for(api.wait(), 15) == 1
+    assert f"cannot serve on 127.0.0.1:{port}: Address already in use" in log.read_text()
