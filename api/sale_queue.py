@@ -18,7 +18,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from api import metrics
-from shared.queue import ENQUEUE_SCRIPT, QueueKeys, QueuedSale, sale_decoder, sale_encoder
+from shared.queue import ENQUEUE_SCRIPT, QueueKeys, QueuedSale, encoded_back_to_back, sale_decoder, sale_encoder
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,12 @@ class SaleQueue:
     async def _flush(self, group: list[tuple[list[QueuedSale], asyncio.Future]], size: int) -> None:
         args: list = [self._max_depth, self._idempotency_ttl, len(group)]
         for sales, _ in group:
-            args.append(len(sales))
-            for sale in sales:
-                key = self._keys.idempotency(sale.store_id, sale.idempotency_key) if sale.idempotency_key else ""
-                args += (key, sale_encoder.encode(sale))
+            keyed = [sale for sale in sales if sale.idempotency_key]
+            args += (len(sales), len(keyed))
+            for sale in keyed:
+                args += (self._keys.idempotency(sale.store_id, sale.idempotency_key), sale_encoder.encode(sale))
+            unkeyed = [sale for sale in sales if not sale.idempotency_key] if keyed else sales
+            args.append(encoded_back_to_back(unkeyed))
         try:
             answers = await self._script(keys=[self._keys.stream, self._keys.depth], args=args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
@@ -94,7 +96,19 @@ class SaleQueue:
             if answer == 0:
                 future.set_exception(QueueFull())
             else:
-                future.set_result([sale_decoder.decode(earlier) if earlier else sale for sale, earlier in zip(sales, answer)])
+                future.set_result(_as_stored(sales, answer))
 
     async def close(self) -> None:
         await asyncio.gather(*self._flushers, return_exceptions=True)
+
+
+def _as_stored(sales: list[QueuedSale], keyed_answers: list[bytes]) -> list[QueuedSale]:
+    """Each sale as stored: itself, or the sale stored earlier under its idempotency key."""
+    if not keyed_answers:
+        return sales
+    earlier = iter(keyed_answers)
+    stored = []
+    for sale in sales:
+        found = next(earlier) if sale.idempotency_key else None
+        stored.append(sale_decoder.decode(found) if found else sale)
+    return stored

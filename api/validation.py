@@ -41,7 +41,13 @@ class SaleIn(msgspec.Struct, forbid_unknown_fields=True):
     idempotency_key: IdempotencyKey | None = None
 
 
+class _WrappedSales(msgspec.Struct, forbid_unknown_fields=True):
+    sales: list[SaleIn]
+
+
 _sale_decoder = msgspec.json.Decoder(SaleIn)
+_sales_decoder = msgspec.json.Decoder(list[SaleIn])
+_wrapped_sales_decoder = msgspec.json.Decoder(_WrappedSales)
 _raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _raw_batch_decoder = msgspec.json.Decoder(dict[str, list[msgspec.Raw]])
 
@@ -97,6 +103,25 @@ def decode_sale(body: bytes | msgspec.Raw, now_us: int) -> SaleIn:
         raise BadRequest(not_utf8(exc)) from exc
     _check_sale_time(sale, now_us)
     return sale
+
+
+def decode_valid_batch(body: bytes, now_us: int) -> list[SaleIn] | None:
+    """Every sale of a batch with nothing wrong in it, decoded in one pass in C (a Python call
+    per sale cost 0.7 µs of the 4.4 µs the API spent per batched sale); None if anything is
+    wrong, and then `decode_batch` and `decode_sale` say what, sale by sale."""
+    try:
+        if body.lstrip()[:1] == b"{":
+            sales = _wrapped_sales_decoder.decode(body).sales
+        else:
+            sales = _sales_decoder.decode(body)
+        if not 0 < len(sales) <= MAX_BATCH:
+            return None
+        for sale in sales:
+            if sale.sale_time is not None:
+                _check_sale_time(sale, now_us)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError, BadRequest):
+        return None
+    return sales
 
 
 def decode_batch(body: bytes) -> list[msgspec.Raw]:

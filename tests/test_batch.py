@@ -5,6 +5,8 @@ import datetime as dt
 import json
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 UTC = dt.timezone.utc
 
@@ -218,3 +220,32 @@ async def test_same_key_twice_in_one_batch_is_one_sale(client, seed, db, drain):
     assert answers[0] == answers[2]
     await drain()
     assert sorted(r["id"] for r in await _stored(db)) == sorted({answers[0]["id"], answers[1]["id"]})
+
+
+_field_values = st.one_of(st.integers(-2, 2**31 + 1), st.text(max_size=3), st.none(), st.booleans(),
+                          st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00", "1999-12-31T23:00:00Z",
+                                           "2999-01-01T00:00:00Z"]))
+_sale = st.fixed_dictionaries(  # mostly good sales, and a field that may spoil one
+    {"item_id": st.integers(1, 20), "store_id": st.integers(1, 20)},
+    optional={"quantity": st.integers(0, 10_001), "idempotency_key": st.text(max_size=3),
+              "sale_time": st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00"]), "extra": st.none()})
+_anything = st.dictionaries(st.sampled_from(["item_id", "store_id", "quantity", "sale_time", "idempotency_key"]),
+                            _field_values)
+_sales = st.lists(st.one_of(_sale, _sale, _sale, _anything), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batch=st.one_of(_sales, _sales.map(lambda sales: {"sales": sales}), _field_values))
+def test_one_pass_batch_decoding_agrees_with_sale_by_sale(batch):
+    # The one-pass decoder may only accept what the sale-by-sale path accepts in full, and the same.
+    from api.moments import now_us
+    from api.validation import BadRequest, decode_batch, decode_sale, decode_valid_batch
+
+    body, now = json.dumps(batch).encode(), now_us()
+    fast = decode_valid_batch(body, now)
+    try:
+        slow = [decode_sale(raw, now) for raw in decode_batch(body)]
+    except BadRequest:
+        slow = None
+    event("accepted whole" if fast is not None else "refused")
+    assert fast == slow

@@ -8,8 +8,9 @@ from api.appkeys import INTAKE
 from api.auth import check_store_scope
 from api.moments import now_us
 from api.responses import json_error, json_response
-from api.sales import UnknownReferences, sale_json
-from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, read_body
+from api.sales import UnknownReferences, sale_answer, sale_answers
+from api.validation import (BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, decode_valid_batch,
+                            read_body)
 
 _header_key = msgspec.json.Decoder(IdempotencyKey)
 
@@ -40,14 +41,12 @@ async def post_sale(request: web.Request) -> web.Response:
         [stored] = await request.app[INTAKE].accept([sale], accepted_us)
     except UnknownReferences as exc:
         return json_error(422, str(exc))
-    return json_response(sale_json(stored), status=202)
+    return json_response(sale_answer(stored), status=202)
 
 
-async def post_batch(request: web.Request) -> web.Response:
-    accepted_us = now_us()
-    if "Idempotency-Key" in request.headers:
-        raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
-    raw_sales = decode_batch(await read_body(request))
+def _decode_sale_by_sale(body: bytes, accepted_us: int) -> tuple[dict[int, SaleIn], dict[int, str], int]:
+    """The good sales and the error of each bad one, by index; the batch's own shape errors raise."""
+    raw_sales = decode_batch(body)
     sales: dict[int, SaleIn] = {}
     errors: dict[int, str] = {}
     for index, raw in enumerate(raw_sales):
@@ -55,6 +54,18 @@ async def post_batch(request: web.Request) -> web.Response:
             sales[index] = decode_sale(raw, accepted_us)
         except BadRequest as exc:
             errors[index] = str(exc)
+    return sales, errors, len(raw_sales)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    accepted_us = now_us()
+    if "Idempotency-Key" in request.headers:
+        raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
+    body = await read_body(request)
+    if (valid := decode_valid_batch(body, accepted_us)) is not None:  # the usual case
+        sales, errors, count = dict(enumerate(valid)), {}, len(valid)
+    else:
+        sales, errors, count = _decode_sale_by_sale(body, accepted_us)
     if refusal := check_store_scope(request, [s.store_id for s in sales.values()]):
         return json_error(403, refusal)
     intake = request.app[INTAKE]
@@ -66,7 +77,7 @@ async def post_batch(request: web.Request) -> web.Response:
         except UnknownReferences as exc:
             errors = exc.errors
         else:
-            return json_response([sale_json(s) for s in stored], status=202)
+            return json_response(sale_answers(stored), status=202)
     return json_error(
-        422, f"{len(errors)} of {len(raw_sales)} sales are invalid; none was accepted",
+        422, f"{len(errors)} of {count} sales are invalid; none was accepted",
         errors=[{"index": i, "error": message} for i, message in sorted(errors.items())])
