@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 # Keeps one script call well inside Lua's argument limits; a single batch request (up to
 # 1,000 sales) always fits alone.
 MAX_SALES_PER_FLUSH = 2_000
+# After Redis answered "full", requests are refused without asking it for this long.
+FULL_HOLD_SECONDS = 0.1
 
 
 class QueueUnavailable(Exception):
@@ -46,6 +49,13 @@ class SaleQueue:
         self._max_in_flight = max_in_flight
         self._active = 0  # flushers running; counted inside them, not by done-callbacks (those run late)
         self._flushers: set[asyncio.Task] = set()
+        self._full_until = 0.0
+
+    def looks_full(self) -> bool:
+        """Redis said "full" a moment ago. A request can then be refused before its body is
+        decoded: under overload, decoding batches only to refuse them took a core's worth of
+        CPU from the worker that drains the queue."""
+        return time.monotonic() < self._full_until
 
     async def put(self, sales: list[QueuedSale]) -> list[QueuedSale]:
         """Queue the sales; answers each one as stored (an earlier sale for a reused key)."""
@@ -94,6 +104,7 @@ class SaleQueue:
             if future.done():  # the client went away
                 continue
             if answer == 0:
+                self._full_until = time.monotonic() + FULL_HOLD_SECONDS
                 future.set_exception(QueueFull())
             else:
                 future.set_result(_as_stored(sales, answer))

@@ -13,6 +13,9 @@ from api.validation import SaleIn
 from shared.queue import QueuedSale
 
 
+QUEUE_FULL = "too many sales are waiting to be written; retry shortly"
+
+
 class UnknownReferences(Exception):
     """Sales naming items or stores that do not exist: `errors` maps index -> message."""
 
@@ -53,6 +56,11 @@ class SalesIntake:
         self.ids = ids
         self.queue = queue
 
+    def refuse_if_full(self) -> None:
+        """Refuse at once, before decoding, while the queue is known to be full."""
+        if self.queue.looks_full():
+            raise ServiceUnavailable(QUEUE_FULL, 2)
+
     async def unknown_references(self, sales: dict[int, SaleIn]) -> dict[int, str]:
         """Index -> error for the sales naming an item or store the catalogue does not hold."""
         item_ids = {s.item_id for s in sales.values()}
@@ -82,7 +90,7 @@ class SalesIntake:
             stored = await self.queue.put(queued)
         except QueueFull as exc:
             metrics.SALES_REJECTED.labels("queue_full").inc(len(sales))
-            raise ServiceUnavailable("too many sales are waiting to be written; retry shortly", 2) from exc
+            raise ServiceUnavailable(QUEUE_FULL, 2) from exc
         except QueueUnavailable as exc:
             metrics.SALES_REJECTED.labels("redis_unavailable").inc(len(sales))
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc

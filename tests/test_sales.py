@@ -160,3 +160,26 @@ async def test_body_that_trickles_in_is_cut_off_with_408(client, seed, monkeypat
     status_line = await asyncio.wait_for(reader.readline(), 5)
     writer.close()
     assert status_line.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_full_queue_refuses_at_once_for_a_moment_then_asks_again(aiohttp_client, settings, seed):
+    import asyncio
+    import dataclasses
+
+    from api.app import create_app
+    from api.sale_queue import FULL_HOLD_SECONDS
+
+    await seed()
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, queue_max_depth=2)))
+    for _ in range(2):
+        assert (await client.post("/sales/", json={"item_id": 1, "store_id": 1})).status == 202
+    full = await client.post("/sales/", json={"item_id": 1, "store_id": 1})
+    assert full.status == 503 and full.headers["Retry-After"] == "2"
+    assert await full.json() == {"error": "too many sales are waiting to be written; retry shortly"}
+    # Right after Redis said "full", bodies are not even decoded: a malformed one gets the 503 too.
+    for path in ("/sales/", "/sales/batch/"):
+        early = await client.post(path, data=b"not json", headers={"Content-Type": "application/json"})
+        assert early.status == 503 and await early.json() == await full.json()
+    await asyncio.sleep(FULL_HOLD_SECONDS * 1.5)
+    assert (await client.post("/sales/", data=b"not json")).status == 400
+    assert (await client.post("/sales/", json={"item_id": 1, "store_id": 1})).status == 503  # asked Redis again

@@ -29,6 +29,7 @@ def _idempotency_header(request: web.Request) -> str | None:
 
 async def post_sale(request: web.Request) -> web.Response:
     accepted_us = now_us()
+    request.app[INTAKE].refuse_if_full()
     sale = decode_sale(await read_body(request), accepted_us)
     header_key = _idempotency_header(request)
     if header_key is not None:
@@ -61,6 +62,7 @@ async def post_batch(request: web.Request) -> web.Response:
     accepted_us = now_us()
     if "Idempotency-Key" in request.headers:
         raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
+    request.app[INTAKE].refuse_if_full()
     body = await read_body(request)
     if (valid := decode_valid_batch(body, accepted_us)) is not None:  # the usual case
         sales, errors, count = dict(enumerate(valid)), {}, len(valid)
