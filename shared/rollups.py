@@ -1,8 +1,8 @@
 """The pre-aggregated tables the reports read, defined once.
 
 Each rollup is a GROUP BY over sales in the report time zone. The same definition yields
-the worker's incremental upsert (fed only by the rows a batch really inserted), the full
-rebuild, and the recount that reconciliation compares against.
+the worker's incremental upserts (from a batch's sums, or from the rows an INSERT really
+inserted), the full rebuild, and the recount that reconciliation compares against.
 """
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ import asyncpg
 class Rollup:
     table: str
     keys: dict[str, str]  # column -> expression over (local_time, item_id, store_id)
+    summed_by: tuple[str, ...]  # what those expressions read: "second" (of sale_time), "item_id", "store_id"
 
 
 ROLLUPS = (
-    Rollup("store_monthly", {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"}),
-    Rollup("item_totals", {"item_id": "item_id"}),
-    Rollup("daily_totals", {"day": "local_time::date"}),
+    Rollup("store_monthly", {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"},
+           ("second", "store_id")),
+    Rollup("item_totals", {"item_id": "item_id"}, ("item_id",)),
+    Rollup("daily_totals", {"day": "local_time::date"}, ("second",)),
 )
 MEASURES = {"income": "sum(income)", "units": "sum(quantity)", "sales": "count(*)"}
+PARTIAL_MEASURES = {"income": "sum(income)", "units": "sum(units)", "sales": "sum(sales)"}
 
 # Sales as the rollups see them: local time in the configured zone, income = price x quantity.
 # The zone is a scalar subquery, not a join: joined, the never-analyzed one-row settings table
@@ -32,6 +35,18 @@ LOCAL_SALES = """
     SELECT s.sale_time AT TIME ZONE (SELECT timezone FROM report_settings) AS local_time,
            s.item_id, s.store_id, s.price::bigint * s.quantity AS income, s.quantity
     FROM {source} s
+"""
+
+
+# A batch's sales summed by the worker along `Rollup.summed_by`: one row per group, as
+# arrays ($1 Unix second of sale_time, $2 item_id, $3 store_id, $4 income, $5 units,
+# $6 sales), 0 in the columns it was not summed by. Whole seconds give the exact local day
+# and month: time zone offsets are whole seconds.
+PARTIAL_SALES = """
+    SELECT (timestamptz 'epoch' + p.second * interval '1 second') AT TIME ZONE (SELECT timezone FROM report_settings)
+           AS local_time, p.item_id, p.store_id, p.income, p.units, p.sales
+    FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[])
+         AS p(second, item_id, store_id, income, units, sales)
 """
 
 
@@ -45,16 +60,29 @@ def recount_sql(rollup: Rollup, source: str = "sales") -> str:
     )
 
 
-def upsert_sql(rollup: Rollup, source: str) -> str:
-    """Add the counts of `source` rows to the rollup, in key order so writers never deadlock."""
+def _upsert(rollup: Rollup, grouped_query: str) -> str:
+    """Add the groups to the rollup, in key order so writers never deadlock."""
     columns = [*rollup.keys, *MEASURES]
     positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
     additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
     return (
         f"INSERT INTO {rollup.table} AS r ({', '.join(columns)}) "
-        f"{recount_sql(rollup, source)} ORDER BY {positions} "
+        f"{grouped_query} ORDER BY {positions} "
         f"ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {additions}"
     )
+
+
+def upsert_sql(rollup: Rollup, source: str) -> str:
+    """Add the counts of `source` rows (sales columns) to the rollup."""
+    return _upsert(rollup, recount_sql(rollup, source))
+
+
+def upsert_partials_sql(rollup: Rollup) -> str:
+    """Add a batch's sums (PARTIAL_SALES parameters) to the rollup."""
+    keys = ", ".join(f"{expr} AS {col}" for col, expr in rollup.keys.items())
+    measures = ", ".join(f"{expr} AS {col}" for col, expr in PARTIAL_MEASURES.items())
+    positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
+    return _upsert(rollup, f"SELECT {keys}, {measures} FROM ({PARTIAL_SALES}) AS local GROUP BY {positions}")
 
 
 async def rebuild(conn: asyncpg.Connection) -> None:

@@ -10,34 +10,17 @@ transaction: readers see the old data or the new, never half of it.
 from __future__ import annotations
 
 import datetime as dt
-import struct
 import zoneinfo
 from typing import AsyncIterator, Callable
 
 import asyncpg
 import numpy as np
 
-from shared import rollups
+from shared import rollups, sales_copy
 from shared.sale_ids import BLOCK, reserve_blocks
 
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: binary COPY's zero
 CHUNK = 250_000
 DATA_TABLES = "sales, dead_letter, store_monthly, item_totals, daily_totals, item, store"
-
-# One binary COPY row: field count, then (length, value) for each column, big-endian.
-_SALE_ROW = np.dtype([
-    ("fields", ">i2"),
-    ("id_len", ">i4"), ("id", ">i8"),
-    ("time_len", ">i4"), ("sale_time", ">i8"),
-    ("item_len", ">i4"), ("item_id", ">i4"),
-    ("store_len", ">i4"), ("store_id", ">i4"),
-    ("price_len", ">i4"), ("price", ">i4"),
-    ("qty_len", ">i4"), ("quantity", ">i4"),
-    ("acc_len", ">i4"), ("accepted_at", ">i8"),
-])
-_SALE_COLUMNS = ["id", "sale_time", "item_id", "store_id", "price", "quantity", "accepted_at"]
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
 
 Progress = Callable[[int], None]
 
@@ -65,23 +48,6 @@ def sale_times_us(count: int, now: dt.datetime, tz: zoneinfo.ZoneInfo, rng: np.r
     return times
 
 
-def _copy_rows(ids: np.ndarray, times_us: np.ndarray, item_ids: np.ndarray, store_ids: np.ndarray,
-               prices: np.ndarray) -> bytes:
-    rows = np.empty(len(ids), dtype=_SALE_ROW)
-    rows["fields"] = len(_SALE_COLUMNS)
-    for length_field, size in (("id_len", 8), ("time_len", 8), ("item_len", 4), ("store_len", 4),
-                               ("price_len", 4), ("qty_len", 4), ("acc_len", 8)):
-        rows[length_field] = size
-    rows["id"] = ids
-    rows["sale_time"] = times_us - PG_EPOCH_US
-    rows["item_id"] = item_ids
-    rows["store_id"] = store_ids
-    rows["price"] = prices
-    rows["quantity"] = 1
-    rows["accepted_at"] = times_us - PG_EPOCH_US
-    return rows.tobytes()
-
-
 async def _reserve_ids(conn: asyncpg.Connection, count: int) -> np.ndarray:
     starts = np.array(await reserve_blocks(conn, -(-count // BLOCK)) if count else [], dtype=np.int64)
     return (starts[:, None] + np.arange(BLOCK, dtype=np.int64)).ravel()[:count]
@@ -92,15 +58,16 @@ async def _sale_chunks(ids: np.ndarray, item_prices: np.ndarray, stores: int, no
                        progress: Progress | None) -> AsyncIterator[bytes]:
     count = len(ids)
     times = sale_times_us(count, now, tz, rng)
-    yield _COPY_HEADER
+    yield sales_copy.HEADER
     for lo in range(0, count, CHUNK):
         hi = min(count, lo + CHUNK)
         item_ids = rng.integers(1, len(item_prices) + 1, size=hi - lo)
         store_ids = rng.integers(1, stores + 1, size=hi - lo)
-        yield _copy_rows(ids[lo:hi], times[lo:hi], item_ids, store_ids, item_prices[item_ids - 1])
+        yield sales_copy.unkeyed_rows(ids[lo:hi], times[lo:hi], item_ids, store_ids, item_prices[item_ids - 1],
+                                      quantities=1, accepted_us=times[lo:hi])
         if progress:
             progress(hi - lo)
-    yield _COPY_TRAILER
+    yield sales_copy.TRAILER
 
 
 async def _foreign_keys(conn: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
@@ -137,7 +104,7 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
             await conn.execute(f'ALTER TABLE sales DROP CONSTRAINT "{name}"')
         await conn.execute("ALTER TABLE sales DROP CONSTRAINT sales_pkey")
         await conn.copy_to_table(
-            "sales", columns=_SALE_COLUMNS, format="binary", freeze=True,
+            "sales", columns=sales_copy.COLUMNS, format="binary", freeze=True,
             source=_sale_chunks(await _reserve_ids(conn, sales), prices, stores, now, tz, rng, progress))
         await conn.execute("ALTER TABLE sales ADD CONSTRAINT sales_pkey PRIMARY KEY (id)")
         for name, definition in foreign_keys:

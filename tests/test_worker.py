@@ -225,3 +225,28 @@ async def _count_is(db, n):
 
 async def _stream_empty(redis_client, queue_keys):
     return await redis_client.xlen(queue_keys.stream) == 0
+
+
+async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, db, worker_pool):
+    # Sales a microsecond and a second either side of a local month start, in a zone 5:45 ahead
+    # of UTC: the batch's sums by whole second must cut days and months as the rollups' recount does.
+    await seed(items=3, stores=2)
+    await rollups.ensure_timezone(db, "Asia/Kathmandu")
+    prices = {r["id"]: r["price"] for r in await db.fetch("SELECT id, price FROM item")}
+    [start] = await reserve_blocks(db, 1)
+    month_start = dt.datetime(2026, 3, 1, tzinfo=__import__("zoneinfo").ZoneInfo("Asia/Kathmandu"))
+    edge_us = int(month_start.timestamp()) * 1_000_000
+    times = [edge_us + delta for delta in (-1_000_000, -1, 0, 1, 999_999, 1_000_000)] * 4
+    now_us = int(time.time() * 1_000_000)
+    rows = [(start + i, t, i % 3 + 1, i % 2 + 1, prices[i % 3 + 1], i % 5 + 1, f"key-é-{i}" if i % 7 == 0 else None,
+             now_us - i) for i, t in enumerate(times)]
+    async with worker_pool.acquire() as conn:
+        result = await writer.write_batch(conn, rows)
+    assert (result.written, result.duplicates, result.dead) == (len(rows), 0, 0)
+    stored = await db.fetch("SELECT id, (extract(epoch FROM sale_time) * 1000000)::bigint AS t, item_id, store_id, "
+                            "price, quantity, idempotency_key, (extract(epoch FROM accepted_at) * 1000000)::bigint AS a "
+                            "FROM sales ORDER BY id")
+    assert [tuple(r) for r in stored] == rows
+    assert await rollups.drift(db) == NO_DRIFT
+    days = {r["day"]: r["sales"] for r in await db.fetch("SELECT day, sales FROM daily_totals")}
+    assert days == {dt.date(2026, 2, 28): 8, dt.date(2026, 3, 1): 16}

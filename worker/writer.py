@@ -1,9 +1,11 @@
 """Writing a batch of queued sales to PostgreSQL, exactly once.
 
-One transaction per batch: COPY into a temporary staging table, INSERT into sales, and rollup
-upserts fed only by the rows that INSERT returned. The INSERT is plain; if any row is stored
-already the transaction fails as a whole and the batch is written again with ON CONFLICT DO
-NOTHING. A batch delivered twice therefore inserts nothing and counts nothing the second time.
+One transaction per batch. Almost every batch is new sales: binary COPY straight into sales,
+which fails as a whole if any of them is stored already, and rollup upserts from the batch's
+own sums (worker.batch_columns). A batch that fails that way (delivered again after a lost
+ack, an idempotency key already taken) is written again through a staging table: INSERT ...
+ON CONFLICT DO NOTHING, rollups fed only by the rows that INSERT returned. A batch delivered
+twice therefore inserts nothing and counts nothing the second time.
 
 A row that can never be written (a constraint it breaks) does not block the others: the
 batch is split in savepoints (bisection) until that row is alone, and it goes to `dead_letter` with its reason.
@@ -16,9 +18,10 @@ import datetime as dt
 
 import asyncpg
 
+from shared import sales_copy
 from shared.db import set_codecs
-
-from shared.rollups import ROLLUPS, upsert_sql
+from shared.rollups import ROLLUPS, upsert_partials_sql, upsert_sql
+from worker.batch_columns import BatchColumns
 
 Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
 COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "idempotency_key", "accepted_at_us"]
@@ -37,23 +40,19 @@ CREATE TEMP TABLE IF NOT EXISTS sales_incoming (
 
 _FROM_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
-_INSERT_FROM_STAGING = f"""
+INSERT_FROM_STAGING = f"""
 WITH inserted AS (
     INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at)
     SELECT id, {_FROM_US.format('sale_time_us')}, item_id, store_id, price, quantity, idempotency_key,
            {_FROM_US.format('accepted_at_us')}
     FROM sales_incoming ORDER BY id
-    {{on_conflict}}
+    ON CONFLICT DO NOTHING
     RETURNING sale_time, item_id, store_id, price, quantity
 ), {", ".join(f"{r.table}_added AS ({upsert_sql(r, 'inserted')})" for r in ROLLUPS)}
 SELECT count(*) FROM inserted
 """
-# Almost every batch is new sales: a plain INSERT, which fails as a whole on any duplicate.
-# ON CONFLICT checks each row before inserting it and logs a confirmation: 30-40% more time
-# on the sales table (measured on 100,000-row batches); it is the path for batches that
-# failed the plain way (redelivered after a lost ack, an idempotency key already taken).
-INSERT_NEW_FROM_STAGING = _INSERT_FROM_STAGING.format(on_conflict="")
-INSERT_FROM_STAGING = _INSERT_FROM_STAGING.format(on_conflict="ON CONFLICT DO NOTHING")
+# The new batch's rollups: binary COPY cannot return rows, and needs not: all went in.
+UPSERT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS]
 
 # Rows of the batch not stored as they were queued: an idempotency key already used by
 # another stored sale, or (never expected) an id taken by a different sale.
@@ -123,17 +122,32 @@ def parent_ids(rows: list[Row]) -> tuple[list[int], list[int]]:
     return sorted({row[2] for row in rows}), sorted({row[3] for row in rows})
 
 
-async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row], batch_key_checks: bool = False,
-                            all_new: bool = False) -> tuple[int, list[tuple[Row, str]]]:
+async def _copy_new(conn: asyncpg.Connection, rows: list[Row]) -> int:
+    """All the rows, as new sales; raises UniqueViolationError if any of them is stored already.
+
+    Measured on 100,000-sale batches (PostgreSQL CPU per sale): the COPY straight into sales
+    2.2 µs, where staging it (0.7) and INSERT ... SELECT (2.9) cost 3.6, and rollups from the
+    batch's sums next to nothing, where each rollup over the inserted rows cost 0.3-0.7 µs.
+    """
+    batch = BatchColumns(rows)
+    await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *batch.parent_ids())
+    # a memoryview: asyncpg would take bytes for a file name
+    await conn.copy_to_table("sales", source=memoryview(batch.copy_data()), columns=sales_copy.COLUMNS, format="binary")
+    for summed_by, upsert in UPSERT_BATCH_SUMS:
+        await conn.execute(upsert, *batch.sums_by(summed_by))
+    return len(batch)
+
+
+async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row],
+                            batch_key_checks: bool = False) -> tuple[int, list[tuple[Row, str]]]:
     """Inserted count, and the rows not stored as queued with the reason (same transaction).
 
-    `all_new`: insert without ON CONFLICT; any duplicate raises UniqueViolationError.
     The staging table empties itself at commit; within one transaction the caller empties it.
     """
     await conn.copy_records_to_table("sales_incoming", records=rows, columns=COLUMNS)
     if batch_key_checks:
         await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(rows))
-    inserted = await conn.fetchval(INSERT_NEW_FROM_STAGING if all_new else INSERT_FROM_STAGING)
+    inserted = await conn.fetchval(INSERT_FROM_STAGING)
     lost = []
     if inserted < len(rows):
         for r in await conn.fetch(NOT_STORED_AS_QUEUED):
@@ -147,17 +161,20 @@ async def _stage_and_insert(conn: asyncpg.Connection, rows: list[Row], batch_key
 
 async def write_batch(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
     """Write the rows (one transaction); raises only for errors worth retrying."""
-    for all_new in (True, False):
-        try:
-            async with conn.transaction():
-                inserted, lost = await _stage_and_insert(conn, rows, batch_key_checks=True, all_new=all_new)
-                filed = await _dead_letters(conn, lost)
-            return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
-        except asyncpg.UniqueViolationError:
-            continue  # some of them are stored already: again, skipping those
-        except PERMANENT_ERRORS:
-            break
-    return await _write_row_by_row(conn, rows)
+    try:
+        async with conn.transaction():
+            return BatchResult(written=await _copy_new(conn, rows))
+    except asyncpg.UniqueViolationError:
+        pass  # some of them are stored already: again, skipping those
+    except PERMANENT_ERRORS:
+        return await _write_row_by_row(conn, rows)
+    try:
+        async with conn.transaction():
+            inserted, lost = await _stage_and_insert(conn, rows, batch_key_checks=True)
+            filed = await _dead_letters(conn, lost)
+        return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
+    except PERMANENT_ERRORS:
+        return await _write_row_by_row(conn, rows)
 
 
 async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:

@@ -1,0 +1,43 @@
+"""A batch's sums, computed with numpy, against the same sums computed one sale at a time."""
+from __future__ import annotations
+
+import collections
+
+from hypothesis import given, strategies as st
+
+from shared.rollups import ROLLUPS
+from worker.batch_columns import BatchColumns
+
+_rows = st.lists(st.tuples(
+    st.integers(1, 2**62), st.integers(946_684_800_000_000, 2_000_000_000_000_000), st.integers(1, 5),
+    st.integers(1, 4), st.integers(0, 2**31 - 1), st.integers(1, 10_000), st.one_of(st.none(), st.text(max_size=4)),
+    st.integers(946_684_800_000_000, 2_000_000_000_000_000)), min_size=1, max_size=60)
+
+
+@given(_rows)
+def test_sums_by_each_rollups_grouping_match_a_plain_loop(rows):
+    batch = BatchColumns(rows)
+    for rollup in ROLLUPS:
+        expected = collections.defaultdict(lambda: [0, 0, 0])
+        for _, time_us, item_id, store_id, price, quantity, _, _ in rows:
+            values = {"second": time_us // 1_000_000, "item_id": item_id, "store_id": store_id}
+            key = tuple(values[name] if name in rollup.summed_by else 0 for name in ("second", "item_id", "store_id"))
+            sums = expected[key]
+            sums[0] += price * quantity
+            sums[1] += quantity
+            sums[2] += 1
+        seconds, item_ids, store_ids, income, units, sales = batch.sums_by(rollup.summed_by)
+        got = {key: [i, u, s] for key, i, u, s in zip(zip(seconds, item_ids, store_ids), income, units, sales)}
+        assert got == expected
+        assert len(seconds) == len(expected)  # one row per group
+
+
+def test_parent_ids_are_distinct_and_sorted():
+    rows = [(i, 0, item, store, 1, 1, None, 0) for i, (item, store) in enumerate([(3, 2), (1, 2), (3, 1)])]
+    assert BatchColumns(rows).parent_ids() == ([1, 3], [1, 2])
+
+
+def test_income_beyond_int64_is_summed_exactly():
+    rows = [(i, 0, 1, 1, 2**31 - 1, 10_000, None, 0) for i in range(450_000)]
+    [_, _, _, [income], [units], [sales]] = BatchColumns(rows).sums_by(("item_id",))
+    assert (income, units, sales) == ((2**31 - 1) * 10_000 * 450_000, 10_000 * 450_000, 450_000)
