@@ -32,7 +32,7 @@ class Settings:
     worker_reclaim_idle_ms: int = 15_000
     # After a read that did not fill a batch, wait this long for more before writing: a
     # transaction has a fixed cost, and sales written 30 at a time spent 5x more CPU each.
-    worker_linger_ms: int = 200
+    worker_linger_ms: int = 100
 
     def __post_init__(self) -> None:
         try:
