@@ -57,7 +57,9 @@ class SalesIntake:
         self.queue = queue
 
     def refuse_if_full(self) -> None:
-        """Refuse at once, before decoding, while the queue is known to be full."""
+        """Refuse at once, before decoding, while the queue is known to be full. Not counted in
+        sales_rejected_total (how many sales the body holds is not known without decoding
+        it); the requests' own metrics count these 503s."""
         if self.queue.looks_full():
             raise ServiceUnavailable(QUEUE_FULL, 2)
 

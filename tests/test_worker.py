@@ -250,3 +250,29 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
     assert await rollups.drift(db) == NO_DRIFT
     days = {r["day"]: r["sales"] for r in await db.fetch("SELECT day, sales FROM daily_totals")}
     assert days == {dt.date(2026, 2, 28): 8, dt.date(2026, 3, 1): 16}
+
+
+def test_entries_are_cut_into_transactions_by_their_sale_counts():
+    from worker.consumer import _chunks
+
+    entries = [(f"{i}-0".encode(), {b"n": str(n).encode(), b"d": b""}) for i, n in enumerate([3, 4, 9, 1, 1, 2])]
+    assert [[e[0] for e in chunk] for chunk in _chunks(entries, 7)] == [
+        [b"0-0", b"1-0"], [b"2-0"], [b"3-0", b"4-0", b"5-0"]]  # the 9-sale entry alone
+    assert _chunks([], 7) == []
+    assert len(_chunks(entries + [(b"6-0", {}), (b"7-0", {b"n": b"x"})], 7)[-1]) == 5  # purged / malformed: 0
+
+
+async def test_a_read_bigger_than_a_transaction_is_written_in_several(client, seed, db, redis_client, queue_keys,
+                                                                       worker_pool, monkeypatch):
+    from worker import consumer as consumer_module
+
+    await seed(items=3, stores=3)
+    answers = []
+    for i in range(5):  # five entries of 4 sales
+        answers += await _post_batch(client, [{"item_id": i % 3 + 1, "store_id": 1, "quantity": i + 1}] * 4)
+    monkeypatch.setattr(consumer_module, "MAX_SALES_PER_TRANSACTION", 8)
+    consumer = StreamConsumer(redis_client, worker_pool, queue_keys, "chunked")
+    assert await consumer.run_until_empty() == 3  # 8 + 8 + 4 sales
+    assert await _stored_ids(db) == sorted(a["id"] for a in answers)
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await redis_client.xlen(queue_keys.stream) == 0 and int(await redis_client.get(queue_keys.depth)) == 0

@@ -22,6 +22,7 @@ from shared import sales_copy
 from shared.db import set_codecs
 from shared.rollups import ROLLUPS, upsert_partials_sql, upsert_sql
 from worker.batch_columns import BatchColumns
+from worker.gc_paused import gc_paused
 
 Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
 COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "idempotency_key", "accepted_at_us"]
@@ -129,12 +130,15 @@ async def _copy_new(conn: asyncpg.Connection, rows: list[Row]) -> int:
     2.2 µs, where staging it (0.7) and INSERT ... SELECT (2.9) cost 3.6, and rollups from the
     batch's sums next to nothing, where each rollup over the inserted rows cost 0.3-0.7 µs.
     """
-    batch = BatchColumns(rows)
-    await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *batch.parent_ids())
-    # a memoryview: asyncpg would take bytes for a file name
-    await conn.copy_to_table("sales", source=memoryview(batch.copy_data()), columns=sales_copy.COLUMNS, format="binary")
-    for summed_by, upsert in UPSERT_BATCH_SUMS:
-        await conn.execute(upsert, *batch.sums_by(summed_by))
+    with gc_paused():
+        batch = BatchColumns(rows)
+        parents = batch.parent_ids()
+        copy_data = memoryview(batch.copy_data())  # not bytes: asyncpg would take those for a file name
+        sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in UPSERT_BATCH_SUMS]
+    await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parents)
+    await conn.copy_to_table("sales", source=copy_data, columns=sales_copy.COLUMNS, format="binary")
+    for upsert, arrays in sums:
+        await conn.execute(upsert, *arrays)
     return len(batch)
 
 
