@@ -1,11 +1,13 @@
 """Final sale ids, reserved from PostgreSQL's `sales_id_seq` in blocks (shared.sale_ids).
 
 The API answers POST /sales/ with the id the sale will have in PostgreSQL, without a query
-per sale. Blocks are sized to cover about a minute of the recent rate, and the next one is
-fetched in the background as soon as fewer than a block's worth are left, so at least a
-minute of sales keeps flowing through a database outage (fetching at half a block left only
-30 s in the worst case, and a 30-second outage under load ran out in some runs). While
-PostgreSQL is away, fetching is retried at most once a second.
+per sale. Blocks are sized to cover two minutes of the recent rate, and the next one is
+fetched in the background as soon as fewer than a block's worth are left, so sales keep
+flowing through a database outage of that long. The recent rate is this process's: with a
+few keep-alive connections it can jump when the kernel's spread of connections over the
+processes shifts, so a block shrinks by at most half per 5-second window. (A minute's worth,
+fetched again at half a block, ran out during a 30-second outage under load in some runs.)
+While PostgreSQL is away, fetching is retried at most once a second.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class IdsUnavailable(Exception):
 
 
 class IdAllocator:
-    def __init__(self, pool: asyncpg.Pool, *, min_block: int = 1_000, max_block: int = 100_000, cover_seconds: float = 60.0):
+    def __init__(self, pool: asyncpg.Pool, *, min_block: int = 1_000, max_block: int = 100_000, cover_seconds: float = 120.0):
         self._pool = pool
         self._min_block = min_block
         self._max_block = max_block
@@ -55,7 +57,8 @@ class IdAllocator:
         elapsed = time.monotonic() - self._window_start
         if elapsed >= 5.0:
             rate = self._used_in_window / elapsed
-            self._block = int(min(self._max_block, max(self._min_block, rate * self._cover_seconds)))
+            wanted = max(self._min_block, rate * self._cover_seconds, self._block / 2)
+            self._block = int(min(self._max_block, wanted))
             self._window_start, self._used_in_window = time.monotonic(), 0
 
     def _failed_just_now(self) -> bool:

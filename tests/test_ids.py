@@ -51,3 +51,17 @@ async def test_a_refused_fetch_is_retried_at_most_once_a_second(monkeypatch):
     assert fetches == 2
     await allocator.close()
     await pool.close()
+
+
+def test_blocks_cover_two_minutes_and_shrink_by_half_at_most():
+    allocator = IdAllocator(pool=None, min_block=1_000, max_block=100_000)
+
+    def window(used: int) -> int:
+        allocator._window_start -= 5.0  # as if a 5-second window had passed
+        allocator._note_use(used)
+        return allocator._block
+
+    assert window(500) == pytest.approx(12_000, rel=0.01)  # 100 sales/s, two minutes' worth
+    assert window(0) == pytest.approx(6_000, rel=0.01)  # idle: half, not the minimum at once
+    assert window(0) == pytest.approx(3_000, rel=0.01)
+    assert window(50_000) == 100_000  # capped
