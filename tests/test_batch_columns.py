@@ -32,11 +32,6 @@ def test_sums_by_each_rollups_grouping_match_a_plain_loop(rows):
         assert len(seconds) == len(expected)  # one row per group
 
 
-def test_parent_ids_are_distinct_and_sorted():
-    rows = [(i, 0, item, store, 1, 1, None, 0) for i, (item, store) in enumerate([(3, 2), (1, 2), (3, 1)])]
-    assert BatchColumns(rows).parent_ids() == ([1, 3], [1, 2])
-
-
 def test_income_beyond_int64_is_summed_exactly():
     rows = [(i, 0, 1, 1, 2**31 - 1, 10_000, None, 0) for i in range(450_000)]
     [_, _, _, [income], [units], [sales]] = BatchColumns(rows).sums_by(("item_id",))

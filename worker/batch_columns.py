@@ -21,7 +21,6 @@ class BatchColumns:
         self._rows = rows
         ids, times_us, item_ids, store_ids, prices, quantities, keys, accepted_us = zip(*rows)
         self._keyed = [] if keys.count(None) == len(keys) else [i for i, key in enumerate(keys) if key is not None]
-        self._distinct_parents = set(item_ids), set(store_ids)
         self.ids = np.array(ids, dtype=np.int64)
         self.times_us = np.array(times_us, dtype=np.int64)
         self.item_ids = np.array(item_ids, dtype=np.int64)
@@ -32,11 +31,6 @@ class BatchColumns:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def parent_ids(self) -> tuple[list[int], list[int]]:
-        """The distinct item and store ids, sorted (the order their rows are locked in)."""
-        items, stores = self._distinct_parents  # sets: faster than np.unique at every batch size
-        return sorted(items), sorted(stores)
 
     def copy_data(self) -> bytes:
         """The whole batch as binary COPY data for shared.sales_copy.COLUMNS."""

@@ -132,7 +132,7 @@ async def _copy_new(conn: asyncpg.Connection, rows: list[Row]) -> int:
     """
     with gc_paused():
         batch = BatchColumns(rows)
-        parents = batch.parent_ids()
+        parents = parent_ids(rows)
         copy_data = memoryview(batch.copy_data())  # not bytes: asyncpg would take those for a file name
         sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in UPSERT_BATCH_SUMS]
     await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parents)
