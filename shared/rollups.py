@@ -50,14 +50,15 @@ PARTIAL_SALES = """
 """
 
 
-def recount_sql(rollup: Rollup, source: str = "sales") -> str:
+def _grouped_sql(rollup: Rollup, measures: dict[str, str], local_sales: str) -> str:
     keys = ", ".join(f"{expr} AS {col}" for col, expr in rollup.keys.items())
-    measures = ", ".join(f"{expr} AS {col}" for col, expr in MEASURES.items())
+    sums = ", ".join(f"{expr} AS {col}" for col, expr in measures.items())
     positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
-    return (
-        f"SELECT {keys}, {measures} FROM ({LOCAL_SALES.format(source=source)}) AS local "
-        f"GROUP BY {positions}"
-    )
+    return f"SELECT {keys}, {sums} FROM ({local_sales}) AS local GROUP BY {positions}"
+
+
+def recount_sql(rollup: Rollup, source: str = "sales") -> str:
+    return _grouped_sql(rollup, MEASURES, LOCAL_SALES.format(source=source))
 
 
 def _upsert(rollup: Rollup, grouped_query: str) -> str:
@@ -79,10 +80,7 @@ def upsert_sql(rollup: Rollup, source: str) -> str:
 
 def upsert_partials_sql(rollup: Rollup) -> str:
     """Add a batch's sums (PARTIAL_SALES parameters) to the rollup."""
-    keys = ", ".join(f"{expr} AS {col}" for col, expr in rollup.keys.items())
-    measures = ", ".join(f"{expr} AS {col}" for col, expr in PARTIAL_MEASURES.items())
-    positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
-    return _upsert(rollup, f"SELECT {keys}, {measures} FROM ({PARTIAL_SALES}) AS local GROUP BY {positions}")
+    return _upsert(rollup, _grouped_sql(rollup, PARTIAL_MEASURES, PARTIAL_SALES))
 
 
 async def rebuild(conn: asyncpg.Connection) -> None:
