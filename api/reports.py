@@ -65,8 +65,9 @@ FROM daily_totals WHERE day >= $1 AND day <= $2
 """
 
 DAILY = """
-SELECT day, income, units, sales FROM daily_totals
-WHERE day >= $1 AND day <= $2 ORDER BY day
+SELECT day, sum(income)::bigint AS income, sum(units)::bigint AS units, sum(sales)::bigint AS sales
+FROM daily_totals WHERE day >= $1 AND day <= $2
+GROUP BY day ORDER BY day
 """
 
 

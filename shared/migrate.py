@@ -15,7 +15,7 @@ import re
 
 import asyncpg
 
-from shared import rollups
+from shared import citus, partitions, rollups
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def migration_files() -> list[tuple[int, str, pathlib.Path]]:
 
 
 async def migrate(conn: asyncpg.Connection, report_timezone: str = "UTC") -> list[int]:
-    """Apply pending migrations and make the rollups match `report_timezone`.
+    """Apply pending migrations, distribute the tables when the database is a Citus
+    coordinator (shared.citus), make this month's and the next months' partitions of sales,
+    and make the rollups match `report_timezone`.
 
     Returns the versions applied. Safe to call from many processes at once.
     """
@@ -63,6 +65,9 @@ async def migrate(conn: asyncpg.Connection, report_timezone: str = "UTC") -> lis
                 )
             log.info("applied migration %03d_%s", version, name)
             applied_now.append(version)
+        if await citus.has_citus(conn):
+            await citus.distribute(conn)
+        await partitions.ensure_ahead(conn)
         await rollups.ensure_timezone(conn, report_timezone)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

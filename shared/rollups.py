@@ -1,8 +1,10 @@
 """The pre-aggregated tables the reports read, defined once.
 
 Each rollup is a GROUP BY over sales in the report time zone. The same definition yields
-the worker's incremental upserts (from a batch's sums, or from the rows an INSERT really
-inserted), the full rebuild, and the recount that reconciliation compares against.
+the worker's incremental upserts (from the sums of a batch, or of the rows an INSERT really
+inserted), the full rebuild, and the recount that reconciliation compares against. Archived
+months (python -m shared.retention) leave their part of each rollup in `<rollup>_archived`,
+which the rebuild and the recount add to what the remaining raw sales give.
 """
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ class Rollup:
     keys: dict[str, str]  # column -> expression over (local_time, item_id, store_id)
     summed_by: tuple[str, ...]  # what those expressions read: "second" (of sale_time), "item_id", "store_id"
 
+    @property
+    def archived(self) -> str:
+        """The table of what archived (dropped) months of sales added to this rollup."""
+        return f"{self.table}_archived"
+
 
 ROLLUPS = (
     Rollup("store_monthly", {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"},
            ("second", "store_id")),
     Rollup("item_totals", {"item_id": "item_id"}, ("item_id",)),
-    Rollup("daily_totals", {"day": "local_time::date"}, ("second",)),
+    Rollup("daily_totals", {"day": "local_time::date", "store_id": "store_id"}, ("second", "store_id")),
 )
 MEASURES = {"income": "sum(income)", "units": "sum(quantity)", "sales": "count(*)"}
 PARTIAL_MEASURES = {"income": "sum(income)", "units": "sum(units)", "sales": "sum(sales)"}
@@ -61,6 +68,15 @@ def recount_sql(rollup: Rollup, source: str = "sales") -> str:
     return _grouped_sql(rollup, MEASURES, LOCAL_SALES.format(source=source))
 
 
+def expected_sql(rollup: Rollup) -> str:
+    """What the rollup must hold: a recount of the raw sales plus what archived months added."""
+    keys = ", ".join(rollup.keys)
+    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
+    columns = ", ".join([*rollup.keys, *MEASURES])
+    return (f"SELECT {keys}, {sums} FROM ({recount_sql(rollup)} UNION ALL "
+            f"SELECT {columns} FROM {rollup.archived}) AS counted GROUP BY {keys}")
+
+
 def _upsert(rollup: Rollup, grouped_query: str) -> str:
     """Add the groups to the rollup, in key order so writers never deadlock."""
     columns = [*rollup.keys, *MEASURES]
@@ -73,33 +89,37 @@ def _upsert(rollup: Rollup, grouped_query: str) -> str:
     )
 
 
-def upsert_sql(rollup: Rollup, source: str) -> str:
-    """Add the counts of `source` rows (sales columns) to the rollup."""
-    return _upsert(rollup, recount_sql(rollup, source))
-
-
 def upsert_partials_sql(rollup: Rollup) -> str:
     """Add a batch's sums (PARTIAL_SALES parameters) to the rollup."""
     return _upsert(rollup, _grouped_sql(rollup, PARTIAL_MEASURES, PARTIAL_SALES))
 
 
+# The API's report cache drops its results at this NOTIFY (delivered at commit). On plain
+# PostgreSQL triggers on the rollups send it too (identical notifications of one transaction
+# are delivered once); on Citus the rollups are distributed and have no triggers, so whatever
+# writes them sends it.
+NOTIFY_REPORTS_CHANGED = "SELECT pg_notify('reports_changed', '')"
+
+
 async def rebuild(conn: asyncpg.Connection) -> None:
-    """Recompute every rollup from raw sales (inside the caller's transaction)."""
+    """Recompute every rollup from raw sales and archived months (inside the caller's transaction)."""
     await conn.execute("TRUNCATE " + ", ".join(r.table for r in ROLLUPS))
     for rollup in ROLLUPS:
-        await conn.execute(upsert_sql(rollup, "sales"))
+        columns = ", ".join([*rollup.keys, *MEASURES])
+        await conn.execute(f"INSERT INTO {rollup.table} ({columns}) {expected_sql(rollup)}")
+    await conn.execute(NOTIFY_REPORTS_CHANGED)
 
 
 async def drift(conn: asyncpg.Connection) -> dict[str, int]:
-    """How many rows of each rollup differ from a recount of raw sales."""
+    """How many rows of each rollup differ from a recount of raw sales (plus archived months)."""
     result = {}
     for rollup in ROLLUPS:
         keys = list(rollup.keys)
         cols = ", ".join([*keys, *MEASURES])
         query = (
             f"SELECT count(*) FROM ((SELECT {cols} FROM {rollup.table} EXCEPT ALL "
-            f"SELECT {cols} FROM ({recount_sql(rollup)}) a) UNION ALL "
-            f"(SELECT {cols} FROM ({recount_sql(rollup)}) b EXCEPT ALL "
+            f"SELECT {cols} FROM ({expected_sql(rollup)}) a) UNION ALL "
+            f"(SELECT {cols} FROM ({expected_sql(rollup)}) b EXCEPT ALL "
             f"SELECT {cols} FROM {rollup.table})) d"
         )
         result[rollup.table] = await conn.fetchval(query)

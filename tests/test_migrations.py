@@ -107,5 +107,5 @@ async def test_seeding_leaves_the_sales_constraints_as_migrated(db, seed):
     before = [tuple(r) for r in await db.fetch(query)]
     await seed(items=3, stores=2, sales=500)
     assert [tuple(r) for r in await db.fetch(query)] == before
-    assert ("sales_pkey", "PRIMARY KEY (id)") in before
+    assert ("sales_pkey", "PRIMARY KEY (id, store_id, sale_time)") in before
     assert await db.fetchval("SELECT count(DISTINCT id) FROM sales") == 500

@@ -248,7 +248,7 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
                             "FROM sales ORDER BY id")
     assert [tuple(r) for r in stored] == rows
     assert await rollups.drift(db) == NO_DRIFT
-    days = {r["day"]: r["sales"] for r in await db.fetch("SELECT day, sales FROM daily_totals")}
+    days = {r["day"]: r["sales"] for r in await db.fetch("SELECT day, sum(sales) AS sales FROM daily_totals GROUP BY day")}
     assert days == {dt.date(2026, 2, 28): 8, dt.date(2026, 3, 1): 16}
 
 

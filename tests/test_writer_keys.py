@@ -49,7 +49,6 @@ async def test_referenced_item_cannot_be_deleted_while_a_batch_holds_it(db, seed
     conn = await asyncpg.connect(database_url, server_settings=writer.SESSION_SETTINGS)
     await writer.prepare_connection(conn)
     async with conn.transaction():
-        await conn.copy_records_to_table("sales_incoming", records=_rows([30_001], 2, 1), columns=writer.COLUMNS)
         await conn.fetchval(writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, [2], [1])
         # another session trying to delete item 2 now waits for us, as with a per-row check
         other = await asyncpg.connect(database_url)
@@ -62,7 +61,7 @@ async def test_referenced_item_cannot_be_deleted_while_a_batch_holds_it(db, seed
                 pass
         finally:
             await other.close()
-        await conn.fetchval(writer.INSERT_FROM_STAGING)
+        await conn.fetch(writer.INSERT_ROWS, *zip(*_rows([30_001], 2, 1)))
     await conn.close()
     assert await db.fetchval("SELECT count(*) FROM sales WHERE id = 30001") == 1
 

@@ -18,7 +18,7 @@ _GROUP_COLUMNS = ("second", "item_id", "store_id")
 class BatchColumns:
     def __init__(self, rows: list[tuple]):
         """`rows`: (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)."""
-        self._rows = rows
+        self.rows = rows
         ids, times_us, item_ids, store_ids, prices, quantities, keys, accepted_us = zip(*rows)
         self._keyed = [] if keys.count(None) == len(keys) else [i for i, key in enumerate(keys) if key is not None]
         self.ids = np.array(ids, dtype=np.int64)
@@ -32,6 +32,10 @@ class BatchColumns:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def keys(self) -> list[tuple[int, str, int]]:
+        """(store_id, idempotency_key, id) of the sales that carry a key: rows of sale_keys."""
+        return [(self.rows[i][3], self.rows[i][6], self.rows[i][0]) for i in self._keyed]
+
     def copy_data(self) -> bytes:
         """The whole batch as binary COPY data for shared.sales_copy.COLUMNS."""
         unkeyed = np.ones(len(self), dtype=bool)
@@ -41,7 +45,7 @@ class BatchColumns:
             sales_copy.unkeyed_rows(self.ids[unkeyed], self.times_us[unkeyed], self.item_ids[unkeyed],
                                     self.store_ids[unkeyed], self.prices[unkeyed], self.quantities[unkeyed],
                                     self.accepted_us[unkeyed]),
-            *(sales_copy.keyed_row(*self._rows[i]) for i in self._keyed),
+            *(sales_copy.keyed_row(*self.rows[i]) for i in self._keyed),
             sales_copy.TRAILER,
         ])
 

@@ -53,6 +53,7 @@ class StreamConsumer:
         self._stopping = asyncio.Event()
         self._last_reclaim = 0.0
         self.batches_written = 0
+        self._citus: bool | None = None  # sales distributed by Citus (asked once)
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -165,7 +166,9 @@ class StreamConsumer:
         while True:
             try:
                 async with self._pool.acquire() as conn:
-                    return await writer.write_batch(conn, rows)
+                    if self._citus is None:
+                        self._citus = await writer.is_citus(conn)
+                    return await writer.write_batch(conn, rows, citus=self._citus)
             except Exception as exc:  # noqa: BLE001 - whatever it is, the batch must not be dropped
                 log.warning("writing %d sales failed (%s); retrying in %.1f s", len(rows), exc, backoff)
                 await self._bump_retries()

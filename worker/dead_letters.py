@@ -3,8 +3,8 @@
     python -m worker.dead_letters list [--all]      # pending ones (or every one, replayed too)
     python -m worker.dead_letters replay [--id N]   # write them again (all pending, or one)
 
-A replay goes through the worker's own write path (worker.writer: COPY into the staging
-table, INSERT ... ON CONFLICT DO NOTHING, rollups fed only by what was inserted), one dead
+A replay goes through the worker's own write path (worker.writer.insert_rows:
+INSERT ... ON CONFLICT DO NOTHING, rollups fed only by what was inserted), one dead
 letter per savepoint inside one transaction per letter, so it is exactly-once: a sale already
 stored (replayed before, or redelivered meanwhile) is not counted again. A letter that
 replays is marked `replayed_at`; one that still fails stays pending with the new reason.
@@ -26,6 +26,7 @@ import msgspec
 from shared.db import create_pool
 from shared.settings import Settings
 from worker import writer
+from worker.batch_columns import BatchColumns
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
@@ -68,8 +69,21 @@ class Outcome:
     reason: str | None = None
 
 
+async def _ensure_partitions(conn: asyncpg.Connection, letter_id: int) -> None:
+    """Before the transaction: the partitions the letter's sales need (a month may have been
+    archived since), made outside the write as the worker does."""
+    sale = await conn.fetchval("SELECT sale FROM dead_letter WHERE id = $1", letter_id)
+    try:
+        rows = rows_of(sale) if sale is not None else []
+    except Unreplayable:
+        return
+    if rows:
+        await writer.ensure_partitions(conn, BatchColumns(rows))
+
+
 async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None:
     """Replay one pending letter in its own transaction; None if it is not pending (any more)."""
+    await _ensure_partitions(conn, letter_id)
     async with conn.transaction():
         letter = await conn.fetchrow(
             "SELECT id, sale FROM dead_letter WHERE id = $1 AND replayed_at IS NULL FOR UPDATE SKIP LOCKED",
@@ -87,8 +101,7 @@ async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None
                 for row in rows:
                     try:
                         async with conn.transaction():  # a savepoint per row, to collect every reason
-                            await conn.execute("DELETE FROM sales_incoming")
-                            inserted, lost = await writer._stage_and_insert(conn, [row])
+                            inserted, lost = await writer.insert_rows(conn, [row])
                     except writer.PERMANENT_ERRORS as exc:
                         reasons.append(writer._reason(exc))
                         continue

@@ -36,6 +36,8 @@ import redis.asyncio as aioredis
 from shared import rollups, seeding
 from shared.migrate import migrate
 from shared.queue import GROUP, QueueKeys
+from tests.servers import PgServer, free_port
+from tests.servers import tail as _tail
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY_PREFIX = "sales:"
@@ -51,74 +53,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _as_postgres_user(args: list[str]) -> list[str]:
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        return ["runuser", "-u", "postgres", "--", *args]
-    return args
-
-
-def _tail(path: pathlib.Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # ---------------------------------------------------------------------------------------------
 # Throwaway PostgreSQL
 # ---------------------------------------------------------------------------------------------
-
-class PgServer:
-    def __init__(self) -> None:
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="fault-pg-"))
-        self.data = self.dir / "data"
-        self.log = self.dir / "postgres.log"
-        self.port = free_port()
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        subprocess.run(_as_postgres_user([shutil.which("initdb"), "-D", str(self.data), "-U", "postgres",
-                                          "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
-                       check=True, capture_output=True, timeout=120)
-
-    def _ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        return subprocess.run(_as_postgres_user([shutil.which("pg_ctl"), "-D", str(self.data), *args]),
-                              capture_output=True, text=True, timeout=timeout)
-
-    def start(self) -> None:
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c max_connections=200 "
-                   "-c fsync=off -c full_page_writes=off -c shared_buffers=64MB")
-        result = self._ctl("-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
-        if result.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {result.stderr}\n{_tail(self.log)}")
-
-    def stop(self, mode: str = "fast") -> None:
-        """`fast` disconnects clients and shuts down cleanly; `immediate` is a crash."""
-        self._ctl("-m", mode, "-w", "-t", "60", "stop")
-
-    def kill(self) -> None:
-        self.stop("immediate")
-
-    def running(self) -> bool:
-        return self._ctl("status", timeout=30).returncode == 0
-
-    def ensure_running(self) -> None:
-        if not self.running():
-            self.start()
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def destroy(self) -> None:
-        with contextlib.suppress(Exception):
-            self.stop("immediate")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture(scope="session")
 def pg_server():
