@@ -51,7 +51,7 @@ async def has_citus(conn: asyncpg.Connection) -> bool:
 
 async def distributed(conn: asyncpg.Connection) -> dict[str, str]:
     """Table -> Citus partition method ('h' hash-distributed, 'n' reference) of the tables here."""
-    rows = await conn.fetch("SELECT logicalrelid::regclass::text AS name, partmethod FROM pg_dist_partition")
+    rows = await conn.fetch("SELECT logicalrelid::regclass::text AS name, partmethod::text FROM pg_dist_partition")
     return {r["name"]: r["partmethod"] for r in rows}
 
 
@@ -63,6 +63,12 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
         return []
     for table, trigger in NOTIFY_TRIGGERS:
         await conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+    # A local table with a foreign key to a new reference table would be turned into a "Citus
+    # local table" first (which a partitioned table with checks cannot be): the foreign keys
+    # go while the tables are distributed, and come back, validated, afterwards.
+    foreign_keys = await _foreign_keys(conn, [t for t, _, _ in DISTRIBUTED_TABLES if t not in done])
+    for table, name, _ in foreign_keys:
+        await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
     for table in REFERENCE_TABLES:
         if table not in done:
             await conn.execute("SELECT create_reference_table($1)", table)
@@ -72,8 +78,19 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
             await conn.execute("SELECT create_distributed_table($1, $2, colocate_with => $3)",
                                table, column, colocate_with)
             await _drop_local_copy(conn, table)
+    for table, name, definition in foreign_keys:
+        await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
     log.info("distributed with Citus: %s", ", ".join(todo))
     return todo
+
+
+async def _foreign_keys(conn: asyncpg.Connection, tables: list[str]) -> list[tuple[str, str, str]]:
+    """(table, name, definition) of the foreign keys declared on `tables` (not their partitions' copies)."""
+    rows = await conn.fetch(
+        "SELECT conrelid::regclass::text AS table, conname, pg_get_constraintdef(oid) AS definition "
+        "FROM pg_constraint WHERE contype = 'f' AND conparentid = 0 AND conrelid = ANY($1::regclass[]) "
+        "ORDER BY 1, 2", tables)
+    return [(r["table"], r["conname"], r["definition"]) for r in rows]
 
 
 async def _drop_local_copy(conn: asyncpg.Connection, table: str) -> None:

@@ -77,16 +77,22 @@ def expected_sql(rollup: Rollup) -> str:
             f"SELECT {columns} FROM {rollup.archived}) AS counted GROUP BY {keys}")
 
 
-def _upsert(rollup: Rollup, grouped_query: str) -> str:
-    """Add the groups to the rollup, in key order so writers never deadlock."""
+def _upsert(rollup: Rollup, grouped_query: str, into: str | None = None) -> str:
+    """Add the groups to the rollup (or to `into`), in key order so writers never deadlock."""
     columns = [*rollup.keys, *MEASURES]
     positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
     additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
     return (
-        f"INSERT INTO {rollup.table} AS r ({', '.join(columns)}) "
+        f"INSERT INTO {into or rollup.table} AS r ({', '.join(columns)}) "
         f"{grouped_query} ORDER BY {positions} "
         f"ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {additions}"
     )
+
+
+def archive_sql(rollup: Rollup, source: str) -> str:
+    """Add what the sales of `source` (a partition about to be dropped) count in the rollup to
+    its archived twin."""
+    return _upsert(rollup, recount_sql(rollup, source), into=rollup.archived)
 
 
 def upsert_partials_sql(rollup: Rollup) -> str:

@@ -2,6 +2,10 @@
 
 Each test gets its own database (a copy of a migrated template) and its own Redis key
 prefix, so tests never see each other's data. Nothing is mocked.
+
+With TEST_CITUS=1 the same tests run on a throwaway Citus cluster instead (a coordinator and
+two workers, tests/citus/cluster.py): each test's database is made on every node and migrated
+(which distributes it), since a copied template would point at shards of another database.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from worker.consumer import StreamConsumer
 ADMIN_TOKEN = "test-admin-token"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CITUS = os.environ.get("TEST_CITUS", "") == "1"
 
 
 def _db_url(name: str) -> str:
@@ -64,8 +69,19 @@ def process_env(database_url: str, prefix: str, port: int, processes: int,
 
 @pytest.fixture(scope="session")
 def template_db():
-    """A migrated database that every test's database is copied from."""
+    """A migrated database that every test's database is copied from (on Citus: the cluster)."""
     import asyncio
+
+    if CITUS:
+        from tests.citus.cluster import CitusCluster
+
+        cluster = CitusCluster(settings=CITUS_TEST_SETTINGS)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.destroy()
+        return
 
     name = f"sales_tmpl_{os.getpid()}"
 
@@ -80,9 +96,21 @@ def template_db():
     asyncio.run(drop_database(name))
 
 
+# Fewer shards than Citus's 32 per table: each test makes its own distributed tables.
+CITUS_TEST_SETTINGS = {"citus.shard_count": "4"}
+
+
 @pytest.fixture
 async def database_url(template_db):
     name = f"sales_test_{uuid.uuid4().hex[:12]}"
+    if CITUS:
+        url = await template_db.create_database(name)
+        conn = await asyncpg.connect(url)
+        await migrate(conn, "UTC")
+        await conn.close()
+        yield url
+        await template_db.drop_database(name)
+        return
     yield await create_database(name, template_db)
     await drop_database(name)
 

@@ -19,6 +19,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from shared import partitions
 from shared.db import create_pool
 from shared.queue import GROUP, QueueKeys
 from shared.redis_client import connect_redis
@@ -73,10 +74,17 @@ async def forget_stopped_consumers(ctx: dict) -> None:
             await client.xgroup_delconsumer(keys.stream, GROUP, name)
 
 
+async def make_partitions_ahead(ctx: dict) -> None:
+    """This month's partition of sales and the next ones exist before any sale needs them."""
+    async with ctx["pg_pool"].acquire() as conn:
+        await partitions.ensure_ahead(conn)
+
+
 class WorkerSettings:
     redis_settings = RedisSettings.from_dsn(Settings.from_env().redis_url)
     functions: list = []
-    cron_jobs = [cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False)]
+    cron_jobs = [cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False),
+                 cron(make_partitions_ahead, minute=7, second=0, run_at_startup=True)]
     on_startup = startup
     on_shutdown = shutdown
     keep_result = 0
