@@ -34,7 +34,7 @@ import sys
 
 import asyncpg
 
-from shared import partitions, rollups
+from shared import citus, partitions, rollups
 from shared.settings import Settings
 
 PARTITION_NAME = re.compile(r"sales_(\d{4})_(\d{2})")
@@ -92,6 +92,10 @@ async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str
                         directory: pathlib.Path | None) -> dict:
     """Archive and drop one month (one transaction); what was done."""
     async with conn.transaction():
+        if await citus.has_citus(conn):
+            # The rollups' foreign keys to reference tables make Citus refuse to detach the
+            # partition after parallel multi-shard writes in the same transaction.
+            await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
         await conn.execute(f"LOCK TABLE {partition} IN SHARE MODE")
         sales = await conn.fetchval(f"SELECT count(*) FROM {partition}")
         file = checksum = None

@@ -33,6 +33,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CITUS = os.environ.get("TEST_CITUS", "") == "1"
 
 
+async def edit_by_hand(db, sql: str, *args) -> None:
+    """A change an operator makes in psql: on Citus followed, as docs/architecture.md tells
+    operators, by announce_changes() (there are no notify triggers there)."""
+    async with db.transaction():
+        await db.execute(sql, *args)
+        if CITUS:
+            await db.execute("SELECT announce_changes()")
+
+
 def _db_url(name: str) -> str:
     base, _, _ = PG_ADMIN_URL.rpartition("/")
     return f"{base}/{name}"

@@ -13,6 +13,7 @@ from api.app import create_app
 from api.appkeys import INTAKE
 from api.reports import report_month
 from tests import recount
+from tests.conftest import edit_by_hand
 
 UTC = dt.timezone.utc
 
@@ -147,8 +148,8 @@ async def test_top_stores_match_recount_for_every_month(client, seed, db):
 
 async def test_income_uses_price_when_accepted_times_quantity_and_ties_by_id(client, seed, db, drain):
     await seed(items=2, stores=4)
-    await db.execute("UPDATE item SET price = 100 WHERE id = 1")
-    await db.execute("UPDATE item SET price = 30 WHERE id = 2")
+    await edit_by_hand(db, "UPDATE item SET price = 100 WHERE id = 1")
+    await edit_by_hand(db, "UPDATE item SET price = 30 WHERE id = 2")
     catalogue = client.server.app[INTAKE].catalogue
     deadline = time.monotonic() + 5
     while catalogue.item_prices.get(1) != 100 or catalogue.item_prices.get(2) != 30:
@@ -159,7 +160,7 @@ async def test_income_uses_price_when_accepted_times_quantity_and_ties_by_id(cli
     await _post_sale(client, item_id=2, store_id=2, quantity=1)  # 30
 
     # A new price applies to later sales only.
-    await db.execute("UPDATE item SET price = 1000 WHERE id = 1")
+    await edit_by_hand(db, "UPDATE item SET price = 1000 WHERE id = 1")
     deadline = time.monotonic() + 5
     while catalogue.item_prices.get(1) != 1000:
         assert time.monotonic() < deadline, "the catalogue never saw the new price"
@@ -209,7 +210,7 @@ def test_report_month_begins_in_the_report_timezone():
 
 async def test_mm_picks_the_most_recent_begun_month_over_http(client, seed, db, drain):
     await seed(items=1, stores=5)
-    await db.execute("UPDATE item SET price = 10 WHERE id = 1")
+    await edit_by_hand(db, "UPDATE item SET price = 10 WHERE id = 1")
     catalogue = client.server.app[INTAKE].catalogue
     deadline = time.monotonic() + 5
     while catalogue.item_prices.get(1) != 10:
@@ -304,7 +305,7 @@ async def test_price_change_during_a_catalogue_reload_is_not_lost(client, seed, 
                                     "AND wait_event_type = 'Lock' AND query LIKE '%FROM store%'"):
             assert time.monotonic() < deadline, "the reload never reached the store table"
             await asyncio.sleep(0.01)
-        await db.execute("UPDATE item SET price = 777 WHERE id = 1")  # notifies while the reload runs
+        await edit_by_hand(db, "UPDATE item SET price = 777 WHERE id = 1")  # notifies while the reload runs
         await asyncio.sleep(0.2)  # let the notification arrive during the reload
         await tx.rollback()
         await reload

@@ -193,8 +193,13 @@ async def insert_rows(conn: asyncpg.Connection, rows: list[Row],
     return len(inserted), lost
 
 
-async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool = False) -> BatchResult:
-    """Write the rows (one transaction); raises only for errors worth retrying."""
+async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool | None = None) -> BatchResult:
+    """Write the rows (one transaction); raises only for errors worth retrying.
+
+    `citus`: whether sales is distributed here; asked of the database when not given (the
+    consumer asks once per worker and passes it)."""
+    if citus is None:
+        citus = await is_citus(conn)
     with gc_paused():
         batch = BatchColumns(rows)
     await ensure_partitions(conn, batch)
