@@ -1,0 +1,193 @@
+"""SalesClient: what POS code calls. Recording is local and durable; sending is in the background."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import time
+from collections.abc import Iterable
+
+from pos_client.backoff import Backoff
+from pos_client.errors import InvalidSale, SpoolError
+from pos_client.ids import new_key
+from pos_client.sender import Sender
+from pos_client.spool import NewSale, Spool, SpooledSale
+from pos_client.transport import HttpTransport
+
+MAX_BATCH = 1000          # the server's limit for POST /sales/batch/
+INT32_MAX = 2_147_483_647
+MAX_QUANTITY = 10_000
+EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedSale:
+    seq: int
+    idempotency_key: str
+    item_id: int
+    quantity: int
+    sale_time: str  # ISO 8601, UTC
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    pending: int                         # recorded, not yet taken by the server
+    oldest_pending_age: float | None     # seconds since the oldest pending sale happened
+    sent: int                            # taken by the server (kept as the ledger for a while)
+    set_aside: int                       # refused by the server for good (see `python -m pos_client status`)
+    last_error: str | None
+    last_error_at: float | None          # Unix time
+    stopped: str | None                  # why sending is stopped (a refused key), else None
+    last_sent_at: float | None = None    # Unix time of the last batch the server took (this process)
+    online: bool | None = None           # did the last request get an answer (None: none made yet)
+
+
+def _check_id(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT32_MAX:
+        raise InvalidSale(f"{name} must be an integer from 1 to {INT32_MAX}, got {value!r}")
+    return value
+
+
+def _check_sale(item_id, quantity, sale_time, now: dt.datetime) -> NewSale:
+    _check_id("item_id", item_id)
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidSale(f"quantity must be an integer from 1 to {MAX_QUANTITY}, got {quantity!r}")
+    if sale_time is None:
+        sale_time = now
+    elif not isinstance(sale_time, dt.datetime) or sale_time.utcoffset() is None:
+        raise InvalidSale(f"sale_time must be a timezone-aware datetime, got {sale_time!r}")
+    elif sale_time < EARLIEST_SALE_TIME:
+        raise InvalidSale(f"sale_time must not be before 2000-01-01, got {sale_time.isoformat()}")
+    return NewSale(new_key(), item_id, quantity, sale_time)
+
+
+def _lock_spool(path: str):
+    """An exclusive lock beside the spool, so that two clients never send the same sales at
+    once; the OS drops it when the process dies. None where flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one client per spool is then the POS's own business
+        return None
+    handle = open(path + ".lock", "a")  # noqa: SIM115 - the lock lives as long as this handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise SpoolError(f"the spool {path} is in use by another SalesClient (pid in {path}.lock)") from exc
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+class SalesClient:
+    """Record sales on the till's disk at once; a background thread sends them to the API.
+
+        client = SalesClient("https://sales.example", key=POS_KEY, store_id=7, spool="/var/lib/pos/spool.db")
+        client.record(item_id=24, quantity=2)   # durable on disk when it returns
+        client.flush(timeout=5)                  # optional: wait until the server has them
+        client.close()
+    """
+
+    def __init__(self, base_url: str, key: str | None = None, *, store_id: int, spool: str,
+                 batch_size: int = MAX_BATCH, flush_interval: float = 1.0, timeout: float = 10.0,
+                 backoff_base: float = 0.5, backoff_cap: float = 30.0, keep_sent_days: float = 7.0,
+                 transport=None):
+        _check_id("store_id", store_id)
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}, got {batch_size}")
+        if flush_interval <= 0 or timeout <= 0:
+            raise ValueError("flush_interval and timeout must be positive")
+        self.store_id = store_id
+        self._timeout = timeout
+        self._transport = transport or HttpTransport(base_url, timeout=timeout)
+        self._lock = _lock_spool(str(spool))
+        try:
+            self._spool = Spool(str(spool), store_id)
+            self._spool.set_metas({"stopped": None})  # a new start tries the key again
+        except BaseException:
+            if self._lock:
+                self._lock.close()
+            raise
+        self._sender = Sender(self._spool, self._transport, store_id=store_id, key=key, batch_size=batch_size,
+                              interval=flush_interval, backoff=Backoff(backoff_base, backoff_cap),
+                              keep_sent_seconds=keep_sent_days * 86400)
+        self._closed = False
+        self._sender.start()
+
+    # --- recording
+
+    def record(self, item_id: int, quantity: int = 1, sale_time: dt.datetime | None = None) -> RecordedSale:
+        """Keep one sale; when this returns it is on the till's disk (fsynced) and will reach the
+        server, however long the network is away. `sale_time` defaults to now."""
+        return self.record_many([(item_id, quantity)], sale_time)[0]
+
+    def record_many(self, lines: Iterable[tuple[int, int]], sale_time: dt.datetime | None = None) -> list[RecordedSale]:
+        """Several sales at once (a basket: (item_id, quantity) pairs), in one durable write."""
+        self._check_open()
+        now = dt.datetime.now(dt.timezone.utc)
+        sales = [_check_sale(item_id, quantity, sale_time, now) for item_id, quantity in lines]
+        if not sales:
+            return []
+        return [RecordedSale(s.seq, s.idempotency_key, s.item_id, s.quantity, s.sale_time)
+                for s in self._spool.add(sales)]
+
+    # --- sending
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the server has answered for every sale recorded so far (taken, or set
+        aside); False when `timeout` seconds passed first or sending is stopped."""
+        self._check_open()
+        target = self._spool.last_seq()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._sender.wake()
+        with self._sender.progress:
+            while self._spool.pending_up_to(target):
+                if self._sender.stopped:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._sender.progress.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
+
+    def resume(self, key: str | None = None) -> None:
+        """Start sending again after a refused key, with a new key if given."""
+        self._sender.resume(key if key is not None else self._sender.key)
+
+    def status(self) -> Status:
+        self._check_open()
+        counts = self._spool.counts()
+        age = None
+        if counts.oldest_pending:
+            age = max(0.0, time.time() - dt.datetime.fromisoformat(counts.oldest_pending).timestamp())
+        error_at = self._spool.meta("last_error_at")
+        return Status(pending=counts.pending, oldest_pending_age=age, sent=counts.sent, set_aside=counts.refused,
+                      last_error=self._spool.meta("last_error"), last_error_at=float(error_at) if error_at else None,
+                      stopped=self._sender.stopped, last_sent_at=self._sender.last_sent_at,
+                      online=self._sender.online)
+
+    def set_aside(self) -> list[SpooledSale]:
+        """The sales the server refused for good, with the reason."""
+        return self._spool.refused()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the sender (what is still pending stays in the spool for the next start)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sender.close(self._timeout + 5 if timeout is None else timeout)
+        self._transport.close()
+        self._spool.close()
+        if self._lock:
+            self._lock.close()
+
+    def __enter__(self) -> SalesClient:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpoolError("this SalesClient is closed")

@@ -1,0 +1,133 @@
+"""The tills' ledgers (their spools) against the server: reports, and the database if given.
+
+A till's ledger is its spool: every sale it recorded, with the id the server answered for the
+ones it sent. Reconciled with the server:
+- income per store and month (price x quantity, the item's price from GET /items/) against
+  `/stores/top/` and units per item against `/items/top/`, as the change between a snapshot
+  taken before the tills sold and one after (other sales may be in the reports already;
+  nobody else must sell in these stores meanwhile);
+- with a database URL: every sent sale is in `sales` once, under its key, with the id the
+  server answered (needs asyncpg, which a till does not have: only the simulator uses this).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import urllib.parse
+from collections.abc import Iterable
+
+from pos_client.spool import SENT, SpooledSale
+from pos_client.transport import HttpTransport
+
+try:
+    import zoneinfo
+except ImportError:  # Python < 3.9 has none; reports are then cut in UTC only
+    zoneinfo = None
+
+
+@dataclasses.dataclass
+class Ledger:
+    store_id: int
+    sales: list[SpooledSale]
+
+    @property
+    def sent(self) -> list[SpooledSale]:
+        return [s for s in self.sales if s.state == SENT]
+
+
+def month_of(sale_time: str, tz) -> tuple[int, int]:
+    moment = dt.datetime.fromisoformat(sale_time).astimezone(tz)
+    return moment.year, moment.month
+
+
+def expected_totals(ledgers: Iterable[Ledger], prices: dict[int, int], tz) -> tuple[dict, dict]:
+    """({(store, year, month): income}, {item: units}) of the sent sales."""
+    income: dict[tuple[int, int, int], int] = collections.Counter()
+    units: dict[int, int] = collections.Counter()
+    for ledger in ledgers:
+        for sale in ledger.sent:
+            income[(ledger.store_id, *month_of(sale.sale_time, tz))] += prices[sale.item_id] * sale.quantity
+            units[sale.item_id] += sale.quantity
+    return dict(income), dict(units)
+
+
+class Reports:
+    """GET the reports, as an owner key (or openly when the server requires none)."""
+
+    def __init__(self, base_url: str, key: str | None = None, timeout: float = 30.0):
+        self.http = HttpTransport(base_url, timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def get(self, path: str, **query) -> object:
+        answer = self.http.request("GET", path + ("?" + urllib.parse.urlencode(query) if query else ""),
+                                   headers=self.headers)
+        if answer.status != 200:
+            raise RuntimeError(f"GET {path}: {answer.status} {answer.error()}")
+        return answer.json()
+
+    def prices(self) -> dict[int, int]:
+        return {item["id"]: item["price"] for item in self.get("/items/")}
+
+    def snapshot(self, months: Iterable[tuple[int, int]]) -> dict:
+        """Income per (store, year, month) for those months, and units per item (all time)."""
+        income = {}
+        for year, month in sorted(set(months)):
+            for row in self.get("/stores/top/", cnt=1000, mm=month, year=year):
+                income[(row["id"], year, month)] = row["income"]
+        units = {row["id"]: row["sales_amount"] for row in self.get("/items/top/", cnt=1000)}
+        return {"income": income, "units": units}
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def differences(before: dict, after: dict, income: dict, units: dict) -> dict:
+    """Where the server's change between the snapshots is not what the ledgers say."""
+    stores = {}
+    for key in set(income) | {k for k in after["income"] if after["income"][k] != before["income"].get(k, 0)}:
+        got = after["income"].get(key, 0) - before["income"].get(key, 0)
+        if got != income.get(key, 0):
+            stores[key] = {"ledgers": income.get(key, 0), "server": got}
+    items = {}
+    for item in set(units) | {k for k in after["units"] if after["units"][k] != before["units"].get(k, 0)}:
+        got = after["units"].get(item, 0) - before["units"].get(item, 0)
+        if got != units.get(item, 0):
+            items[item] = {"ledgers": units.get(item, 0), "server": got}
+    return {"stores": stores, "items": items}
+
+
+async def database_check(database_url: str, ledgers: Iterable[Ledger]) -> dict:
+    """Every sent sale of the ledgers in `sales` exactly once, with the id it was answered,
+    and no row of these keys that the ledgers do not know."""
+    import asyncpg  # the simulator's side only
+
+    wanted = {(ledger.store_id, s.idempotency_key): s for ledger in ledgers for s in ledger.sales}
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, store_id, item_id, quantity, idempotency_key FROM sales "
+            "WHERE idempotency_key = ANY($1::text[])", [key for _, key in wanted])
+    finally:
+        await conn.close()
+    seen = collections.Counter((r["store_id"], r["idempotency_key"]) for r in rows)
+    problems = []
+    for row in rows:
+        sale = wanted.get((row["store_id"], row["idempotency_key"]))
+        if sale is None:
+            problems.append(f"sale {row['id']} has a till's key under another store")
+        elif sale.state != SENT:
+            problems.append(f"sale {row['id']} ({row['idempotency_key']}) is stored but the till has it {sale.state}")
+        elif (row["id"], row["item_id"], row["quantity"]) != (sale.server_id, sale.item_id, sale.quantity):
+            problems.append(f"sale {row['id']} differs from the till's: {dict(row)} vs {sale}")
+    problems += [f"key {key} of store {store} stored {n} times" for (store, key), n in seen.items() if n > 1]
+    sent = [(store, s.idempotency_key) for (store, _), s in wanted.items() if s.state == SENT]
+    missing = [key for key in sent if key not in seen]
+    problems += [f"sale {key} of store {store} sent but not in the database" for store, key in missing[:10]]
+    return {"rows": len(rows), "sent": len(sent), "missing": len(missing), "problems": problems}
+
+
+def timezone(name: str):
+    if name == "UTC" or zoneinfo is None:
+        return dt.timezone.utc
+    return zoneinfo.ZoneInfo(name)

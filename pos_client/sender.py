@@ -1,0 +1,160 @@
+"""The background thread that takes sales from the spool to the server.
+
+Every `interval`, or when woken by `flush`, it sends the pending sales in batches of up to
+`batch_size`, oldest first, until none is left; a day's backlog goes out batch after batch
+without waiting. A sale leaves the pending state only after the server answered for it, so a
+crash at any moment sends it again, with the same idempotency key, and the server stores it once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from pos_client.backoff import Backoff
+from pos_client.spool import Spool, SpooledSale
+from pos_client.transport import TransportError
+from pos_client.verdicts import judge
+
+log = logging.getLogger("pos_client")
+
+BATCH_PATH = "/sales/batch/"
+# A sale whose sale_time the server found in the future waits this long before the next try.
+CLOCK_AHEAD_HOLD = 5.0
+PRUNE_EVERY = 3600.0
+
+
+class Sender:
+    def __init__(self, spool: Spool, transport, *, store_id: int, key: str | None, batch_size: int,
+                 interval: float, backoff: Backoff, keep_sent_seconds: float):
+        self.spool = spool
+        self.transport = transport
+        self.store_id = store_id
+        self.key = key
+        self.batch_size = batch_size
+        self.interval = interval
+        self.backoff = backoff
+        self.keep_sent_seconds = keep_sent_seconds
+        self.progress = threading.Condition()   # notified whenever sales got settled or sending stopped
+        self.stopped: str | None = None          # why sending stopped (a refused key)
+        self.last_sent_at: float | None = None
+        self.online: bool | None = None          # did the last request get an answer
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._held: dict[int, float] = {}        # seq -> not before (monotonic): clock ahead of the server's
+        self._pruned_at = 0.0
+        self._thread = threading.Thread(target=self._run, name="pos-client-sender", daemon=True)
+
+    # --- control, from the POS's threads
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def resume(self, key: str | None) -> None:
+        self.key = key
+        self.stopped = None
+        self.spool.set_metas({"stopped": None})
+        self.wake()
+
+    def close(self, timeout: float) -> None:
+        self._closing.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # --- the thread
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._send_pending()
+                self._prune()
+            except Exception as exc:
+                log.exception("sending failed unexpectedly; trying again later")
+                self._note_error(f"{type(exc).__name__}: {exc}")
+                self._closing.wait(self.backoff.next_delay())
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def _send_pending(self) -> None:
+        while not self._closing.is_set() and self.stopped is None:
+            batch = self._next_batch()
+            if not batch:
+                return
+            self._send(batch)
+
+    def _next_batch(self) -> list[SpooledSale]:
+        now = time.monotonic()
+        self._held = {seq: until for seq, until in self._held.items() if until > now}
+        candidates = self.spool.pending(self.batch_size + len(self._held))
+        return [s for s in candidates if s.seq not in self._held][:self.batch_size]
+
+    def _send(self, batch: list[SpooledSale]) -> None:
+        """One batch, and the parts the server's answer calls for; returns after a backoff wait
+        when the server could not take it."""
+        todo = [batch]
+        while todo and not self._closing.is_set():
+            part = todo.pop(0)
+            headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+            try:
+                answer = self.transport.request("POST", BATCH_PATH, [s.as_json(self.store_id) for s in part], headers)
+            except TransportError as exc:
+                self.online = False
+                self._retry_later(f"no answer from the server: {exc}", None)
+                return
+            self.online = True
+            verdict = judge(part, answer)
+            if verdict.sent:
+                self.spool.mark_sent(verdict.sent)
+                self.last_sent_at = time.time()
+                self.backoff.reset()
+            if verdict.refused:
+                self.spool.set_aside(verdict.refused)
+                for seq, reason in verdict.refused:
+                    log.warning("sale %d set aside: the server refused it: %s", seq, reason)
+            for sale in verdict.held:
+                self._held[sale.seq] = time.monotonic() + CLOCK_AHEAD_HOLD
+            if verdict.held:
+                self._note_error(f"{verdict.error} (is the till's clock ahead of the server's?)")
+            elif verdict.refused:
+                reasons = sorted({reason for _, reason in verdict.refused})
+                self._note_error(f"{len(verdict.refused)} sale(s) set aside, refused by the server: "
+                                 + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else ""))
+            if verdict.sent or verdict.refused:
+                self._notify()
+            if verdict.stop:
+                self._stop(verdict.stop)
+                return
+            if verdict.retry:
+                self._retry_later(verdict.error, verdict.retry_after)
+                return
+            todo[0:0] = verdict.send_again
+
+    def _retry_later(self, error: str, retry_after: float | None) -> None:
+        delay = self.backoff.next_delay(retry_after)
+        # the first failure of a run is news; the next ones while it lasts are not
+        log.log(logging.WARNING if self.backoff.failures == 1 else logging.INFO, "%s; next try in %.1f s", error, delay)
+        self._note_error(error)
+        self._closing.wait(delay)
+
+    def _stop(self, reason: str) -> None:
+        log.error("%s", reason)
+        self.stopped = reason
+        self._note_error(reason)
+        self.spool.set_metas({"stopped": reason})
+        self._notify()
+
+    def _note_error(self, error: str) -> None:
+        self.spool.set_metas({"last_error": error, "last_error_at": f"{time.time():.3f}"})
+
+    def _notify(self) -> None:
+        with self.progress:
+            self.progress.notify_all()
+
+    def _prune(self) -> None:
+        if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = time.monotonic()
+            self.spool.prune_sent(self.keep_sent_seconds)
