@@ -80,7 +80,11 @@ def main() -> None:
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        log.error("configuration error: %s", exc)
+        sys.exit(2)
     count = settings.api_processes or os.cpu_count() or 1
     if count == 1:
         log.info("serving on %s:%d (1 process)", settings.host, settings.port)

@@ -22,7 +22,7 @@ from api.sales import SalesIntake
 from shared.db import create_pool
 from shared.migrate import migrate
 from shared.queue import QueueKeys
-from shared.redis_client import connect_redis
+from shared.redis_client import connect_from_settings
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,13 @@ async def postgres_ctx(app: web.Application):
 
 
 async def redis_ctx(app: web.Application):
-    # A Redis that hangs must still get the client a 503 within a second.
-    client = connect_redis(app[SETTINGS].redis_url, socket_timeout=0.8)
+    settings = app[SETTINGS]
+    # A Redis that hangs must still get the client a 503 within a second (plus the time a
+    # flush may wait for its replicas, when it must).
+    replica_wait = settings.redis_replica_wait_ms / 1000 if settings.replicas_to_confirm else 0
+    client = connect_from_settings(settings, socket_timeout=0.8 + replica_wait)
     app[REDIS] = client
-    app[QUEUE_KEYS] = QueueKeys(app[SETTINGS].redis_key_prefix)
+    app[QUEUE_KEYS] = QueueKeys(settings.redis_key_prefix)
     yield
     await client.aclose()
 
@@ -70,7 +73,8 @@ async def intake_ctx(app: web.Application):
     await catalogue.start()
     ids = IdAllocator(app[PG_POOL])
     queue = SaleQueue(app[REDIS], app[QUEUE_KEYS], max_depth=settings.queue_max_depth,
-                      idempotency_ttl=settings.idempotency_ttl_seconds)
+                      idempotency_ttl=settings.idempotency_ttl_seconds,
+                      replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms)
     app[INTAKE] = SalesIntake(catalogue, ids, queue)
     yield
     await queue.close()

@@ -7,6 +7,10 @@ stream entry). A request gets its answer only after Redis has acknowledged its s
 Up to `max_in_flight` round trips run at once: on a busy machine a round trip's latency is
 mostly waiting for the CPU, and a single one in flight capped a process at about
 (sales per flush) / (round trip) no matter how idle the process was.
+
+With `replicas` > 0 (Redis with replicas), the script is followed by `WAIT replicas timeout`
+in the same round trip, so the wait is paid once per flush: the flush's sales are answered
+only once that many replicas hold them, and 503 otherwise (docs/guarantees.md).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import logging
 import time
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from api import metrics
 from shared.queue import ENQUEUE_SCRIPT, QueueKeys, QueuedSale, encoded_back_to_back, sale_decoder, sale_encoder
@@ -38,10 +42,18 @@ class QueueFull(Exception):
     """The backlog is over its limit; the client should retry later."""
 
 
+class ReplicasBehind(Exception):
+    """Redis took the sales, but too few replicas confirmed them in time. They may still be
+    written (they are in the stream); a retry with the same idempotency key gets the same sale."""
+
+
 class SaleQueue:
     def __init__(self, client: redis.Redis, keys: QueueKeys, *, max_depth: int, idempotency_ttl: int,
-                 max_in_flight: int = 2):
+                 max_in_flight: int = 2, replicas: int = 0, replica_wait_ms: int = 500):
+        self._client = client
         self._script = client.register_script(ENQUEUE_SCRIPT)
+        self._replicas = replicas
+        self._replica_wait_ms = replica_wait_ms
         self._keys = keys
         self._max_depth = max_depth
         self._idempotency_ttl = idempotency_ttl
@@ -92,12 +104,18 @@ class SaleQueue:
             unkeyed = [sale for sale in sales if not sale.idempotency_key] if keyed else sales
             args.append(encoded_back_to_back(unkeyed))
         try:
-            answers = await self._script(keys=[self._keys.stream, self._keys.depth], args=args)
+            if self._replicas:
+                answers, confirmed = await self._enqueue_and_wait(args)
+            else:
+                answers, confirmed = await self._script(keys=[self._keys.stream, self._keys.depth], args=args), 0
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             log.warning("queueing %d sales failed: %s", size, exc)
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(QueueUnavailable(str(exc) or type(exc).__name__))
+            self._fail(group, QueueUnavailable(str(exc) or type(exc).__name__))
+            return
+        if confirmed < self._replicas:
+            log.warning("%d sales not confirmed by %d replica(s) within %d ms (%d did)",
+                        size, self._replicas, self._replica_wait_ms, confirmed)
+            self._fail(group, ReplicasBehind(confirmed))
             return
         metrics.FLUSH_SIZE.observe(size)
         for (sales, future), answer in zip(group, answers):
@@ -108,6 +126,33 @@ class SaleQueue:
                 future.set_exception(QueueFull())
             else:
                 future.set_result(_as_stored(sales, answer))
+
+    async def _enqueue_and_wait(self, args: list) -> tuple[list, int]:
+        """The script, then WAIT, on one connection in one round trip: (answers, replicas that
+        hold every write of this connection so far)."""
+        for first_try in (True, False):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._script.sha, 2, self._keys.stream, self._keys.depth, *args)
+                # WAIT covers only this connection's own writes. A flush that only found
+                # earlier sales (retries) writes nothing itself: this no-op write moves the
+                # connection past every write made so far, those earlier sales' included.
+                pipe.incrby(self._keys.depth, 0)
+                pipe.wait(self._replicas, self._replica_wait_ms)
+                answers, _, confirmed = await pipe.execute(raise_on_error=False)
+            if first_try and isinstance(answers, NoScriptError):  # a new primary (failover) has no scripts
+                await self._client.script_load(ENQUEUE_SCRIPT)
+                continue
+            break
+        for reply in (answers, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
+        return answers, confirmed
+
+    @staticmethod
+    def _fail(group: list[tuple[list[QueuedSale], asyncio.Future]], exc: Exception) -> None:
+        for _, future in group:
+            if not future.done():
+                future.set_exception(exc)
 
     async def close(self) -> None:
         await asyncio.gather(*self._flushers, return_exceptions=True)

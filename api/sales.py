@@ -8,12 +8,14 @@ from api.catalogue import Catalogue
 from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
-from api.sale_queue import QueueFull, QueueUnavailable, SaleQueue
+from api.sale_queue import QueueFull, QueueUnavailable, ReplicasBehind, SaleQueue
 from api.validation import SaleIn
 from shared.queue import QueuedSale
 
 
 QUEUE_FULL = "too many sales are waiting to be written; retry shortly"
+REPLICAS_BEHIND = ("the sales queue's Redis replica did not confirm the sale in time; retry shortly with the same "
+                   "idempotency key (it may have been queued: the key makes the retry return the same sale)")
 
 
 class UnknownReferences(Exception):
@@ -93,6 +95,9 @@ class SalesIntake:
         except QueueFull as exc:
             metrics.SALES_REJECTED.labels("queue_full").inc(len(sales))
             raise ServiceUnavailable(QUEUE_FULL, 2) from exc
+        except ReplicasBehind as exc:
+            metrics.SALES_REJECTED.labels("replica_unconfirmed").inc(len(sales))
+            raise ServiceUnavailable(REPLICAS_BEHIND) from exc
         except QueueUnavailable as exc:
             metrics.SALES_REJECTED.labels("redis_unavailable").inc(len(sales))
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from shared import seeding
 from shared.migrate import migrate
 from shared.queue import QueueKeys, purge
-from shared.redis_client import connect_redis
+from shared.redis_client import connect_from_settings
 from shared.settings import Settings
 
 
@@ -41,7 +41,7 @@ async def main(argv: list[str] | None = None) -> None:
         with tqdm(total=args.sales, unit="sale", unit_scale=True, desc="sales") as bar:
             counts = await seeding.seed(conn, items=args.items, stores=args.stores, sales=args.sales,
                                         tz=settings.timezone, seed=args.seed, progress=bar.update)
-        redis = connect_redis(settings.redis_url)
+        redis = connect_from_settings(settings)
         try:
             await purge(redis, QueueKeys(settings.redis_key_prefix))
         finally:

@@ -10,10 +10,35 @@ def _env_bool(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port,...` (an IPv6 host in brackets: `[::1]:26379`) -> ((host, port), ...)."""
+    sentinels = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_SENTINELS: {part!r} is not host:port "
+                             f"(expected e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)")
+        sentinels.append((host, int(port)))
+    if raw.strip() and not sentinels:
+        raise ValueError(f"REDIS_SENTINELS: {raw!r} names no sentinel")
+    return tuple(sentinels)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://postgres@localhost:5432/postgres"
     redis_url: str = "redis://localhost:6379/0"
+    # Redis through Sentinel: the primary of `redis_sentinel_master` as the sentinels name it;
+    # REDIS_URL then gives only the DB number, user and password (its host and port are unused).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "mymaster"
+    # A 202 waits until this many replicas have the flush (WAIT); None: 1 with Sentinel, else 0.
+    redis_min_replicas_acked: int | None = None
+    # How long a flush waits for that; past it, its sales are answered 503 (retry with the key).
+    redis_replica_wait_ms: int = 500
     host: str = "0.0.0.0"
     port: int = 8080
     admin_token: str | None = None
@@ -39,6 +64,21 @@ class Settings:
             zoneinfo.ZoneInfo(self.report_timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"REPORT_TIMEZONE={self.report_timezone!r} is not an IANA time zone") from exc
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINEL_MASTER must name the monitored master (default mymaster)")
+        if self.redis_sentinels and self.redis_url.startswith("unix:"):
+            raise ValueError("REDIS_URL is a unix:// socket, which cannot be combined with REDIS_SENTINELS")
+        if self.redis_min_replicas_acked is not None and self.redis_min_replicas_acked < 0:
+            raise ValueError(f"REDIS_MIN_REPLICAS_ACKED must be 0 or more, got {self.redis_min_replicas_acked}")
+        if self.redis_replica_wait_ms < 1:  # WAIT with timeout 0 would block forever
+            raise ValueError(f"REDIS_REPLICA_WAIT_MS must be at least 1, got {self.redis_replica_wait_ms}")
+
+    @property
+    def replicas_to_confirm(self) -> int:
+        """Replicas that must hold a flush before its sales are answered 202 (0: no WAIT)."""
+        if self.redis_min_replicas_acked is not None:
+            return self.redis_min_replicas_acked
+        return 1 if self.redis_sentinels else 0
 
     @property
     def timezone(self) -> zoneinfo.ZoneInfo:
@@ -65,6 +105,10 @@ class Settings:
         return cls(
             database_url=get("DATABASE_URL", defaults.database_url),
             redis_url=get("REDIS_URL", defaults.redis_url),
+            redis_sentinels=parse_sentinels(env.get("REDIS_SENTINELS", "")),
+            redis_sentinel_master=get("REDIS_SENTINEL_MASTER", defaults.redis_sentinel_master).strip(),
+            redis_min_replicas_acked=get("REDIS_MIN_REPLICAS_ACKED", 0) if env.get("REDIS_MIN_REPLICAS_ACKED") else None,  # unset: by topology
+            redis_replica_wait_ms=get("REDIS_REPLICA_WAIT_MS", defaults.redis_replica_wait_ms),
             host=get("HOST", defaults.host),
             port=get("PORT", defaults.port),
             admin_token=env.get("ADMIN_TOKEN") or None,

@@ -4,16 +4,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 
 import uvloop
 from arq.worker import get_kwargs
 
-from worker.settings import ResilientWorker, WorkerSettings
+from shared.settings import Settings
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    try:
+        Settings.from_env()  # a configuration mistake is one clear line, not a traceback at import
+    except ValueError as exc:
+        logging.getLogger("worker").error("configuration error: %s", exc)
+        sys.exit(2)
+    from worker.settings import ResilientWorker, WorkerSettings
+
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     ResilientWorker(**get_kwargs(WorkerSettings)).run()  # arq's run_worker, Redis outages survived
 

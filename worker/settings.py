@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from shared import partitions
 from shared.db import create_pool
 from shared.queue import GROUP, QueueKeys
-from shared.redis_client import connect_redis
+from shared.redis_client import connect_from_settings
 from shared.settings import Settings
 from worker import writer
 from worker.consumer import StreamConsumer
@@ -39,7 +40,7 @@ async def startup(ctx: dict) -> None:
     ctx["pg_pool"] = await create_pool(settings.database_url, min_size=1, max_size=2,
                                        prepare=writer.prepare_connection,
                                        server_settings=writer.SESSION_SETTINGS)
-    ctx["stream_redis"] = connect_redis(settings.redis_url, max_connections=8)
+    ctx["stream_redis"] = connect_from_settings(settings, max_connections=8)
     keys = QueueKeys(settings.redis_key_prefix)
     name = f"{socket.gethostname()}-{os.getpid()}"
     consumer = StreamConsumer(ctx["stream_redis"], ctx["pg_pool"], keys, name,
@@ -80,8 +81,18 @@ async def make_partitions_ahead(ctx: dict) -> None:
         await partitions.ensure_ahead(conn)
 
 
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """arq's own pool (its poll, health-check key, cron) on the same Redis as the stream: with
+    sentinels, arq asks them for the primary on each new connection, as our clients do."""
+    direct = RedisSettings.from_dsn(settings.redis_url)
+    if not settings.redis_sentinels:
+        return direct
+    return dataclasses.replace(direct, host=list(settings.redis_sentinels), sentinel=True,
+                               sentinel_master=settings.redis_sentinel_master)
+
+
 class WorkerSettings:
-    redis_settings = RedisSettings.from_dsn(Settings.from_env().redis_url)
+    redis_settings = arq_redis_settings(Settings.from_env())
     functions: list = []
     cron_jobs = [cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False),
                  cron(make_partitions_ahead, minute=7, second=0, run_at_startup=True)]

@@ -91,11 +91,12 @@ async def database_url(pg_server):
 # ---------------------------------------------------------------------------------------------
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="fault-redis-"))
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "redis.log"
+        self.extra_args = extra_args  # e.g. --replicaof 127.0.0.1 PORT
 
     @property
     def url(self) -> str:
@@ -105,7 +106,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.log),
-             "--daemonize", "no"],
+             "--daemonize", "no", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -252,6 +253,7 @@ class Stack:
         self.env = env
         self.api = Proc("api", "api", env, log_dir)
         self.worker = Proc("worker", "worker", env, log_dir)
+        self.extra_workers: list[Proc] = []  # add_worker(): more worker processes on the same stream
 
     @property
     def base_url(self) -> str:
@@ -269,7 +271,8 @@ class Stack:
                     raise RuntimeError(f"API exited with {self.api.proc.returncode}\n{_tail(self.api.log)}")
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
                     async with session.get(self.base_url + "/openapi.json") as response:
-                        if response.status == 200 and len(self.api.children()) >= 2:
+                        # 401: answering too, with AUTH_REQUIRED=true (it wants an owner key)
+                        if response.status in (200, 401) and len(self.api.children()) >= 2:
                             await asyncio.sleep(0.3)  # let both processes bind
                             return
                 await asyncio.sleep(0.2)
@@ -278,14 +281,26 @@ class Stack:
     async def start_worker(self, redis_client: aioredis.Redis | None = None, timeout: float = 60) -> None:
         """Start the worker; with a client, wait until its consumer has joined the group."""
         self.worker.start()
-        if redis_client is None:
-            return
-        name_suffix = f"-{self.worker.pid}"
+        if redis_client is not None:
+            await self.wait_consuming(self.worker, redis_client, timeout)
+
+    async def add_worker(self, redis_client: aioredis.Redis | None = None, timeout: float = 60) -> Proc:
+        """Start one more worker process (killed at cleanup like the others)."""
+        worker = Proc(f"worker{len(self.extra_workers) + 2}", "worker", self.env, self.log_dir)
+        self.extra_workers.append(worker)
+        worker.start()
+        if redis_client is not None:
+            await self.wait_consuming(worker, redis_client, timeout)
+        return worker
+
+    async def wait_consuming(self, worker: Proc, redis_client: aioredis.Redis, timeout: float = 60) -> None:
+        """Until the worker's consumer has joined the group (raises if it exits or never does)."""
+        name_suffix = f"-{worker.pid}"
         last_error = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.worker.alive():
-                raise RuntimeError(f"worker exited\n{_tail(self.worker.log)}")
+            if not worker.alive():
+                raise RuntimeError(f"worker exited\n{_tail(worker.log)}")
             try:
                 for consumer in await redis_client.xinfo_consumers(KEYS.stream, GROUP):
                     name = consumer["name"]
@@ -294,18 +309,20 @@ class Stack:
                         return
                 # Redis 7.0 lists a consumer only once it has been delivered something: on an
                 # empty stream, the group plus the worker's own "consuming" line will do.
-                if await redis_client.xlen(KEYS.stream) == 0 and "consuming" in _tail(self.worker.log):
+                if await redis_client.xlen(KEYS.stream) == 0 and "consuming" in _tail(worker.log):
                     await asyncio.sleep(0.5)
                     return
             except Exception as exc:  # no stream or group yet
                 last_error = exc
             await asyncio.sleep(0.2)
         keys = await redis_client.keys("*")
-        raise RuntimeError(f"worker not consuming in {timeout} s ({last_error!r}, keys {keys}, {self.redis_server.url})\n{_tail(self.worker.log)}")
+        raise RuntimeError(f"worker not consuming in {timeout} s ({last_error!r}, keys {keys}, {self.redis_server.url})\n{_tail(worker.log)}")
 
     def cleanup(self) -> None:
         self.api.cleanup()
         self.worker.cleanup()
+        for worker in self.extra_workers:
+            worker.cleanup()
 
     def logs(self) -> str:
         parts = []
@@ -356,6 +373,8 @@ class LoadResult:
     statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     status_times: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (monotonic, status)
+    answered_at: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (monotonic at answer, status)
+    error_bodies_without_error: int = 0               # 4xx/5xx answers that were not {"error": ...}
     max_503_seconds: float = 0.0
     missing_retry_after: int = 0
     items_of: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -418,6 +437,9 @@ async def run_load(base_url: str, *, count: int, concurrency: int = 24, prefix: 
             took = time.monotonic() - sent
             result.statuses[status] += 1
             result.status_times.append((sent, status))
+            result.answered_at.append((sent + took, status))
+            if status >= 400 and not (isinstance(payload, dict) and isinstance(payload.get("error"), str)):
+                result.error_bodies_without_error += 1
             result.final[key] = status
             if 200 <= status < 300:
                 result.answers[key].add(payload["id"])
