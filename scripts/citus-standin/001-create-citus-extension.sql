@@ -1,0 +1,2 @@
+-- as in the official citusdata/citus image
+CREATE EXTENSION citus;
