@@ -2,7 +2,7 @@
 
 The SQL function sales_partition(month) (migration 005) makes a month's partition if it is
 missing; on Citus the new partition is distributed like its parent. The partitions of the
-current month and the next two exist at all times (migration, then the worker's daily cron),
+current month and the next two exist at all times (migration, then the worker's hourly cron),
 so the worker asks only for batches holding a sale outside the current month: sales from
 tills that were offline, or from a month that was archived since.
 """
@@ -15,6 +15,8 @@ import numpy as np
 
 AHEAD_MONTHS = 2
 ENSURE = "SELECT sales_partition(month) FROM unnest($1::date[]) AS month ORDER BY month"
+ARCHIVED = "SELECT month FROM archived_months WHERE month = ANY($1::date[])"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def month_start(moment: dt.datetime | dt.date) -> dt.date:
@@ -53,11 +55,25 @@ def months_outside_current(times_us: np.ndarray, now: dt.datetime | None = None)
     return months_of(times_us)
 
 
-async def ensure(conn: asyncpg.Connection, months: list[dt.date]) -> None:
-    """Make the partitions of `months` (first days) that are missing. Outside a transaction
-    that writes sales: making a partition locks the whole table until commit."""
-    if months:
-        await conn.execute(ENSURE, sorted(set(months)))
+def month_of_us(time_us: int) -> dt.date:
+    """The UTC month (first day) of a Unix-microsecond time."""
+    return month_start(_EPOCH + dt.timedelta(microseconds=int(time_us)))
+
+
+async def ensure(conn: asyncpg.Connection, months: list[dt.date]) -> set[dt.date]:
+    """Make the partitions of `months` (first days) that are missing, except for months that
+    shared.retention archived: those are returned, not made again. Their sales are kept only
+    in the archive file and the archived rollups, so a late or redelivered sale of such a
+    month cannot be told from one already counted; the writer files it as a dead letter.
+    Outside a transaction that writes sales: making a partition locks the table until commit."""
+    if not months:
+        return set()
+    months = sorted(set(months))
+    archived = {r["month"] for r in await conn.fetch(ARCHIVED, months)}
+    live = [month for month in months if month not in archived]
+    if live:
+        await conn.execute(ENSURE, live)
+    return archived
 
 
 async def ensure_ahead(conn: asyncpg.Connection, now: dt.datetime | None = None) -> None:

@@ -7,18 +7,22 @@
 `--keep-months N` keeps the current UTC month and the N-1 before it; every older monthly
 partition of `sales` goes, oldest first, each in one transaction:
 
-1. its partition is locked against writes (a late sale for that month waits, then lands in a
-   partition made anew);
+1. `sales` is locked against writes (the worker waits, its sales safe in Redis; `sales` first,
+   then the partition, in the order the writers take them, so the two never deadlock);
 2. with `--archive DIR`, its rows are copied to `DIR/sales_YYYY_MM.csv.gz` (CSV with a header,
-   written to a temporary name, synced, then renamed) beside `sales_YYYY_MM.csv.gz.sha256`
-   (`sha256sum -c` checks it); the row count of the file must equal the partition's;
+   written to a temporary name, synced, then renamed; a file of that name that holds other
+   rows is never overwritten) beside `sales_YYYY_MM.csv.gz.sha256` (`sha256sum -c` checks
+   it); the row count of the file must equal the partition's;
 3. what its sales count in each rollup is added to the rollup's `_archived` twin, so that the
    rollups (and every report) keep their totals and reconciliation still finds no drift;
 4. its idempotency keys are deleted, a line goes to `archived_months`, and the partition is
    detached and dropped.
 
-A failure rolls the month back whole (the file, if written, is left for inspection under its
-temporary name). Works the same on a Citus coordinator.
+A failure rolls the month back whole; a file already written stays, and running again writes
+the same bytes (rows in id order, no timestamp in the gzip header), so it goes on. A sale of an
+archived month that arrives later (a till offline longer than the months kept) is not stored:
+the worker files it in dead_letter with the reason (shared.partitions). Works the same on a
+Citus coordinator.
 """
 from __future__ import annotations
 
@@ -78,14 +82,40 @@ async def _copy_out(conn: asyncpg.Connection, partition: str, directory: pathlib
                                                 format="csv", header=True)
         raw.flush()
         os.fsync(raw.fileno())
-    digest = hashlib.sha256()
-    with open(partial, "rb") as written:  # the checksum of what is on disk
-        for block in iter(lambda: written.read(1 << 20), b""):
-            digest.update(block)
-    checksum = digest.hexdigest()
-    (directory / f"{partition}.csv.gz.sha256").write_text(f"{checksum}  {final.name}\n")
-    os.replace(partial, final)
+    checksum = _sha256(partial)  # of what is on disk
+    if final.exists():
+        if _sha256(final) != checksum:
+            raise RuntimeError(f"{final} exists and holds other rows than {partition}: not overwritten "
+                               f"(move it away, then run again; the new copy is in {partial})")
+        partial.unlink()  # the same bytes, from an earlier run that did not commit
+    else:
+        os.replace(partial, final)
+    _write_synced(directory / f"{partition}.csv.gz.sha256", f"{checksum}  {final.name}\n".encode())
+    _sync_directory(directory)  # the names too, before the partition is dropped
     return final, checksum, int(status.split()[-1])
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_synced(path: pathlib.Path, data: bytes) -> None:
+    with open(path, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _sync_directory(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str,
@@ -96,7 +126,7 @@ async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str
             # The rollups' foreign keys to reference tables make Citus refuse to detach the
             # partition after parallel multi-shard writes in the same transaction.
             await conn.execute("SET LOCAL citus.multi_shard_modify_mode TO 'sequential'")
-        await conn.execute(f"LOCK TABLE {partition} IN SHARE MODE")
+        await conn.execute("LOCK TABLE sales IN ACCESS EXCLUSIVE MODE")  # DETACH needs it anyway
         sales = await conn.fetchval(f"SELECT count(*) FROM {partition}")
         file = checksum = None
         if directory is not None:

@@ -138,6 +138,11 @@ async def ensure_timezone(conn: asyncpg.Connection, timezone: str) -> bool:
         current = await conn.fetchval("SELECT timezone FROM report_settings FOR UPDATE")
         if current == timezone:
             return False
+        archived = await conn.fetchval("SELECT count(*) FROM archived_months")
+        if archived:
+            # Their raw sales are gone: their share of the rollups cannot be cut again.
+            raise ValueError(f"REPORT_TIMEZONE={timezone!r}, but the rollups are cut in {current!r} and "
+                             f"{archived} archived month(s) can no longer be recut; keep {current!r}")
         await conn.execute("UPDATE report_settings SET timezone = $1", timezone)
         await rebuild(conn)
     return True

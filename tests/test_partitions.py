@@ -3,6 +3,7 @@ months while reports and reconciliation keep their totals, and the upgrade of a 
 migrated before partitioning. Runs on Citus too (TEST_CITUS=1)."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import gzip
@@ -125,20 +126,91 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     assert await _reports(db) == before
     assert await rollups.drift(db) == NO_DRIFT
 
-    # a till that was offline since then: its sale lands in the month made anew, counted once
+    # a till offline since then, and a sale of that month delivered again: neither can be
+    # told from what the archive holds, so both go to dead_letter, and nothing is made anew
     [late] = await reserve_blocks(db, 1)
     price = await db.fetchval("SELECT price FROM item WHERE id = 2")
-    result = await _write(database_url, [(late, _us(oldest) + 5, 2, 3, price, 3, "late-key", _us(now))])
-    assert result.written == 1
+    archived_sale = await _first_archived_row(tmp_path, done[0]["partition"])
+    current = (late + 1, _us(now), 2, 3, price, 1, None, _us(now))
+    result = await _write(database_url, [(late, _us(oldest) + 5, 2, 3, price, 3, "late-key", _us(now)),
+                                         archived_sale, current])
+    assert (result.written, result.dead) == (1, 2)
+    assert not set(expected) & set(await _partition_names(db))
+    reasons = await db.fetch("SELECT sale_id, reason FROM dead_letter ORDER BY sale_id")
+    month = f"{oldest.astimezone(dt.timezone.utc):%Y-%m}"
+    assert [(r["sale_id"], r["reason"]) for r in reasons] == sorted([
+        (late, writer.archived_reason(dt.date.fromisoformat(month + "-01"))),
+        (archived_sale[0], writer.archived_reason(dt.date.fromisoformat(done[0]["month"] + "-01")))])
+    assert (await _write(database_url, [current])).duplicates == 1
     assert await rollups.drift(db) == NO_DRIFT
     after = await reports.top_items(db, 1000)
     assert {r["id"]: r["sales_amount"] for r in after}[2] == \
-        {r["id"]: r["sales_amount"] for r in before["items"]}[2] + 3
+        {r["id"]: r["sales_amount"] for r in before["items"]}[2] + 1
     # the repair rebuilds from raw sales plus the archived part, the same rollups
     async with db.transaction():
         await rollups.rebuild(db)
     assert await rollups.drift(db) == NO_DRIFT
     assert await reports.top_items(db, 1000) == after
+    # an item or store whose sales are archived cannot be deleted (the recount would lose it)
+    archived_item = await db.fetchval("SELECT item_id FROM item_totals_archived LIMIT 1")
+    try:
+        await db.execute("DELETE FROM item WHERE id = $1", archived_item)
+        raise AssertionError("an item with archived sales was deleted")
+    except (asyncpg.ForeignKeyViolationError, asyncpg.InternalServerError) as exc:
+        assert "item_totals_archived" in str(exc) or "foreign key" in str(exc)
+    # the archived months were cut in UTC: another report zone would mix zones, so it is refused
+    try:
+        await rollups.ensure_timezone(db, "Asia/Tokyo")
+        raise AssertionError("the report zone changed over archived months")
+    except ValueError as exc:
+        assert "archived month(s) can no longer be recut" in str(exc)
+    assert await db.fetchval("SELECT timezone FROM report_settings") == "UTC"
+
+
+async def _first_archived_row(directory, partition: str) -> tuple:
+    """The first sale of an archive file, as the worker's row."""
+    with gzip.open(directory / f"{partition}.csv.gz", "rt") as file:
+        row = next(csv.DictReader(file))
+    return (int(row["id"]), _us(dt.datetime.fromisoformat(row["sale_time"])), int(row["item_id"]),
+            int(row["store_id"]), int(row["price"]), int(row["quantity"]), row["idempotency_key"] or None,
+            _us(dt.datetime.fromisoformat(row["accepted_at"])))
+
+
+async def test_an_archive_file_is_never_overwritten_with_other_rows(db, seed, database_url, tmp_path):
+    await seed(items=3, stores=2, sales=1200)
+    [(_, partition), *_] = await retention.old_partitions(db, 3)
+    (tmp_path / f"{partition}.csv.gz").write_bytes(b"an earlier archive")
+    try:
+        await retention.run(database_url, 3, tmp_path)
+        raise AssertionError("the archive was overwritten")
+    except RuntimeError as exc:
+        assert "not overwritten" in str(exc)
+    assert (tmp_path / f"{partition}.csv.gz").read_bytes() == b"an earlier archive"
+    assert partition in await _partition_names(db)  # rolled back whole
+    # the same bytes, from a run that did not commit, are taken as they are
+    (tmp_path / f"{partition}.csv.gz").unlink()
+    copied, checksum, _ = await retention._copy_out(db, partition, tmp_path)
+    done = await retention.run(database_url, 3, tmp_path)
+    assert (done[0]["partition"], done[0]["sha256"]) == (partition, checksum)
+    assert hashlib.sha256(copied.read_bytes()).hexdigest() == checksum
+    assert await rollups.drift(db) == NO_DRIFT
+
+
+async def test_two_sessions_making_the_same_partition_at_once(db, database_url):
+    first, second = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        month = dt.date(2031, 5, 1)
+        async with first.transaction():
+            assert await first.fetchval("SELECT sales_partition($1)", month) == "sales_2031_05"
+            waiting = asyncio.ensure_future(second.fetchval("SELECT sales_partition($1)", month))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # behind the first one's lock
+        assert await waiting == "sales_2031_05"
+        assert await db.fetchval("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'sales_2031_05'") \
+            == "FOR VALUES FROM ('2031-05-01 00:00:00+00') TO ('2031-06-01 00:00:00+00')"
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_retention_without_archive_and_dry_run(db, seed, database_url, tmp_path):

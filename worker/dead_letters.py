@@ -69,21 +69,22 @@ class Outcome:
     reason: str | None = None
 
 
-async def _ensure_partitions(conn: asyncpg.Connection, letter_id: int) -> None:
-    """Before the transaction: the partitions the letter's sales need (a month may have been
-    archived since), made outside the write as the worker does."""
+async def _ensure_partitions(conn: asyncpg.Connection, letter_id: int) -> set[dt.date]:
+    """Before the transaction: the partitions the letter's sales need, made outside the
+    write as the worker does; the archived months among them (not made again)."""
     sale = await conn.fetchval("SELECT sale FROM dead_letter WHERE id = $1", letter_id)
     try:
         rows = rows_of(sale) if sale is not None else []
     except Unreplayable:
-        return
-    if rows:
-        await writer.ensure_partitions(conn, BatchColumns(rows))
+        return set()
+    if not rows:
+        return set()
+    return await writer.ensure_partitions(conn, BatchColumns(rows))
 
 
 async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None:
     """Replay one pending letter in its own transaction; None if it is not pending (any more)."""
-    await _ensure_partitions(conn, letter_id)
+    archived = await _ensure_partitions(conn, letter_id)
     async with conn.transaction():
         letter = await conn.fetchrow(
             "SELECT id, sale FROM dead_letter WHERE id = $1 AND replayed_at IS NULL FOR UPDATE SKIP LOCKED",
@@ -98,6 +99,8 @@ async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None
             rows, reasons = [], [str(exc)]
         try:
             async with conn.transaction():  # every row of the letter, or none of them
+                rows, refused = writer.split_archived(rows, archived)
+                reasons.extend(reason for _, reason in refused)
                 for row in rows:
                     try:
                         async with conn.transaction():  # a savepoint per row, to collect every reason
