@@ -8,12 +8,14 @@ import asyncio
 import datetime as dt
 import random
 import time
+import zoneinfo
 
 import aiohttp
 import asyncpg
 import pytest
 
-from shared import rollups
+from api import reports
+from shared import rollups, seeding
 from shared.migrate import migrate, migration_files
 from tests import recount
 from tests.fault.conftest import ITEMS, STORES, LoadResult, audit, run_load, wait_queue_empty, wait_stored
@@ -98,6 +100,36 @@ async def test_the_schema_is_distributed_as_designed(database_url):
         assert await migrate(conn, "UTC") == []
     finally:
         await conn.close()
+
+
+async def test_reports_are_computed_on_the_shards(database_url):
+    """The top-N and the day sums run on every shard; the coordinator only merges a few rows
+    from each (EXPLAIN shows the plan of one shard's task under Citus's scan node)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await seeding.seed(conn, items=20, stores=8, sales=2000, tz=zoneinfo.ZoneInfo("UTC"), seed=1)
+        month = dt.date.today().replace(day=1)
+        plans = {
+            "top items": await _plan(conn, reports.TOP_ITEMS.replace("$1", "10")),
+            "top stores": await _plan(conn, reports.TOP_STORES.replace("$1", f"'{month}'").replace("$2", "10")),
+            "days": await _plan(conn, reports.DAILY.replace("$1", f"'{month}'").replace("$2", f"'{month}'::date + 27")),
+        }
+        for name, plan in plans.items():
+            assert "Custom Scan (Citus Adaptive)" in plan, (name, plan)
+            assert "Tasks Shown: One of " in plan, (name, plan)  # a task per shard
+        # each shard sorts and cuts its own top rows (then one step joins the names from the
+        # reference table); the day sums are partial sums per shard, added up at the coordinator
+        for name in ("top items", "top stores"):
+            per_shard = plans[name].split("Tasks Shown: One of ")[1]
+            assert "Limit" in per_shard and "Sort Key:" in per_shard, plans[name]
+        per_shard = plans["days"].split("Tasks Shown: One of ")[1]
+        assert "GroupAggregate" in per_shard or "HashAggregate" in per_shard, plans["days"]
+    finally:
+        await conn.close()
+
+
+async def _plan(conn, sql: str) -> str:
+    return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql))
 
 
 async def test_single_and_batch_sales_end_to_end(make_stack, redis_client, database_url, citus_cluster, record):
