@@ -1,7 +1,8 @@
 """Demo data: items, stores and sales spread over the 12 months ending with the current one.
 
 Used by GET/POST /create/ and by `python -m shared.seed`. Sales are generated with numpy and
-loaded with one binary COPY into the partitioned table (its months' partitions made first);
+loaded with a binary COPY FREEZE into each monthly partition (made first; on Citus one COPY
+into the distributed parent);
 the primary and foreign keys of sales are dropped for the load and added back (validated) at
 the end, which is PostgreSQL's own advice for bulk loads: 3 million sales loaded in 12 s
 instead of 17. Everything happens in one transaction: readers see the old data or the new,
@@ -17,7 +18,7 @@ from typing import AsyncIterator, Callable
 import asyncpg
 import numpy as np
 
-from shared import partitions, rollups, sales_copy
+from shared import citus, partitions, rollups, sales_copy
 from shared.sale_ids import BLOCK, reserve_blocks
 
 CHUNK = 250_000
@@ -58,11 +59,9 @@ async def _reserve_ids(conn: asyncpg.Connection, count: int) -> np.ndarray:
     return (starts[:, None] + np.arange(BLOCK, dtype=np.int64)).ravel()[:count]
 
 
-async def _sale_chunks(ids: np.ndarray, item_prices: np.ndarray, stores: int, now: dt.datetime,
-                       tz: zoneinfo.ZoneInfo, rng: np.random.Generator,
-                       progress: Progress | None) -> AsyncIterator[bytes]:
+async def _sale_chunks(ids: np.ndarray, times: np.ndarray, item_prices: np.ndarray, stores: int,
+                       rng: np.random.Generator, progress: Progress | None) -> AsyncIterator[bytes]:
     count = len(ids)
-    times = sale_times_us(count, now, tz, rng)
     yield sales_copy.HEADER
     for lo in range(0, count, CHUNK):
         hi = min(count, lo + CHUNK)
@@ -73,6 +72,24 @@ async def _sale_chunks(ids: np.ndarray, item_prices: np.ndarray, stores: int, no
         if progress:
             progress(hi - lo)
     yield sales_copy.TRAILER
+
+
+async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.ndarray, item_prices: np.ndarray,
+                         stores: int, rng: np.random.Generator, progress: Progress | None) -> None:
+    """One COPY FREEZE per monthly partition: they were emptied in this transaction, so the
+    rows can be written frozen, and the rollup rebuild and ANALYZE that read them next do not
+    write every page again to set hint bits (FREEZE is refused on the partitioned parent).
+    10 million sales: 19 s, where one COPY into the parent took 23 (bench.seed, same run)."""
+    times = np.sort(times)  # the ids stay in order: which sale gets which moment is random anyway
+    months = partitions.months_of(times)
+    starts = [int(dt.datetime.combine(m, dt.time(), dt.timezone.utc).timestamp() * 1_000_000) for m in months]
+    bounds = [*np.searchsorted(times, starts[1:]).tolist(), len(times)]
+    low = 0
+    for month, high in zip(months, bounds):
+        partition = await conn.fetchval("SELECT sales_partition($1)", month)
+        await conn.copy_to_table(partition, columns=sales_copy.COLUMNS, format="binary", freeze=True,
+                                 source=_sale_chunks(ids[low:high], times[low:high], item_prices, stores, rng, progress))
+        low = high
 
 
 async def _keys(conn: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
@@ -111,9 +128,13 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
         keys = await _keys(conn, "sales")
         for name, _ in keys[::-1]:
             await conn.execute(f'ALTER TABLE sales DROP CONSTRAINT "{name}"')
-        await conn.copy_to_table(
-            "sales", columns=sales_copy.COLUMNS, format="binary",
-            source=_sale_chunks(await _reserve_ids(conn, sales), prices, stores, now, tz, rng, progress))
+        ids = await _reserve_ids(conn, sales)
+        times = sale_times_us(sales, now, tz, rng)
+        if await citus.has_citus(conn):  # the coordinator spreads one COPY over the shards
+            await conn.copy_to_table("sales", columns=sales_copy.COLUMNS, format="binary",
+                                     source=_sale_chunks(ids, times, prices, stores, rng, progress))
+        else:
+            await _copy_by_month(conn, ids, times, prices, stores, rng, progress)
         for name, definition in keys:
             await conn.execute(f'ALTER TABLE sales ADD CONSTRAINT "{name}" {definition}')
         await rollups.rebuild(conn)
