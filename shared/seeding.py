@@ -78,8 +78,7 @@ async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.nd
                          stores: int, rng: np.random.Generator, progress: Progress | None) -> None:
     """One COPY FREEZE per monthly partition: they were emptied in this transaction, so the
     rows can be written frozen, and the rollup rebuild and ANALYZE that read them next do not
-    write every page again to set hint bits (FREEZE is refused on the partitioned parent).
-    10 million sales: 19 s, where one COPY into the parent took 23 (bench.seed, same run)."""
+    write every page again to set hint bits (FREEZE is refused on the partitioned parent)."""
     times = np.sort(times)  # the ids stay in order: which sale gets which moment is random anyway
     months = partitions.months_of(times)
     starts = [int(dt.datetime.combine(m, dt.time(), dt.timezone.utc).timestamp() * 1_000_000) for m in months]

@@ -39,7 +39,8 @@ COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "id
 # On Citus a batch writes to shards on every node, over as many connections per node as it
 # has shards there (up to citus.max_adaptive_executor_pool_size, 16); by default a session
 # keeps one of them after the transaction and opens the others anew for every batch: a
-# 1,000-sale COPY took 315 ms, 29 with them kept, and its two-phase commit 54 ms, 9. (On
+# 1,000-sale COPY took 285 ms, 23 with them kept, and its two-phase commit 47 ms, 7
+# (bench.citus). (On
 # plain PostgreSQL the setting is an inert placeholder; as a connection setting it survives
 # the pool's RESET ALL.)
 SESSION_SETTINGS = {"application_name": "sales-worker", "jit": "off", "work_mem": "64MB",
