@@ -121,6 +121,7 @@ def db_url(name: str) -> str:
 
 
 _private_redis: str | None = None
+private_redis_pid: int | None = None  # the redis-server this run started (for CPU accounting)
 
 
 def _start_private_redis() -> str:
@@ -135,6 +136,8 @@ def _start_private_redis() -> str:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
          "--appendonly", "yes", "--appendfsync", "always"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    global private_redis_pid
+    private_redis_pid = process.pid
     on_exit(shutil.rmtree, directory, True)
     on_exit(process.wait)
     on_exit(process.terminate)
@@ -187,12 +190,31 @@ def clean_redis() -> None:
         client.close()
 
 
+def redis_memory() -> dict[str, int]:
+    """used_memory of the benchmark's Redis and the keys of its DB."""
+    client = redis_sync.Redis.from_url(redis_url())
+    try:
+        return {"used_memory": int(client.info("memory")["used_memory"]), "keys": int(client.dbsize())}
+    finally:
+        client.close()
+
+
 async def fetchval(url: str, sql: str, *args):
     conn = await asyncpg.connect(url)
     try:
         return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
+
+
+def fetchrow_sync(url: str, sql: str, *args) -> dict:
+    async def fetch():
+        conn = await asyncpg.connect(url)
+        try:
+            return dict(await conn.fetchrow(sql, *args))
+        finally:
+            await conn.close()
+    return asyncio.run(fetch())
 
 
 def count_sales(url: str) -> int:
