@@ -1,4 +1,5 @@
-"""Demo data: items, stores and sales spread over the 12 months ending with the current one.
+"""Demo data: items, stores and sales over the 12 months ending with the current one, up to now,
+every day alike at shop hours (see `sale_times_us`).
 
 Used by GET/POST /create/ and by `python -m shared.seed`. Sales are generated with numpy and
 loaded with a binary COPY FREEZE into each monthly partition (made first; on Citus one COPY
@@ -42,14 +43,53 @@ def month_starts(now: dt.datetime, tz: zoneinfo.ZoneInfo, months: int = 12) -> l
     return starts[::-1]
 
 
+# Sales per local hour of the day (relative weights; 0: closed). Stores open 08:00-22:00, with a
+# lunch peak (12-14) and a bigger evening peak (17-19) on weekdays; Saturdays and Sundays are
+# flatter and later, with most of the day from late morning to early evening.
+# local hour:     0   1   2   3   4   5   6   7   8   9  10  11  12  13  14  15  16  17  18  19  20  21  22  23
+WEEKDAY_HOURS = ( 0,  0,  0,  0,  0,  0,  0,  0,  2,  3,  4,  5,  8,  8,  5,  4,  6, 10, 12,  9,  5,  3,  0,  0)
+WEEKEND_HOURS = ( 0,  0,  0,  0,  0,  0,  0,  0,  1,  2,  4,  6,  8,  9,  8,  7,  7,  9, 10,  8,  6,  4,  0,  0)
+WEEKEND_FACTOR = 1.3  # a Saturday or Sunday sells this many times a weekday
+_HOUR_US = 3_600_000_000
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _profiles() -> np.ndarray:
+    """[weekday, weekend] x 24 hours: each day's expected share of one weekday's sales."""
+    weekday, weekend = np.array(WEEKDAY_HOURS, dtype=np.float64), np.array(WEEKEND_HOURS, dtype=np.float64)
+    return np.stack([weekday / weekday.sum(), weekend / weekend.sum() * WEEKEND_FACTOR])
+
+
 def sale_times_us(count: int, now: dt.datetime, tz: zoneinfo.ZoneInfo, rng: np.random.Generator) -> np.ndarray:
-    """`count` sorted sale times (Unix µs): an equal share in each month, the current one up to now."""
-    starts = month_starts(now, tz)
-    bounds = [int(s.timestamp() * 1_000_000) for s in starts] + [int(now.timestamp() * 1_000_000)]
-    shares = np.full(len(starts), count // len(starts))
-    shares[: count % len(starts)] += 1
-    parts = [rng.integers(bounds[i], max(bounds[i] + 1, bounds[i + 1]), size=int(n)) for i, n in enumerate(shares)]
-    times = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    """`count` sorted sale times (Unix µs) from local midnight of `month_starts(now, tz)[0]` up to `now`.
+
+    Every day of that window has the same expected number of sales, times WEEKEND_FACTOR on
+    Saturdays and Sundays; within a day the local hours (in `tz`) follow WEEKDAY_HOURS or
+    WEEKEND_HOURS, uniform within each hour. Today counts only up to `now`: its share is cut
+    there, not squeezed into the hours so far, and no sale is later than `now`. The count of
+    each (day, hour) is one multinomial draw, so the total is exactly `count`.
+
+    Local hours become UTC with each day's UTC offset at local noon, which is right for every
+    open hour: DST changes at night (02:00 or 03:00, or midnight in a few zones), when stores
+    are closed, so a day of 23 or 25 hours still sells from 08:00 to 22:00 local time.
+    """
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    first = month_starts(now, tz)[0].date()
+    now_us = (now - _EPOCH) // dt.timedelta(microseconds=1)
+    days = (now.astimezone(tz).date() - first).days + 1
+    midnights, weekend = np.empty(days, dtype=np.int64), np.empty(days, dtype=bool)
+    for i in range(days):
+        noon = dt.datetime.combine(first + dt.timedelta(days=i), dt.time(12), tz)
+        midnights[i] = int(noon.timestamp() * 1_000_000) - 12 * _HOUR_US  # Unix µs at local 00:00
+        weekend[i] = noon.weekday() >= 5
+    starts = (midnights[:, None] + np.arange(24, dtype=np.int64) * _HOUR_US).ravel()
+    lengths = np.clip(now_us - starts, 0, _HOUR_US)  # full hours; today's are cut at now
+    weights = _profiles()[weekend.astype(np.intp)].ravel() * (lengths / _HOUR_US)
+    per_hour = rng.multinomial(count, weights / weights.sum())
+    times = np.repeat(starts, per_hour)
+    # u * (length - 1) rounds to at most length - 1 (an exact float): never past the hour, nor now
+    times += (rng.random(count) * np.repeat(lengths - 1, per_hour)).astype(np.int64)
     times.sort()
     return times
 

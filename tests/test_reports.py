@@ -116,8 +116,12 @@ BAD_CNT = ["0", "1001", "abc", "-1", "1.5", "", "99999999999999999999999", "2147
 
 
 @pytest.mark.parametrize("path", ["/items/top/", "/stores/top/"])
-async def test_bad_cnt_is_400(client, seed, db, path):
+async def test_bad_cnt_is_400(client, seed, db, drain, path):
     await seed(items=3, stores=3, sales=36)
+    # seeded sales cover only the current month's days so far (none early on the 1st)
+    for store_id in (1, 2):
+        await _post_sale(client, item_id=store_id, store_id=store_id)
+    await drain()
     for query in [f"cnt={cnt}" for cnt in BAD_CNT] + ["cnt=1&cnt=2", "cnt"]:
         body = await _get_json(client, f"{path}?{query}", status=400)
         assert list(body) == ["error"] and "cnt" in body["error"], query
@@ -128,8 +132,13 @@ async def test_bad_cnt_is_400(client, seed, db, path):
 # --- /stores/top/ ----------------------------------------------------------------------------
 
 
-async def test_top_stores_match_recount_for_every_month(client, seed, db):
+async def test_top_stores_match_recount_for_every_month(client, seed, db, drain):
     await seed(items=10, stores=30, sales=3600)
+    # seeded sales cover only the current month's days so far (none early on the 1st): every
+    # store sells now too, so that its report is as full as the other months'
+    for store_id in range(1, 31):
+        await _post_sale(client, item_id=store_id % 10 + 1, store_id=store_id, quantity=store_id % 4 + 1)
+    await drain()
     now = dt.datetime.now(UTC)
     current = _month_start(now)
     expected_default = await recount.top_stores(db, current, 10)
