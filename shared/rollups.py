@@ -30,7 +30,10 @@ ROLLUPS = (
            ("second", "store_id")),
     Rollup("item_totals", {"item_id": "item_id"}, ("item_id",)),
     Rollup("daily_totals", {"day": "local_time::date", "store_id": "store_id"}, ("second", "store_id")),
+    Rollup("store_item_daily", {"day": "local_time::date", "store_id": "store_id", "item_id": "item_id"},
+           ("second", "item_id", "store_id")),
 )
+ROLLUP = {r.table: r for r in ROLLUPS}
 MEASURES = {"income": "sum(income)", "units": "sum(quantity)", "sales": "count(*)"}
 PARTIAL_MEASURES = {"income": "sum(income)", "units": "sum(units)", "sales": "sum(sales)"}
 
@@ -100,6 +103,73 @@ def upsert_partials_sql(rollup: Rollup) -> str:
     return _upsert(rollup, _grouped_sql(rollup, PARTIAL_MEASURES, PARTIAL_SALES))
 
 
+# ---------------------------------------------------------------------------------------------
+# Running totals (migration 008): per key and day, everything up to and including that day, for
+# every day from the key's first sale to report_settings.running_through.
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    table: str
+    key: str  # store_id or item_id
+    daily: str  # the rollup whose days it adds up (by `key` and day)
+
+    @property
+    def summed_by(self) -> tuple[str, ...]:
+        return ("second", self.key)
+
+    def expected_daily_sql(self) -> str:
+        """Per day and key, what raw sales plus archived months count (reconciliation)."""
+        return (f"SELECT day, {self.key}, sum(income) AS income, sum(units) AS units, sum(sales) AS sales "
+                f"FROM ({expected_sql(ROLLUP[self.daily])}) e GROUP BY 1, 2")
+
+
+RUNNING = (Running("store_running", "store_id", "daily_totals"), Running("item_running", "item_id", "store_item_daily"))
+# Held shared by every transaction that adds to running totals, exclusively by running_extend().
+RUNNING_LOCK = 370222
+
+
+def upsert_running_sql(running: Running) -> str:
+    """Add a batch's sums (PARTIAL_SALES parameters) to every row from the sale's day on."""
+    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
+    return (
+        f"INSERT INTO {running.table} AS r (day, {running.key}, income, units, sales) "
+        f"SELECT g.day::date, p.{running.key}, sum(p.income), sum(p.units), sum(p.sales) "
+        f"FROM ({PARTIAL_SALES}) p CROSS JOIN generate_series(p.local_time::date, "
+        f"(SELECT running_through FROM report_settings), interval '1 day') AS g(day) "
+        f"GROUP BY 1, 2 ORDER BY 1, 2 "
+        f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
+    )
+
+
+def _local_day(second_param: str) -> str:
+    return (f"((timestamptz 'epoch' + {second_param} * interval '1 second') "
+            f"AT TIME ZONE (SELECT timezone FROM report_settings))::date")
+
+
+# Before a batch's transaction: make the running rows reach the batch's last day ($1: its
+# latest sale_time, Unix seconds). Inside it, before any running total is written: the lock,
+# and whether they still do (False: retry; the rows never go back, so only a concurrent
+# rebuild in another time zone could make it so).
+EXTEND_RUNNING = f"SELECT running_extend({_local_day('$1')})"
+LOCK_RUNNING = (f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK}), "
+                f"running_through >= {_local_day('$1')} AS covered FROM report_settings")
+
+
+def expected_running_sql(running: Running) -> str:
+    """What the running table must hold: the recounted days added up, for every day from the
+    key's first sale to running_through."""
+    sums = ", ".join(f"(sum(coalesce(d.{m}, 0)) OVER w)::bigint AS {m}" for m in MEASURES)
+    return (
+        f"WITH daily AS ({running.expected_daily_sql()}) "
+        f"SELECT g.day, k.{running.key}, {sums} "
+        f"FROM (SELECT {running.key}, min(day) AS first_day FROM daily GROUP BY 1) k "
+        f"CROSS JOIN LATERAL (SELECT g::date AS day FROM generate_series(k.first_day, "
+        f"(SELECT running_through FROM report_settings), interval '1 day') g) g "
+        f"LEFT JOIN daily d ON d.{running.key} = k.{running.key} AND d.day = g.day "
+        f"WINDOW w AS (PARTITION BY k.{running.key} ORDER BY g.day)"
+    )
+
+
 # The API's report cache drops its results at this NOTIFY (delivered at commit). On plain
 # PostgreSQL triggers on the rollups send it too (identical notifications of one transaction
 # are delivered once); on Citus the rollups are distributed and have no triggers, so whatever
@@ -118,33 +188,44 @@ FROM daily_totals GROUP BY 1, 2
 """
 
 
-async def rebuild(conn: asyncpg.Connection) -> None:
-    """Recompute every rollup from raw sales and archived months (inside the caller's transaction)."""
+async def rebuild(conn: asyncpg.Connection, filled: frozenset[str] = frozenset()) -> None:
+    """Recompute every rollup from raw sales and archived months (inside the caller's
+    transaction), but those in `filled`: the seeder fills those itself (shared.seeded_rollups)."""
     # A row per store and day is hundreds of thousands of groups: with the default 4 MB the
     # aggregation spilled to disk (10 million sales: daily_totals alone took 5.9 s).
     await conn.execute("SET LOCAL work_mem = '256MB'")
-    await conn.execute("TRUNCATE " + ", ".join(r.table for r in ROLLUPS))
-    for rollup in ROLLUPS:
+    todo = [r for r in ROLLUPS if r.table not in filled]
+    await conn.execute("TRUNCATE " + ", ".join(r.table for r in todo))
+    for rollup in todo:
         if rollup.table != "store_monthly":
             columns = ", ".join([*rollup.keys, *MEASURES])
             await conn.execute(f"INSERT INTO {rollup.table} ({columns}) {expected_sql(rollup)}")
     await conn.execute(STORE_MONTHS_FROM_DAYS)
+    if not {r.table for r in RUNNING} <= filled:
+        await conn.execute("SELECT running_rebuild()")
     await conn.execute(NOTIFY_REPORTS_CHANGED)
 
 
+def _differing_rows_sql(table: str, keys: list[str], expected: str) -> str:
+    cols = ", ".join([*keys, *MEASURES])
+    return (
+        f"SELECT count(*) FROM ((SELECT {cols} FROM {table} EXCEPT ALL "
+        f"SELECT {cols} FROM ({expected}) a) UNION ALL "
+        f"(SELECT {cols} FROM ({expected}) b EXCEPT ALL "
+        f"SELECT {cols} FROM {table})) d"
+    )
+
+
 async def drift(conn: asyncpg.Connection) -> dict[str, int]:
-    """How many rows of each rollup differ from a recount of raw sales (plus archived months)."""
+    """How many rows of each rollup (running totals included) differ from a recount of raw
+    sales (plus archived months)."""
     result = {}
     for rollup in ROLLUPS:
-        keys = list(rollup.keys)
-        cols = ", ".join([*keys, *MEASURES])
-        query = (
-            f"SELECT count(*) FROM ((SELECT {cols} FROM {rollup.table} EXCEPT ALL "
-            f"SELECT {cols} FROM ({expected_sql(rollup)}) a) UNION ALL "
-            f"(SELECT {cols} FROM ({expected_sql(rollup)}) b EXCEPT ALL "
-            f"SELECT {cols} FROM {rollup.table})) d"
-        )
-        result[rollup.table] = await conn.fetchval(query)
+        result[rollup.table] = await conn.fetchval(_differing_rows_sql(rollup.table, list(rollup.keys),
+                                                                       expected_sql(rollup)))
+    for running in RUNNING:
+        result[running.table] = await conn.fetchval(_differing_rows_sql(running.table, ["day", running.key],
+                                                                        expected_running_sql(running)))
     return result
 
 

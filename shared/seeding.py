@@ -6,7 +6,9 @@ loaded with a binary COPY FREEZE into each monthly partition (made first; on Cit
 into the distributed parent);
 the primary and foreign keys of sales are dropped for the load and added back (validated) at
 the end, which is PostgreSQL's own advice for bulk loads: 3 million sales loaded in 12 s
-instead of 17. Everything happens in one transaction: readers see the old data or the new,
+instead of 17. The per-day rollups with a row per store, item and day and the running totals
+are summed by numpy from the same arrays (shared.seeded_rollups) and loaded the same way; the
+others are recomputed by SQL (shared.rollups.rebuild). Everything happens in one transaction: readers see the old data or the new,
 never half of it. The same code seeds a Citus coordinator (COPY spreads the rows over the
 shards; the keys are dropped and added on every shard).
 """
@@ -19,12 +21,13 @@ from typing import AsyncIterator, Callable
 import asyncpg
 import numpy as np
 
-from shared import citus, partitions, rollups, sales_copy
+from shared import citus, partitions, rollups, sales_copy, seeded_rollups
 from shared.sale_ids import BLOCK, reserve_blocks
 
 CHUNK = 250_000
-DATA_TABLES = ("sales, sale_keys, dead_letter, store_monthly, item_totals, daily_totals, store_monthly_archived, "
-               "item_totals_archived, daily_totals_archived, archived_months, item, store")
+DATA_TABLES = ("sales, sale_keys, dead_letter, store_monthly, item_totals, daily_totals, store_item_daily, "
+               "store_running, item_running, store_monthly_archived, item_totals_archived, daily_totals_archived, "
+               "store_item_daily_archived, archived_months, item, store")
 # Catalogue and rollups are replaced: every API process reloads and drops its cached reports.
 # (Triggers say so on plain PostgreSQL; Citus's reference and distributed tables have none.)
 NOTIFY_ALL_CHANGED = "SELECT pg_notify('catalogue_changed', ''), pg_notify('reports_changed', '')"
@@ -100,13 +103,16 @@ async def _reserve_ids(conn: asyncpg.Connection, count: int) -> np.ndarray:
 
 
 async def _sale_chunks(ids: np.ndarray, times: np.ndarray, item_prices: np.ndarray, stores: int,
-                       rng: np.random.Generator, progress: Progress | None) -> AsyncIterator[bytes]:
+                       rng: np.random.Generator, progress: Progress | None,
+                       drawn: list[tuple[np.ndarray, np.ndarray]]) -> AsyncIterator[bytes]:
+    """The sales as binary COPY data; the item and store ids drawn for them go to `drawn`."""
     count = len(ids)
     yield sales_copy.HEADER
     for lo in range(0, count, CHUNK):
         hi = min(count, lo + CHUNK)
         item_ids = rng.integers(1, len(item_prices) + 1, size=hi - lo)
         store_ids = rng.integers(1, stores + 1, size=hi - lo)
+        drawn.append((item_ids, store_ids))
         yield sales_copy.unkeyed_rows(ids[lo:hi], times[lo:hi], item_ids, store_ids, item_prices[item_ids - 1],
                                       quantities=1, accepted_us=times[lo:hi])
         if progress:
@@ -115,7 +121,8 @@ async def _sale_chunks(ids: np.ndarray, times: np.ndarray, item_prices: np.ndarr
 
 
 async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.ndarray, item_prices: np.ndarray,
-                         stores: int, rng: np.random.Generator, progress: Progress | None) -> None:
+                         stores: int, rng: np.random.Generator, progress: Progress | None,
+                         drawn: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """One COPY FREEZE per monthly partition: they were emptied in this transaction, so the
     rows can be written frozen, and the rollup rebuild and ANALYZE that read them next do not
     write every page again to set hint bits (FREEZE is refused on the partitioned parent)."""
@@ -127,7 +134,8 @@ async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.nd
     for month, high in zip(months, bounds):
         partition = await conn.fetchval("SELECT sales_partition($1)", month)
         await conn.copy_to_table(partition, columns=sales_copy.COLUMNS, format="binary", freeze=True,
-                                 source=_sale_chunks(ids[low:high], times[low:high], item_prices, stores, rng, progress))
+                                 source=_sale_chunks(ids[low:high], times[low:high], item_prices, stores, rng,
+                                                     progress, drawn))
         low = high
 
 
@@ -164,18 +172,26 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
             records=((f"item-{i}", int(p)) for i, p in enumerate(prices, start=1)))
         await conn.copy_records_to_table(
             "store", columns=["address"], records=((f"store-{i}",) for i in range(1, stores + 1)))
-        keys = await _keys(conn, "sales")
-        for name, _ in keys[::-1]:
-            await conn.execute(f'ALTER TABLE sales DROP CONSTRAINT "{name}"')
+        # the keys go while the tables are loaded and come back (checked) at the end
+        keys = [(table, name, definition) for table in ("sales", *sorted(seeded_rollups.FILLED))
+                for name, definition in await _keys(conn, table)]
+        for table, name, _ in keys[::-1]:
+            await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
         ids = await _reserve_ids(conn, sales)
         times = sale_times_us(sales, now, tz, rng)
-        if await citus.has_citus(conn):  # the coordinator spreads one COPY over the shards
+        drawn: list[tuple[np.ndarray, np.ndarray]] = []
+        on_citus = await citus.has_citus(conn)
+        if on_citus:  # the coordinator spreads one COPY over the shards
             await conn.copy_to_table("sales", columns=sales_copy.COLUMNS, format="binary",
-                                     source=_sale_chunks(ids, times, prices, stores, rng, progress))
+                                     source=_sale_chunks(ids, times, prices, stores, rng, progress, drawn))
         else:
-            await _copy_by_month(conn, ids, times, prices, stores, rng, progress)
-        for name, definition in keys:
-            await conn.execute(f'ALTER TABLE sales ADD CONSTRAINT "{name}" {definition}')
-        await rollups.rebuild(conn)
-    await conn.execute("ANALYZE sales")
+            await _copy_by_month(conn, ids, times, prices, stores, rng, progress, drawn)
+        item_ids = np.concatenate([d[0] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
+        store_ids = np.concatenate([d[1] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
+        await seeded_rollups.load(conn, times, item_ids, store_ids, prices[item_ids - 1], items, stores, tz,
+                                  freeze=not on_citus)
+        for table, name, definition in keys:
+            await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+        await rollups.rebuild(conn, filled=seeded_rollups.FILLED)
+    await conn.execute("ANALYZE sales, daily_totals, store_item_daily, store_running, item_running")
     return {"items": items, "stores": stores, "sales": sales}

@@ -11,6 +11,7 @@ from api.app import create_app
 from shared import rollups
 from shared.seeding import month_starts
 from tests import recount
+from tests.recount import NO_DRIFT
 from tests.conftest import ADMIN_TOKEN
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -102,7 +103,7 @@ async def test_create_defaults_are_the_seed(client, db, method):
     assert await db.fetchval("SELECT count(*) FROM sales s JOIN item i ON i.id = s.item_id "
                              "WHERE s.price <> i.price OR s.quantity <> 1") == 0
     assert await db.fetchval("SELECT count(DISTINCT id) FROM sales") == 3600
-    assert await rollups.drift(db) == {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
+    assert await rollups.drift(db) == NO_DRIFT
 
     # Reports answer from the rollups exactly what a recount of the raw sales gives.
     response = await client.get("/items/top/?cnt=50")
@@ -121,7 +122,7 @@ async def test_create_counts_from_query(client, db):
     assert body == {"status": "created", "items": 3, "stores": 2, "sales": 24}
     counts = await _counts(db)
     assert (counts["item"], counts["store"], counts["sales"], counts["dead_letter"]) == (3, 2, 24, 0)
-    assert await rollups.drift(db) == {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
+    assert await rollups.drift(db) == NO_DRIFT
     now = dt.datetime.now(dt.timezone.utc)
     assert await db.fetchval("SELECT min(sale_time) FROM sales") >= month_starts(now, zoneinfo.ZoneInfo("UTC"))[0]
     assert await db.fetchval("SELECT max(sale_time) FROM sales") <= now
@@ -219,4 +220,4 @@ async def test_create_discards_queued_sales(client, seed, db, drain, redis_clien
     assert await redis_client.xlen(queue_keys.stream) == 0
     await drain()
     assert await db.fetchval("SELECT count(*) FROM sales") == 12
-    assert await rollups.drift(db) == {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
+    assert await rollups.drift(db) == NO_DRIFT

@@ -10,9 +10,9 @@ import sys
 from shared import rollups
 from shared.db import create_pool
 from worker import dead_letters, writer
+from tests.recount import NO_DRIFT
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
 
 
 def _run(database_url: str, *args: str) -> subprocess.CompletedProcess:

@@ -13,8 +13,8 @@ from shared.migrate import migrate, migration_files
 from shared.sale_ids import reserve_blocks
 from tests.conftest import create_database, drop_database
 from worker import writer
+from tests.recount import NO_DRIFT
 
-NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from shared import reconcile, rollups
+from tests.recount import NO_DRIFT
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,19 +30,22 @@ async def test_drift_is_reported_per_table_then_repaired(database_url, seed, db)
     month = await db.fetchval("SELECT min(month) FROM store_monthly")
     await db.execute("UPDATE store_monthly SET income = income + 1 WHERE month = $1 AND store_id = 1", month)
     await db.execute("DELETE FROM item_totals WHERE item_id = 2")
+    await db.execute("UPDATE item_running SET units = units + 1 WHERE item_id = 3 "
+                     "AND day = (SELECT running_through FROM report_settings)")
     before = {r["item_id"]: (r["units"], r["income"]) for r in await db.fetch("SELECT * FROM item_totals")}
 
     found = _run(database_url)
     assert found.returncode == 1, found.stdout
     lines = {line.split()[0]: int(line.split()[1]) for line in found.stdout.splitlines()
              if line.startswith("  ")}
-    assert lines == {"store_monthly": 2, "item_totals": 1, "daily_totals": 0}  # changed row counts twice
+    assert lines == {"store_monthly": 2, "item_totals": 1, "daily_totals": 0,  # a changed row counts twice
+                     "store_item_daily": 0, "store_running": 0, "item_running": 2}
     assert await db.fetchval("SELECT count(*) FROM item_totals WHERE item_id = 2") == 0  # untouched
 
     repaired = _run(database_url, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "rollups repaired" in repaired.stdout
-    assert await rollups.drift(db) == {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
+    assert await rollups.drift(db) == NO_DRIFT
     after = {r["item_id"]: (r["units"], r["income"]) for r in await db.fetch("SELECT * FROM item_totals")}
     assert {k: v for k, v in after.items() if k != 2} == before
     assert after[2] == tuple(await db.fetchrow(
@@ -54,4 +58,4 @@ async def test_repair_function_leaves_no_drift(database_url, seed, db):
     await seed(items=3, stores=2, sales=200)
     await db.execute("UPDATE daily_totals SET sales = sales + 5")
     assert (await reconcile.check(db))["daily_totals"] > 0
-    assert await reconcile.repair(db) == {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
+    assert await reconcile.repair(db) == NO_DRIFT

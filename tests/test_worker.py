@@ -13,10 +13,10 @@ from shared.db import create_pool
 from shared.queue import GROUP
 from shared.sale_ids import reserve_blocks
 from tests import recount
+from tests.recount import NO_DRIFT
 from worker import writer
 from worker.consumer import StreamConsumer
 
-NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0}
 
 
 async def _post_batch(client, sales):

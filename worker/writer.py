@@ -26,7 +26,8 @@ import asyncpg
 
 from shared import partitions
 from shared.db import set_codecs
-from shared.rollups import NOTIFY_REPORTS_CHANGED, ROLLUPS, upsert_partials_sql
+from shared.rollups import (EXTEND_RUNNING, LOCK_RUNNING, NOTIFY_REPORTS_CHANGED, ROLLUPS, RUNNING,
+                            upsert_partials_sql, upsert_running_sql)
 from shared import sales_copy
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
@@ -91,7 +92,13 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
 """
 
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in.
-UPSERT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS]
+UPSERT_BATCH_SUMS = ([(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS]
+                     + [(running.summed_by, upsert_running_sql(running)) for running in RUNNING])
+
+
+class RunningTotalsBehind(Exception):
+    """The running totals stop before a day of the batch (their end moved under a concurrent
+    rebuild in another time zone): retried, and the retry extends them first."""
 
 # A bad row delivered again (its batch's ack was lost) is already filed: not filed twice.
 INSERT_DEAD_LETTER = ("INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3) "
@@ -162,9 +169,15 @@ def split_archived(rows: list[Row], archived: set[dt.date]) -> tuple[list[Row], 
     return kept, refused
 
 
+def _last_second(batch: BatchColumns) -> int:
+    return int(batch.times_us.max()) // 1_000_000
+
+
 async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
     with gc_paused():
         sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in UPSERT_BATCH_SUMS]
+    if not (await conn.fetchrow(LOCK_RUNNING, _last_second(batch)))["covered"]:
+        raise RunningTotalsBehind(f"running totals end before the batch's last sale ({_last_second(batch)})")
     for upsert, arrays in sums:
         await conn.execute(upsert, *arrays)
 
@@ -224,11 +237,14 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
 
     `citus`: whether sales is distributed here; asked of the database when not given (the
     consumer asks once per worker and passes it)."""
+    if not rows:
+        return BatchResult()
     if citus is None:
         citus = await is_citus(conn)
     with gc_paused():
         batch = BatchColumns(rows)
     archived = await ensure_partitions(conn, batch)
+    await conn.execute(EXTEND_RUNNING, _last_second(batch))  # before the transaction: see rollups.LOCK_RUNNING
     if archived:
         return await _write_around_archived(conn, rows, archived, citus)
     try:
