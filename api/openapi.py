@@ -42,6 +42,14 @@ _MONTH_PARAMS = [
 ]
 
 
+_PERIOD_PARAMS = [
+    {"name": "from", "in": "query", "description": "First day of the period (REPORT_TIMEZONE), with `to`; "
+     "instead of mm/year", "schema": {"type": "string", "format": "date"}},
+    {"name": "to", "in": "query", "description": "Last day of the period, included, with `from`",
+     "schema": {"type": "string", "format": "date"}},
+]
+
+
 def _table(schema: dict, description: str) -> dict:
     """A report answer: JSON by default, CSV on request."""
     return {"description": description, "content": {
@@ -96,14 +104,29 @@ def spec() -> dict:
             "/stores/": {"get": {"summary": "All stores, by id", "parameters": [_FORMAT], "responses": {
                 "200": _table(_rows("Store"), "Stores"), "400": _error("Bad format")}}},
             "/items/top/": {"get": {
-                "summary": "Items by units sold, all time, most first (ties by id)",
-                "parameters": [_CNT, _FORMAT],
-                "responses": {"200": _table(_rows("TopItem"), "Top items"), "400": _error("Bad cnt or format")}}},
+                "summary": "Items by units sold, most first (ties by id): all time, or from/to; "
+                           "the chain's, or one store's (store_id)",
+                "parameters": [_CNT, *_PERIOD_PARAMS,
+                               {"name": "store_id", "in": "query", "description": "Only this store's sales",
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
+                "responses": {"200": _table(_rows("TopItem"), "Top items"),
+                              "400": _error("Bad cnt, from, to, store_id or format"),
+                              "404": _error("No such store")}}},
             "/stores/top/": {"get": {
-                "summary": "Stores by income in a calendar month (REPORT_TIMEZONE), most first (ties by id)",
-                "parameters": [_CNT, *_MONTH_PARAMS, _FORMAT],
+                "summary": "Stores by income in a calendar month, or from/to (REPORT_TIMEZONE), most first "
+                           "(ties by id)",
+                "parameters": [_CNT, *_MONTH_PARAMS, *_PERIOD_PARAMS, _FORMAT],
                 "responses": {"200": _table(_rows("TopStore"), "Top stores"),
-                              "400": _error("Bad cnt, mm, year or format")}}},
+                              "400": _error("Bad cnt, mm, year, from, to or format, or both a month and a period")}}},
+            "/stores/{id}/report/": {"get": {
+                "summary": "One store over a period (default: this month so far): totals, top items, days. "
+                           "CSV: the days",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}},
+                               *_PERIOD_PARAMS, _CNT, _FORMAT],
+                "responses": {"200": _table({"$ref": "#/components/schemas/StoreReport"}, "The store's page"),
+                              "400": _error("Bad from, to, cnt or format"),
+                              "404": _error("No such store")}}},
             "/reports/summary/": {"get": {
                 "summary": "A month's income, units and sales beside the previous month's",
                 "parameters": [*_MONTH_PARAMS, _FORMAT],
@@ -114,6 +137,15 @@ def spec() -> dict:
                 "parameters": [*_MONTH_PARAMS, _FORMAT],
                 "responses": {"200": _table(_rows("Day"), "Days, in order"),
                               "400": _error("Bad mm, year or format")}}},
+            "/reports/trend/": {"get": {
+                "summary": "Income, units and sales per month for the last `months` months up to this one, "
+                           "oldest first, beside the same month a year before; the chain's or one store's",
+                "parameters": [{"name": "months", "in": "query", "schema": {
+                                   "type": "integer", "minimum": 1, "maximum": 120, "default": 12}},
+                               {"name": "store_id", "in": "query",
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
+                "responses": {"200": _table(_rows("TrendMonth"), "Months, oldest first"),
+                              "400": _error("Bad months, store_id or format"), "404": _error("No such store")}}},
             "/sales/": {"post": {
                 "summary": "Report one sale; answered once it is durable in the queue",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
@@ -221,6 +253,19 @@ def spec() -> dict:
                     "previous_units": {"type": "integer"}, "previous_sales": {"type": "integer"},
                     "income_change_pct": {"type": "number", "nullable": True},
                     "units_change_pct": {"type": "number", "nullable": True}}},
+                "TrendMonth": {"type": "object", "required": [
+                    "month", "income", "units", "sales", "income_year_before", "income_change_pct"], "properties": {
+                    "month": {"type": "string", "example": "2026-11"}, "income": {"type": "integer"},
+                    "units": {"type": "integer"}, "sales": {"type": "integer"},
+                    "income_year_before": {"type": "integer"},
+                    "income_change_pct": {"type": "number", "nullable": True,
+                                          "description": "null when the month a year before had no income"}}},
+                "StoreReport": {"type": "object", "required": [
+                    "store", "from", "to", "income", "units", "sales", "top_items", "days"], "properties": {
+                    "store": {"$ref": "#/components/schemas/Store"},
+                    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+                    "income": {"type": "integer"}, "units": {"type": "integer"}, "sales": {"type": "integer"},
+                    "top_items": _rows("TopItem"), "days": _rows("Day")}},
                 "Day": {"type": "object", "required": ["day", "income", "units", "sales"], "properties": {
                     "day": {"type": "string", "format": "date"}, "income": {"type": "integer"},
                     "units": {"type": "integer"}, "sales": {"type": "integer"}}},

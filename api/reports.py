@@ -46,6 +46,11 @@ async def list_items(conn: asyncpg.Connection) -> list[dict]:
     return [dict(r) for r in await conn.fetch(ITEMS)]
 
 
+async def get_store(conn: asyncpg.Connection, store_id: int) -> dict | None:
+    row = await conn.fetchrow("SELECT id, address FROM store WHERE id = $1", store_id)
+    return dict(row) if row else None
+
+
 async def list_stores(conn: asyncpg.Connection) -> list[dict]:
     return [dict(r) for r in await conn.fetch(STORES)]
 
@@ -113,3 +118,122 @@ async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
 async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
     rows = await conn.fetch(DAILY, month, month_end(month))
     return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]} for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Any period [from, to] (dates in the report time zone, both included). Chain-wide figures are
+# one subtraction per store or item of the running totals (migration 008): running(to) minus
+# running(from - 1), whatever the length of the period. Days past running_through (no sale
+# written for them yet) read running_through's row; a key with no row on from - 1 had sold
+# nothing before.
+
+_PERIOD_TOTALS = """
+SELECT e.{key}, e.income - coalesce(b.income, 0) AS income, e.units - coalesce(b.units, 0) AS units,
+       e.sales - coalesce(b.sales, 0) AS sales
+FROM {table} e
+LEFT JOIN {table} b ON b.{key} = e.{key} AND b.day = (SELECT least($1::date - 1, running_through) FROM report_settings)
+WHERE e.day = (SELECT least($2::date, running_through) FROM report_settings)
+"""
+
+# The top rows are picked from the running totals alone, then joined (as TOP_ITEMS above).
+TOP_STORES_PERIOD = f"""
+SELECT s.id, s.address, t.income
+FROM (SELECT store_id, income FROM ({_PERIOD_TOTALS.format(table="store_running", key="store_id")}) p
+      WHERE units > 0 ORDER BY income DESC, store_id LIMIT $3) t
+JOIN store s ON s.id = t.store_id
+ORDER BY t.income DESC, t.store_id
+"""
+
+TOP_ITEMS_PERIOD = f"""
+SELECT i.id, i.name, t.units AS sales_amount
+FROM (SELECT item_id, units FROM ({_PERIOD_TOTALS.format(table="item_running", key="item_id")}) p
+      WHERE units > 0 ORDER BY units DESC, item_id LIMIT $3) t
+JOIN item i ON i.id = t.item_id
+ORDER BY t.units DESC, t.item_id
+"""
+
+# One store's items: its own days of store_item_daily (a store sells far fewer lines a day
+# than the chain).
+TOP_ITEMS_OF_STORE = """
+SELECT i.id, i.name, t.units AS sales_amount
+FROM (SELECT item_id, sum(units)::bigint AS units FROM store_item_daily
+      WHERE store_id = $1 AND day >= $2 AND day <= $3
+      GROUP BY item_id HAVING sum(units) > 0
+      ORDER BY units DESC, item_id LIMIT $4) t
+JOIN item i ON i.id = t.item_id
+ORDER BY t.units DESC, t.item_id
+"""
+
+STORE_TOTALS = _PERIOD_TOTALS.format(table="store_running", key="store_id") + " AND e.store_id = $3"
+
+STORE_DAYS = """
+SELECT day, income, units, sales FROM daily_totals
+WHERE store_id = $1 AND day >= $2 AND day <= $3
+ORDER BY day
+"""
+
+
+async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int) -> list[dict]:
+    return [dict(r) for r in await conn.fetch(TOP_STORES_PERIOD, first, last, cnt)]
+
+
+async def top_items_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int,
+                       store_id: int | None = None) -> list[dict]:
+    if store_id is None:
+        return [dict(r) for r in await conn.fetch(TOP_ITEMS_PERIOD, first, last, cnt)]
+    return [dict(r) for r in await conn.fetch(TOP_ITEMS_OF_STORE, store_id, first, last, cnt)]
+
+
+async def store_report(conn: asyncpg.Connection, store: dict, first: dt.date, last: dt.date, cnt: int) -> dict:
+    """One store's page: its totals, top items and days over the period."""
+    totals = await conn.fetchrow(STORE_TOTALS, first, last, store["id"])
+    days = await conn.fetch(STORE_DAYS, store["id"], first, last)
+    return {
+        "store": store, "from": first.isoformat(), "to": last.isoformat(),
+        "income": totals["income"] if totals else 0, "units": totals["units"] if totals else 0,
+        "sales": totals["sales"] if totals else 0,
+        "top_items": await top_items_in(conn, first, last, cnt, store["id"]),
+        "days": [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]}
+                 for r in days],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Trend: income per month over the last months, beside the same month a year before.
+
+MONTH_TOTALS_BY_MONTH = """
+SELECT month, sum(income)::bigint AS income, sum(units)::bigint AS units, sum(sales)::bigint AS sales
+FROM store_monthly
+WHERE month >= $1 AND month <= $2 AND ($3::int IS NULL OR store_id = $3)
+GROUP BY month
+"""
+
+
+def months_back(month: dt.date, count: int) -> dt.date:
+    """The first day of the month `count` months before `month` (January of year 1 at the earliest)."""
+    index = month.year * 12 + month.month - 1 - count
+    return dt.date(index // 12, index % 12 + 1, 1) if index >= 12 else dt.date(1, 1, 1)
+
+
+def next_month(month: dt.date) -> dt.date | None:
+    """The first day of the month after (None after December 9999)."""
+    if month.month < 12:
+        return month.replace(month=month.month + 1)
+    return dt.date(month.year + 1, 1, 1) if month.year < 9999 else None
+
+
+async def trend(conn: asyncpg.Connection, last: dt.date, months: int, store_id: int | None) -> list[dict]:
+    """`months` months ending with `last` (oldest first), each beside the same month a year before."""
+    first = months_back(last, months - 1)
+    totals = {r["month"]: {"income": r["income"], "units": r["units"], "sales": r["sales"]}
+              for r in await conn.fetch(MONTH_TOTALS_BY_MONTH, months_back(first, 12), last, store_id)}
+    none = {"income": 0, "units": 0, "sales": 0}
+    rows = []
+    month: dt.date | None = first
+    while month is not None and month <= last:
+        now = totals.get(month, none)
+        before = totals.get(month.replace(year=month.year - 1), none)["income"] if month.year > 1 else 0
+        rows.append({"month": month_label(month.year, month.month), **now, "income_year_before": before,
+                     "income_change_pct": _change_pct(now["income"], before)})
+        month = next_month(month)
+    return rows

@@ -26,8 +26,10 @@ ROUTES = (
     Route("GET", "/stores/", reports.list_stores, READ),
     Route("GET", "/items/top/", reports.top_items, READ),
     Route("GET", "/stores/top/", reports.top_stores, READ),
+    Route("GET", "/stores/{id}/report/", reports.store_report, READ),
     Route("GET", "/reports/summary/", reports.month_summary, READ),
     Route("GET", "/reports/daily/", reports.daily, READ),
+    Route("GET", "/reports/trend/", reports.trend, READ),
     Route("POST", "/sales/", sales.post_sale, POST),
     Route("POST", "/sales/batch/", sales.post_batch, POST),
     Route("GET", "/clear/", admin.clear, ADMIN),
@@ -72,5 +74,5 @@ def setup_routes(app: web.Application) -> None:
     for route in ROUTES:
         path = bare(route.path)
         app.router.add_route(route.method, path, route.handler)
-        if path != "/" and not path.endswith(".json") and "{" not in path:
+        if path != "/" and not path.endswith(".json") and not path.endswith("}"):
             app.router.add_route(route.method, path + "/", route.handler)

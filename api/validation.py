@@ -166,6 +166,25 @@ def int_param(query: MultiMapping[str], name: str, default: int | None, low: int
     return int(raw)
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def date_param(query: MultiMapping[str], name: str) -> dt.date | None:
+    """A date query parameter, YYYY-MM-DD; absent means None."""
+    values = query.getall(name, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name} is given more than once")
+    raw = values[0]
+    try:
+        if not _ISO_DATE.fullmatch(raw):
+            raise ValueError
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a date YYYY-MM-DD, got {raw[:40]!r}") from None
+
+
 def one_of_params(query: MultiMapping[str], names: tuple[str, ...], low: int, high: int) -> int | None:
     """A parameter that has aliases (`year` / `gg`): all given ones must agree."""
     values = {name: int_param(query, name, None, low, high) for name in names}

@@ -1,7 +1,8 @@
-"""Benchmark 4: GET /stores/top/ and /items/top/ at 10 thousand, 1 million and 10 million sales.
+"""Benchmark 4: the reports at 10 thousand, 1 million and 10 million sales.
 
     python -m bench.reports                       # sizes 10000,1000000,10000000
     python -m bench.reports --sizes 10000,1000000 # skip 10 million
+    python -m bench.reports --endpoints periods   # only the from/to reports (a year ending today)
 
 For each size the product's database is seeded with the CLI (`python -m shared.seed --items
 10000 --stores 1000 --sales N --seed 1`) and the same stores, items and sales are copied
@@ -93,14 +94,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--cnt", type=int, default=10)
+    parser.add_argument("--endpoints", choices=("all", "classic", "periods"), default="all",
+                        help="classic: /stores/top/?mm and /items/top/; periods: the from/to reports")
+    parser.add_argument("--period-days", type=int, default=365, help="length of the from/to period, ending today")
+    parser.add_argument("--store-id", type=int, default=1, help="the store of the one-store reports")
     parser.add_argument("--no-cancel", action="store_true",
                         help="after each wrk run, wait for the server's leftover queries instead of cancelling them")
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
-    month = dt.datetime.now(dt.timezone.utc).month
-    paths = {"/stores/top/": f"/stores/top/?cnt={args.cnt}&mm={month}", "/items/top/": f"/items/top/?cnt={args.cnt}"}
+    today = dt.datetime.now(dt.timezone.utc).date()
+    period = f"from={today - dt.timedelta(days=args.period_days - 1)}&to={today}"
+    paths = {}
+    if args.endpoints in ("all", "classic"):
+        paths |= {"/stores/top/": f"/stores/top/?cnt={args.cnt}&mm={today.month}",
+                  "/items/top/": f"/items/top/?cnt={args.cnt}"}
+    if args.endpoints in ("all", "periods"):
+        paths |= {f"/stores/top/ ({args.period_days} days)": f"/stores/top/?cnt={args.cnt}&{period}",
+                  f"/items/top/ ({args.period_days} days)": f"/items/top/?cnt={args.cnt}&{period}",
+                  f"/items/top/ (one store, {args.period_days} days)":
+                      f"/items/top/?cnt={args.cnt}&store_id={args.store_id}&{period}",
+                  f"/stores/{{id}}/report/ ({args.period_days} days)": f"/stores/{args.store_id}/report/?{period}"}
 
     product_url, baseline_url = common.prepare_databases(args)
     baseline = common.start_baseline(baseline_url, args.baseline_port)
@@ -150,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{size:,} sales, {endpoint}: baseline and product give the same answer "
                              f"({len(answers['product'])} rows)")
 
-    common.header(f"Reports (GET {paths['/stores/top/']} and {paths['/items/top/']}), "
-                  f"{args.stores} stores, {args.items} items")
+    common.header(f"Reports (GET {', '.join(paths.values())}), {args.stores} stores, {args.items} items")
     rows = []
     for size in sizes:
         for endpoint in paths:
@@ -175,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nProduct latency growth from {small:,} to {large:,} sales (median, p99):\n")
         for endpoint in paths:
             a, z = results[(small, endpoint, "product")], results[(large, endpoint, "product")]
-            print(f"- {endpoint}: median {z['median'] / a['median']:.2f}x, p99 {z['p99'] / a['p99']:.2f}x")
+            print(f"- {endpoint}: median {z['median'] / a['median']:.2f}x, p99 {z['p99'] / a['p99']:.2f}x; "
+                  f"uncached median {z['cold']['median'] / a['cold']['median']:.2f}x, "
+                  f"p99 {z['cold']['p99'] / a['cold']['p99']:.2f}x")
     print("\nData:\n")
     for note in notes:
         print(f"- {note}")

@@ -28,8 +28,9 @@ ADMIN = {**READ, "owner": 403}
 OPEN = dict.fromkeys(ROLES, ALLOWED)
 MATRIX = {
     ("GET", "/"): READ, ("GET", "/items/"): READ, ("GET", "/stores/"): READ,
-    ("GET", "/items/top/"): READ, ("GET", "/stores/top/"): READ,
+    ("GET", "/items/top/"): READ, ("GET", "/stores/top/"): READ, ("GET", "/stores/{id}/report/"): READ,
     ("GET", "/reports/summary/"): READ, ("GET", "/reports/daily/"): READ,
+    ("GET", "/reports/trend/"): READ,
     ("POST", "/sales/"): POST, ("POST", "/sales/batch/"): POST,
     ("GET", "/clear/"): ADMIN, ("POST", "/clear/"): ADMIN,
     ("GET", "/create/"): ADMIN, ("POST", "/create/"): ADMIN,
@@ -78,7 +79,7 @@ async def test_access_matrix(auth_client, keyring, role):
     for (method, path), expected in MATRIX.items():
         if path in DESTRUCTIVE and expected[role] == ALLOWED:
             continue  # run by test_admin_may_recreate_data, not in a loop that needs the data
-        url = path.replace("{prefix}", "sk_owner_nosuchkey")
+        url = path.replace("{prefix}", "sk_owner_nosuchkey").replace("{id}", "1")
         body = BODIES.get(path)
         response = await auth_client.request(method, url, json=body, headers=_bearer(keyring[role]))
         if expected == ALLOWED or expected[role] == ALLOWED:

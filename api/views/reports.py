@@ -1,12 +1,18 @@
 """The catalogue and the reports, as JSON or CSV."""
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 from aiohttp import web
 
 from api import reports
 from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS
 from api.responses import json_response, table_response, wants_csv
-from api.validation import int_param, one_of_params
+from api.validation import BadRequest, date_param, int_param, one_of_params
+
+MAX_ID = 2**31 - 1
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 async def _cached(request: web.Request, key: tuple, query, *args):
@@ -26,6 +32,27 @@ def _month(request: web.Request):
     return reports.report_month(mm, year, request.app[SETTINGS].timezone)
 
 
+def _period(request: web.Request) -> tuple[dt.date, dt.date] | None:
+    """`from` and `to` (dates, both included, in the report time zone), or None without them."""
+    first, last = date_param(request.query, "from"), date_param(request.query, "to")
+    if first is None and last is None:
+        return None
+    if first is None or last is None:
+        raise BadRequest("from and to go together: give both (YYYY-MM-DD, inclusive, in the report time zone)")
+    if first > last:
+        raise BadRequest(f"from ({first}) is after to ({last})")
+    if any(name in request.query for name in ("mm", "year", "gg")):
+        raise BadRequest("give either mm/year or from/to, not both")
+    return first, last
+
+
+async def _store(request: web.Request, store_id: int) -> dict:
+    store = await _cached(request, ("store", store_id), reports.get_store, store_id)
+    if store is None:
+        raise BadRequest(f"no store with id {store_id}", status=404)
+    return store
+
+
 async def list_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)  # validates `format` before any query
     rows = await _cached(request, ("items",), reports.list_items)
@@ -40,17 +67,55 @@ async def list_stores(request: web.Request) -> web.Response:
 
 async def top_items(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
+    store_id = int_param(request.query, "store_id", None, 1, MAX_ID)
+    period = _period(request)
     as_csv = wants_csv(request)
-    rows = await _cached(request, ("top_items", cnt), reports.top_items, cnt)
-    return table_response(rows, ["id", "name", "sales_amount"], "top-items", as_csv)
+    columns = ["id", "name", "sales_amount"]
+    if store_id is None and period is None:  # all time, chain-wide: as before any period existed
+        rows = await _cached(request, ("top_items", cnt), reports.top_items, cnt)
+        return table_response(rows, columns, "top-items", as_csv)
+    if store_id is not None:
+        await _store(request, store_id)
+    first, last = period or (dt.date.min, dt.date.max)
+    rows = await _cached(request, ("top_items_in", first, last, cnt, store_id), reports.top_items_in,
+                         first, last, cnt, store_id)
+    name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
+    return table_response(rows, columns, name, as_csv)
 
 
 async def top_stores(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
-    month = _month(request)
+    period = _period(request)
     as_csv = wants_csv(request)
+    columns = ["id", "address", "income"]
+    if period is not None:
+        first, last = period
+        rows = await _cached(request, ("top_stores_in", first, last, cnt), reports.top_stores_in, first, last, cnt)
+        return table_response(rows, columns, f"top-stores-{first}-{last}", as_csv)
+    month = _month(request)
     rows = await _cached(request, ("top_stores", month, cnt), reports.top_stores, month, cnt)
-    return table_response(rows, ["id", "address", "income"], f"top-stores-{month:%Y-%m}", as_csv)
+    return table_response(rows, columns, f"top-stores-{month:%Y-%m}", as_csv)
+
+
+async def store_report(request: web.Request) -> web.Response:
+    """One store's page over a period (default: this month so far); CSV: its days."""
+    raw_id = request.match_info["id"]
+    if not _DIGITS.fullmatch(raw_id) or not 1 <= int(raw_id) <= MAX_ID:
+        raise BadRequest(f"no store with id {raw_id[:40]!r}", status=404)
+    cnt = int_param(request.query, "cnt", 10, 1, 1000)
+    period = _period(request)
+    as_csv = wants_csv(request)
+    store = await _store(request, int(raw_id))
+    if period is None:
+        today = dt.datetime.now(dt.timezone.utc).astimezone(request.app[SETTINGS].timezone).date()
+        period = (today.replace(day=1), today)
+    first, last = period
+    page = await _cached(request, ("store_report", store["id"], first, last, cnt), reports.store_report,
+                         store, first, last, cnt)
+    if as_csv:
+        return table_response(page["days"], ["day", "income", "units", "sales"],
+                              f"store-{store['id']}-{first}-{last}", as_csv)
+    return json_response(page)
 
 
 async def month_summary(request: web.Request) -> web.Response:
@@ -67,3 +132,17 @@ async def daily(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     rows = await _cached(request, ("daily", month), reports.daily, month)
     return table_response(rows, ["day", "income", "units", "sales"], f"daily-{month:%Y-%m}", as_csv)
+
+
+async def trend(request: web.Request) -> web.Response:
+    """Income per month, the last `months` months up to this one, beside a year before."""
+    months = int_param(request.query, "months", 12, 1, 120)
+    store_id = int_param(request.query, "store_id", None, 1, MAX_ID)
+    as_csv = wants_csv(request)
+    if store_id is not None:
+        await _store(request, store_id)
+    last = reports.report_month(None, None, request.app[SETTINGS].timezone)
+    rows = await _cached(request, ("trend", last, months, store_id), reports.trend, last, months, store_id)
+    name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
+    return table_response(rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"],
+                          name, as_csv)

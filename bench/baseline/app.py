@@ -42,6 +42,23 @@ ORDER BY income DESC, st.id
 LIMIT $3
 """
 
+# Any period [from, to] (dates, both included): the same GROUP BYs within the period's bounds.
+TOP_ITEMS_IN = """
+SELECT i.id, i.name, count(*) AS sales_amount
+FROM sales s JOIN item i ON i.id = s.item_id
+WHERE s.sale_time >= $1 AND s.sale_time < $2 AND ($4::int IS NULL OR s.store_id = $4)
+GROUP BY i.id, i.name
+ORDER BY sales_amount DESC, i.id
+LIMIT $3
+"""
+
+STORE_DAYS = """
+SELECT s.sale_time::date AS day, sum(i.price) AS income, count(*) AS units, count(*) AS sales
+FROM sales s JOIN item i ON i.id = s.item_id
+WHERE s.store_id = $1 AND s.sale_time >= $2 AND s.sale_time < $3
+GROUP BY 1 ORDER BY 1
+"""
+
 POOL = web.AppKey("pool", asyncpg.Pool)
 
 
@@ -105,21 +122,57 @@ async def list_stores(request: web.Request) -> web.Response:
 async def top_items(request: web.Request) -> web.Response:
     try:
         cnt = _int_param(request, "cnt", 10, 1, 1000)
-    except ValueError as exc:
+        store_id = _int_param(request, "store_id", None, 1, 2**31 - 1)
+        period = _period(request)
+    except (ValueError, TypeError) as exc:
         return _error(400, str(exc))
-    rows = await request.app[POOL].fetch(TOP_ITEMS, cnt)
+    if period is None and store_id is None:
+        rows = await request.app[POOL].fetch(TOP_ITEMS, cnt)
+    else:
+        start, end = period or (dt.datetime.min, dt.datetime.max)
+        rows = await request.app[POOL].fetch(TOP_ITEMS_IN, start, end, cnt, store_id)
     return web.json_response([dict(r) for r in rows])
+
+
+def _period(request: web.Request) -> tuple[dt.datetime, dt.datetime] | None:
+    """from/to as [start, end) timestamps, or None."""
+    first, last = request.query.get("from"), request.query.get("to")
+    if first is None and last is None:
+        return None
+    return (dt.datetime.fromisoformat(first),  # ValueError / TypeError -> 400
+            dt.datetime.fromisoformat(last) + dt.timedelta(days=1))
 
 
 async def top_stores(request: web.Request) -> web.Response:
     try:
         cnt = _int_param(request, "cnt", 10, 1, 1000)
         mm = _int_param(request, "mm", None, 1, 12)
-    except ValueError as exc:
+        period = _period(request)
+    except (ValueError, TypeError) as exc:
         return _error(400, str(exc))
-    start, end = month_bounds(mm)
+    start, end = period or month_bounds(mm)
     rows = await request.app[POOL].fetch(TOP_STORES, start, end, cnt)
     return web.json_response([dict(r) for r in rows])
+
+
+async def store_report(request: web.Request) -> web.Response:
+    try:
+        store_id = int(request.match_info["id"])
+        cnt = _int_param(request, "cnt", 10, 1, 1000)
+        start, end = _period(request) or month_bounds(None)
+    except (ValueError, TypeError) as exc:
+        return _error(400, str(exc))
+    pool = request.app[POOL]
+    store = await pool.fetchrow("SELECT id, address FROM store WHERE id = $1", store_id)
+    if store is None:
+        return _error(404, f"no store with id {store_id}")
+    days = [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]}
+            for r in await pool.fetch(STORE_DAYS, store_id, start, end)]
+    top = await pool.fetch(TOP_ITEMS_IN, start, end, cnt, store_id)
+    return web.json_response({
+        "store": dict(store), "from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
+        "income": sum(d["income"] for d in days), "units": sum(d["units"] for d in days),
+        "sales": sum(d["sales"] for d in days), "top_items": [dict(r) for r in top], "days": days})
 
 
 async def count_sales(request: web.Request) -> web.Response:
@@ -144,6 +197,7 @@ def create_app(database_url: str, pool_size: int = 10) -> web.Application:
         ("/items", "GET", list_items), ("/stores", "GET", list_stores),
         ("/items/top", "GET", top_items), ("/stores/top", "GET", top_stores),
         ("/sales", "POST", post_sale), ("/sales/count", "GET", count_sales),
+        ("/stores/{id}/report", "GET", store_report),
     ):
         app.router.add_route(method, path, handler)
         app.router.add_route(method, path + "/", handler)
