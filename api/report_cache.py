@@ -33,7 +33,12 @@ SYNC_TIMEOUT_SECONDS = 2.0
 
 
 def _rows(value: Any) -> int:
-    return len(value) if isinstance(value, list) else 1
+    """What a result counts against max_rows: its rows (a store's page: its days and items)."""
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, dict):
+        return 1 + sum(len(v) for v in value.values() if isinstance(v, list))
+    return 1
 
 
 class ReportCache:

@@ -133,9 +133,9 @@ def upsert_running_sql(running: Running) -> str:
     additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
     return (
         f"INSERT INTO {running.table} AS r (day, {running.key}, income, units, sales) "
-        f"SELECT g.day::date, p.{running.key}, sum(p.income), sum(p.units), sum(p.sales) "
-        f"FROM ({PARTIAL_SALES}) p CROSS JOIN generate_series(p.local_time::date, "
-        f"(SELECT running_through FROM report_settings), interval '1 day') AS g(day) "
+        f"SELECT p.local_time::date + g.n, p.{running.key}, sum(p.income), sum(p.units), sum(p.sales) "
+        f"FROM ({PARTIAL_SALES}) p CROSS JOIN generate_series(0, "
+        f"(SELECT running_through FROM report_settings) - p.local_time::date) AS g(n) "
         f"GROUP BY 1, 2 ORDER BY 1, 2 "
         f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
     )
@@ -147,12 +147,15 @@ def _local_day(second_param: str) -> str:
 
 
 # Before a batch's transaction: make the running rows reach the batch's last day ($1: its
-# latest sale_time, Unix seconds). Inside it, before any running total is written: the lock,
-# and whether they still do (False: retry; the rows never go back, so only a concurrent
-# rebuild in another time zone could make it so).
+# latest sale_time, Unix seconds). Its transaction's first statement: the lock, shared. Then, in
+# a statement of its own (a snapshot taken once the lock is held), whether they still do
+# (False: /clear/ or a rebuild in another time zone came in between; retried).
 EXTEND_RUNNING = f"SELECT running_extend({_local_day('$1')})"
-LOCK_RUNNING = (f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK}), "
-                f"running_through >= {_local_day('$1')} AS covered FROM report_settings")
+LOCK_RUNNING = f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK})"
+RUNNING_COVERS = f"SELECT coalesce(running_through >= {_local_day('$1')}, false) FROM report_settings"
+# Taken first by whatever replaces the running totals wholesale, in the same order as writers
+# (this lock, then tables), so that none of them deadlocks with a writer.
+LOCK_RUNNING_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({RUNNING_LOCK})"
 
 
 def expected_running_sql(running: Running) -> str:
@@ -163,8 +166,8 @@ def expected_running_sql(running: Running) -> str:
         f"WITH daily AS ({running.expected_daily_sql()}) "
         f"SELECT g.day, k.{running.key}, {sums} "
         f"FROM (SELECT {running.key}, min(day) AS first_day FROM daily GROUP BY 1) k "
-        f"CROSS JOIN LATERAL (SELECT g::date AS day FROM generate_series(k.first_day, "
-        f"(SELECT running_through FROM report_settings), interval '1 day') g) g "
+        f"CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, "
+        f"(SELECT running_through FROM report_settings) - k.first_day) n) g "
         f"LEFT JOIN daily d ON d.{running.key} = k.{running.key} AND d.day = g.day "
         f"WINDOW w AS (PARTITION BY k.{running.key} ORDER BY g.day)"
     )
@@ -191,6 +194,7 @@ FROM daily_totals GROUP BY 1, 2
 async def rebuild(conn: asyncpg.Connection, filled: frozenset[str] = frozenset()) -> None:
     """Recompute every rollup from raw sales and archived months (inside the caller's
     transaction), but those in `filled`: the seeder fills those itself (shared.seeded_rollups)."""
+    await conn.execute(LOCK_RUNNING_EXCLUSIVE)
     # A row per store and day is hundreds of thousands of groups: with the default 4 MB the
     # aggregation spilled to disk (10 million sales: daily_totals alone took 5.9 s).
     await conn.execute("SET LOCAL work_mem = '256MB'")
@@ -232,6 +236,7 @@ async def drift(conn: asyncpg.Connection) -> dict[str, int]:
 async def ensure_timezone(conn: asyncpg.Connection, timezone: str) -> bool:
     """Cut the rollups in `timezone`; rebuild them if they were cut in another one."""
     async with conn.transaction():
+        await conn.execute(LOCK_RUNNING_EXCLUSIVE)  # before the row, as running_extend() does
         current = await conn.fetchval("SELECT timezone FROM report_settings FOR UPDATE")
         if current == timezone:
             return False

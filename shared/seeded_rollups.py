@@ -58,8 +58,11 @@ def _copy_data(columns: list[tuple[str, str, np.ndarray]]) -> bytes:
 
 
 def _sums(keys: np.ndarray, size: int | None, income: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Income, units (= sales: the seeder sells one of each) per key value."""
+    """Income, units (= sales: the seeder sells one of each) per key value, in integers."""
     units = np.bincount(keys, minlength=size or 0)
+    # bincount adds weights as float64: exact while every sum stays below 2**53
+    if int(income.sum()) >= 2**53:
+        raise ValueError("seeded income too large to be summed exactly")
     return np.bincount(keys, weights=income, minlength=size or 0).astype(np.int64), units, units
 
 
@@ -87,13 +90,14 @@ def running(days: SeededDays, key_ids: np.ndarray, income: np.ndarray, keys: int
 
 
 async def load(conn: asyncpg.Connection, times_us: np.ndarray, item_ids: np.ndarray, store_ids: np.ndarray,
-               income: np.ndarray, items: int, stores: int, tz: zoneinfo.ZoneInfo, freeze: bool) -> None:
+               income: np.ndarray, items: int, stores: int, freeze: bool) -> None:
     """Fill FILLED from the seeded sales (sorted by time), inside the seeder's transaction, after
     it emptied them; sets running_through (which never goes back)."""
     if len(times_us) == 0:
         return
-    through = await conn.fetchval("SELECT running_through FROM report_settings")
-    days = SeededDays(times_us, tz, through)
+    # the zone the rollups are cut in, whatever the caller was configured with
+    zone, through = await conn.fetchrow("SELECT timezone, running_through FROM report_settings")
+    days = SeededDays(times_us, zoneinfo.ZoneInfo(zone), through)
     await conn.execute("UPDATE report_settings SET running_through = $1", days.through)
     for table, data in (
             ("store_item_daily", store_item_daily(days, store_ids, item_ids, income, stores, items)),

@@ -149,7 +149,9 @@ async def _keys(conn: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
 
 async def clear(conn: asyncpg.Connection) -> None:
     """Empty every table (inside the caller's transaction). Sale ids keep counting up."""
+    await conn.execute(rollups.LOCK_RUNNING_EXCLUSIVE)  # first: writers take it before any table
     await conn.execute(f"TRUNCATE {DATA_TABLES}")
+    await conn.execute("UPDATE report_settings SET running_through = NULL")
     # setval, not ALTER SEQUENCE ... RESTART: Citus cannot alter a distributed sequence
     await conn.execute("SELECT setval('item_id_seq', 1, false), setval('store_id_seq', 1, false)")
     await conn.execute(NOTIFY_ALL_CHANGED)
@@ -188,7 +190,7 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
             await _copy_by_month(conn, ids, times, prices, stores, rng, progress, drawn)
         item_ids = np.concatenate([d[0] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
         store_ids = np.concatenate([d[1] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
-        await seeded_rollups.load(conn, times, item_ids, store_ids, prices[item_ids - 1], items, stores, tz,
+        await seeded_rollups.load(conn, times, item_ids, store_ids, prices[item_ids - 1], items, stores,
                                   freeze=not on_citus)
         for table, name, definition in keys:
             await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')

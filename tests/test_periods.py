@@ -213,3 +213,35 @@ TOGETHER = "from and to go together: give both (YYYY-MM-DD, inclusive, in the re
 async def test_bad_periods_are_clear_errors(client, seed, url, status, error):
     await seed(items=2, stores=2)
     assert await _get(client, url, status) == {"error": error}
+
+
+async def test_running_totals_do_not_depend_on_the_session_time_zone(db, seed):
+    """A day series stepped through a session zone whose clocks skip a midnight (Santiago, first
+    Sunday of September) would lose its last day; the rebuild and the recount count days."""
+    await seed(items=5, stores=3, sales=3000)
+    await db.execute("SET TIME ZONE 'America/Santiago'")
+    async with db.transaction():
+        await rollups.rebuild(db)
+    assert await rollups.drift(db) == NO_DRIFT
+    first, through = await db.fetchrow("SELECT min(day), max(day) FROM store_running")
+    assert through == await db.fetchval("SELECT running_through FROM report_settings")
+    assert await db.fetchval("SELECT count(DISTINCT day) FROM store_running") == (through - first).days + 1
+    assert await db.fetchval("SELECT count(*) FROM store_running WHERE day = $1", through) == 3
+
+
+async def test_clear_starts_the_running_totals_again(client, seed, db, drain):
+    from shared import seeding
+
+    await seed(items=3, stores=2, sales=300)
+    async with db.transaction():
+        await seeding.clear(db)
+    assert await db.fetchval("SELECT running_through FROM report_settings") is None
+    await db.execute("INSERT INTO item (id, name, price) VALUES (1, 'a', 10)")
+    await db.execute("INSERT INTO store (id, address) VALUES (1, 'b')")
+    await client.get("/items/")
+    await _post_sale(client, item_id=1, store_id=1, quantity=2)
+    await drain()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    assert await db.fetchval("SELECT running_through FROM report_settings") == today
+    assert await rollups.drift(db) == NO_DRIFT
+    assert await _get(client, f"/stores/top/?from={today}&to={today}") == [{"id": 1, "address": "b", "income": 20}]

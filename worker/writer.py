@@ -26,7 +26,7 @@ import asyncpg
 
 from shared import partitions
 from shared.db import set_codecs
-from shared.rollups import (EXTEND_RUNNING, LOCK_RUNNING, NOTIFY_REPORTS_CHANGED, ROLLUPS, RUNNING,
+from shared.rollups import (EXTEND_RUNNING, LOCK_RUNNING, NOTIFY_REPORTS_CHANGED, ROLLUPS, RUNNING, RUNNING_COVERS,
                             upsert_partials_sql, upsert_running_sql)
 from shared import sales_copy
 from worker.batch_columns import BatchColumns
@@ -173,11 +173,17 @@ def _last_second(batch: BatchColumns) -> int:
     return int(batch.times_us.max()) // 1_000_000
 
 
+async def _lock_running(conn: asyncpg.Connection, batch: BatchColumns) -> None:
+    """A transaction's first statements: the running totals' lock, shared, then whether they
+    reach the batch's last day (shared.rollups.LOCK_RUNNING)."""
+    await conn.execute(LOCK_RUNNING)
+    if not await conn.fetchval(RUNNING_COVERS, _last_second(batch)):
+        raise RunningTotalsBehind(f"running totals end before the batch's last sale ({_last_second(batch)})")
+
+
 async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
     with gc_paused():
         sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in UPSERT_BATCH_SUMS]
-    if not (await conn.fetchrow(LOCK_RUNNING, _last_second(batch)))["covered"]:
-        raise RunningTotalsBehind(f"running totals end before the batch's last sale ({_last_second(batch)})")
     for upsert, arrays in sums:
         await conn.execute(upsert, *arrays)
 
@@ -249,6 +255,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         return await _write_around_archived(conn, rows, archived, citus)
     try:
         async with conn.transaction():
+            await _lock_running(conn, batch)
             return BatchResult(written=await _copy_new(conn, batch, citus))
     except asyncpg.UniqueViolationError:
         pass  # some of them are stored already: again, skipping those
@@ -259,6 +266,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         return await _write_row_by_row(conn, rows)
     try:
         async with conn.transaction():
+            await _lock_running(conn, batch)
             inserted, lost = await insert_rows(conn, rows, batch_key_checks=not citus)
             filed = await _dead_letters(conn, lost)
         return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
@@ -289,6 +297,7 @@ async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchR
     """
     result = BatchResult()
     async with conn.transaction():
+        await _lock_running(conn, BatchColumns(rows))
         dead: list[tuple[Row, str]] = []
         middle = len(rows) // 2
         for part in (rows[:middle], rows[middle:]) if len(rows) > 1 else (rows,):

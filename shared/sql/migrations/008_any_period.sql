@@ -28,11 +28,14 @@ CREATE TABLE item_running (
     PRIMARY KEY (day, item_id)
 ) WITH (fillfactor = 50);
 
+-- Days are series of integers added to a date: a series of timestamps would step through the
+-- session's time zone, and stop short where a DST change skips a midnight.
 -- A sale of day d adds to its key's rows from d to running_through; a batch with a day past
 -- running_through first carries every key's last row forward to that day (running_extend).
--- Writers hold this lock shared for their whole transaction and the extension holds it
--- exclusively: a row copied forward must already hold every committed and in-flight sale of
--- its day, or the copy would miss one.
+-- Writers hold this lock shared for their whole transaction (taken first, before any table)
+-- and the extension holds it exclusively: a row copied forward must already hold every
+-- committed and in-flight sale of its day, or the copy would miss one. Whatever replaces the
+-- running totals wholesale (rebuild, seeding, /clear/) holds it exclusively too, first.
 CREATE FUNCTION running_extend(through date) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     last date;
@@ -47,15 +50,15 @@ BEGIN
     END IF;
     IF last IS NOT NULL THEN
         INSERT INTO store_running (day, store_id, income, units, sales)
-        SELECT g.day::date, r.store_id, r.income, r.units, r.sales
-        FROM store_running r CROSS JOIN generate_series(last + 1, through, interval '1 day') AS g(day)
+        SELECT last + g.n, r.store_id, r.income, r.units, r.sales
+        FROM store_running r CROSS JOIN generate_series(1, through - last) AS g(n)
         WHERE r.day = last;
         INSERT INTO item_running (day, item_id, income, units, sales)
-        SELECT g.day::date, r.item_id, r.income, r.units, r.sales
-        FROM item_running r CROSS JOIN generate_series(last + 1, through, interval '1 day') AS g(day)
+        SELECT last + g.n, r.item_id, r.income, r.units, r.sales
+        FROM item_running r CROSS JOIN generate_series(1, through - last) AS g(n)
         WHERE r.day = last;
     END IF;
-    UPDATE report_settings SET running_through = through;
+    UPDATE report_settings SET running_through = greatest(running_through, through);
 END
 $$;
 
@@ -108,7 +111,7 @@ BEGIN
     SELECT g.day, k.store_id, sum(coalesce(d.income, 0)) OVER w, sum(coalesce(d.units, 0)) OVER w,
            sum(coalesce(d.sales, 0)) OVER w
     FROM (SELECT store_id, min(day) AS first_day FROM daily_totals GROUP BY store_id) k
-    CROSS JOIN LATERAL (SELECT g::date AS day FROM generate_series(k.first_day, through, interval '1 day') g) g
+    CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, through - k.first_day) n) g
     LEFT JOIN daily_totals d ON d.store_id = k.store_id AND d.day = g.day
     WINDOW w AS (PARTITION BY k.store_id ORDER BY g.day)
     ORDER BY 1, 2;  -- day by day: a report reads one day's rows, together on few pages
@@ -116,7 +119,7 @@ BEGIN
     SELECT g.day, k.item_id, sum(coalesce(d.income, 0)) OVER w, sum(coalesce(d.units, 0)) OVER w,
            sum(coalesce(d.sales, 0)) OVER w
     FROM (SELECT item_id, min(day) AS first_day FROM store_item_daily GROUP BY item_id) k
-    CROSS JOIN LATERAL (SELECT g::date AS day FROM generate_series(k.first_day, through, interval '1 day') g) g
+    CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, through - k.first_day) n) g
     LEFT JOIN (SELECT day, item_id, sum(income) AS income, sum(units) AS units, sum(sales) AS sales
                FROM store_item_daily GROUP BY day, item_id) d ON d.item_id = k.item_id AND d.day = g.day
     WINDOW w AS (PARTITION BY k.item_id ORDER BY g.day)
