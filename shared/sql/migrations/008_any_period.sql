@@ -100,18 +100,22 @@ ALTER TABLE store_item_daily ENABLE ALWAYS TRIGGER store_item_daily_changed;
 CREATE FUNCTION running_rebuild() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     through date;
+    earliest date;
 BEGIN
     TRUNCATE store_running, item_running;
     SELECT greatest(running_through, (SELECT max(day) FROM daily_totals)) INTO through FROM report_settings;
     UPDATE report_settings SET running_through = through;
-    IF through IS NULL THEN
+    SELECT min(day) INTO earliest FROM daily_totals;
+    IF through IS NULL OR earliest IS NULL THEN
         RETURN;
     END IF;
+    -- Every day from the first sale on, joined to each key from its own first day: not a
+    -- LATERAL series per key, which Citus cannot push down to the shards.
     INSERT INTO store_running (day, store_id, income, units, sales)
     SELECT g.day, k.store_id, sum(coalesce(d.income, 0)) OVER w, sum(coalesce(d.units, 0)) OVER w,
            sum(coalesce(d.sales, 0)) OVER w
     FROM (SELECT store_id, min(day) AS first_day FROM daily_totals GROUP BY store_id) k
-    CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, through - k.first_day) n) g
+    JOIN (SELECT earliest + n AS day FROM generate_series(0, through - earliest) AS n) g ON g.day >= k.first_day
     LEFT JOIN daily_totals d ON d.store_id = k.store_id AND d.day = g.day
     WINDOW w AS (PARTITION BY k.store_id ORDER BY g.day)
     ORDER BY 1, 2;  -- day by day: a report reads one day's rows, together on few pages
@@ -119,7 +123,7 @@ BEGIN
     SELECT g.day, k.item_id, sum(coalesce(d.income, 0)) OVER w, sum(coalesce(d.units, 0)) OVER w,
            sum(coalesce(d.sales, 0)) OVER w
     FROM (SELECT item_id, min(day) AS first_day FROM store_item_daily GROUP BY item_id) k
-    CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, through - k.first_day) n) g
+    JOIN (SELECT earliest + n AS day FROM generate_series(0, through - earliest) AS n) g ON g.day >= k.first_day
     LEFT JOIN (SELECT day, item_id, sum(income) AS income, sum(units) AS units, sum(sales) AS sales
                FROM store_item_daily GROUP BY day, item_id) d ON d.item_id = k.item_id AND d.day = g.day
     WINDOW w AS (PARTITION BY k.item_id ORDER BY g.day)
