@@ -72,6 +72,7 @@ async def intake_ctx(app: web.Application):
     catalogue = Catalogue(app[PG_POOL], settings.database_url)
     await catalogue.start()
     ids = IdAllocator(app[PG_POOL])
+    ids.prefetch()
     queue = SaleQueue(app[REDIS], app[QUEUE_KEYS], max_depth=settings.queue_max_depth,
                       idempotency_ttl=settings.idempotency_ttl_seconds,
                       replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms)

@@ -47,6 +47,12 @@ class IdAllocator:
         self._used_in_window = 0
         self._last_failure: tuple[float, BaseException] | None = None
 
+    def prefetch(self) -> None:
+        """Reserve the first block now, in the background: a process that has served nothing yet
+        must still hold ids if PostgreSQL goes away before its first sale (CI caught one
+        answering 503 through a PostgreSQL outage while its twin, which had had traffic, did not)."""
+        self._start_refill()
+
     async def take(self, count: int) -> list[int]:
         while len(self._ids) < count:
             await self._refill_now(count)

@@ -25,6 +25,18 @@ async def test_a_full_block_stays_in_hand(database_url):
     await pool.close()
 
 
+async def test_a_process_holds_ids_before_its_first_sale(database_url):
+    """Prefetched at start: the first sales need no PostgreSQL (here the pool is gone)."""
+    pool = await create_pool(database_url, max_size=1)
+    allocator = IdAllocator(pool, min_block=1_000)
+    allocator.prefetch()
+    await allocator._refill
+    await pool.close()
+    taken = await allocator.take(999)
+    assert len(set(taken)) == 999
+    await allocator.close()
+
+
 async def test_a_refused_fetch_is_retried_at_most_once_a_second(monkeypatch):
     with socket.socket() as sock:  # a port nobody listens on: PostgreSQL is away
         sock.bind(("127.0.0.1", 0))
