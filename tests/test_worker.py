@@ -33,7 +33,10 @@ async def _snapshot(db):
     return ([tuple(r) for r in await db.fetch("SELECT * FROM sales ORDER BY id")],
             [tuple(r) for r in await db.fetch("SELECT * FROM store_monthly ORDER BY 1, 2")],
             [tuple(r) for r in await db.fetch("SELECT * FROM item_totals ORDER BY 1")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM daily_totals ORDER BY 1")])
+            [tuple(r) for r in await db.fetch("SELECT * FROM daily_totals ORDER BY 1, 2")],
+            [tuple(r) for r in await db.fetch("SELECT * FROM store_item_daily ORDER BY 1, 2, 3")],
+            [tuple(r) for r in await db.fetch("SELECT * FROM store_running ORDER BY 1, 2")],
+            [tuple(r) for r in await db.fetch("SELECT * FROM item_running ORDER BY 1, 2")])
 
 
 @pytest.fixture
