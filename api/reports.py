@@ -115,9 +115,13 @@ async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
     }
 
 
-async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
-    rows = await conn.fetch(DAILY, month, month_end(month))
+def _days(rows: list[asyncpg.Record]) -> list[dict]:
+    """Rows of (day, income, units, sales) as the reports answer them."""
     return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]} for r in rows]
+
+
+async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
+    return _days(await conn.fetch(DAILY, month, month_end(month)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +197,7 @@ async def store_report(conn: asyncpg.Connection, store: dict, first: dt.date, la
         "income": totals["income"] if totals else 0, "units": totals["units"] if totals else 0,
         "sales": totals["sales"] if totals else 0,
         "top_items": await top_items_in(conn, first, last, cnt, store["id"]),
-        "days": [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]}
-                 for r in days],
+        "days": _days(days),
     }
 
 
