@@ -25,6 +25,20 @@ class QueuedSale(msgspec.Struct, array_like=True, frozen=True):
     accepted_at_us: int
 
 
+class QueuedReturn(msgspec.Struct, array_like=True, frozen=True):
+    """A return on its way to the worker, with what the API read of its sale."""
+    id: int  # from the sales' id blocks
+    sale_id: int
+    return_time_us: int
+    store_id: int  # the store that took it back
+    item_id: int  # the sale's
+    price: int  # the sale's price snapshot
+    quantity: int
+    sold: int  # the sale's quantity
+    idempotency_key: str | None
+    accepted_at_us: int
+
+
 sale_encoder = msgspec.msgpack.Encoder()
 sale_decoder = msgspec.msgpack.Decoder(QueuedSale)
 entry_decoder = msgspec.msgpack.Decoder(list[QueuedSale])
@@ -49,9 +63,17 @@ class QueueKeys:
     def idempotency(self, store_id: int, key: str) -> str:
         return f"{self.prefix}idem:{store_id}:{key}"
 
+    def return_idempotency(self, store_id: int, key: str) -> str:
+        return f"{self.prefix}return-idem:{store_id}:{key}"
+
+    def returned(self, sale_id: int) -> str:
+        """How much of a sale the accepted returns take back (api.returns)."""
+        return f"{self.prefix}returned:{sale_id}"
+
     @property
-    def idempotency_pattern(self) -> str:
-        return f"{self.prefix}idem:*"
+    def remembered_patterns(self) -> tuple[str, ...]:
+        """Every key that remembers a sale or return (dropped with them by /clear/)."""
+        return (f"{self.prefix}idem:*", f"{self.prefix}return-idem:*", f"{self.prefix}returned:*")
 
 
 # KEYS: stream, depth.  ARGV: max_depth, idempotency_ttl, number of requests, then per
@@ -106,6 +128,69 @@ return answers
 """
 
 
+# Returns are few and checked one request at a time: all of a request's returns are queued
+# (one stream entry, field `r`) or none. KEYS: stream, depth. ARGV: max_depth, idempotency_ttl,
+# the count k, then per return: its "returned" key, its idempotency key ('' for none), quantity,
+# the sale's quantity, what the database holds as returned of it, the encoded return.
+# A sale's "returned" key is what the accepted returns take back of it, queued ones included;
+# when it is missing (none for a week, or lost with a failover) it starts from the database's.
+# Answers: {0} the queue is full; {1, remaining...} a return (1-based index) asks for more than
+# is left, with what is left, nothing queued; {2, earlier...} queued: per return "" (queued now)
+# or the encoded return accepted earlier under its idempotency key.
+RETURNS_SCRIPT = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[1]) then
+    return {0}
+end
+local ttl = ARGV[2]
+local count = tonumber(ARGV[3])
+local returned = {}
+local earlier = {}
+local refused = {}
+for i = 1, count do
+    local at = 4 + (i - 1) * 6
+    local key, idem, quantity, sold = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+    earlier[i] = idem ~= '' and redis.call('GET', idem) or false
+    if not earlier[i] then
+        if returned[key] == nil then
+            returned[key] = tonumber(redis.call('GET', key) or ARGV[at + 4])
+        end
+        if returned[key] + quantity > sold then
+            refused[#refused + 1] = i
+            refused[#refused + 1] = sold - returned[key]
+        else
+            returned[key] = returned[key] + quantity
+        end
+    end
+end
+if #refused > 0 then
+    return {1, unpack(refused)}
+end
+local answers = {2}
+local parts = {}
+for i = 1, count do
+    local at = 4 + (i - 1) * 6
+    if earlier[i] then
+        answers[#answers + 1] = earlier[i]
+    else
+        answers[#answers + 1] = ''
+        parts[#parts + 1] = ARGV[at + 5]
+        if ARGV[at + 1] ~= '' then
+            redis.call('SET', ARGV[at + 1], ARGV[at + 5], 'EX', ttl)
+        end
+    end
+end
+for key, value in pairs(returned) do
+    redis.call('SET', key, value, 'EX', ttl)
+end
+if #parts > 0 then
+    local blob = struct.pack('>BI4', 0xdd, #parts) .. table.concat(parts)
+    redis.call('XADD', KEYS[1], '*', 'n', #parts, 'r', blob)
+    redis.call('INCRBY', KEYS[2], #parts)
+end
+return answers
+"""
+
+
 def encoded_back_to_back(sales: list[QueuedSale]) -> bytes:
     """The sales' msgpack encodings concatenated: the encoded list without its array header."""
     count = len(sales)
@@ -138,14 +223,15 @@ return 1
 async def purge(client, keys: QueueKeys) -> None:
     """Forget queued sales and remembered idempotency keys: the data they refer to is gone."""
     await client.eval(PURGE_SCRIPT, 2, keys.stream, keys.depth)
-    batch = []
-    async for key in client.scan_iter(match=keys.idempotency_pattern, count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
+    for pattern in keys.remembered_patterns:
+        batch = []
+        async for key in client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
             await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.unlink(*batch)
 
 
 def entry_age_ms(entry_id: bytes | str, now_ms: int) -> int:

@@ -25,6 +25,8 @@ class Rollup:
         return f"{self.table}_archived"
 
 
+_HOUR = "extract(hour FROM local_time)::int"
+
 ROLLUPS = (
     Rollup("store_monthly", {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"},
            ("second", "store_id")),
@@ -32,10 +34,14 @@ ROLLUPS = (
     Rollup("daily_totals", {"day": "local_time::date", "store_id": "store_id"}, ("second", "store_id")),
     Rollup("store_item_daily", {"day": "local_time::date", "store_id": "store_id", "item_id": "item_id"},
            ("second", "item_id", "store_id")),
+    Rollup("hourly_totals", {"day": "local_time::date", "hour": _HOUR}, ("second",)),
+    Rollup("store_hourly", {"store_id": "store_id", "day": "local_time::date", "hour": _HOUR}, ("second", "store_id")),
 )
 ROLLUP = {r.table: r for r in ROLLUPS}
-MEASURES = {"income": "sum(income)", "units": "sum(quantity)", "sales": "count(*)"}
-PARTIAL_MEASURES = {"income": "sum(income)", "units": "sum(units)", "sales": "sum(sales)"}
+# Income and units are net of returns; `returns` counts them and `refunds` is the money given
+# back. Sales leave the last two at 0 (their upserts do not write them at all).
+MEASURES = {m: f"sum({m})" for m in ("income", "units", "sales", "returns", "refunds")}
+SALE_MEASURES = {m: MEASURES[m] for m in ("income", "units", "sales")}
 
 # Sales as the rollups see them: local time in the configured zone, income = price x quantity.
 # The zone is a scalar subquery, not a join: joined, the never-analyzed one-row settings table
@@ -43,8 +49,16 @@ PARTIAL_MEASURES = {"income": "sum(income)", "units": "sum(units)", "sales": "su
 # for a million rows (3 ms of each batch, measured, whatever its size).
 LOCAL_SALES = """
     SELECT s.sale_time AT TIME ZONE (SELECT timezone FROM report_settings) AS local_time,
-           s.item_id, s.store_id, s.price::bigint * s.quantity AS income, s.quantity
+           s.item_id, s.store_id, s.price::bigint * s.quantity AS income, s.quantity AS units, 1 AS sales,
+           0 AS returns, 0 AS refunds
     FROM {source} s
+"""
+# Returns count where and when they happened, at the sale's price snapshot.
+LOCAL_RETURNS = """
+    SELECT r.return_time AT TIME ZONE (SELECT timezone FROM report_settings) AS local_time,
+           r.item_id, r.store_id, -(r.price::bigint * r.quantity) AS income, -r.quantity AS units, 0 AS sales,
+           1 AS returns, r.price::bigint * r.quantity AS refunds
+    FROM returns r
 """
 
 
@@ -59,6 +73,16 @@ PARTIAL_SALES = """
          AS p(second, item_id, store_id, income, units, sales)
 """
 
+# A batch's returns summed the same way ($1-$3 as above, $4 refunds, $5 units returned,
+# $6 returns): they take income and units away.
+PARTIAL_RETURNS = """
+    SELECT (timestamptz 'epoch' + p.second * interval '1 second') AT TIME ZONE (SELECT timezone FROM report_settings)
+           AS local_time, p.item_id, p.store_id, -p.refunds AS income, -p.units AS units, 0 AS sales,
+           p.returns, p.refunds
+    FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[])
+         AS p(second, item_id, store_id, refunds, units, returns)
+"""
+
 
 def _grouped_sql(rollup: Rollup, measures: dict[str, str], local_sales: str) -> str:
     keys = ", ".join(f"{expr} AS {col}" for col, expr in rollup.keys.items())
@@ -68,23 +92,26 @@ def _grouped_sql(rollup: Rollup, measures: dict[str, str], local_sales: str) -> 
 
 
 def recount_sql(rollup: Rollup, source: str = "sales") -> str:
+    """The rollup's rows counted from the sales of `source` (returns not included)."""
     return _grouped_sql(rollup, MEASURES, LOCAL_SALES.format(source=source))
 
 
 def expected_sql(rollup: Rollup) -> str:
-    """What the rollup must hold: a recount of the raw sales plus what archived months added."""
+    """What the rollup must hold: a recount of the raw sales and returns, plus what archived
+    months added."""
     keys = ", ".join(rollup.keys)
     sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
     columns = ", ".join([*rollup.keys, *MEASURES])
     return (f"SELECT {keys}, {sums} FROM ({recount_sql(rollup)} UNION ALL "
+            f"{_grouped_sql(rollup, MEASURES, LOCAL_RETURNS)} UNION ALL "
             f"SELECT {columns} FROM {rollup.archived}) AS counted GROUP BY {keys}")
 
 
-def _upsert(rollup: Rollup, grouped_query: str, into: str | None = None) -> str:
+def _upsert(rollup: Rollup, grouped_query: str, into: str | None = None, measures=MEASURES) -> str:
     """Add the groups to the rollup (or to `into`), in key order so writers never deadlock."""
-    columns = [*rollup.keys, *MEASURES]
+    columns = [*rollup.keys, *measures]
     positions = ", ".join(str(i + 1) for i in range(len(rollup.keys)))
-    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
+    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
     return (
         f"INSERT INTO {into or rollup.table} AS r ({', '.join(columns)}) "
         f"{grouped_query} ORDER BY {positions} "
@@ -100,7 +127,12 @@ def archive_sql(rollup: Rollup, source: str) -> str:
 
 def upsert_partials_sql(rollup: Rollup) -> str:
     """Add a batch's sums (PARTIAL_SALES parameters) to the rollup."""
-    return _upsert(rollup, _grouped_sql(rollup, PARTIAL_MEASURES, PARTIAL_SALES))
+    return _upsert(rollup, _grouped_sql(rollup, SALE_MEASURES, PARTIAL_SALES), measures=SALE_MEASURES)
+
+
+def upsert_returns_sql(rollup: Rollup) -> str:
+    """Add a batch of returns' sums (PARTIAL_RETURNS parameters) to the rollup."""
+    return _upsert(rollup, _grouped_sql(rollup, MEASURES, PARTIAL_RETURNS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +151,8 @@ class Running:
 
     def expected_daily_sql(self) -> str:
         """Per day and key, what raw sales plus archived months count (reconciliation)."""
-        return (f"SELECT day, {self.key}, sum(income) AS income, sum(units) AS units, sum(sales) AS sales "
-                f"FROM ({expected_sql(ROLLUP[self.daily])}) e GROUP BY 1, 2")
+        sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
+        return f"SELECT day, {self.key}, {sums} FROM ({expected_sql(ROLLUP[self.daily])}) e GROUP BY 1, 2"
 
 
 RUNNING = (Running("store_running", "store_id", "daily_totals"), Running("item_running", "item_id", "store_item_daily"))
@@ -128,13 +160,15 @@ RUNNING = (Running("store_running", "store_id", "daily_totals"), Running("item_r
 RUNNING_LOCK = 370222
 
 
-def upsert_running_sql(running: Running) -> str:
-    """Add a batch's sums (PARTIAL_SALES parameters) to every row from the sale's day on."""
-    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in MEASURES)
+def upsert_running_sql(running: Running, returns: bool = False) -> str:
+    """Add a batch's sums (PARTIAL_SALES parameters, or PARTIAL_RETURNS) to every row from the
+    sale's (or return's) day on."""
+    measures = MEASURES if returns else SALE_MEASURES
+    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
     return (
-        f"INSERT INTO {running.table} AS r (day, {running.key}, income, units, sales) "
-        f"SELECT p.local_time::date + g.n, p.{running.key}, sum(p.income), sum(p.units), sum(p.sales) "
-        f"FROM ({PARTIAL_SALES}) p CROSS JOIN generate_series(0, "
+        f"INSERT INTO {running.table} AS r (day, {running.key}, {', '.join(measures)}) "
+        f"SELECT p.local_time::date + g.n, p.{running.key}, {', '.join(f'sum(p.{m})' for m in measures)} "
+        f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p CROSS JOIN generate_series(0, "
         f"(SELECT running_through FROM report_settings) - p.local_time::date) AS g(n) "
         f"GROUP BY 1, 2 ORDER BY 1, 2 "
         f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
@@ -185,8 +219,8 @@ NOTIFY_REPORTS_CHANGED = "SELECT pg_notify('reports_changed', '')"
 # day) instead of every sale a second time, 2 s of a 10-million-sale seed. The recount that
 # reconciliation compares with still reads the raw sales (expected_sql).
 STORE_MONTHS_FROM_DAYS = """
-INSERT INTO store_monthly (month, store_id, income, units, sales)
-SELECT date_trunc('month', day)::date, store_id, sum(income), sum(units), sum(sales)
+INSERT INTO store_monthly (month, store_id, income, units, sales, returns, refunds)
+SELECT date_trunc('month', day)::date, store_id, sum(income), sum(units), sum(sales), sum(returns), sum(refunds)
 FROM daily_totals GROUP BY 1, 2
 """
 

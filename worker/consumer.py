@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
@@ -21,12 +22,13 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import worker_stats
 from shared.queue import ACK_SCRIPT, GROUP, QueueKeys
-from worker import writer
+from worker import return_writer, writer
 from worker.gc_paused import gc_paused
 
 log = logging.getLogger(__name__)
 
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
+_returns_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, int, int, str | None, int]])
 RECLAIM_EVERY_SECONDS = 2.0
 # Sales per transaction at most: entries read together are written in chunks of up to this
 # many. Under a backlog of 1,000-sale batches, 200 entries were 200,000-400,000 sales in one
@@ -142,6 +144,7 @@ class StreamConsumer:
 
     async def _process_chunk(self, entries: list) -> None:
         rows: list[tuple] = []
+        returns: list[tuple] = []  # an entry holds sales (field d) or returns (field r)
         acks: list = []
         undecodable = []
         with gc_paused():
@@ -150,27 +153,39 @@ class StreamConsumer:
                     acks += (entry_id, 0)
                     continue
                 try:
-                    rows.extend(_rows_decoder.decode(fields[b"d"]))
+                    if b"r" in fields:
+                        returns.extend(_returns_decoder.decode(fields[b"r"]))
+                    else:
+                        rows.extend(_rows_decoder.decode(fields[b"d"]))
                 except (msgspec.DecodeError, KeyError) as exc:
                     undecodable.append((entry_id, fields, exc))
                 acks += (entry_id, int(fields.get(b"n", 0)))
         for entry_id, fields, exc in undecodable:
             await self._park_undecodable(entry_id, fields, exc)
-        result = await self._write_until_done(rows, acks[::2]) if rows else writer.BatchResult()
+        result = writer.BatchResult()
+        if rows:
+            result = await self._write_until_done(lambda conn: writer.write_batch(conn, rows, citus=self._citus),
+                                                  f"{len(rows)} sales", acks[::2])
+        if returns:  # their sales were stored before the API accepted them
+            returned = await self._write_until_done(lambda conn: return_writer.write_returns(conn, returns),
+                                                    f"{len(returns)} returns", acks[::2])
+            result = writer.BatchResult(result.written + returned.written, result.duplicates + returned.duplicates,
+                                        result.dead + returned.dead)
         await self._acknowledge(acks)
         self.batches_written += 1
-        await self._record(len(rows), result)
+        await self._record(len(rows) + len(returns), result)
 
-    async def _write_until_done(self, rows: list[tuple], entry_ids: list) -> writer.BatchResult:
+    async def _write_until_done(self, write: Callable[[asyncpg.Connection], Awaitable[writer.BatchResult]],
+                                what: str, entry_ids: list) -> writer.BatchResult:
         backoff = 0.1
         while True:
             try:
                 async with self._pool.acquire() as conn:
                     if self._citus is None:
                         self._citus = await writer.is_citus(conn)
-                    return await writer.write_batch(conn, rows, citus=self._citus)
+                    return await write(conn)
             except Exception as exc:  # noqa: BLE001 - whatever it is, the batch must not be dropped
-                log.warning("writing %d sales failed (%s); retrying in %.1f s", len(rows), exc, backoff)
+                log.warning("writing %s failed (%s); retrying in %.1f s", what, exc, backoff)
                 await self._bump_retries()
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)

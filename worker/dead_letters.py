@@ -1,4 +1,5 @@
-"""Sales the worker could never write: list them, and replay them once the cause is fixed.
+"""Sales (and returns) the worker could never write: list them, and replay them once the cause
+is fixed.
 
     python -m worker.dead_letters list [--all]      # pending ones (or every one, replayed too)
     python -m worker.dead_letters replay [--id N]   # write them again (all pending, or one)
@@ -25,7 +26,8 @@ import msgspec
 
 from shared.db import create_pool
 from shared.settings import Settings
-from worker import writer
+from shared.rollups import EXTEND_RUNNING
+from worker import return_writer, writer
 from worker.batch_columns import BatchColumns
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -44,20 +46,26 @@ def _us(iso: str) -> int:
     return (dt.datetime.fromisoformat(iso) - EPOCH) // dt.timedelta(microseconds=1)
 
 
-def rows_of(sale: dict) -> list[writer.Row]:
-    """The queued rows a dead letter holds (writer.row_json's inverse, or an undecodable entry)."""
+def is_return(sale: dict) -> bool:
+    return sale.get("kind") == "return"
+
+
+def rows_of(sale: dict) -> list[tuple]:
+    """The queued rows a dead letter holds (writer.row_json's or return_writer.return_json's
+    inverse, or an undecodable entry)."""
     if "fields_hex" in sale:  # a whole stream entry that could not be decoded when it arrived
         try:
             return [tuple(r) for r in _rows_decoder.decode(bytes.fromhex(sale["fields_hex"]["d"]))]
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
             raise Unreplayable(f"undecodable queue entry: {exc}") from exc
+    moment, columns = ("return_time", return_writer.RETURN_COLUMNS) if is_return(sale) else ("sale_time", writer.COLUMNS)
     try:
         values = dict(sale)
-        values["sale_time_us"] = _us(values.pop("sale_time"))
+        values[f"{moment}_us"] = _us(values.pop(moment))
         values["accepted_at_us"] = _us(values.pop("accepted_at"))
-        return [tuple(values[c] for c in writer.COLUMNS)]
+        return [tuple(values[c] for c in columns)]
     except (KeyError, TypeError, ValueError) as exc:
-        raise Unreplayable(f"stored sale is incomplete: {exc}") from exc
+        raise Unreplayable(f"stored {'return' if is_return(sale) else 'sale'} is incomplete: {exc}") from exc
 
 
 @dataclasses.dataclass
@@ -69,23 +77,32 @@ class Outcome:
     reason: str | None = None
 
 
-async def _ensure_partitions(conn: asyncpg.Connection, letter_id: int) -> set[dt.date]:
-    """Before the transaction: the partitions the letter's sales need, made outside the
-    write as the worker does; the archived months among them (not made again)."""
+async def _prepare(conn: asyncpg.Connection, letter_id: int) -> tuple[set[dt.date], int | None]:
+    """Before the transaction, as the worker does: the partitions the letter's sales need (the
+    archived months among them, not made again), and the running totals extended to its last
+    day; that day's last second (None for a letter that holds no row)."""
     sale = await conn.fetchval("SELECT sale FROM dead_letter WHERE id = $1", letter_id)
     try:
         rows = rows_of(sale) if sale is not None else []
     except Unreplayable:
-        return set()
+        return set(), None
     if not rows:
-        return set()
-    return await writer.ensure_partitions(conn, BatchColumns(rows))
+        return set(), None
+    if is_return(sale):
+        archived, last_second = set(), return_writer.last_second(rows)
+    else:
+        batch = BatchColumns(rows)
+        archived, last_second = await writer.ensure_partitions(conn, batch), int(batch.times_us.max()) // 1_000_000
+    await conn.execute(EXTEND_RUNNING, last_second)
+    return archived, last_second
 
 
 async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None:
     """Replay one pending letter in its own transaction; None if it is not pending (any more)."""
-    archived = await _ensure_partitions(conn, letter_id)
+    archived, last_second = await _prepare(conn, letter_id)
     async with conn.transaction():
+        if last_second is not None:  # first, as every writer (shared.rollups.LOCK_RUNNING)
+            await writer.lock_running(conn, last_second)
         letter = await conn.fetchrow(
             "SELECT id, sale FROM dead_letter WHERE id = $1 AND replayed_at IS NULL FOR UPDATE SKIP LOCKED",
             letter_id)
@@ -97,14 +114,16 @@ async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None
             rows = rows_of(letter["sale"])
         except Unreplayable as exc:
             rows, reasons = [], [str(exc)]
+        insert = return_writer.insert_returns if is_return(letter["sale"]) else writer.insert_rows
         try:
             async with conn.transaction():  # every row of the letter, or none of them
-                rows, refused = writer.split_archived(rows, archived)
-                reasons.extend(reason for _, reason in refused)
+                if insert is writer.insert_rows:
+                    rows, refused = writer.split_archived(rows, archived)
+                    reasons.extend(reason for _, reason in refused)
                 for row in rows:
                     try:
                         async with conn.transaction():  # a savepoint per row, to collect every reason
-                            inserted, lost = await writer.insert_rows(conn, [row])
+                            inserted, lost = await insert(conn, [row])
                     except writer.PERMANENT_ERRORS as exc:
                         reasons.append(writer._reason(exc))
                         continue
@@ -154,7 +173,9 @@ def _print_list(records: list[asyncpg.Record]) -> None:
         failed = r["failed_at"].isoformat(timespec="seconds")
         replayed = r["replayed_at"].isoformat(timespec="seconds") if r["replayed_at"] else "-"
         sale = r["sale"]
-        brief = {k: sale.get(k) for k in ("item_id", "store_id", "quantity", "sale_time")} if "fields_hex" not in sale else sale.get("stream_entry")
+        shown = ("kind", "sale_id", "item_id", "store_id", "quantity", "return_time") if is_return(sale) else \
+            ("item_id", "store_id", "quantity", "sale_time")
+        brief = {k: sale.get(k) for k in shown} if "fields_hex" not in sale else sale.get("stream_entry")
         print(f"{r['id']:>8}  {str(r['sale_id'] or '-'):>12}  {failed:<25}  {replayed:<25}  {r['reason']}")
         print(f"{'':>8}  {'':>12}  {'':<25}  {'':<25}  {brief}")
     print(f"{len(records)} dead letter(s)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -173,12 +174,12 @@ def _last_second(batch: BatchColumns) -> int:
     return int(batch.times_us.max()) // 1_000_000
 
 
-async def _lock_running(conn: asyncpg.Connection, batch: BatchColumns) -> None:
+async def lock_running(conn: asyncpg.Connection, last_second: int) -> None:
     """A transaction's first statements: the running totals' lock, shared, then whether they
     reach the batch's last day (shared.rollups.LOCK_RUNNING)."""
     await conn.execute(LOCK_RUNNING)
-    if not await conn.fetchval(RUNNING_COVERS, _last_second(batch)):
-        raise RunningTotalsBehind(f"running totals end before the batch's last sale ({_last_second(batch)})")
+    if not await conn.fetchval(RUNNING_COVERS, last_second):
+        raise RunningTotalsBehind(f"running totals end before the batch's last sale ({last_second})")
 
 
 async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
@@ -255,7 +256,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         return await _write_around_archived(conn, rows, archived, citus)
     try:
         async with conn.transaction():
-            await _lock_running(conn, batch)
+            await lock_running(conn, _last_second(batch))
             return BatchResult(written=await _copy_new(conn, batch, citus))
     except asyncpg.UniqueViolationError:
         pass  # some of them are stored already: again, skipping those
@@ -263,15 +264,15 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         if not citus:
             raise
     except PERMANENT_ERRORS:
-        return await _write_row_by_row(conn, rows)
+        return await write_row_by_row(conn, rows, insert_rows, row_json, _last_second(batch))
     try:
         async with conn.transaction():
-            await _lock_running(conn, batch)
+            await lock_running(conn, _last_second(batch))
             inserted, lost = await insert_rows(conn, rows, batch_key_checks=not citus)
-            filed = await _dead_letters(conn, lost)
+            filed = await file_dead_letters(conn, lost, row_json)
         return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
     except PERMANENT_ERRORS:
-        return await _write_row_by_row(conn, rows)
+        return await write_row_by_row(conn, rows, insert_rows, row_json, _last_second(batch))
 
 
 async def _write_around_archived(conn: asyncpg.Connection, rows: list[Row], archived: set[dt.date],
@@ -281,15 +282,21 @@ async def _write_around_archived(conn: asyncpg.Connection, rows: list[Row], arch
     dead_letter with the reason, the others are written as usual."""
     kept, refused = split_archived(rows, archived)
     async with conn.transaction():
-        filed = await _dead_letters(conn, refused)
+        filed = await file_dead_letters(conn, refused, row_json)
     result = await write_batch(conn, kept, citus=citus) if kept else BatchResult()
     result.dead += filed
     result.duplicates += len(refused) - filed
     return result
 
 
-async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchResult:
-    """The batch broke a constraint: find the rows that cannot be written by bisection.
+# Writes rows inside the caller's transaction: (inserted, [(row not stored, reason)]).
+InsertRows = Callable[[asyncpg.Connection, list], Awaitable[tuple[int, list[tuple[tuple, str]]]]]
+
+
+async def write_row_by_row(conn: asyncpg.Connection, rows: list[tuple], insert: InsertRows,
+                           as_json: Callable[[tuple], dict], last_second: int) -> BatchResult:
+    """The batch broke a constraint: find the rows that cannot be written by bisection
+    (sales with insert_rows, returns with worker.return_writer.insert_returns).
 
     Halves are tried in savepoints and only a failing half is split again, so k bad rows in
     a batch of n cost about 2k·log2(n/k) attempts instead of n (one poisoned row no longer
@@ -297,39 +304,40 @@ async def _write_row_by_row(conn: asyncpg.Connection, rows: list[Row]) -> BatchR
     """
     result = BatchResult()
     async with conn.transaction():
-        await _lock_running(conn, BatchColumns(rows))
-        dead: list[tuple[Row, str]] = []
+        await lock_running(conn, last_second)
+        dead: list[tuple[tuple, str]] = []
         middle = len(rows) // 2
         for part in (rows[:middle], rows[middle:]) if len(rows) > 1 else (rows,):
-            await _write_part(conn, part, result, dead)
-        result.dead = await _dead_letters(conn, dead)
+            await _write_part(conn, part, insert, result, dead)
+        result.dead = await file_dead_letters(conn, dead, as_json)
         result.duplicates += len(dead) - result.dead
     return result
 
 
-async def _write_part(conn: asyncpg.Connection, rows: list[Row], result: BatchResult,
-                      dead: list[tuple[Row, str]]) -> None:
+async def _write_part(conn: asyncpg.Connection, rows: list[tuple], insert: InsertRows, result: BatchResult,
+                      dead: list[tuple[tuple, str]]) -> None:
     if not rows:
         return
     try:
         async with conn.transaction():  # a savepoint
-            inserted, lost = await insert_rows(conn, rows)
+            inserted, lost = await insert(conn, rows)
     except PERMANENT_ERRORS as exc:
         if len(rows) == 1:
             dead.append((rows[0], _reason(exc)))
             return
         middle = len(rows) // 2
-        await _write_part(conn, rows[:middle], result, dead)
-        await _write_part(conn, rows[middle:], result, dead)
+        await _write_part(conn, rows[:middle], insert, result, dead)
+        await _write_part(conn, rows[middle:], insert, result, dead)
         return
     dead.extend(lost)
     result.written += inserted
     result.duplicates += len(rows) - inserted - len(lost)
 
 
-async def _dead_letters(conn: asyncpg.Connection, dead: list[tuple[Row, str]]) -> int:
+async def file_dead_letters(conn: asyncpg.Connection, dead: list[tuple[tuple, str]],
+                            as_json: Callable[[tuple], dict]) -> int:
     """File the rows (rare: one statement each); returns how many were not filed already."""
     filed = 0
     for row, reason in dead:
-        filed += await conn.fetchval(INSERT_DEAD_LETTER, row[0], row_json(row), reason) is not None
+        filed += await conn.fetchval(INSERT_DEAD_LETTER, row[0], as_json(row), reason) is not None
     return filed
