@@ -9,7 +9,7 @@ import time
 import asyncpg
 from aiohttp import web
 
-from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, REPORT_CACHE, SETTINGS
+from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, REPORT_CACHE, RETURNS, SETTINGS
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
 from api import metrics
@@ -18,6 +18,7 @@ from api.ids import IdAllocator
 from api.report_cache import ReportCache
 from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
+from api.returns import ReturnsIntake
 from api.sales import SalesIntake
 from shared.db import create_pool
 from shared.migrate import migrate
@@ -77,6 +78,10 @@ async def intake_ctx(app: web.Application):
                       idempotency_ttl=settings.idempotency_ttl_seconds,
                       replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms)
     app[INTAKE] = SalesIntake(catalogue, ids, queue)
+    app[RETURNS] = ReturnsIntake(app[PG_POOL], app[REDIS], app[QUEUE_KEYS], ids, catalogue,
+                                 max_depth=settings.queue_max_depth, idempotency_ttl=settings.idempotency_ttl_seconds,
+                                 replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms,
+                                 wait_seconds=settings.return_wait_ms / 1000)
     yield
     await queue.close()
     await ids.close()

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from api.auth import AccessControl
 from api.report_cache import ReportCache
+from api.returns import ReturnsIntake
 from api.sales import SalesIntake
 from shared.queue import QueueKeys
 from shared.settings import Settings
@@ -16,5 +17,6 @@ PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
 QUEUE_KEYS = web.AppKey("queue_keys", QueueKeys)
 INTAKE = web.AppKey("intake", SalesIntake)
+RETURNS = web.AppKey("returns", ReturnsIntake)
 ACCESS_CONTROL = web.AppKey("access_control", AccessControl)
 REPORT_CACHE = web.AppKey("report_cache", ReportCache)

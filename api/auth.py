@@ -188,6 +188,12 @@ def _forbidden(principal: Principal, rule: str) -> str | None:
     return None
 
 
+def pos_store(request: web.Request) -> int | None:
+    """The one store a pos key may record for; None for anyone else (and in open mode)."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    return principal.store_id if principal is not None and principal.kind == "pos" else None
+
+
 def check_store_scope(request: web.Request, store_ids: list[int]) -> str | None:
     """The refusal when a pos key posts for another store than its own, else None."""
     principal: Principal | None = request.get(PRINCIPAL)

@@ -26,6 +26,7 @@ HTTP_LATENCY = Histogram("http_request_duration_seconds", "Time to answer a requ
                          buckets=LATENCY_BUCKETS)
 SALES_ACCEPTED = Counter("sales_accepted_total", "Sales answered 202 (replays of an idempotency key included)")
 SALES_REJECTED = Counter("sales_rejected_total", "Sales refused", ["reason"])
+RETURNS_ACCEPTED = Counter("returns_accepted_total", "Returns answered 202 (replays of an idempotency key included)")
 FLUSH_SIZE = Histogram("queue_flush_sales", "Sales per Redis round trip (group commit)",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
 AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])

@@ -50,6 +50,21 @@ _PERIOD_PARAMS = [
 ]
 
 
+_PERIOD_MEASURES = {
+    "income": {"type": "integer", "description": "Net of refunds"},
+    "units": {"type": "integer", "description": "Net of units returned"},
+    "sales": {"type": "integer"}, "returns": {"type": "integer"},
+    "refunds": {"type": "integer", "description": "Money given back for returns"}}
+_RETURN_FIELDS = {
+    "quantity": {"type": "integer", "minimum": 1, "maximum": 10000},
+    "return_time": {"type": "string", "format": "date-time", "nullable": True,
+                    "description": "ISO 8601 with offset; not before the sale, not in the future; null or absent: now"},
+    "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647, "nullable": True,
+                 "description": "The store that takes it back; absent: the sale's"},
+    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _KEY_PATTERN,
+                        "nullable": True}}
+
+
 def _table(schema: dict, description: str) -> dict:
     """A report answer: JSON by default, CSV on request."""
     return {"description": description, "content": {
@@ -146,6 +161,19 @@ def spec() -> dict:
                                 "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
                 "responses": {"200": _table(_rows("TrendMonth"), "Months, oldest first"),
                               "400": _error("Bad months, store_id or format"), "404": _error("No such store")}}},
+            "/reports/totals/": {"get": {
+                "summary": "The chain's income and units (net of returns), sales, returns and refunds over a period "
+                           "(default: this month so far)",
+                "parameters": [*_PERIOD_PARAMS, _FORMAT],
+                "responses": {"200": _table({"$ref": "#/components/schemas/PeriodTotals"}, "Totals"),
+                              "400": _error("Bad from, to or format")}}},
+            "/reports/hours/": {"get": {
+                "summary": "Income, units and sales by weekday (ISO, 1 = Monday) and hour (REPORT_TIMEZONE) over a "
+                           "period (default: this month so far): all 168 cells, the chain's or one store's",
+                "parameters": [*_PERIOD_PARAMS, {"name": "store_id", "in": "query", "schema": {
+                    "type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
+                "responses": {"200": _table({"$ref": "#/components/schemas/Hours"}, "The cells"),
+                              "400": _error("Bad from, to, store_id or format"), "404": _error("No such store")}}},
             "/sales/": {"post": {
                 "summary": "Report one sale; answered once it is durable in the queue",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
@@ -173,6 +201,49 @@ def spec() -> dict:
                                  "All accepted, in order"),
                     "400": _error("Malformed JSON or not a list of sales"),
                     "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} sales"),
+                    "422": _json({"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"),
+                    "503": _UNAVAILABLE}}},
+            "/sales/{id}/returns/": {"post": {
+                "summary": "Return (part of) a sale, in its store or another, at the sale's price; answered once "
+                           "durable in the queue. A sale not written yet: 409 with Retry-After",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}},
+                               {"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 64,
+                                           "pattern": _KEY_PATTERN}}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ReturnIn"}}}},
+                "responses": {
+                    "202": _json({"$ref": "#/components/schemas/Return"}, "Accepted (or the earlier return with this key)"),
+                    "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
+                    "403": _error("A pos key of another store"),
+                    "404": _error("No such sale"),
+                    "409": {"description": "The sale is not written yet (still queued): retry after Retry-After seconds",
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                            "content": {"application/json": {"schema": _ERROR}}},
+                    "413": _error("Body over 1 MiB"),
+                    "422": _error("More than is left of the sale (`remaining` says how much is), a return before "
+                                  "the sale, an unknown store, or a sale that went to dead_letter"),
+                    "503": _UNAVAILABLE}}},
+            "/returns/batch/": {"post": {
+                "summary": f"Report up to {MAX_BATCH} returns, each naming its sale: all accepted, or none",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                     "items": {"$ref": "#/components/schemas/ReturnOfSale"}},
+                    {"type": "object", "required": ["returns"], "additionalProperties": False, "properties": {
+                        "returns": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                                    "items": {"$ref": "#/components/schemas/ReturnOfSale"}}}},
+                ]}}}},
+                "responses": {
+                    "202": _json({"type": "array", "items": {"$ref": "#/components/schemas/Return"}},
+                                 "All accepted, in order"),
+                    "400": _error("Malformed JSON, not a list of returns, or invalid returns (then `errors` by index)"),
+                    "403": _json({"$ref": "#/components/schemas/BatchErrors"}, "A pos key of another store"),
+                    "404": _json({"$ref": "#/components/schemas/BatchErrors"}, "No such sale"),
+                    "409": {"description": "Some sale is not written yet: retry after Retry-After seconds",
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchErrors"}}}},
+                    "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} returns"),
                     "422": _json({"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"),
                     "503": _UNAVAILABLE}}},
             "/clear/": {"get": _admin("Empty every table (admin)", False),
@@ -236,6 +307,31 @@ def spec() -> dict:
                                                             "not before 2000; null or absent: now"},
                                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64,
                                                    "pattern": _KEY_PATTERN, "nullable": True}}},
+                "ReturnIn": {"type": "object", "required": ["quantity"], "additionalProperties": False,
+                             "properties": _RETURN_FIELDS},
+                "ReturnOfSale": {"type": "object", "required": ["sale_id", "quantity"], "additionalProperties": False,
+                                 "properties": {"sale_id": {"type": "integer", "format": "int64", "minimum": 1,
+                                                            "maximum": 2**63 - 1},
+                                                **_RETURN_FIELDS}},
+                "Return": {"type": "object", "required": [
+                    "id", "sale_id", "return_time", "store_id", "item_id", "quantity", "refund"], "properties": {
+                    "id": {"type": "integer", "format": "int64"}, "sale_id": {"type": "integer", "format": "int64"},
+                    "return_time": {"type": "string", "format": "date-time"},
+                    "store_id": {"type": "integer"}, "item_id": {"type": "integer"}, "quantity": {"type": "integer"},
+                    "refund": {"type": "integer", "description": "The sale's price snapshot x quantity"}}},
+                "PeriodTotals": {"type": "object", "required": [
+                    "from", "to", "income", "units", "sales", "returns", "refunds"], "properties": {
+                    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+                    **_PERIOD_MEASURES}},
+                "Hours": {"type": "object", "required": ["from", "to", "store_id", "cells"], "properties": {
+                    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+                    "store_id": {"type": "integer", "nullable": True},
+                    "cells": {"type": "array", "minItems": 168, "maxItems": 168, "items": {
+                        "type": "object", "required": ["weekday", "hour", "income", "units", "sales"], "properties": {
+                            "weekday": {"type": "integer", "minimum": 1, "maximum": 7},
+                            "hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                            "income": {"type": "integer"}, "units": {"type": "integer"},
+                            "sales": {"type": "integer"}}}}}},
                 "Sale": {"type": "object", "required": ["id", "sale_time", "item_id", "store_id"], "properties": {
                     "id": {"type": "integer", "format": "int64"},
                     "sale_time": {"type": "string", "format": "date-time"},
@@ -261,11 +357,14 @@ def spec() -> dict:
                     "income_change_pct": {"type": "number", "nullable": True,
                                           "description": "null when the month a year before had no income"}}},
                 "StoreReport": {"type": "object", "required": [
-                    "store", "from", "to", "income", "units", "sales", "top_items", "days"], "properties": {
+                    "store", "from", "to", "income", "units", "sales", "returns", "refunds", "top_items", "days"],
+                    "properties": {
                     "store": {"$ref": "#/components/schemas/Store"},
                     "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
-                    "income": {"type": "integer"}, "units": {"type": "integer"}, "sales": {"type": "integer"},
-                    "top_items": _rows("TopItem"), "days": _rows("Day")}},
+                    **_PERIOD_MEASURES, "top_items": _rows("TopItem"),
+                    "days": {"type": "array", "items": {"type": "object", "required": [
+                        "day", "income", "units", "sales", "returns", "refunds"], "properties": {
+                        "day": {"type": "string", "format": "date"}, **_PERIOD_MEASURES}}}}},
                 "Day": {"type": "object", "required": ["day", "income", "units", "sales"], "properties": {
                     "day": {"type": "string", "format": "date"}, "income": {"type": "integer"},
                     "units": {"type": "integer"}, "sales": {"type": "integer"}}},

@@ -133,7 +133,8 @@ async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
 
 _PERIOD_TOTALS = """
 SELECT e.{key}, e.income - coalesce(b.income, 0) AS income, e.units - coalesce(b.units, 0) AS units,
-       e.sales - coalesce(b.sales, 0) AS sales
+       e.sales - coalesce(b.sales, 0) AS sales, e.returns - coalesce(b.returns, 0) AS returns,
+       e.refunds - coalesce(b.refunds, 0) AS refunds
 FROM {table} e
 LEFT JOIN {table} b ON b.{key} = e.{key} AND b.day = (SELECT least($1::date - 1, running_through) FROM report_settings)
 WHERE e.day = (SELECT least($2::date, running_through) FROM report_settings)
@@ -171,10 +172,28 @@ ORDER BY t.units DESC, t.item_id
 STORE_TOTALS = _PERIOD_TOTALS.format(table="store_running", key="store_id") + " AND e.store_id = $3"
 
 STORE_DAYS = """
-SELECT day, income, units, sales FROM daily_totals
+SELECT day, income, units, sales, returns, refunds FROM daily_totals
 WHERE store_id = $1 AND day >= $2 AND day <= $3
 ORDER BY day
 """
+
+# The chain's period: the sum of every store's subtraction (a row per store, twice).
+CHAIN_TOTALS = f"""
+SELECT coalesce(sum(income), 0)::bigint AS income, coalesce(sum(units), 0)::bigint AS units,
+       coalesce(sum(sales), 0)::bigint AS sales, coalesce(sum(returns), 0)::bigint AS returns,
+       coalesce(sum(refunds), 0)::bigint AS refunds
+FROM ({_PERIOD_TOTALS.format(table="store_running", key="store_id")}) p
+"""
+
+# Weekday (ISO, 1 = Monday) x hour of the period's days: at most 24 rows a day.
+_HOURS = """
+SELECT extract(isodow FROM day)::int AS weekday, hour, sum(income)::bigint AS income, sum(units)::bigint AS units,
+       sum(sales)::bigint AS sales
+FROM {table} WHERE {where} day >= $1 AND day <= $2
+GROUP BY 1, 2
+"""
+CHAIN_HOURS = _HOURS.format(table="hourly_totals", where="")
+STORE_HOURS = _HOURS.format(table="store_hourly", where="store_id = $3 AND")
 
 
 async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int) -> list[dict]:
@@ -188,17 +207,41 @@ async def top_items_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, 
     return [dict(r) for r in await conn.fetch(TOP_ITEMS_OF_STORE, store_id, first, last, cnt)]
 
 
+PERIOD_MEASURES = ("income", "units", "sales", "returns", "refunds")
+
+
 async def store_report(conn: asyncpg.Connection, store: dict, first: dt.date, last: dt.date, cnt: int) -> dict:
-    """One store's page: its totals, top items and days over the period."""
+    """One store's page: its totals (income and units net of returns), top items and days over the period."""
     totals = await conn.fetchrow(STORE_TOTALS, first, last, store["id"])
     days = await conn.fetch(STORE_DAYS, store["id"], first, last)
     return {
         "store": store, "from": first.isoformat(), "to": last.isoformat(),
-        "income": totals["income"] if totals else 0, "units": totals["units"] if totals else 0,
-        "sales": totals["sales"] if totals else 0,
+        **{m: totals[m] if totals else 0 for m in PERIOD_MEASURES},
         "top_items": await top_items_in(conn, first, last, cnt, store["id"]),
-        "days": _days(days),
+        "days": [{"day": r["day"].isoformat(), **{m: r[m] for m in PERIOD_MEASURES}} for r in days],
     }
+
+
+async def period_totals(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> dict:
+    """The chain's totals over the period."""
+    totals = await conn.fetchrow(CHAIN_TOTALS, first, last)
+    return {"from": first.isoformat(), "to": last.isoformat(), **dict(totals)}
+
+
+async def hours(conn: asyncpg.Connection, first: dt.date, last: dt.date, store_id: int | None) -> dict:
+    """The period's sales by weekday and hour: all 168 cells, Monday 00:00 first."""
+    if store_id is None:
+        rows = await conn.fetch(CHAIN_HOURS, first, last)
+    else:
+        rows = await conn.fetch(STORE_HOURS, first, last, store_id)
+    found = {(r["weekday"], r["hour"]): r for r in rows}
+    cells = []
+    for weekday in range(1, 8):
+        for hour in range(24):
+            r = found.get((weekday, hour))
+            cells.append({"weekday": weekday, "hour": hour, "income": r["income"] if r else 0,
+                          "units": r["units"] if r else 0, "sales": r["sales"] if r else 0})
+    return {"from": first.isoformat(), "to": last.isoformat(), "store_id": store_id, "cells": cells}
 
 
 # ---------------------------------------------------------------------------------------------

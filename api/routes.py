@@ -10,7 +10,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from api.auth import ADMIN, OPEN, POST, READ
-from api.views import admin, dashboard, keys, ops, reports, sales
+from api.views import admin, dashboard, keys, ops, reports, returns, sales
 
 
 class Route(NamedTuple):
@@ -30,8 +30,12 @@ ROUTES = (
     Route("GET", "/reports/summary/", reports.month_summary, READ),
     Route("GET", "/reports/daily/", reports.daily, READ),
     Route("GET", "/reports/trend/", reports.trend, READ),
+    Route("GET", "/reports/totals/", reports.period_totals, READ),
+    Route("GET", "/reports/hours/", reports.hours, READ),
     Route("POST", "/sales/", sales.post_sale, POST),
     Route("POST", "/sales/batch/", sales.post_batch, POST),
+    Route("POST", "/sales/{id}/returns/", returns.post_return, POST),
+    Route("POST", "/returns/batch/", returns.post_returns_batch, POST),
     Route("GET", "/clear/", admin.clear, ADMIN),
     Route("POST", "/clear/", admin.clear, ADMIN),
     Route("GET", "/create/", admin.create, ADMIN),

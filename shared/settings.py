@@ -50,6 +50,8 @@ class Settings:
     # stored twice, thanks to the unique index, but may get a fresh id in its answer).
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     redis_key_prefix: str = "sales:"
+    # A return whose sale is not written yet waits this long for it, then answers 409 (api.returns).
+    return_wait_ms: int = 1000
     api_processes: int = 0  # 0: one per core
     db_pool_size: int = 10
     # Worker
@@ -117,6 +119,7 @@ class Settings:
             queue_max_depth=get("QUEUE_MAX_DEPTH", defaults.queue_max_depth),
             idempotency_ttl_seconds=get("IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds),
             redis_key_prefix=get("REDIS_KEY_PREFIX", defaults.redis_key_prefix),
+            return_wait_ms=get("RETURN_WAIT_MS", defaults.return_wait_ms),
             api_processes=get("API_PROCESSES", defaults.api_processes),
             db_pool_size=get("DB_POOL_SIZE", defaults.db_pool_size),
             worker_batch_entries=get("WORKER_BATCH_ENTRIES", defaults.worker_batch_entries),

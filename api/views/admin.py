@@ -72,4 +72,4 @@ async def create(request: web.Request) -> web.Response:
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise ServiceUnavailable(f"the database is unavailable: {exc}") from exc
     await _after_data_replaced(request)
-    return json_response({"status": "created", **result})
+    return json_response({"status": "created", **{k: result[k] for k in ("items", "stores", "sales")}})

@@ -106,16 +106,42 @@ async def store_report(request: web.Request) -> web.Response:
     period = _period(request)
     as_csv = wants_csv(request)
     store = await _store(request, int(raw_id))
-    if period is None:
-        today = dt.datetime.now(dt.timezone.utc).astimezone(request.app[SETTINGS].timezone).date()
-        period = (today.replace(day=1), today)
-    first, last = period
+    first, last = period or _this_month_so_far(request)
     page = await _cached(request, ("store_report", store["id"], first, last, cnt), reports.store_report,
                          store, first, last, cnt)
     if as_csv:
-        return table_response(page["days"], ["day", "income", "units", "sales"],
+        return table_response(page["days"], ["day", *reports.PERIOD_MEASURES],
                               f"store-{store['id']}-{first}-{last}", as_csv)
     return json_response(page)
+
+
+def _this_month_so_far(request: web.Request) -> tuple[dt.date, dt.date]:
+    today = dt.datetime.now(dt.timezone.utc).astimezone(request.app[SETTINGS].timezone).date()
+    return today.replace(day=1), today
+
+
+async def period_totals(request: web.Request) -> web.Response:
+    """The chain's totals over a period (default: this month so far), returns beside."""
+    first, last = _period(request) or _this_month_so_far(request)
+    as_csv = wants_csv(request)
+    totals = await _cached(request, ("totals", first, last), reports.period_totals, first, last)
+    if as_csv:
+        return table_response([totals], list(totals), f"totals-{first}-{last}", as_csv)
+    return json_response(totals)
+
+
+async def hours(request: web.Request) -> web.Response:
+    """Sales by weekday and hour over a period (default: this month so far), chain-wide or one store's."""
+    store_id = int_param(request.query, "store_id", None, 1, MAX_ID)
+    first, last = _period(request) or _this_month_so_far(request)
+    as_csv = wants_csv(request)
+    if store_id is not None:
+        await _store(request, store_id)
+    answer = await _cached(request, ("hours", first, last, store_id), reports.hours, first, last, store_id)
+    if as_csv:
+        name = "hours" + (f"-store-{store_id}" if store_id else "") + f"-{first}-{last}"
+        return table_response(answer["cells"], ["weekday", "hour", "income", "units", "sales"], name, as_csv)
+    return json_response(answer)
 
 
 async def month_summary(request: web.Request) -> web.Response:

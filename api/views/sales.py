@@ -15,7 +15,7 @@ from api.validation import (BadRequest, IdempotencyKey, SaleIn, decode_batch, de
 _header_key = msgspec.json.Decoder(IdempotencyKey)
 
 
-def _idempotency_header(request: web.Request) -> str | None:
+def idempotency_header(request: web.Request) -> str | None:
     value = request.headers.get("Idempotency-Key")
     if value is None:
         return None
@@ -31,7 +31,7 @@ async def post_sale(request: web.Request) -> web.Response:
     accepted_us = now_us()
     request.app[INTAKE].refuse_if_full()
     sale = decode_sale(await read_body(request), accepted_us)
-    header_key = _idempotency_header(request)
+    header_key = idempotency_header(request)
     if header_key is not None:
         if sale.idempotency_key not in (None, header_key):
             raise BadRequest("the Idempotency-Key header and the idempotency_key field differ")

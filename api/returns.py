@@ -1,0 +1,229 @@
+"""Accepting returns: find the sale, check what is left of it, queue the return.
+
+The rule for a return whose sale is not stored yet (still queued, or PostgreSQL away): the API
+looks the sale up in PostgreSQL for up to `wait_seconds` (the queue normally drains within
+milliseconds). If it is still not there, the answer is 409 with Retry-After while sales are
+queued (it may be one of them), and 404 when the queue is empty (no sale will ever have that
+id) or the sale went to dead_letter (422, with why). A sale is never refused for being late,
+and a return never waits in a queue for a sale that may not come.
+
+What is left of a sale is checked twice: here, atomically with the queueing, against a
+per-sale counter in Redis that every accepted return adds to (queued ones included; it
+starts from the database's figure), so two returns sent together cannot both take the last
+unit; and by the worker, in the transaction that writes the return (worker.return_writer),
+against `sale_returned`, which nothing gets past.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import asyncpg
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import NoScriptError, RedisError
+
+from api import metrics
+from api.catalogue import Catalogue
+from api.errors import ServiceUnavailable
+from api.ids import IdAllocator, IdsUnavailable
+from api.moments import iso_utc, to_us
+from api.sales import QUEUE_FULL, REPLICAS_BEHIND
+from api.validation import ReturnIn
+from shared.queue import RETURNS_SCRIPT, QueueKeys, QueuedReturn
+
+SALE = "SELECT id, item_id, store_id, price, quantity, sale_time FROM sales WHERE id = ANY($1::bigint[])"
+RETURNED = "SELECT sale_id, returned FROM sale_returned WHERE sale_id = ANY($1::bigint[])"
+DEAD_SALE = "SELECT sale_id, reason FROM dead_letter WHERE sale_id = ANY($1::bigint[]) AND replayed_at IS NULL"
+POLL_SECONDS = 0.05
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(QueuedReturn)
+
+
+class ReturnRefused(Exception):
+    """Returns that cannot be accepted: index -> (status, message, extra fields)."""
+
+    def __init__(self, errors: dict[int, tuple[int, str, dict]]):
+        super().__init__("; ".join(message for _, message, _ in errors.values()))
+        self.errors = errors
+
+    @property
+    def status(self) -> int:
+        """409 if any is only early (retry), else the one status, else 422."""
+        statuses = {status for status, _, _ in self.errors.values()}
+        return 409 if 409 in statuses else statuses.pop() if len(statuses) == 1 else 422
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSale:
+    id: int
+    item_id: int
+    store_id: int
+    price: int
+    quantity: int
+    sale_time_us: int
+    returned: int  # as the database has it
+
+
+class ReturnAnswer(msgspec.Struct):
+    id: int
+    sale_id: int
+    return_time: str
+    store_id: int
+    item_id: int
+    quantity: int
+    refund: int  # the sale's price snapshot x quantity
+
+
+def return_answer(queued: QueuedReturn) -> ReturnAnswer:
+    return ReturnAnswer(queued.id, queued.sale_id, iso_utc(queued.return_time_us), queued.store_id,
+                        queued.item_id, queued.quantity, queued.price * queued.quantity)
+
+
+class ReturnsIntake:
+    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: QueueKeys, ids: IdAllocator,
+                 catalogue: Catalogue, *, max_depth: int, idempotency_ttl: int, replicas: int = 0,
+                 replica_wait_ms: int = 500, wait_seconds: float = 1.0):
+        self._pool = pool
+        self._redis = client
+        self._script = client.register_script(RETURNS_SCRIPT)
+        self._keys = keys
+        self._ids = ids
+        self._catalogue = catalogue
+        self._max_depth = max_depth
+        self._ttl = idempotency_ttl
+        self._replicas = replicas
+        self._replica_wait_ms = replica_wait_ms
+        self._wait_seconds = wait_seconds
+
+    async def accept(self, returns: list[tuple[int, ReturnIn]], accepted_us: int,
+                     only_store: int | None = None) -> list[QueuedReturn]:
+        """Queue every (sale id, return) or none; raises ReturnRefused (or ServiceUnavailable).
+        `only_store`: the one store the caller may record returns in (a POS key's)."""
+        sales = await self._stored_sales(sorted({sale_id for sale_id, _ in returns}))
+        await self._catalogue.knows(set(), {ret.store_id for _, ret in returns if ret.store_id is not None})
+        errors: dict[int, tuple[int, str, dict]] = {}
+        for index, (sale_id, ret) in enumerate(returns):
+            problem = self._check(sale_id, ret, sales.get(sale_id), accepted_us)
+            if problem is None and only_store is not None and (ret.store_id or sales[sale_id].store_id) != only_store:
+                problem = (403, f"this key records returns in store {only_store} only, not in store "
+                                f"{ret.store_id or sales[sale_id].store_id}", {})
+            if problem is not None:
+                errors[index] = problem
+        if errors:
+            raise ReturnRefused(errors)
+        try:
+            ids = await self._ids.take(len(returns))
+        except IdsUnavailable as exc:
+            raise ServiceUnavailable("the database is unavailable and no ids are left; retry shortly", 5) from exc
+        queued = []
+        for return_id, (sale_id, ret) in zip(ids, returns):
+            sale = sales[sale_id]
+            queued.append(QueuedReturn(
+                id=return_id, sale_id=sale_id,
+                return_time_us=to_us(ret.return_time) if ret.return_time else accepted_us,
+                store_id=ret.store_id or sale.store_id, item_id=sale.item_id, price=sale.price,
+                quantity=ret.quantity, sold=sale.quantity, idempotency_key=ret.idempotency_key,
+                accepted_at_us=accepted_us))
+        stored = await self._enqueue(queued, sales)
+        metrics.RETURNS_ACCEPTED.inc(len(queued))
+        return stored
+
+    def _check(self, sale_id: int, ret: ReturnIn, sale: StoredSale | Exception | None,
+               accepted_us: int) -> tuple[int, str, dict] | None:
+        if isinstance(sale, Exception):
+            return 422, f"sale {sale_id} was not stored: {sale}", {}
+        if sale is None:
+            return 404, f"no such sale: {sale_id}", {}
+        if sale == "queued":
+            return 409, f"sale {sale_id} is not written yet (it is still queued); retry shortly", {}
+        if ret.store_id is not None and ret.store_id not in self._catalogue.store_ids:
+            return 422, f"unknown store_id {ret.store_id}", {}
+        return_us = to_us(ret.return_time) if ret.return_time else accepted_us
+        if return_us < sale.sale_time_us:
+            return 422, f"return_time is before sale {sale_id} was made ({iso_utc(sale.sale_time_us)})", {}
+        remaining = sale.quantity - sale.returned
+        if ret.quantity > remaining:
+            return 422, self._too_many(sale_id, ret.quantity, remaining), {"remaining": remaining}
+        return None
+
+    @staticmethod
+    def _too_many(sale_id: int, quantity: int, remaining: int) -> str:
+        return f"sale {sale_id} has {remaining} unit(s) left to return, not {quantity}"
+
+    async def _stored_sales(self, sale_ids: list[int]) -> dict[int, StoredSale | Exception | str]:
+        """Each sale as stored; "queued" for one not written yet while sales are queued; an
+        Exception (its reason) for one in dead_letter; missing for one that does not exist."""
+        deadline = time.monotonic() + self._wait_seconds
+        while True:
+            # the depth first: 0 then means every sale accepted before now is written
+            depth = await self._queue_depth()
+            found = await self._read_sales(sale_ids)
+            missing = [s for s in sale_ids if s not in found]
+            if not missing:
+                return found
+            if depth == 0:
+                async with self._pool.acquire() as conn:
+                    for row in await conn.fetch(DEAD_SALE, missing):
+                        found[row["sale_id"]] = Exception(row["reason"])
+                return found
+            if time.monotonic() >= deadline:
+                return {**found, **{s: "queued" for s in missing}}
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _queue_depth(self) -> int:
+        try:
+            return int(await self._redis.get(self._keys.depth) or 0)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
+
+    async def _read_sales(self, sale_ids: list[int]) -> dict[int, StoredSale]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SALE, sale_ids)
+            returned = {r["sale_id"]: r["returned"] for r in await conn.fetch(RETURNED, sale_ids)} if rows else {}
+        return {r["id"]: StoredSale(r["id"], r["item_id"], r["store_id"], r["price"], r["quantity"],
+                                    to_us(r["sale_time"]), returned.get(r["id"], 0)) for r in rows}
+
+    async def _enqueue(self, queued: list[QueuedReturn], sales: dict[int, StoredSale]) -> list[QueuedReturn]:
+        args: list = [self._max_depth, self._ttl, len(queued)]
+        for ret in queued:
+            idem = self._keys.return_idempotency(ret.store_id, ret.idempotency_key) if ret.idempotency_key else ""
+            args += (self._keys.returned(ret.sale_id), idem, ret.quantity, ret.sold, sales[ret.sale_id].returned,
+                     _encoder.encode(ret))
+        try:
+            answer, confirmed = await self._run_script(args)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
+        if answer[0] == 0:
+            raise ServiceUnavailable(QUEUE_FULL, 2)
+        if answer[0] == 1:  # another return took what was left meanwhile
+            refused = answer[1:]
+            raise ReturnRefused({
+                int(index) - 1: (422, self._too_many(queued[int(index) - 1].sale_id, queued[int(index) - 1].quantity,
+                                                     int(left)), {"remaining": int(left)})
+                for index, left in zip(refused[::2], refused[1::2])})
+        if confirmed < self._replicas:
+            raise ServiceUnavailable(REPLICAS_BEHIND)
+        return [_decoder.decode(earlier) if earlier else ret for ret, earlier in zip(queued, answer[1:])]
+
+    async def _run_script(self, args: list) -> tuple[list, int]:
+        """The script (and, with replicas, WAIT in the same round trip): (answer, replicas that confirmed)."""
+        keys = [self._keys.stream, self._keys.depth]
+        if not self._replicas:
+            return await self._script(keys=keys, args=args), 0
+        for first_try in (True, False):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._script.sha, 2, *keys, *args)
+                pipe.incrby(self._keys.depth, 0)  # see api.sale_queue: WAIT covers this connection's writes
+                pipe.wait(self._replicas, self._replica_wait_ms)
+                answer, _, confirmed = await pipe.execute(raise_on_error=False)
+            if first_try and isinstance(answer, NoScriptError):
+                await self._redis.script_load(RETURNS_SCRIPT)
+                continue
+            break
+        for reply in (answer, confirmed):
+            if isinstance(reply, Exception):
+                raise reply
+        return answer, confirmed
