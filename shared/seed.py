@@ -48,7 +48,7 @@ async def main(argv: list[str] | None = None) -> None:
             await redis.aclose()
     finally:
         await conn.close()
-    print(f"seeded {counts['items']} items, {counts['stores']} stores, {counts['sales']} sales "
+    print(f"seeded {counts['items']} items, {counts['stores']} stores, {counts['sales']} sales, {counts['returns']} returns "
           f"in {time.perf_counter() - started:.1f} s")
 
 

@@ -1,14 +1,17 @@
-"""The seeder's own rollups: the per-day ones computed by numpy from the sales it generates.
+"""The seeder's own rollups: computed by numpy from the sales and returns it generates.
 
-`store_item_daily` has about a row per sale for demo data (a store sells a few dozen random
-items of 10,000 a day), and the running totals a row per item (or store) and day: recomputed
-from 10 million sales by SQL they took 155 s and 39 s, where the seeder must finish in under a
-minute. Here the same rows are summed with numpy from the arrays the sales were written from
-and loaded by binary COPY. They must equal what `shared.rollups` computes (same days, cut in
-the same zone, same running-total rule); the tests compare them with `rollups.drift`.
+Demo data has about a row of `store_item_daily` per sale (a store sells a few dozen random
+items of 10,000 a day), a row of `store_hourly` per two, and the running totals a row per item
+(or store) and day: recomputed from 10 million sales by SQL, store_item_daily alone took 155 s
+and the running totals 39 s, where the seeder must finish in under a minute. Here every rollup
+but the months (summed from the days by SQL, shared.rollups.rebuild) is summed with numpy from
+the arrays the sales and returns were written from, and loaded by binary COPY. They must equal
+what `shared.rollups` computes (same days and hours, cut in the same zone, same running-total
+rule); the tests compare them with `rollups.drift`.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zoneinfo
 
@@ -17,93 +20,166 @@ import numpy as np
 
 from shared import sales_copy
 
-FILLED = frozenset({"store_item_daily", "store_running", "item_running"})
+FILLED = frozenset({"item_totals", "daily_totals", "store_item_daily", "hourly_totals", "store_hourly",
+                    "store_running", "item_running"})
+MEASURES = ("income", "units", "sales", "returns", "refunds")
 PG_EPOCH_DAY = dt.date(2000, 1, 1).toordinal()  # binary COPY's day zero
+_DAY_US = 86_400_000_000
+_HOUR_US = 3_600_000_000
 
 
-def _day_starts_us(first: dt.date, last: dt.date, tz: zoneinfo.ZoneInfo) -> np.ndarray:
-    """Unix µs of each local midnight from `first` to the day after `last` (a midnight that a DST
-    change skips starts its day at the change, as PostgreSQL's AT TIME ZONE cuts it)."""
-    days = (last - first).days + 2
-    return np.array([int(dt.datetime.combine(first + dt.timedelta(days=n), dt.time(), tz).timestamp()) * 1_000_000
-                     for n in range(days)], dtype=np.int64)
+@dataclasses.dataclass
+class Moves:
+    """Sales and returns as one set of columns: a return takes back its income and units."""
+    times_us: np.ndarray
+    store_ids: np.ndarray
+    item_ids: np.ndarray
+    measures: dict[str, np.ndarray]  # MEASURES -> int64 per move
+
+    @classmethod
+    def of(cls, sales: tuple[np.ndarray, ...], returns: tuple[np.ndarray, ...]) -> "Moves":
+        """`sales`, `returns`: (times_us, store_ids, item_ids, prices, quantities) each."""
+        (s_times, s_stores, s_items, s_prices, s_qty), (r_times, r_stores, r_items, r_prices, r_qty) = sales, returns
+        s_money, r_money = s_prices * s_qty, r_prices * r_qty
+        zeros, ones = np.zeros, np.ones
+        return cls(np.concatenate([s_times, r_times]), np.concatenate([s_stores, r_stores]),
+                   np.concatenate([s_items, r_items]), {
+                       "income": np.concatenate([s_money, -r_money]),
+                       "units": np.concatenate([s_qty, -r_qty]),
+                       "sales": np.concatenate([ones(len(s_times), np.int64), zeros(len(r_times), np.int64)]),
+                       "returns": np.concatenate([zeros(len(s_times), np.int64), ones(len(r_times), np.int64)]),
+                       "refunds": np.concatenate([zeros(len(s_times), np.int64), r_money]),
+                   })
+
+
+def utc_offsets_us(times_us: np.ndarray, tz: zoneinfo.ZoneInfo) -> np.ndarray:
+    """The zone's UTC offset at each moment, exactly: the offset at each day boundary, and where
+    two days' differ, the instant of the change found by bisection to the microsecond."""
+    first, last = int(times_us.min()), int(times_us.max())
+
+    def offset(us: int) -> int:
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+        return int(moment.astimezone(tz).utcoffset() // dt.timedelta(microseconds=1))
+
+    changes, offsets = [first], [offset(first)]
+    for start in range(first, last + 1, _DAY_US):
+        end = min(start + _DAY_US, last)
+        if offset(end) != offsets[-1]:  # one change within this day (zones change at most twice a year)
+            low, high = start, end
+            while high - low > 1:
+                middle = (low + high) // 2
+                low, high = (middle, high) if offset(middle) == offsets[-1] else (low, middle)
+            changes.append(high)
+            offsets.append(offset(high))
+    return np.array(offsets, dtype=np.int64)[np.searchsorted(np.array(changes), times_us, side="right") - 1]
 
 
 class SeededDays:
-    """The generated sales by local day: day index of each sale, from `first` to `through`."""
+    """The moves by local day and hour: day index of each, from `first` to `through`."""
 
     def __init__(self, times_us: np.ndarray, tz: zoneinfo.ZoneInfo, through: dt.date | None):
-        self.first = dt.datetime.fromtimestamp(int(times_us[0]) / 1e6, tz).date()
-        last = dt.datetime.fromtimestamp(int(times_us[-1]) / 1e6, tz).date()
+        local_us = times_us + utc_offsets_us(times_us, tz)  # what AT TIME ZONE gives
+        epoch_days = local_us // _DAY_US
+        self.first = dt.date(1970, 1, 1) + dt.timedelta(days=int(epoch_days.min()))
+        last = dt.date(1970, 1, 1) + dt.timedelta(days=int(epoch_days.max()))
         self.through = max(last, through) if through else last
-        starts = _day_starts_us(self.first, self.through, tz)
-        self.count = len(starts) - 1
-        self.index = np.searchsorted(starts, times_us, side="right") - 1  # times are sorted
+        self.count = (self.through - self.first).days + 1
+        self.index = epoch_days - (self.first - dt.date(1970, 1, 1)).days
+        self.hour = (local_us % _DAY_US) // _HOUR_US
 
     def pg_days(self, index: np.ndarray) -> np.ndarray:
         return index + (self.first.toordinal() - PG_EPOCH_DAY)
 
 
-def _copy_data(columns: list[tuple[str, str, np.ndarray]]) -> bytes:
-    """Binary COPY rows of (name, '>i4' or '>i8', values) columns, none NULL."""
+def copy_data(columns: list[tuple[str, str | None, np.ndarray | None]], rows: int | None = None) -> bytes:
+    """Binary COPY rows of (name, '>i2', '>i4' or '>i8', values) columns; a kind of None is a
+    column of NULLs."""
     dtype = [("fields", ">i2")]
     for name, kind, _ in columns:
-        dtype += [(name + "_len", ">i4"), (name, kind)]
-    rows = np.empty(len(columns[0][2]), dtype=dtype)
-    rows["fields"] = len(columns)
+        dtype += [(name + "_len", ">i4")] + ([(name, kind)] if kind else [])
+    data = np.empty(rows if rows is not None else len(columns[0][2]), dtype=dtype)
+    data["fields"] = len(columns)
     for name, kind, values in columns:
-        rows[name + "_len"] = 4 if kind == ">i4" else 8
-        rows[name] = values
-    return sales_copy.HEADER + rows.tobytes() + sales_copy.TRAILER
+        data[name + "_len"] = int(kind[2:]) if kind else -1
+        if kind:
+            data[name] = values
+    return sales_copy.HEADER + data.tobytes() + sales_copy.TRAILER
 
 
-def _sums(keys: np.ndarray, size: int | None, income: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Income, units (= sales: the seeder sells one of each) per key value, in integers."""
-    units = np.bincount(keys, minlength=size or 0)
-    # bincount adds weights as float64: exact while every sum stays below 2**53
-    if int(income.sum()) >= 2**53:
-        raise ValueError("seeded income too large to be summed exactly")
-    return np.bincount(keys, weights=income, minlength=size or 0).astype(np.int64), units, units
+def _sums(cells: np.ndarray, size: int | None, moves: Moves) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Moves per cell, and each measure summed per cell, in integers."""
+    sums = {}
+    for name, values in moves.measures.items():
+        # bincount adds weights as float64: exact while every sum stays below 2**53
+        if int(np.abs(values).sum()) >= 2**53:
+            raise ValueError(f"seeded {name} too large to be summed exactly")
+        sums[name] = np.bincount(cells, weights=values, minlength=size or 0).round().astype(np.int64)
+    return np.bincount(cells, minlength=size or 0), sums
 
 
-def store_item_daily(days: SeededDays, store_ids: np.ndarray, item_ids: np.ndarray, income: np.ndarray,
-                     stores: int, items: int) -> bytes:
-    keys = (days.index * stores + (store_ids - 1)) * items + (item_ids - 1)
-    unique, inverse = np.unique(keys, return_inverse=True)
-    income_sum, units, sales = _sums(inverse, None, income)
-    day, rest = np.divmod(unique, stores * items)
-    store, item = np.divmod(rest, items)
-    return _copy_data([("day", ">i4", days.pg_days(day)), ("store_id", ">i4", store + 1),
-                       ("item_id", ">i4", item + 1), ("income", ">i8", income_sum), ("units", ">i8", units),
-                       ("sales", ">i8", sales)])
+def _measure_columns(sums: dict[str, np.ndarray], where) -> list[tuple[str, str, np.ndarray]]:
+    return [(name, ">i8", sums[name][where]) for name in MEASURES]
 
 
-def running(days: SeededDays, key_ids: np.ndarray, income: np.ndarray, keys: int, key_name: str) -> bytes:
-    """Running totals per key and day, from each key's first sale to `days.through`."""
-    cells = (key_ids - 1) * days.count + days.index
-    sums = [np.cumsum(s.reshape(keys, days.count), axis=1) for s in _sums(cells, keys * days.count, income)]
-    # from the key's first sale on; day by day, as the worker adds them: a report reads one day's
-    # rows, which then share a few hundred pages instead of one page each
-    day, key = np.nonzero((sums[2] > 0).T)
-    return _copy_data([("day", ">i4", days.pg_days(day)), (key_name, ">i4", key + 1),
-                       *((name, ">i8", s[key, day]) for name, s in zip(("income", "units", "sales"), sums))])
+def running(days: SeededDays, key_ids: np.ndarray, keys: int, key_name: str, moves: Moves) -> bytes:
+    """Running totals per key and day, from each key's first move to `days.through`."""
+    counts, sums = _sums((key_ids - 1) * days.count + days.index, keys * days.count, moves)
+    started = np.cumsum(counts.reshape(keys, days.count), axis=1) > 0
+    totals = {name: np.cumsum(s.reshape(keys, days.count), axis=1) for name, s in sums.items()}
+    # day by day, as the worker adds them: a report reads one day's rows, which then share a few
+    # hundred pages instead of one page each
+    day, key = np.nonzero(started.T)
+    return copy_data([("day", ">i4", days.pg_days(day)), (key_name, ">i4", key + 1),
+                      *((name, ">i8", totals[name][key, day]) for name in MEASURES)])
 
 
-async def load(conn: asyncpg.Connection, times_us: np.ndarray, item_ids: np.ndarray, store_ids: np.ndarray,
-               income: np.ndarray, items: int, stores: int, freeze: bool) -> None:
-    """Fill FILLED from the seeded sales (sorted by time), inside the seeder's transaction, after
-    it emptied them; sets running_through (which never goes back)."""
-    if len(times_us) == 0:
+def tables(days: SeededDays, moves: Moves, items: int, stores: int) -> dict[str, tuple[list[str], bytes]]:
+    """Every FILLED table's columns and binary COPY data."""
+    day = ("day", ">i4", days.index, days.count)
+    hour = ("hour", ">i2", days.hour, 24)
+    store = ("store_id", ">i4", moves.store_ids - 1, stores)
+    item = ("item_id", ">i4", moves.item_ids - 1, items)
+    one_based = {"store_id", "item_id"}
+    layouts = {
+        "item_totals": [item], "daily_totals": [day, store], "store_item_daily": [store, day, item],
+        "hourly_totals": [day, hour], "store_hourly": [store, day, hour],
+    }
+    result = {}
+    for table, keys in layouts.items():
+        result[table] = ([name for name, _, _, _ in keys] + list(MEASURES), _sparse_rows(days, moves, keys, one_based))
+    result["store_running"] = (["day", "store_id", *MEASURES], running(days, moves.store_ids, stores, "store_id", moves))
+    result["item_running"] = (["day", "item_id", *MEASURES], running(days, moves.item_ids, items, "item_id", moves))
+    return result
+
+
+def _sparse_rows(days: SeededDays, moves: Moves, keys: list[tuple[str, str, np.ndarray, int]],
+                 one_based: set[str]) -> bytes:
+    """A rollup's rows, one per combination of `keys` ((column, kind, 0-based values, how many
+    values)) that had a move."""
+    cell = np.zeros(len(moves.times_us), dtype=np.int64)
+    for _, _, values, size in keys:
+        cell = cell * size + values
+    unique, inverse = np.unique(cell, return_inverse=True)
+    _, sums = _sums(inverse, None, moves)
+    columns = []
+    for name, kind, _, size in keys[::-1]:
+        unique, value = np.divmod(unique, size)
+        if name == "day":
+            value = days.pg_days(value)
+        elif name in one_based:
+            value = value + 1
+        columns.append((name, kind, value))
+    return copy_data([*columns[::-1], *_measure_columns(sums, slice(None))])
+
+
+async def load(conn: asyncpg.Connection, moves: Moves, items: int, stores: int, freeze: bool) -> None:
+    """Fill FILLED from the seeded moves, inside the seeder's transaction, after it emptied
+    them; sets running_through (which never goes back)."""
+    if len(moves.times_us) == 0:
         return
     # the zone the rollups are cut in, whatever the caller was configured with
     zone, through = await conn.fetchrow("SELECT timezone, running_through FROM report_settings")
-    days = SeededDays(times_us, zoneinfo.ZoneInfo(zone), through)
+    days = SeededDays(moves.times_us, zoneinfo.ZoneInfo(zone), through)
     await conn.execute("UPDATE report_settings SET running_through = $1", days.through)
-    for table, data in (
-            ("store_item_daily", store_item_daily(days, store_ids, item_ids, income, stores, items)),
-            ("store_running", running(days, store_ids, income, stores, "store_id")),
-            ("item_running", running(days, item_ids, income, items, "item_id"))):
-        columns = ["day", "store_id", "item_id"] if table == "store_item_daily" else \
-            ["day", "store_id" if table == "store_running" else "item_id"]
-        await conn.copy_to_table(table, source=memoryview(data), columns=[*columns, "income", "units", "sales"],
-                                 format="binary", freeze=freeze)
+    for table, (columns, data) in tables(days, moves, items, stores).items():
+        await conn.copy_to_table(table, source=memoryview(data), columns=columns, format="binary", freeze=freeze)

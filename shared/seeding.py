@@ -6,10 +6,10 @@ loaded with a binary COPY FREEZE into each monthly partition (made first; on Cit
 into the distributed parent);
 the primary and foreign keys of sales are dropped for the load and added back (validated) at
 the end, which is PostgreSQL's own advice for bulk loads: 3 million sales loaded in 12 s
-instead of 17. The per-day rollups with a row per store, item and day and the running totals
-are summed by numpy from the same arrays (shared.seeded_rollups) and loaded the same way; the
-others are recomputed by SQL (shared.rollups.rebuild). Everything happens in one transaction: readers see the old data or the new,
-never half of it. The same code seeds a Citus coordinator (COPY spreads the rows over the
+instead of 17. About 2% of the sales come back within two weeks (`returns_of`). Every rollup
+but the months is summed by numpy from the same arrays (shared.seeded_rollups) and loaded the
+same way; the months are summed from the days by SQL (shared.rollups.rebuild). Everything
+happens in one transaction: readers see the old data or the new, never half of it. The same code seeds a Citus coordinator (COPY spreads the rows over the
 shards; the keys are dropped and added on every shard).
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ from shared import citus, partitions, rollups, sales_copy, seeded_rollups
 from shared.sale_ids import BLOCK, reserve_blocks
 
 CHUNK = 250_000
-DATA_TABLES = ("sales, sale_keys, dead_letter, store_monthly, item_totals, daily_totals, store_item_daily, "
-               "store_running, item_running, store_monthly_archived, item_totals_archived, daily_totals_archived, "
-               "store_item_daily_archived, archived_months, item, store")
+DATA_TABLES = ("sales, sale_keys, returns, sale_returned, dead_letter, store_monthly, item_totals, daily_totals, "
+               "store_item_daily, hourly_totals, store_hourly, store_running, item_running, store_monthly_archived, "
+               "item_totals_archived, daily_totals_archived, store_item_daily_archived, hourly_totals_archived, "
+               "store_hourly_archived, archived_months, item, store")
 # Catalogue and rollups are replaced: every API process reloads and drops its cached reports.
 # (Triggers say so on plain PostgreSQL; Citus's reference and distributed tables have none.)
 NOTIFY_ALL_CHANGED = "SELECT pg_notify('catalogue_changed', ''), pg_notify('reports_changed', '')"
@@ -97,6 +98,38 @@ def sale_times_us(count: int, now: dt.datetime, tz: zoneinfo.ZoneInfo, rng: np.r
     return times
 
 
+RETURN_SHARE = 0.02  # of sales, some part of which comes back
+RETURN_WITHIN_DAYS = 14
+
+
+def returns_of(times: np.ndarray, now_us: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Which sales (indexes into `times`) come back, and when: the same time of day (plus up to
+    half an hour) 0 to 13 days later, so at opening hours too; none later than now."""
+    picked = np.flatnonzero(rng.random(len(times)) < RETURN_SHARE)
+    later = (rng.integers(0, RETURN_WITHIN_DAYS, size=len(picked)) * 86_400_000_000
+             + rng.integers(1, 1_800_000_000, size=len(picked)))
+    return_times = times[picked] + later
+    kept = return_times <= now_us
+    return picked[kept], return_times[kept]
+
+
+async def _copy_returns(conn: asyncpg.Connection, ids: np.ndarray, sale_ids: np.ndarray, times_us: np.ndarray,
+                        store_ids: np.ndarray, item_ids: np.ndarray, prices: np.ndarray) -> None:
+    """The returns (of one unit: the seeder sells one of each) and what they take back of each sale."""
+    if not len(ids):
+        return
+    i8, i4 = ">i8", ">i4"
+    await conn.copy_to_table("returns", format="binary", source=memoryview(seeded_rollups.copy_data([
+        ("id", i8, ids), ("sale_id", i8, sale_ids), ("return_time", i8, times_us - sales_copy.PG_EPOCH_US),
+        ("store_id", i4, store_ids), ("item_id", i4, item_ids), ("price", i4, prices), ("quantity", i4, 1),
+        ("idempotency_key", None, None), ("accepted_at", i8, times_us - sales_copy.PG_EPOCH_US)], rows=len(ids))),
+        columns=["id", "sale_id", "return_time", "store_id", "item_id", "price", "quantity", "idempotency_key",
+                 "accepted_at"])
+    await conn.copy_to_table("sale_returned", format="binary", columns=["sale_id", "sold", "returned"],
+                             source=memoryview(seeded_rollups.copy_data(
+                                 [("sale_id", i8, sale_ids), ("sold", i4, 1), ("returned", i4, 1)], rows=len(ids))))
+
+
 async def _reserve_ids(conn: asyncpg.Connection, count: int) -> np.ndarray:
     starts = np.array(await reserve_blocks(conn, -(-count // BLOCK)) if count else [], dtype=np.int64)
     return (starts[:, None] + np.arange(BLOCK, dtype=np.int64)).ravel()[:count]
@@ -164,6 +197,7 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
     if items < 1 or stores < 1 or sales < 0:
         raise ValueError("need at least one item and one store, and no negative sale count")
     now = now or dt.datetime.now(dt.timezone.utc)
+    now_us = (now - _EPOCH) // dt.timedelta(microseconds=1)
     rng = np.random.default_rng(seed)
     prices = rng.integers(100, 5_000, size=items, dtype=np.int64)
     await partitions.ensure(conn, partitions.months_between(month_starts(now, tz)[0], now))
@@ -179,8 +213,10 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
                 for name, definition in await _keys(conn, table)]
         for table, name, _ in keys[::-1]:
             await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
-        ids = await _reserve_ids(conn, sales)
         times = sale_times_us(sales, now, tz, rng)
+        returned, return_times = returns_of(times, now_us, rng)
+        ids = await _reserve_ids(conn, sales + len(returned))
+        ids, return_ids = ids[:sales], ids[sales:]
         drawn: list[tuple[np.ndarray, np.ndarray]] = []
         on_citus = await citus.has_citus(conn)
         if on_citus:  # the coordinator spreads one COPY over the shards
@@ -190,10 +226,19 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
             await _copy_by_month(conn, ids, times, prices, stores, rng, progress, drawn)
         item_ids = np.concatenate([d[0] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
         store_ids = np.concatenate([d[1] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
-        await seeded_rollups.load(conn, times, item_ids, store_ids, prices[item_ids - 1], items, stores,
-                                  freeze=not on_citus)
+        # most come back to the store they were bought in, some to another one
+        return_stores = np.where(rng.random(len(returned)) < 0.9, store_ids[returned],
+                                 rng.integers(1, stores + 1, size=len(returned)))
+        ones = np.ones(len(returned), dtype=np.int64)
+        await _copy_returns(conn, return_ids, ids[returned], return_times, return_stores, item_ids[returned],
+                            prices[item_ids[returned] - 1])
+        moves = seeded_rollups.Moves.of(
+            (times, store_ids, item_ids, prices[item_ids - 1], np.ones(len(times), dtype=np.int64)),
+            (return_times, return_stores, item_ids[returned], prices[item_ids[returned] - 1], ones))
+        await seeded_rollups.load(conn, moves, items, stores, freeze=not on_citus)
         for table, name, definition in keys:
             await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
         await rollups.rebuild(conn, filled=seeded_rollups.FILLED)
-    await conn.execute("ANALYZE sales, daily_totals, store_item_daily, store_running, item_running")
-    return {"items": items, "stores": stores, "sales": sales}
+    await conn.execute("ANALYZE sales, returns, daily_totals, store_item_daily, hourly_totals, store_hourly, "
+                       "store_running, item_running")
+    return {"items": items, "stores": stores, "sales": sales, "returns": len(returned)}
