@@ -31,7 +31,9 @@ MATRIX = {
     ("GET", "/items/top/"): READ, ("GET", "/stores/top/"): READ, ("GET", "/stores/{id}/report/"): READ,
     ("GET", "/reports/summary/"): READ, ("GET", "/reports/daily/"): READ,
     ("GET", "/reports/trend/"): READ,
+    ("GET", "/reports/totals/"): READ, ("GET", "/reports/hours/"): READ,
     ("POST", "/sales/"): POST, ("POST", "/sales/batch/"): POST,
+    ("POST", "/sales/{id}/returns/"): POST, ("POST", "/returns/batch/"): POST,
     ("GET", "/clear/"): ADMIN, ("POST", "/clear/"): ADMIN,
     ("GET", "/create/"): ADMIN, ("POST", "/create/"): ADMIN,
     ("GET", "/admin/keys/"): ADMIN, ("POST", "/admin/keys/"): ADMIN,
@@ -39,7 +41,9 @@ MATRIX = {
     ("GET", "/health"): OPEN, ("GET", "/metrics"): READ, ("GET", "/openapi.json"): READ,
 }
 DESTRUCTIVE = {"/clear/", "/create/"}
+NO_SALE = 10**15  # returns of a sale that does not exist: past the access check, a 404 (or 409)
 BODIES = {"/sales/": {"item_id": 1, "store_id": 1}, "/sales/batch/": [{"item_id": 1, "store_id": 1}],
+          "/sales/{id}/returns/": {"quantity": 1}, "/returns/batch/": [{"sale_id": NO_SALE, "quantity": 1}],
           "/admin/keys/": {"kind": "owner", "label": "from the matrix test"}, "/create/": {"sales": 10}}
 
 
@@ -79,7 +83,8 @@ async def test_access_matrix(auth_client, keyring, role):
     for (method, path), expected in MATRIX.items():
         if path in DESTRUCTIVE and expected[role] == ALLOWED:
             continue  # run by test_admin_may_recreate_data, not in a loop that needs the data
-        url = path.replace("{prefix}", "sk_owner_nosuchkey").replace("{id}", "1")
+        url = path.replace("{prefix}", "sk_owner_nosuchkey").replace(
+            "{id}", str(NO_SALE) if path.startswith("/sales/") else "1")
         body = BODIES.get(path)
         response = await auth_client.request(method, url, json=body, headers=_bearer(keyring[role]))
         if expected == ALLOWED or expected[role] == ALLOWED:

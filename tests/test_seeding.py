@@ -9,7 +9,9 @@ import zoneinfo
 import numpy as np
 import pytest
 
+from shared import rollups
 from shared.seeding import WEEKDAY_HOURS, WEEKEND_FACTOR, month_starts, sale_times_us
+from tests.recount import NO_DRIFT
 
 UTC = dt.timezone.utc
 SALES = 200_000
@@ -124,3 +126,22 @@ async def test_seeded_sales_are_at_shop_hours_in_postgresql_too(seed, db):
     assert await db.fetchval("SELECT min(sale_time) FROM sales") >= \
         dt.datetime(2025, 12, 1, 8, tzinfo=zoneinfo.ZoneInfo("America/New_York"))
     assert await db.fetchval("SELECT max(sale_time) FROM sales") < now
+
+
+@pytest.mark.parametrize("tz", ["America/New_York", "Australia/Lord_Howe"])  # DST of an hour; of half an hour
+async def test_seeded_returns_and_every_rollup_match_a_recount(seed, db, tz):
+    """About 2% of the demo sales come back, after their sale and before now; every rollup the
+    seeder sums with numpy (days and hours cut across DST changes included) equals the recount."""
+    now = dt.datetime(2026, 11, 20, 18, tzinfo=UTC)
+    await seed(items=30, stores=4, sales=30_000, tz=tz, now=now)
+    returns = await db.fetchval("SELECT count(*) FROM returns")
+    assert 0.015 * 30_000 < returns < 0.025 * 30_000
+    assert await db.fetchval("SELECT count(*) FROM returns r JOIN sales s ON s.id = r.sale_id "
+                             "WHERE r.return_time < s.sale_time OR r.item_id <> s.item_id OR r.price <> s.price "
+                             "OR r.return_time > $1", now) == 0
+    in_own_store = await db.fetchval("SELECT count(*) FROM returns r JOIN sales s ON s.id = r.sale_id "
+                                     "WHERE r.store_id = s.store_id")
+    assert in_own_store > 0.85 * returns
+    assert await db.fetchval("SELECT count(*) FROM sale_returned") == returns
+    assert await db.fetchval("SELECT count(*) FROM hourly_totals") > 0
+    assert await rollups.drift(db) == NO_DRIFT

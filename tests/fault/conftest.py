@@ -476,6 +476,84 @@ async def run_load(base_url: str, *, count: int, concurrency: int = 24, prefix: 
     return result
 
 
+@dataclasses.dataclass
+class ReturnsResult:
+    posted: int = 0
+    accepted: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> return id answered 202
+    sale_of: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> sale id
+    statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def summary(self) -> dict:
+        return {"returns_posted": self.posted, "returns_accepted": len(self.accepted),
+                "return_statuses": dict(sorted(self.statuses.items())), "return_errors": dict(self.errors)}
+
+
+async def run_returns(base_url: str, sales: LoadResult, *, every: int = 10, prefix: str = "r",
+                      deadline_s: float = 180, stop: asyncio.Event | None = None) -> ReturnsResult:
+    """Return one unit of every `every`-th sale accepted so far (and of those accepted while it
+    runs), each with its own idempotency key, retrying 409 (sale still queued), 5xx and lost
+    answers with the same key, as a till would, until `stop` is set and all are answered."""
+    result = ReturnsResult()
+    started = time.monotonic()
+    done: set[str] = set()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async def one(sale_key: str, sale_id: int) -> None:
+            key = f"{prefix}-{sale_key}"
+            result.sale_of[key] = sale_id
+            result.posted += 1
+            while time.monotonic() - started < deadline_s:
+                try:
+                    async with session.post(f"{base_url}/sales/{sale_id}/returns/",
+                                            json={"quantity": 1, "idempotency_key": key}) as response:
+                        status = response.status
+                        payload = await response.json(content_type=None)
+                        retry_after = response.headers.get("Retry-After")
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    result.errors[type(exc).__name__] += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                result.statuses[status] += 1
+                if status == 202:
+                    result.accepted[key] = payload["id"]
+                    return
+                assert status in (409, 503), (status, payload)
+                await asyncio.sleep(min(float(retry_after or 0.5), 1.0))
+
+        tasks = []
+        while time.monotonic() - started < deadline_s:
+            for n, (sale_key, sale_id) in enumerate(list(sales.accepted.items())):
+                if n % every == 0 and sale_key not in done:
+                    done.add(sale_key)
+                    tasks.append(asyncio.create_task(one(sale_key, sale_id)))
+            if stop is not None and stop.is_set():
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.gather(*tasks)
+    return result
+
+
+async def audit_returns(database_url: str, result: ReturnsResult) -> dict:
+    """Every return answered 202 is stored once, by id; nothing else is; no sale returned past
+    what was sold; what was returned of each sale adds up."""
+    conn = await asyncpg.connect(database_url, timeout=30)
+    try:
+        rows = await conn.fetch("SELECT id, sale_id, idempotency_key FROM returns")
+        over = await conn.fetchval("SELECT count(*) FROM sale_returned WHERE returned > sold")
+        mismatched = await conn.fetchval(
+            "SELECT count(*) FROM sale_returned t FULL JOIN (SELECT sale_id, sum(quantity) AS q FROM returns "
+            "GROUP BY 1) r USING (sale_id) WHERE t.returned IS DISTINCT FROM r.q")
+    finally:
+        await conn.close()
+    stored = {r["id"]: (r["sale_id"], r["idempotency_key"]) for r in rows}
+    assert len(stored) == len(rows), "a return id stored twice"
+    expected = {return_id: (result.sale_of[key], key) for key, return_id in result.accepted.items()}
+    assert stored == expected, (f"returns stored {len(stored)}, answered 202 {len(expected)}; missing "
+                                f"{sorted(set(expected) - set(stored))[:5]}, extra {sorted(set(stored) - set(expected))[:5]}")
+    assert over == 0 and mismatched == 0, (over, mismatched)
+    return {"returns_stored": len(stored)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Waiting and the audit
 # ---------------------------------------------------------------------------------------------

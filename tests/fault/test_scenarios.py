@@ -18,8 +18,8 @@ import pytest
 
 from shared.queue import GROUP
 
-from .conftest import (KEYS, ROOT, LoadResult, audit, metric_value, run_load, wait_queue_empty,
-                       wait_stored)
+from .conftest import (KEYS, ROOT, LoadResult, audit, audit_returns, metric_value, run_load, run_returns,
+                       wait_queue_empty, wait_stored)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -50,7 +50,11 @@ async def test_worker_sigkill_mid_batch_twice(make_stack, redis_client, database
     stack = make_stack()
     await stack.start_api()
     await stack.start_worker(redis_client)
-    load_task = asyncio.create_task(run_load(stack.base_url, count=4000, rate=150, prefix="kill"))
+    live = LoadResult()
+    load_task = asyncio.create_task(run_load(stack.base_url, count=4000, rate=150, prefix="kill", result=live))
+    load_done = asyncio.Event()
+    load_task.add_done_callback(lambda _: load_done.set())
+    returns_task = asyncio.create_task(run_returns(stack.base_url, live, stop=load_done))
     killed: set[str] = set()
     lost_entries = []
     blocker = await asyncpg.connect(database_url)
@@ -88,12 +92,15 @@ async def test_worker_sigkill_mid_batch_twice(make_stack, redis_client, database
     finally:
         await blocker.close()
     load = await load_task
+    returned = await returns_task
     assert recovered is not None and recovered <= 30, f"lost batches rewritten after {recovered} s"
     drained = await wait_stored(database_url, load.accepted.values(), timeout=90)
     await wait_queue_empty(redis_client, timeout=60)
     result = await audit(database_url, load)
+    result |= await audit_returns(database_url, returned)
     assert len(load.accepted) == load.posted
-    record(**load.summary(), **result, pending_entries_at_kills=lost_entries,
+    assert len(returned.accepted) == returned.posted >= load.posted // 10
+    record(**load.summary(), **returned.summary(), **result, pending_entries_at_kills=lost_entries,
            lost_batch_rewritten_after_restart_s=round(recovered, 1), drained_after_load_s=round(drained, 1))
 
 
@@ -106,6 +113,9 @@ async def test_postgres_down_30s_under_load(make_stack, redis_client, database_u
     live = LoadResult()
     load_task = asyncio.create_task(run_load(stack.base_url, count=9000, rate=150, prefix="pgdown",
                                              deadline_s=150, result=live))
+    load_done = asyncio.Event()
+    load_task.add_done_callback(lambda _: load_done.set())
+    returns_task = asyncio.create_task(run_returns(stack.base_url, live, every=20, stop=load_done, deadline_s=240))
     await asyncio.sleep(12)  # the API sizes its id blocks to the recent rate
     down_at = time.monotonic()
     await asyncio.to_thread(pg_server.stop, "fast")
@@ -122,13 +132,16 @@ async def test_postgres_down_30s_under_load(make_stack, redis_client, database_u
     load = await load_task
     during = [s for t, s in load.status_times if down_at + 1 < t < up_at]
     caught_up = await wait_stored(database_url, load.accepted.values(), timeout=120)
+    returned = await returns_task
     await wait_queue_empty(redis_client, timeout=60)
     result = await audit(database_url, load)
+    result |= await audit_returns(database_url, returned)
     assert len(load.accepted) == load.posted
+    assert len(returned.accepted) == returned.posted >= load.posted // 20
     assert during and all(s == 202 for s in during), f"answers while PostgreSQL was down: {set(during)}"
     assert load.statuses.get(500, 0) == 0
     assert health and all(s == 503 and b["postgres"].startswith("down") and b["redis"] == "ok" for s, b in health), health[:3]
-    record(**load.summary(), **result, accepted_while_pg_down=len(during),
+    record(**load.summary(), **returned.summary(), **result, accepted_while_pg_down=len(during),
            health_while_down=health[0][1].get("error"),
            backlog_at_pg_return=len(backlog), backlog_written_after_pg_back_s=round(caught_up_backlog, 1),
            caught_up_after_load_end_s=round(caught_up, 1))
