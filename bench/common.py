@@ -381,7 +381,7 @@ async def _copy_to_baseline(product_url: str, baseline_url: str, with_sales: boo
     conn = await asyncpg.connect(baseline_url)
     try:
         await create_schema(conn)
-        await conn.execute("TRUNCATE sales, item, store RESTART IDENTITY")
+        await conn.execute("TRUNCATE returns, sales, item, store RESTART IDENTITY")
     finally:
         await conn.close()
     await _copy_query(product_url, baseline_url, "SELECT id, address FROM store", "store", ["id", "address"])
@@ -400,7 +400,11 @@ async def _copy_to_baseline(product_url: str, baseline_url: str, with_sales: boo
                               "sales", ["id", "sale_time", "item_id", "store_id"])
             for fk in fks:
                 await conn.execute(f'ALTER TABLE sales ADD CONSTRAINT "{fk["conname"]}" {fk["def"]}')
-        for table in ("store", "item", "sales"):
+            await _copy_query(product_url, baseline_url,
+                              "SELECT id::int, sale_id::int, (return_time AT TIME ZONE 'UTC'), item_id, store_id, "
+                              "quantity FROM returns",
+                              "returns", ["id", "sale_id", "return_time", "item_id", "store_id", "quantity"])
+        for table in ("store", "item", "sales", "returns"):
             await conn.execute(f"SELECT setval('{table}_id_seq', (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
         await conn.execute("ANALYZE")
     finally:

@@ -6,7 +6,8 @@ import datetime as dt
 import asyncpg
 from aiohttp import web
 
-# The seed's schema, exactly (sale_time is a timestamp without zone, in UTC here).
+# The seed's schema, exactly (sale_time is a timestamp without zone, in UTC here), and the
+# returns table a user would add beside it.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS store (id serial PRIMARY KEY, address varchar);
 CREATE TABLE IF NOT EXISTS item (id serial PRIMARY KEY, name varchar, price integer);
@@ -16,6 +17,14 @@ CREATE TABLE IF NOT EXISTS sales (
     item_id integer REFERENCES item (id),
     store_id integer REFERENCES store (id)
 );
+CREATE TABLE IF NOT EXISTS returns (
+    id serial PRIMARY KEY,
+    sale_id integer REFERENCES sales (id),
+    return_time timestamp NOT NULL,
+    item_id integer REFERENCES item (id),
+    store_id integer REFERENCES store (id),
+    quantity integer NOT NULL
+);
 """
 
 INSERT_SALE = """
@@ -23,41 +32,68 @@ INSERT INTO sales (item_id, store_id) VALUES ($1, $2)
 RETURNING id, sale_time, item_id, store_id
 """
 
-TOP_ITEMS = """
-SELECT i.id, i.name, count(*) AS sales_amount
-FROM sales s JOIN item i ON i.id = s.item_id
-GROUP BY i.id, i.name
+# Sales and returns as one list of moves: a return takes back its units (and so its money).
+MOVES = """
+(SELECT sale_time AS moment, item_id, store_id, 1 AS units, 0 AS returned FROM sales
+ UNION ALL
+ SELECT return_time, item_id, store_id, -quantity, quantity FROM returns) s
+"""
+
+TOP_ITEMS = f"""
+SELECT i.id, i.name, sum(s.units) AS sales_amount
+FROM {MOVES} JOIN item i ON i.id = s.item_id
+GROUP BY i.id, i.name HAVING sum(s.units) > 0
 ORDER BY sales_amount DESC, i.id
 LIMIT $1
 """
 
-TOP_STORES = """
-SELECT st.id, st.address, sum(i.price) AS income
-FROM sales s
+TOP_STORES = f"""
+SELECT st.id, st.address, sum(i.price * s.units) AS income
+FROM {MOVES}
 JOIN item i ON i.id = s.item_id
 JOIN store st ON st.id = s.store_id
-WHERE s.sale_time >= $1 AND s.sale_time < $2
-GROUP BY st.id, st.address
+WHERE s.moment >= $1 AND s.moment < $2
+GROUP BY st.id, st.address HAVING sum(s.units) > 0
 ORDER BY income DESC, st.id
 LIMIT $3
 """
 
 # Any period [from, to] (dates, both included): the same GROUP BYs within the period's bounds.
-TOP_ITEMS_IN = """
-SELECT i.id, i.name, count(*) AS sales_amount
-FROM sales s JOIN item i ON i.id = s.item_id
-WHERE s.sale_time >= $1 AND s.sale_time < $2 AND ($4::int IS NULL OR s.store_id = $4)
-GROUP BY i.id, i.name
+TOP_ITEMS_IN = f"""
+SELECT i.id, i.name, sum(s.units) AS sales_amount
+FROM {MOVES} JOIN item i ON i.id = s.item_id
+WHERE s.moment >= $1 AND s.moment < $2 AND ($4::int IS NULL OR s.store_id = $4)
+GROUP BY i.id, i.name HAVING sum(s.units) > 0
 ORDER BY sales_amount DESC, i.id
 LIMIT $3
 """
 
-STORE_DAYS = """
-SELECT s.sale_time::date AS day, sum(i.price) AS income, count(*) AS units, count(*) AS sales
-FROM sales s JOIN item i ON i.id = s.item_id
-WHERE s.store_id = $1 AND s.sale_time >= $2 AND s.sale_time < $3
+_SUMS = """sum(i.price * s.units) AS income, sum(s.units) AS units, count(*) FILTER (WHERE s.returned = 0) AS sales,
+       count(*) FILTER (WHERE s.returned > 0) AS returns, sum(i.price * s.returned) AS refunds"""
+
+STORE_DAYS = f"""
+SELECT s.moment::date AS day, {_SUMS}
+FROM {MOVES} JOIN item i ON i.id = s.item_id
+WHERE s.store_id = $1 AND s.moment >= $2 AND s.moment < $3
 GROUP BY 1 ORDER BY 1
 """
+
+TOTALS = f"""
+SELECT coalesce(sum(i.price * s.units), 0) AS income, coalesce(sum(s.units), 0) AS units,
+       count(*) FILTER (WHERE s.returned = 0) AS sales, count(*) FILTER (WHERE s.returned > 0) AS returns,
+       coalesce(sum(i.price * s.returned), 0) AS refunds
+FROM {MOVES} JOIN item i ON i.id = s.item_id
+WHERE s.moment >= $1 AND s.moment < $2
+"""
+
+HOURS = f"""
+SELECT extract(isodow FROM s.moment)::int AS weekday, extract(hour FROM s.moment)::int AS hour,
+       sum(i.price * s.units) AS income, sum(s.units) AS units, count(*) FILTER (WHERE s.returned = 0) AS sales
+FROM {MOVES} JOIN item i ON i.id = s.item_id
+WHERE s.moment >= $1 AND s.moment < $2 AND ($3::int IS NULL OR s.store_id = $3)
+GROUP BY 1, 2
+"""
+MEASURES = ("income", "units", "sales", "returns", "refunds")
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 
@@ -166,13 +202,36 @@ async def store_report(request: web.Request) -> web.Response:
     store = await pool.fetchrow("SELECT id, address FROM store WHERE id = $1", store_id)
     if store is None:
         return _error(404, f"no store with id {store_id}")
-    days = [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]}
+    days = [{"day": r["day"].isoformat(), **{m: r[m] for m in MEASURES}}
             for r in await pool.fetch(STORE_DAYS, store_id, start, end)]
     top = await pool.fetch(TOP_ITEMS_IN, start, end, cnt, store_id)
     return web.json_response({
         "store": dict(store), "from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
-        "income": sum(d["income"] for d in days), "units": sum(d["units"] for d in days),
-        "sales": sum(d["sales"] for d in days), "top_items": [dict(r) for r in top], "days": days})
+        **{m: sum(d[m] for d in days) for m in MEASURES}, "top_items": [dict(r) for r in top], "days": days})
+
+
+async def totals(request: web.Request) -> web.Response:
+    try:
+        start, end = _period(request) or month_bounds(None)
+    except (ValueError, TypeError) as exc:
+        return _error(400, str(exc))
+    row = await request.app[POOL].fetchrow(TOTALS, start, end)
+    return web.json_response({"from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
+                              **dict(row)})
+
+
+async def hours(request: web.Request) -> web.Response:
+    try:
+        store_id = _int_param(request, "store_id", None, 1, 2**31 - 1)
+        start, end = _period(request) or month_bounds(None)
+    except (ValueError, TypeError) as exc:
+        return _error(400, str(exc))
+    found = {(r["weekday"], r["hour"]): r for r in await request.app[POOL].fetch(HOURS, start, end, store_id)}
+    cells = [{"weekday": w, "hour": h, **{m: found[w, h][m] if (w, h) in found else 0
+                                          for m in ("income", "units", "sales")}}
+             for w in range(1, 8) for h in range(24)]
+    return web.json_response({"from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
+                              "store_id": store_id, "cells": cells})
 
 
 async def count_sales(request: web.Request) -> web.Response:
@@ -197,7 +256,8 @@ def create_app(database_url: str, pool_size: int = 10) -> web.Application:
         ("/items", "GET", list_items), ("/stores", "GET", list_stores),
         ("/items/top", "GET", top_items), ("/stores/top", "GET", top_stores),
         ("/sales", "POST", post_sale), ("/sales/count", "GET", count_sales),
-        ("/stores/{id}/report", "GET", store_report),
+        ("/stores/{id}/report", "GET", store_report), ("/reports/totals", "GET", totals),
+        ("/reports/hours", "GET", hours),
     ):
         app.router.add_route(method, path, handler)
         app.router.add_route(method, path + "/", handler)
