@@ -110,15 +110,20 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
     return f"malformed JSON: not UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start})"
 
 
-def decode_sale(body: bytes | msgspec.Raw, now_us: int) -> SaleIn:
+def _decode_object(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder):
+    """One JSON object of the decoder's type; every failure a BadRequest saying why."""
     try:
-        sale = _sale_decoder.decode(body)
+        return decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(_message(exc)) from exc
     except RecursionError as exc:
         raise BadRequest(TOO_DEEP) from exc
     except UnicodeDecodeError as exc:  # msgspec raises it, not DecodeError, for bytes that are not UTF-8
         raise BadRequest(not_utf8(exc)) from exc
+
+
+def decode_sale(body: bytes | msgspec.Raw, now_us: int) -> SaleIn:
+    sale = _decode_object(body, _sale_decoder)
     _check_sale_time(sale, now_us)
     return sale
 
@@ -128,14 +133,7 @@ _return_of_sale_decoder = msgspec.json.Decoder(ReturnOfSale)
 
 
 def _decode_return(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder, now_us: int):
-    try:
-        decoded = decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise BadRequest(_message(exc)) from exc
-    except RecursionError as exc:
-        raise BadRequest(TOO_DEEP) from exc
-    except UnicodeDecodeError as exc:
-        raise BadRequest(not_utf8(exc)) from exc
+    decoded = _decode_object(body, decoder)
     _check_moment("return_time", decoded.return_time, now_us)
     return decoded
 
