@@ -22,13 +22,14 @@ import time
 import asyncpg
 import msgspec
 import redis.asyncio as redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from api import metrics
 from api.catalogue import Catalogue
 from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
+from api.sale_queue import script_then_wait
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
 from shared.queue import RETURNS_SCRIPT, QueueKeys, QueuedReturn
@@ -210,20 +211,7 @@ class ReturnsIntake:
 
     async def _run_script(self, args: list) -> tuple[list, int]:
         """The script (and, with replicas, WAIT in the same round trip): (answer, replicas that confirmed)."""
-        keys = [self._keys.stream, self._keys.depth]
         if not self._replicas:
-            return await self._script(keys=keys, args=args), 0
-        for first_try in (True, False):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._script.sha, 2, *keys, *args)
-                pipe.incrby(self._keys.depth, 0)  # see api.sale_queue: WAIT covers this connection's writes
-                pipe.wait(self._replicas, self._replica_wait_ms)
-                answer, _, confirmed = await pipe.execute(raise_on_error=False)
-            if first_try and isinstance(answer, NoScriptError):
-                await self._redis.script_load(RETURNS_SCRIPT)
-                continue
-            break
-        for reply in (answer, confirmed):
-            if isinstance(reply, Exception):
-                raise reply
-        return answer, confirmed
+            return await self._script(keys=[self._keys.stream, self._keys.depth], args=args), 0
+        return await script_then_wait(self._redis, self._script, self._keys, args, self._replicas,
+                                      self._replica_wait_ms)

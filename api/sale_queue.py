@@ -20,6 +20,7 @@ import logging
 import time
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from api import metrics
@@ -128,25 +129,8 @@ class SaleQueue:
                 future.set_result(_as_stored(sales, answer))
 
     async def _enqueue_and_wait(self, args: list) -> tuple[list, int]:
-        """The script, then WAIT, on one connection in one round trip: (answers, replicas that
-        hold every write of this connection so far)."""
-        for first_try in (True, False):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._script.sha, 2, self._keys.stream, self._keys.depth, *args)
-                # WAIT covers only this connection's own writes. A flush that only found
-                # earlier sales (retries) writes nothing itself: this no-op write moves the
-                # connection past every write made so far, those earlier sales' included.
-                pipe.incrby(self._keys.depth, 0)
-                pipe.wait(self._replicas, self._replica_wait_ms)
-                answers, _, confirmed = await pipe.execute(raise_on_error=False)
-            if first_try and isinstance(answers, NoScriptError):  # a new primary (failover) has no scripts
-                await self._client.script_load(ENQUEUE_SCRIPT)
-                continue
-            break
-        for reply in (answers, confirmed):
-            if isinstance(reply, Exception):
-                raise reply
-        return answers, confirmed
+        return await script_then_wait(self._client, self._script, self._keys, args, self._replicas,
+                                      self._replica_wait_ms)
 
     @staticmethod
     def _fail(group: list[tuple[list[QueuedSale], asyncio.Future]], exc: Exception) -> None:
@@ -156,6 +140,29 @@ class SaleQueue:
 
     async def close(self) -> None:
         await asyncio.gather(*self._flushers, return_exceptions=True)
+
+
+async def script_then_wait(client: redis.Redis, script: AsyncScript, keys: QueueKeys, args: list, replicas: int,
+                           wait_ms: int) -> tuple[list, int]:
+    """An enqueue script (KEYS: stream, depth), then WAIT, on one connection in one round trip:
+    (its answer, replicas that hold every write of this connection so far)."""
+    for first_try in (True, False):
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.evalsha(script.sha, 2, keys.stream, keys.depth, *args)
+            # WAIT covers only this connection's own writes. A flush that only found earlier
+            # sales (retries) writes nothing itself: this no-op write moves the connection past
+            # every write made so far, those earlier sales' included.
+            pipe.incrby(keys.depth, 0)
+            pipe.wait(replicas, wait_ms)
+            answers, _, confirmed = await pipe.execute(raise_on_error=False)
+        if first_try and isinstance(answers, NoScriptError):  # a new primary (failover) has no scripts
+            await client.script_load(script.script)
+            continue
+        break
+    for reply in (answers, confirmed):
+        if isinstance(reply, Exception):
+            raise reply
+    return answers, confirmed
 
 
 def _as_stored(sales: list[QueuedSale], keyed_answers: list[bytes]) -> list[QueuedSale]:
