@@ -11,7 +11,6 @@ bisection as a bad sale (worker.writer).
 from __future__ import annotations
 
 import collections
-import datetime as dt
 
 import asyncpg
 
@@ -51,11 +50,7 @@ UPSERT_RETURN_SUMS = ([(rollup.summed_by, upsert_returns_sql(rollup)) for rollup
 
 def return_json(row: ReturnRow) -> dict:
     """A return as a dead letter keeps it (`kind` tells it from a sale)."""
-    values = dict(zip(RETURN_COLUMNS, row))
-    for name in ("return_time", "accepted_at"):
-        micros = values.pop(f"{name}_us")
-        values[name] = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)).isoformat()
-    return {"kind": "return", **values}
+    return {"kind": "return", **writer.row_json(row, RETURN_COLUMNS)}
 
 
 def sums_by(rows: list[ReturnRow], names: tuple[str, ...]) -> list[list[int]]:

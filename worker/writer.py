@@ -116,12 +116,15 @@ class BatchResult:
     dead: int = 0
 
 
-def row_json(row: Row) -> dict:
-    sale = dict(zip(COLUMNS, row))
-    for name in ("sale_time", "accepted_at"):
-        micros = sale.pop(f"{name}_us")
-        sale[name] = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=micros)).isoformat()
-    return sale
+def row_json(row: tuple, columns: list[str] = COLUMNS) -> dict:
+    """A queued row as a dead letter keeps it: its `*_us` moments as ISO 8601."""
+    values = dict(zip(columns, row))
+    for column in columns:
+        if column.endswith("_us"):
+            micros = values.pop(column)
+            values[column[:-3]] = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+                                   + dt.timedelta(microseconds=micros)).isoformat()
+    return values
 
 
 def _reason(exc: Exception) -> str:
