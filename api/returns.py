@@ -2,10 +2,11 @@
 
 The rule for a return whose sale is not stored yet (still queued, or PostgreSQL away): the API
 looks the sale up in PostgreSQL for up to `wait_seconds` (the queue normally drains within
-milliseconds). If it is still not there, the answer is 409 with Retry-After while sales are
-queued (it may be one of them), and 404 when the queue is empty (no sale will ever have that
-id) or the sale went to dead_letter (422, with why). A sale is never refused for being late,
-and a return never waits in a queue for a sale that may not come.
+milliseconds). If it is still not there, the answer is 409 with Retry-After while sales queued
+before the request are still in the queue (it may be one of them), and once they have all
+left it, 404 (no sale will ever have that id) or 422 with why, if the sale went to dead_letter.
+A sale is never refused for being late, and a return never waits in a queue for a sale that
+may not come.
 
 What is left of a sale is checked twice: here, atomically with the queueing, against a
 per-sale counter in Redis that every accepted return adds to (queued ones included; it
@@ -58,6 +59,19 @@ class ReturnRefused(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class DeadLettered:
+    """A sale the worker could not store (it is in dead_letter), and why."""
+    reason: str
+
+
+class NotWrittenYet:
+    """A sale not in PostgreSQL (yet) while sales are still queued: it may be one of them."""
+
+
+NOT_WRITTEN_YET = NotWrittenYet()
+
+
+@dataclasses.dataclass(frozen=True)
 class StoredSale:
     id: int
     item_id: int
@@ -81,6 +95,12 @@ class ReturnAnswer(msgspec.Struct):
 def return_answer(queued: QueuedReturn) -> ReturnAnswer:
     return ReturnAnswer(queued.id, queued.sale_id, iso_utc(queued.return_time_us), queued.store_id,
                         queued.item_id, queued.quantity, queued.price * queued.quantity)
+
+
+def _return_us(ret: ReturnIn, sale: StoredSale, accepted_us: int) -> int:
+    """When the return happened: as given, else now, though never before its sale (whose
+    sale_time may be a few seconds ahead of this clock: api.validation.FUTURE_SKEW)."""
+    return to_us(ret.return_time) if ret.return_time else max(accepted_us, sale.sale_time_us)
 
 
 class ReturnsIntake:
@@ -124,7 +144,7 @@ class ReturnsIntake:
             sale = sales[sale_id]
             queued.append(QueuedReturn(
                 id=return_id, sale_id=sale_id,
-                return_time_us=to_us(ret.return_time) if ret.return_time else accepted_us,
+                return_time_us=_return_us(ret, sale, accepted_us),
                 store_id=ret.store_id or sale.store_id, item_id=sale.item_id, price=sale.price,
                 quantity=ret.quantity, sold=sale.quantity, idempotency_key=ret.idempotency_key,
                 accepted_at_us=accepted_us))
@@ -132,21 +152,23 @@ class ReturnsIntake:
         metrics.RETURNS_ACCEPTED.inc(len(queued))
         return stored
 
-    def _check(self, sale_id: int, ret: ReturnIn, sale: StoredSale | Exception | None,
+    def _check(self, sale_id: int, ret: ReturnIn, sale: StoredSale | DeadLettered | NotWrittenYet | None,
                accepted_us: int) -> tuple[int, str, dict] | None:
-        if isinstance(sale, Exception):
-            return 422, f"sale {sale_id} was not stored: {sale}", {}
+        if isinstance(sale, DeadLettered):
+            return 422, f"sale {sale_id} was not stored: {sale.reason}", {}
         if sale is None:
             return 404, f"no such sale: {sale_id}", {}
-        if sale == "queued":
+        if sale is NOT_WRITTEN_YET:
             return 409, f"sale {sale_id} is not written yet (it is still queued); retry shortly", {}
         if ret.store_id is not None and ret.store_id not in self._catalogue.store_ids:
             return 422, f"unknown store_id {ret.store_id}", {}
-        return_us = to_us(ret.return_time) if ret.return_time else accepted_us
+        return_us = _return_us(ret, sale, accepted_us)
         if return_us < sale.sale_time_us:
             return 422, f"return_time is before sale {sale_id} was made ({iso_utc(sale.sale_time_us)})", {}
         remaining = sale.quantity - sale.returned
-        if ret.quantity > remaining:
+        # a keyed return may be the retry of one stored already, which took its units: the
+        # script answers that one, or checks what is left itself
+        if ret.quantity > remaining and not ret.idempotency_key:
             return 422, self._too_many(sale_id, ret.quantity, remaining), {"remaining": remaining}
         return None
 
@@ -154,31 +176,41 @@ class ReturnsIntake:
     def _too_many(sale_id: int, quantity: int, remaining: int) -> str:
         return f"sale {sale_id} has {remaining} unit(s) left to return, not {quantity}"
 
-    async def _stored_sales(self, sale_ids: list[int]) -> dict[int, StoredSale | Exception | str]:
-        """Each sale as stored; "queued" for one not written yet while sales are queued; an
-        Exception (its reason) for one in dead_letter; missing for one that does not exist."""
+    async def _stored_sales(self, sale_ids: list[int]) -> dict[int, StoredSale | DeadLettered | NotWrittenYet]:
+        """Each sale as stored; NOT_WRITTEN_YET for one not written while it may still be
+        queued; DeadLettered for one in dead_letter; missing for one that does not exist."""
         deadline = time.monotonic() + self._wait_seconds
+        arrived_ms = None
         while True:
-            # the depth first: 0 then means every sale accepted before now is written
-            depth = await self._queue_depth()
+            # the queue first: once every entry queued before this request arrived has left the
+            # stream (acknowledged after its commit), every sale the till can name is written
+            # or filed in dead_letter; under steady traffic that takes a poll or two
+            now_ms, oldest_ms = await self._queue_clock_and_oldest()
+            arrived_ms = arrived_ms or now_ms
             found = await self._read_sales(sale_ids)
             missing = [s for s in sale_ids if s not in found]
             if not missing:
                 return found
-            if depth == 0:
+            if oldest_ms is None or oldest_ms > arrived_ms:
                 async with self._pool.acquire() as conn:
                     for row in await conn.fetch(DEAD_SALE, missing):
-                        found[row["sale_id"]] = Exception(row["reason"])
+                        found[row["sale_id"]] = DeadLettered(row["reason"])
                 return found
             if time.monotonic() >= deadline:
-                return {**found, **{s: "queued" for s in missing}}
+                return {**found, **{s: NOT_WRITTEN_YET for s in missing}}
             await asyncio.sleep(POLL_SECONDS)
 
-    async def _queue_depth(self) -> int:
+    async def _queue_clock_and_oldest(self) -> tuple[int, int | None]:
+        """Redis's clock and the moment its oldest stream entry was queued (ms; None if empty):
+        entry ids are those moments, on the same clock."""
         try:
-            return int(await self._redis.get(self._keys.depth) or 0)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.xrange(self._keys.stream, count=1)
+                (seconds, micros), oldest = await pipe.execute()
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
+        return seconds * 1000 + micros // 1000, int(oldest[0][0].split(b"-")[0]) if oldest else None
 
     async def _read_sales(self, sale_ids: list[int]) -> dict[int, StoredSale]:
         async with self._pool.acquire() as conn:

@@ -133,7 +133,9 @@ return answers
 # the count k, then per return: its "returned" key, its idempotency key ('' for none), quantity,
 # the sale's quantity, what the database holds as returned of it, the encoded return.
 # A sale's "returned" key is what the accepted returns take back of it, queued ones included;
-# when it is missing (none for a week, or lost with a failover) it starts from the database's.
+# when it is missing (none for a week, or lost with a failover), or behind the database's (a
+# return replayed from dead_letter), it starts from the database's. The worker gives back what a
+# return that went to dead_letter had taken (RELEASE_RETURNED_SCRIPT).
 # Answers: {0} the queue is full; {1, remaining...} a return (1-based index) asks for more than
 # is left, with what is left, nothing queued; {2, earlier...} queued: per return "" (queued now)
 # or the encoded return accepted earlier under its idempotency key.
@@ -152,7 +154,7 @@ for i = 1, count do
     earlier[i] = idem ~= '' and redis.call('GET', idem) or false
     if not earlier[i] then
         if returned[key] == nil then
-            returned[key] = tonumber(redis.call('GET', key) or ARGV[at + 4])
+            returned[key] = math.max(tonumber(redis.call('GET', key) or '0'), tonumber(ARGV[at + 4]))
         end
         if returned[key] + quantity > sold then
             refused[#refused + 1] = i
@@ -188,6 +190,18 @@ if #parts > 0 then
     redis.call('INCRBY', KEYS[2], #parts)
 end
 return answers
+"""
+
+
+# KEYS: QueueKeys.returned of sales whose returns went to dead_letter; ARGV: the quantities.
+# Gives back what those returns had reserved (a key gone meanwhile is not made up again).
+RELEASE_RETURNED_SCRIPT = """
+for i = 1, #KEYS do
+    if redis.call('EXISTS', KEYS[i]) == 1 then
+        redis.call('DECRBY', KEYS[i], ARGV[i])
+    end
+end
+return #KEYS
 """
 
 

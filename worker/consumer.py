@@ -21,7 +21,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import worker_stats
-from shared.queue import ACK_SCRIPT, GROUP, QueueKeys
+from shared.queue import ACK_SCRIPT, GROUP, RELEASE_RETURNED_SCRIPT, QueueKeys
 from worker import return_writer, writer
 from worker.gc_paused import gc_paused
 
@@ -52,6 +52,7 @@ class StreamConsumer:
         self._block_ms = block_ms
         self._linger_s = linger_ms / 1000
         self._ack = client.register_script(ACK_SCRIPT)
+        self._release_returned = client.register_script(RELEASE_RETURNED_SCRIPT)
         self._stopping = asyncio.Event()
         self._last_reclaim = 0.0
         self.batches_written = 0
@@ -169,6 +170,7 @@ class StreamConsumer:
         if returns:  # their sales were stored before the API accepted them
             returned = await self._write_until_done(lambda conn: return_writer.write_returns(conn, returns),
                                                     f"{len(returns)} returns", acks[::2])
+            await self._release_reservations(returned.dead_rows)
             result = writer.BatchResult(result.written + returned.written, result.duplicates + returned.duplicates,
                                         result.dead + returned.dead)
         await self._acknowledge(acks)
@@ -198,6 +200,19 @@ class StreamConsumer:
                                      message_ids=entry_ids, justid=True)
         except TRANSIENT_REDIS:
             pass
+
+    async def _release_reservations(self, dead_returns: list[tuple]) -> None:
+        """Give back what returns filed in dead_letter had reserved of their sales in Redis, or
+        later returns of those sales would be refused for units nobody took back. Only the write
+        that filed a letter releases it, so a redelivered entry releases nothing twice; should
+        this fail (Redis away), the reservation lapses with its key (IDEMPOTENCY_TTL_SECONDS)."""
+        if not dead_returns:
+            return
+        try:
+            await self._release_returned(keys=[self._keys.returned(row[1]) for row in dead_returns],
+                                         args=[row[6] for row in dead_returns])
+        except TRANSIENT_REDIS as exc:
+            log.warning("could not give back the reservations of %d dead returns (%s)", len(dead_returns), exc)
 
     async def _acknowledge(self, acks: list) -> None:
         backoff = 0.1

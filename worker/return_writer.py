@@ -103,6 +103,7 @@ async def write_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> writ
             await writer.lock_running(conn, last_second(rows))
             inserted, lost = await insert_returns(conn, rows)
             filed = await writer.file_dead_letters(conn, lost, return_json)
-        return writer.BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
+        return writer.BatchResult(written=inserted, duplicates=len(rows) - inserted - len(filed), dead=len(filed),
+                                  dead_rows=filed)
     except writer.PERMANENT_ERRORS:
         return await writer.write_row_by_row(conn, rows, insert_returns, return_json, last_second(rows))

@@ -114,6 +114,7 @@ class BatchResult:
     written: int = 0
     duplicates: int = 0
     dead: int = 0
+    dead_rows: list[tuple] = dataclasses.field(default_factory=list)  # the rows this write filed
 
 
 def row_json(row: tuple, columns: list[str] = COLUMNS) -> dict:
@@ -272,7 +273,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         async with conn.transaction():
             await lock_running(conn, _last_second(batch))
             inserted, lost = await insert_rows(conn, rows, batch_key_checks=not citus)
-            filed = await file_dead_letters(conn, lost, row_json)
+            filed = len(await file_dead_letters(conn, lost, row_json))
         return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
     except PERMANENT_ERRORS:
         return await write_row_by_row(conn, rows, insert_rows, row_json, _last_second(batch))
@@ -285,7 +286,7 @@ async def _write_around_archived(conn: asyncpg.Connection, rows: list[Row], arch
     dead_letter with the reason, the others are written as usual."""
     kept, refused = split_archived(rows, archived)
     async with conn.transaction():
-        filed = await file_dead_letters(conn, refused, row_json)
+        filed = len(await file_dead_letters(conn, refused, row_json))
     result = await write_batch(conn, kept, citus=citus) if kept else BatchResult()
     result.dead += filed
     result.duplicates += len(refused) - filed
@@ -312,7 +313,8 @@ async def write_row_by_row(conn: asyncpg.Connection, rows: list[tuple], insert: 
         middle = len(rows) // 2
         for part in (rows[:middle], rows[middle:]) if len(rows) > 1 else (rows,):
             await _write_part(conn, part, insert, result, dead)
-        result.dead = await file_dead_letters(conn, dead, as_json)
+        result.dead_rows = await file_dead_letters(conn, dead, as_json)
+        result.dead = len(result.dead_rows)
         result.duplicates += len(dead) - result.dead
     return result
 
@@ -338,9 +340,10 @@ async def _write_part(conn: asyncpg.Connection, rows: list[tuple], insert: Inser
 
 
 async def file_dead_letters(conn: asyncpg.Connection, dead: list[tuple[tuple, str]],
-                            as_json: Callable[[tuple], dict]) -> int:
-    """File the rows (rare: one statement each); returns how many were not filed already."""
-    filed = 0
+                            as_json: Callable[[tuple], dict]) -> list[tuple]:
+    """File the rows (rare: one statement each); returns those that were not filed already."""
+    filed = []
     for row, reason in dead:
-        filed += await conn.fetchval(INSERT_DEAD_LETTER, row[0], as_json(row), reason) is not None
+        if await conn.fetchval(INSERT_DEAD_LETTER, row[0], as_json(row), reason) is not None:
+            filed.append(row)
     return filed

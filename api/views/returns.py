@@ -17,7 +17,8 @@ RETRY_AFTER_SECONDS = 2
 
 def _sale_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) < 2**63:
+    # 19 digits at most: int() of thousands of digits raises (Python's conversion limit)
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) < 2**63:
         raise BadRequest(f"sale id must be a positive integer, got {raw[:40]!r}", status=404)
     return int(raw)
 
