@@ -37,7 +37,9 @@ from shared.queue import RETURNS_SCRIPT, QueueKeys, QueuedReturn
 
 SALE = "SELECT id, item_id, store_id, price, quantity, sale_time FROM sales WHERE id = ANY($1::bigint[])"
 RETURNED = "SELECT sale_id, returned FROM sale_returned WHERE sale_id = ANY($1::bigint[])"
-DEAD_SALE = "SELECT sale_id, reason FROM dead_letter WHERE sale_id = ANY($1::bigint[]) AND replayed_at IS NULL"
+# dead_letter.sale_id is a return's own id in a return's letter
+DEAD_SALE = ("SELECT sale_id, reason FROM dead_letter WHERE sale_id = ANY($1::bigint[]) AND replayed_at IS NULL "
+             "AND sale->>'kind' IS DISTINCT FROM 'return'")
 POLL_SECONDS = 0.05
 
 _encoder = msgspec.msgpack.Encoder()

@@ -347,6 +347,8 @@ async def test_a_dead_return_gives_back_what_it_had_reserved(client, seed, db, d
     assert await redis_client.get(queue_keys.returned(sale["id"])) == b"0"
     await drain()  # nothing left to write, nothing given back twice
     assert await redis_client.get(queue_keys.returned(sale["id"])) == b"0"
+    dead_id = await db.fetchval("SELECT sale_id FROM dead_letter")  # the return's id: no sale has it
+    assert await _return(client, dead_id, status=404, quantity=1) == {"error": f"no such sale: {dead_id}"}
     await _return(client, sale["id"], quantity=3)  # all three units are still the customer's to return
     await drain()
     assert await db.fetchval("SELECT returned FROM sale_returned WHERE sale_id = $1", sale["id"]) == 3
