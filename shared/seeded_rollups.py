@@ -191,35 +191,51 @@ def _sparse_rows(days: SeededDays, moves: Moves, keys: list[tuple[str, str, np.n
     return copy_chunks([*columns[::-1], *_measure_columns(sums, slice(None))])
 
 
-async def load(conn: asyncpg.Connection, moves: Moves, items: int, stores: int, freeze: bool) -> None:
-    """Fill FILLED from the seeded moves, inside the seeder's transaction, after it emptied
-    them; sets running_through (which never goes back)."""
-    if len(moves.times_us) == 0:
-        return
-    # the zone the rollups are cut in, whatever the caller was configured with
-    zone, through = await conn.fetchrow("SELECT timezone, running_through FROM report_settings")
-    days = SeededDays(moves.times_us, zoneinfo.ZoneInfo(zone), through)
-    await conn.execute("UPDATE report_settings SET running_through = $1", days.through)
-    # numpy builds the next tables in a thread while PostgreSQL loads the one before: at 10
-    # million sales each side takes about 20 s, one after the other they took 41 s
-    loop = asyncio.get_running_loop()
-    built: asyncio.Queue[tuple[str, list[str], bytes] | None] = asyncio.Queue()
-    stop = threading.Event()
+class RollupData:
+    """FILLED's COPY data, built by numpy in a thread from the moment `start` returns, while the
+    seeder's connection loads the sales; `copy_into` loads each chunk as it is ready. At 10
+    million sales the numpy side takes about 20 s, and so does PostgreSQL's: one after the
+    other they took 41 s."""
 
-    def build() -> None:
+    def __init__(self, moves: Moves, zone: zoneinfo.ZoneInfo, through: dt.date | None, items: int, stores: int):
+        self._loop = asyncio.get_running_loop()
+        self._built: asyncio.Queue[tuple[str, list[str], bytes] | None] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._days: SeededDays | None = None
+        self._builder = self._loop.run_in_executor(None, self._build, moves, zone, through, items, stores)
+
+    @classmethod
+    async def start(cls, conn: asyncpg.Connection, moves: Moves, items: int, stores: int) -> "RollupData":
+        # the zone the rollups are cut in, whatever the caller was configured with
+        zone, through = await conn.fetchrow("SELECT timezone, running_through FROM report_settings")
+        return cls(moves, zoneinfo.ZoneInfo(zone), through, items, stores)
+
+    def _build(self, moves: Moves, zone: zoneinfo.ZoneInfo, through: dt.date | None, items: int, stores: int) -> None:
         try:
-            for table in tables(days, moves, items, stores):
-                if stop.is_set():
+            if len(moves.times_us) == 0:
+                return
+            self._days = SeededDays(moves.times_us, zone, through)
+            for table in tables(self._days, moves, items, stores):
+                if self._stop.is_set():
                     return
-                loop.call_soon_threadsafe(built.put_nowait, table)
+                self._loop.call_soon_threadsafe(self._built.put_nowait, table)
         finally:
-            loop.call_soon_threadsafe(built.put_nowait, None)
+            self._loop.call_soon_threadsafe(self._built.put_nowait, None)
 
-    builder = loop.run_in_executor(None, build)
-    try:
-        while (table := await built.get()) is not None:
+    async def copy_into(self, conn: asyncpg.Connection, freeze: bool) -> None:
+        """Fill FILLED, inside the seeder's transaction, after it emptied them; sets
+        running_through (which never goes back)."""
+        while (table := await self._built.get()) is not None:
             name, columns, data = table
             await conn.copy_to_table(name, source=memoryview(data), columns=columns, format="binary", freeze=freeze)
-    finally:
-        stop.set()
-        await builder  # its exception, if the loop ended because it failed
+        await self._builder  # its exception, if it failed
+        if self._days is not None:
+            await conn.execute("UPDATE report_settings SET running_through = $1", self._days.through)
+
+    async def stop(self) -> None:
+        """Wait for the thread (told to stop after its current table, if copy_into did not end)."""
+        self._stop.set()
+        try:
+            await self._builder
+        except Exception:  # noqa: BLE001 - copy_into raised it already, or the load failed first
+            pass

@@ -135,40 +135,36 @@ async def _reserve_ids(conn: asyncpg.Connection, count: int) -> np.ndarray:
     return (starts[:, None] + np.arange(BLOCK, dtype=np.int64)).ravel()[:count]
 
 
-async def _sale_chunks(ids: np.ndarray, times: np.ndarray, item_prices: np.ndarray, stores: int,
-                       rng: np.random.Generator, progress: Progress | None,
-                       drawn: list[tuple[np.ndarray, np.ndarray]]) -> AsyncIterator[bytes]:
-    """The sales as binary COPY data; the item and store ids drawn for them go to `drawn`."""
+async def _sale_chunks(ids: np.ndarray, times: np.ndarray, item_ids: np.ndarray, store_ids: np.ndarray,
+                       prices: np.ndarray, progress: Progress | None) -> AsyncIterator[bytes]:
+    """The sales as binary COPY data (`prices`: of each sale)."""
     count = len(ids)
     yield sales_copy.HEADER
     for lo in range(0, count, CHUNK):
         hi = min(count, lo + CHUNK)
-        item_ids = rng.integers(1, len(item_prices) + 1, size=hi - lo)
-        store_ids = rng.integers(1, stores + 1, size=hi - lo)
-        drawn.append((item_ids, store_ids))
-        yield sales_copy.unkeyed_rows(ids[lo:hi], times[lo:hi], item_ids, store_ids, item_prices[item_ids - 1],
+        yield sales_copy.unkeyed_rows(ids[lo:hi], times[lo:hi], item_ids[lo:hi], store_ids[lo:hi], prices[lo:hi],
                                       quantities=1, accepted_us=times[lo:hi])
         if progress:
             progress(hi - lo)
     yield sales_copy.TRAILER
 
 
-async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.ndarray, item_prices: np.ndarray,
-                         stores: int, rng: np.random.Generator, progress: Progress | None,
-                         drawn: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """One COPY FREEZE per monthly partition: they were emptied in this transaction, so the
-    rows can be written frozen, and the rollup rebuild and ANALYZE that read them next do not
-    write every page again to set hint bits (FREEZE is refused on the partitioned parent)."""
-    times = np.sort(times)  # the ids stay in order: which sale gets which moment is random anyway
+async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.ndarray, item_ids: np.ndarray,
+                         store_ids: np.ndarray, prices: np.ndarray, progress: Progress | None) -> None:
+    """One COPY FREEZE per monthly partition (`times` sorted): they were emptied in this
+    transaction, so the rows can be written frozen, and the rollup rebuild and ANALYZE that
+    read them next do not write every page again to set hint bits (FREEZE is refused on the
+    partitioned parent)."""
     months = partitions.months_of(times)
     starts = [int(dt.datetime.combine(m, dt.time(), dt.timezone.utc).timestamp() * 1_000_000) for m in months]
     bounds = [*np.searchsorted(times, starts[1:]).tolist(), len(times)]
     low = 0
     for month, high in zip(months, bounds):
         partition = await conn.fetchval("SELECT sales_partition($1)", month)
+        part = slice(low, high)
         await conn.copy_to_table(partition, columns=sales_copy.COLUMNS, format="binary", freeze=True,
-                                 source=_sale_chunks(ids[low:high], times[low:high], item_prices, stores, rng,
-                                                     progress, drawn))
+                                 source=_sale_chunks(ids[part], times[part], item_ids[part], store_ids[part],
+                                                     prices[part], progress))
         low = high
 
 
@@ -213,29 +209,34 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
                 for name, definition in await _keys(conn, table)]
         for table, name, _ in keys[::-1]:
             await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
-        times = sale_times_us(sales, now, tz, rng)
+        times = sale_times_us(sales, now, tz, rng)  # sorted
+        item_ids = rng.integers(1, items + 1, size=sales)
+        store_ids = rng.integers(1, stores + 1, size=sales)
+        sale_prices = prices[item_ids - 1]
         returned, return_times = returns_of(times, now_us, rng)
-        ids = await _reserve_ids(conn, sales + len(returned))
-        ids, return_ids = ids[:sales], ids[sales:]
-        drawn: list[tuple[np.ndarray, np.ndarray]] = []
-        on_citus = await citus.has_citus(conn)
-        if on_citus:  # the coordinator spreads one COPY over the shards
-            await conn.copy_to_table("sales", columns=sales_copy.COLUMNS, format="binary",
-                                     source=_sale_chunks(ids, times, prices, stores, rng, progress, drawn))
-        else:
-            await _copy_by_month(conn, ids, times, prices, stores, rng, progress, drawn)
-        item_ids = np.concatenate([d[0] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
-        store_ids = np.concatenate([d[1] for d in drawn]) if drawn else np.empty(0, dtype=np.int64)
         # most come back to the store they were bought in, some to another one
         return_stores = np.where(rng.random(len(returned)) < 0.9, store_ids[returned],
                                  rng.integers(1, stores + 1, size=len(returned)))
         ones = np.ones(len(returned), dtype=np.int64)
-        await _copy_returns(conn, return_ids, ids[returned], return_times, return_stores, item_ids[returned],
-                            prices[item_ids[returned] - 1])
         moves = seeded_rollups.Moves.of(
-            (times, store_ids, item_ids, prices[item_ids - 1], np.ones(len(times), dtype=np.int64)),
-            (return_times, return_stores, item_ids[returned], prices[item_ids[returned] - 1], ones))
-        await seeded_rollups.load(conn, moves, items, stores, freeze=not on_citus)
+            (times, store_ids, item_ids, sale_prices, np.ones(len(times), dtype=np.int64)),
+            (return_times, return_stores, item_ids[returned], sale_prices[returned], ones))
+        # numpy sums the rollups in a thread meanwhile: the sales COPY keeps PostgreSQL busy
+        rollup_data = await seeded_rollups.RollupData.start(conn, moves, items, stores)
+        try:
+            ids = await _reserve_ids(conn, sales + len(returned))
+            ids, return_ids = ids[:sales], ids[sales:]
+            on_citus = await citus.has_citus(conn)
+            if on_citus:  # the coordinator spreads one COPY over the shards
+                await conn.copy_to_table("sales", columns=sales_copy.COLUMNS, format="binary",
+                                         source=_sale_chunks(ids, times, item_ids, store_ids, sale_prices, progress))
+            else:
+                await _copy_by_month(conn, ids, times, item_ids, store_ids, sale_prices, progress)
+            await _copy_returns(conn, return_ids, ids[returned], return_times, return_stores, item_ids[returned],
+                                sale_prices[returned])
+            await rollup_data.copy_into(conn, freeze=not on_citus)
+        finally:
+            await rollup_data.stop()
         for table, name, definition in keys:
             await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
         await rollups.rebuild(conn, filled=seeded_rollups.FILLED)
