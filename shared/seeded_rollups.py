@@ -142,12 +142,12 @@ def running(days: SeededDays, key_ids: np.ndarray, keys: int, key_name: str, mov
     # hundred pages instead of one page each
     day, key = np.nonzero(started.T)
     return copy_chunks([("day", ">i4", days.pg_days(day)), (key_name, ">i4", key + 1),
-                      *((name, ">i8", totals[name][key, day]) for name in MEASURES)])
+                        *((name, ">i8", totals[name][key, day]) for name in MEASURES)])
 
 
 def tables(days: SeededDays, moves: Moves, items: int, stores: int) -> Iterator[tuple[str, list[str], bytes]]:
     """Every FILLED table's name, columns and binary COPY data (in chunks: a table may come
-    several times), the largest first (see `load`)."""
+    several times), the largest first (see RollupData)."""
     day = ("day", ">i4", days.index, days.count)
     hour = ("hour", ">i2", days.hour, 24)
     store = ("store_id", ">i4", moves.store_ids - 1, stores)
