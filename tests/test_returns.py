@@ -288,16 +288,25 @@ async def test_totals_and_hours_default_to_this_month_and_refuse_bad_input(clien
         assert response.status == status and "error" in await response.json()
 
 
+async def _dead_return(client, db, drain, sale_id: int, quantity: int, before_written=None) -> dict:
+    """A return into pop-up store 50, which closes before the worker writes the return: it goes
+    to dead_letter (returns_store_id_fkey). `before_written()`: awaited while it is queued."""
+    await db.execute("INSERT INTO store (id, address) VALUES (50, 'pop-up')")
+    await client.get("/stores/")  # the catalogue reloads on the NOTIFY anyway
+    answer = await _return(client, sale_id, quantity=quantity, store_id=50)
+    if before_written is not None:
+        await before_written()
+    await db.execute("DELETE FROM store WHERE id = 50")  # gone before the worker writes the return
+    await drain()
+    return answer
+
+
 async def test_a_dead_return_replays_once_its_cause_is_fixed(client, seed, db, drain):
     await writer.prepare_connection(db)  # jsonb as dicts, as the replay command has it
     await seed(items=2, stores=2, sales=10)
     sale = await _sale(client, item_id=2, store_id=1, quantity=3)
     await drain()
-    await db.execute("INSERT INTO store (id, address) VALUES (50, 'pop-up')")
-    await client.get("/stores/")  # the catalogue reloads on the NOTIFY anyway
-    answer = await _return(client, sale["id"], quantity=2, store_id=50)
-    await db.execute("DELETE FROM store WHERE id = 50")  # gone before the worker writes the return
-    await drain()
+    answer = await _dead_return(client, db, drain, sale["id"], 2)
     letter = await db.fetchrow("SELECT id, sale_id, sale, reason FROM dead_letter")
     assert letter["sale_id"] == answer["id"] and "returns_store_id_fkey" in letter["reason"]
     assert letter["sale"]["kind"] == "return" and letter["sale"]["sale_id"] == sale["id"]
@@ -337,12 +346,11 @@ async def test_a_dead_return_gives_back_what_it_had_reserved(client, seed, db, d
     await seed(items=2, stores=2, sales=10)
     sale = await _sale(client, item_id=2, store_id=1, quantity=3)
     await drain()
-    await db.execute("INSERT INTO store (id, address) VALUES (50, 'pop-up')")
-    await client.get("/stores/")
-    await _return(client, sale["id"], quantity=2, store_id=50)
-    assert await redis_client.get(queue_keys.returned(sale["id"])) == b"2"
-    await db.execute("DELETE FROM store WHERE id = 50")  # gone before the worker writes the return
-    await drain()
+
+    async def reserved():
+        assert await redis_client.get(queue_keys.returned(sale["id"])) == b"2"
+
+    await _dead_return(client, db, drain, sale["id"], 2, before_written=reserved)
     assert await db.fetchval("SELECT count(*) FROM dead_letter") == 1
     assert await redis_client.get(queue_keys.returned(sale["id"])) == b"0"
     await drain()  # nothing left to write, nothing given back twice
@@ -362,11 +370,7 @@ async def test_a_replayed_return_counts_against_what_is_left(client, seed, db, d
     await seed(items=2, stores=2, sales=10)
     sale = await _sale(client, item_id=2, store_id=1, quantity=3)
     await drain()
-    await db.execute("INSERT INTO store (id, address) VALUES (50, 'pop-up')")
-    await client.get("/stores/")
-    await _return(client, sale["id"], quantity=2, store_id=50)
-    await db.execute("DELETE FROM store WHERE id = 50")
-    await drain()
+    await _dead_return(client, db, drain, sale["id"], 2)
     await db.execute("INSERT INTO store (id, address) VALUES (50, 'pop-up')")
     [outcome] = await dead_letters.replay(db)
     assert outcome.written == 1
