@@ -15,7 +15,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError)
 
 
 class LiveTable:
