@@ -309,8 +309,13 @@ async def test_replica_lost_answers_503_then_retries_get_the_same_sale(make_stac
             if server.proc and server.proc.poll() is None:
                 server.proc.send_signal(signal.SIGCONT)
             server.destroy()
-    while_stopped = [(sent, status) for sent, status in load.status_times if stopped_at + 0.5 < sent < resumed_at - 0.5]
-    assert while_stopped and {status for _, status in while_stopped} == {503}, {s for _, s in while_stopped}
+    # sent and answered while the replica was stopped (a request sent then may wait behind earlier
+    # flushes, each up to REDIS_REPLICA_WAIT_MS, and be confirmed after the resume: rightly a 202)
+    while_stopped = [(sent, answered, status) for (sent, status), (answered, _)
+                     in zip(load.status_times, load.answered_at) if stopped_at + 0.5 < sent and answered < resumed_at]
+    assert while_stopped and {status for _, _, status in while_stopped} == {503}, [
+        (round(sent - stopped_at, 3), round(answered - stopped_at, 3), status)
+        for sent, answered, status in while_stopped if status != 503]
     assert len(load.accepted) == load.posted, load.summary()
     assert load.missing_retry_after == 0 and load.error_bodies_without_error == 0 and not load.errors
     assert load.max_503_seconds < 1.5, load.max_503_seconds
