@@ -126,24 +126,35 @@ async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # Any period [from, to] (dates in the report time zone, both included). Chain-wide figures are
-# one subtraction per store or item of the running totals (migration 008): running(to) minus
-# running(from - 1), whatever the length of the period. Days past running_through (no sale
-# written for them yet) read running_through's row; a key with no row on from - 1 had sold
-# nothing before.
+# one subtraction per store or item of the running totals (migrations 008, 010): running(to)
+# minus running(from - 1), whatever the length of the period, plus the late rows of its days
+# (sales that came more than a week late, which the running rows do not carry: few). Days past
+# running_through (no sale written for them yet) read running_through's row; a key with no row
+# on from - 1 had sold nothing before (but what its late rows hold).
 
 _PERIOD_TOTALS = """
-SELECT e.{key}, e.income - coalesce(b.income, 0) AS income, e.units - coalesce(b.units, 0) AS units,
-       e.sales - coalesce(b.sales, 0) AS sales, e.returns - coalesce(b.returns, 0) AS returns,
-       e.refunds - coalesce(b.refunds, 0) AS refunds
-FROM {table} e
-LEFT JOIN {table} b ON b.{key} = e.{key} AND b.day = (SELECT least($1::date - 1, running_through) FROM report_settings)
-WHERE e.day = (SELECT least($2::date, running_through) FROM report_settings)
+SELECT {key}, sum(income)::bigint AS income, sum(units)::bigint AS units, sum(sales)::bigint AS sales,
+       sum(returns)::bigint AS returns, sum(refunds)::bigint AS refunds
+FROM (SELECT {key}, income, units, sales, returns, refunds FROM {table}
+      WHERE day = (SELECT least($2::date, running_through) FROM report_settings){only}
+      UNION ALL
+      SELECT {key}, -income, -units, -sales, -returns, -refunds FROM {table}
+      WHERE day = (SELECT least($1::date - 1, running_through) FROM report_settings){only}
+      UNION ALL
+      SELECT {key}, income, units, sales, returns, refunds FROM {table}_late
+      WHERE day >= $1 AND day <= $2{only}) moves
+GROUP BY {key}
 """
+
+
+def _period_totals(table: str, key: str, only: str = "") -> str:
+    return _PERIOD_TOTALS.format(table=table, key=key, only=only)
+
 
 # The top rows are picked from the running totals alone, then joined (as TOP_ITEMS above).
 TOP_STORES_PERIOD = f"""
 SELECT s.id, s.address, t.income
-FROM (SELECT store_id, income FROM ({_PERIOD_TOTALS.format(table="store_running", key="store_id")}) p
+FROM (SELECT store_id, income FROM ({_period_totals("store_running", "store_id")}) p
       WHERE units > 0 ORDER BY income DESC, store_id LIMIT $3) t
 JOIN store s ON s.id = t.store_id
 ORDER BY t.income DESC, t.store_id
@@ -151,7 +162,7 @@ ORDER BY t.income DESC, t.store_id
 
 TOP_ITEMS_PERIOD = f"""
 SELECT i.id, i.name, t.units AS sales_amount
-FROM (SELECT item_id, units FROM ({_PERIOD_TOTALS.format(table="item_running", key="item_id")}) p
+FROM (SELECT item_id, units FROM ({_period_totals("item_running", "item_id")}) p
       WHERE units > 0 ORDER BY units DESC, item_id LIMIT $3) t
 JOIN item i ON i.id = t.item_id
 ORDER BY t.units DESC, t.item_id
@@ -169,7 +180,7 @@ JOIN item i ON i.id = t.item_id
 ORDER BY t.units DESC, t.item_id
 """
 
-STORE_TOTALS = _PERIOD_TOTALS.format(table="store_running", key="store_id") + " AND e.store_id = $3"
+STORE_TOTALS = _period_totals("store_running", "store_id", only=" AND store_id = $3")
 
 STORE_DAYS = """
 SELECT day, income, units, sales, returns, refunds FROM daily_totals
@@ -182,7 +193,7 @@ CHAIN_TOTALS = f"""
 SELECT coalesce(sum(income), 0)::bigint AS income, coalesce(sum(units), 0)::bigint AS units,
        coalesce(sum(sales), 0)::bigint AS sales, coalesce(sum(returns), 0)::bigint AS returns,
        coalesce(sum(refunds), 0)::bigint AS refunds
-FROM ({_PERIOD_TOTALS.format(table="store_running", key="store_id")}) p
+FROM ({_period_totals("store_running", "store_id")}) p
 """
 
 # Weekday (ISO, 1 = Monday) x hour of the period's days: at most 24 rows a day.

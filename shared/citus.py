@@ -8,12 +8,12 @@ every start and upgrades a database that held data before):
   the foreign keys of sales and the rollups' time zone are checked and read on the node itself;
 - `sales` (partitioned by month: every partition, present and future, is distributed the same
   way), `sale_keys`, `returns` (by the store that took it back) and the per-store rollups
-  (`store_monthly`, `daily_totals`, `store_item_daily`, `store_hourly`, `store_running`) are
-  distributed by `store_id` and co-located: a store's sales, keys and rollup rows live in the
-  same shard group, and a batch touches each store's rows on one node;
-- `item_totals` and `item_running` are distributed by their own key, `item_id`: a row per item
-  (and day) for the whole chain, so that "top items" reads one row per item, not one per item
-  and store;
+  (`store_monthly`, `daily_totals`, `store_item_daily`, `store_hourly`, `store_running` and
+  `store_running_late`) are distributed by `store_id` and co-located: a store's sales, keys and
+  rollup rows live in the same shard group, and a batch touches each store's rows on one node;
+- `item_totals`, `item_running` and `item_running_late` are distributed by their own key,
+  `item_id`: a row per item (and day) for the whole chain, so that "top items" reads one row
+  per item, not one per item and store;
 - `sale_returned` by `sale_id`, and the chain's hours (`hourly_totals`) by `day`;
 - the `_archived` twins follow their rollups;
 - `dead_letter`, `api_key` and `schema_migrations` stay ordinary tables on the coordinator.
@@ -51,13 +51,16 @@ DISTRIBUTED_TABLES = (
     ("item_totals", "item_id", "none"),
     ("item_totals_archived", "item_id", "item_totals"),
     ("item_running", "item_id", "item_totals"),
+    ("store_running_late", "store_id", "sales"),
+    ("item_running_late", "item_id", "item_totals"),
 )
 NOTIFY_TRIGGERS = (
     ("item", "item_changed"), ("store", "store_changed"), ("store_monthly", "store_monthly_changed"),
     ("item_totals", "item_totals_changed"), ("daily_totals", "daily_totals_changed"),
     ("store_running", "store_running_changed"), ("item_running", "item_running_changed"),
     ("store_item_daily", "store_item_daily_changed"), ("hourly_totals", "hourly_totals_changed"),
-    ("store_hourly", "store_hourly_changed"),
+    ("store_hourly", "store_hourly_changed"), ("store_running_late", "store_running_late_changed"),
+    ("item_running_late", "item_running_late_changed"),
 )
 
 

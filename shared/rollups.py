@@ -136,8 +136,17 @@ def upsert_returns_sql(rollup: Rollup) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Running totals (migration 008): per key and day, everything up to and including that day, for
-# every day from the key's first sale to report_settings.running_through.
+# Running totals (migrations 008 and 010): per key and day, everything up to and including that
+# day, for every day from the key's first sale to report_settings.running_through; but a sale
+# more than RUNNING_WINDOW_DAYS before running_through adds to one row of its day in the late
+# twin instead of to every row after it. So running(day) + the late rows up to that day is
+# everything up to that day, and no sale writes more than RUNNING_WINDOW_DAYS + 1 rows per key.
+
+# A sale of today adds to 1 running row per key, one of a week ago to 8: within ten times a
+# sale of today (issue 21), and a till that was offline for a weekend or a week still writes
+# no late rows, which a report reads for every day of its period.
+RUNNING_WINDOW_DAYS = 7
+
 
 @dataclasses.dataclass(frozen=True)
 class Running:
@@ -149,6 +158,11 @@ class Running:
     def summed_by(self) -> tuple[str, ...]:
         return ("second", self.key)
 
+    @property
+    def late(self) -> str:
+        """The table of the days the running rows do not carry (sales that came late)."""
+        return f"{self.table}_late"
+
     def expected_daily_sql(self) -> str:
         """Per day and key, what raw sales plus archived months count (reconciliation)."""
         sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
@@ -159,10 +173,12 @@ RUNNING = (Running("store_running", "store_id", "daily_totals"), Running("item_r
 # Held shared by every transaction that adds to running totals, exclusively by running_extend().
 RUNNING_LOCK = 370222
 
+_RECENT = f"p.local_time::date >= (SELECT running_through FROM report_settings) - {RUNNING_WINDOW_DAYS}"
+
 
 def upsert_running_sql(running: Running, returns: bool = False) -> str:
-    """Add a batch's sums (PARTIAL_SALES parameters, or PARTIAL_RETURNS) to every row from the
-    sale's (or return's) day on."""
+    """Add a batch's recent sums (PARTIAL_SALES parameters, or PARTIAL_RETURNS) to every row
+    from the sale's (or return's) day on: at most RUNNING_WINDOW_DAYS + 1 rows per key."""
     measures = MEASURES if returns else SALE_MEASURES
     additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
     return (
@@ -170,9 +186,31 @@ def upsert_running_sql(running: Running, returns: bool = False) -> str:
         f"SELECT p.local_time::date + g.n, p.{running.key}, {', '.join(f'sum(p.{m})' for m in measures)} "
         f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p CROSS JOIN generate_series(0, "
         f"(SELECT running_through FROM report_settings) - p.local_time::date) AS g(n) "
+        f"WHERE {_RECENT} "
         f"GROUP BY 1, 2 ORDER BY 1, 2 "
         f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
     )
+
+
+def upsert_late_sql(running: Running, returns: bool = False) -> str:
+    """Add a batch's older sums (same parameters) to the late rows of their days: one row per
+    key and day, however far back the day is."""
+    measures = MEASURES if returns else SALE_MEASURES
+    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
+    return (
+        f"INSERT INTO {running.late} AS r (day, {running.key}, {', '.join(measures)}) "
+        f"SELECT p.local_time::date, p.{running.key}, {', '.join(f'sum(p.{m})' for m in measures)} "
+        f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p "
+        f"WHERE NOT ({_RECENT}) "
+        f"GROUP BY 1, 2 ORDER BY 1, 2 "
+        f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
+    )
+
+
+def running_upserts(returns: bool = False) -> list[tuple[tuple[str, ...], str]]:
+    """(what the batch is summed by, the upsert) of every running table and its late twin."""
+    return [(running.summed_by, upsert(running, returns)) for running in RUNNING
+            for upsert in (upsert_running_sql, upsert_late_sql)]
 
 
 def _local_day(second_param: str) -> str:
@@ -193,11 +231,16 @@ LOCK_RUNNING_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({RUNNING_LOCK})"
 
 
 def expected_running_sql(running: Running) -> str:
-    """What the running table must hold: the recounted days added up, for every day from the
-    key's first sale to running_through."""
+    """What the running table must hold: per key, from the first day the recount and the late
+    rows differ (the first sale the running rows carry) to running_through, the recounted days
+    minus the late rows, added up."""
     sums = ", ".join(f"(sum(coalesce(d.{m}, 0)) OVER w)::bigint AS {m}" for m in MEASURES)
+    carried = ", ".join(f"coalesce(e.{m}, 0) - coalesce(l.{m}, 0) AS {m}" for m in MEASURES)
+    differs = " OR ".join(f"coalesce(e.{m}, 0) <> coalesce(l.{m}, 0)" for m in MEASURES)
     return (
-        f"WITH daily AS ({running.expected_daily_sql()}) "
+        f"WITH daily AS (SELECT coalesce(e.day, l.day) AS day, coalesce(e.{running.key}, l.{running.key}) "
+        f"AS {running.key}, {carried} FROM ({running.expected_daily_sql()}) e "
+        f"FULL JOIN {running.late} l ON l.day = e.day AND l.{running.key} = e.{running.key} WHERE {differs}) "
         f"SELECT g.day, k.{running.key}, {sums} "
         f"FROM (SELECT {running.key}, min(day) AS first_day FROM daily GROUP BY 1) k "
         f"CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, "

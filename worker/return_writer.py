@@ -14,7 +14,7 @@ import collections
 
 import asyncpg
 
-from shared.rollups import EXTEND_RUNNING, ROLLUPS, RUNNING, upsert_returns_sql, upsert_running_sql
+from shared.rollups import EXTEND_RUNNING, ROLLUPS, running_upserts, upsert_returns_sql
 from worker import writer
 
 ReturnRow = tuple  # (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
@@ -45,7 +45,7 @@ ON CONFLICT (sale_id) DO UPDATE SET returned = r.returned + EXCLUDED.returned
 """
 
 UPSERT_RETURN_SUMS = ([(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS]
-                      + [(running.summed_by, upsert_running_sql(running, returns=True)) for running in RUNNING])
+                      + running_upserts(returns=True))
 
 
 def return_json(row: ReturnRow) -> dict:

@@ -27,8 +27,8 @@ import asyncpg
 
 from shared import partitions
 from shared.db import set_codecs
-from shared.rollups import (EXTEND_RUNNING, LOCK_RUNNING, NOTIFY_REPORTS_CHANGED, ROLLUPS, RUNNING, RUNNING_COVERS,
-                            upsert_partials_sql, upsert_running_sql)
+from shared.rollups import (EXTEND_RUNNING, LOCK_RUNNING, NOTIFY_REPORTS_CHANGED, ROLLUPS, RUNNING_COVERS,
+                            running_upserts, upsert_partials_sql)
 from shared import sales_copy
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
@@ -93,8 +93,7 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
 """
 
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in.
-UPSERT_BATCH_SUMS = ([(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS]
-                     + [(running.summed_by, upsert_running_sql(running)) for running in RUNNING])
+UPSERT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS] + running_upserts()
 
 
 class RunningTotalsBehind(Exception):
