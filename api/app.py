@@ -20,6 +20,7 @@ from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
 from api.returns import ReturnsIntake
 from api.sales import SalesIntake
+from api.sale_times import SaleTimeLimits
 from shared.db import create_pool
 from shared.migrate import migrate
 from shared.queue import QueueKeys
@@ -77,11 +78,12 @@ async def intake_ctx(app: web.Application):
     queue = SaleQueue(app[REDIS], app[QUEUE_KEYS], max_depth=settings.queue_max_depth,
                       idempotency_ttl=settings.idempotency_ttl_seconds,
                       replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms)
-    app[INTAKE] = SalesIntake(catalogue, ids, queue)
+    times = SaleTimeLimits(catalogue, settings.max_sale_age_days)
+    app[INTAKE] = SalesIntake(catalogue, ids, queue, times)
     app[RETURNS] = ReturnsIntake(app[PG_POOL], app[REDIS], app[QUEUE_KEYS], ids, catalogue,
                                  max_depth=settings.queue_max_depth, idempotency_ttl=settings.idempotency_ttl_seconds,
                                  replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms,
-                                 wait_seconds=settings.return_wait_ms / 1000)
+                                 wait_seconds=settings.return_wait_ms / 1000, times=times)
     yield
     await queue.close()
     await ids.close()

@@ -1,4 +1,5 @@
-"""In-memory copy of items (with prices) and stores, so a sale is checked without a query.
+"""In-memory copy of items (with prices), stores and archived months, so a sale is checked
+without a query.
 
 Besides the LISTEN on `catalogue_changed` (triggers on item and store) and the periodic
 reload of LiveTable, a sale naming an id we do not know waits for a reload that began after
@@ -6,6 +7,7 @@ it arrived: a brand-new item is never refused by a stale copy.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from api.live_table import DB_ERRORS, LiveTable
@@ -20,13 +22,17 @@ class Catalogue(LiveTable):
         super().__init__(*args, **kwargs)
         self.item_prices: dict[int, int] = {}
         self.store_ids: frozenset[int] = frozenset()
+        # Months whose sales were archived (shared.retention): no sale of them is accepted.
+        self.archived_months: frozenset[dt.date] = frozenset()
 
     async def _load(self) -> None:
         async with self._pool.acquire() as conn:
             items = await conn.fetch("SELECT id, price FROM item")
             stores = await conn.fetch("SELECT id FROM store")
+            archived = await conn.fetch("SELECT month FROM archived_months")
         self.item_prices = {r["id"]: r["price"] for r in items}
         self.store_ids = frozenset(r["id"] for r in stores)
+        self.archived_months = frozenset(r["month"] for r in archived)
 
     async def knows(self, item_ids: set[int], store_ids: set[int]) -> bool:
         """True when every id is known, after a fresh reload if some were not."""

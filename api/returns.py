@@ -31,6 +31,7 @@ from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
 from api.sale_queue import script_then_wait
+from api.sale_times import SaleTimeLimits
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
 from shared.queue import RETURNS_SCRIPT, QueueKeys, QueuedReturn
@@ -108,7 +109,7 @@ def _return_us(ret: ReturnIn, sale: StoredSale, accepted_us: int) -> int:
 class ReturnsIntake:
     def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: QueueKeys, ids: IdAllocator,
                  catalogue: Catalogue, *, max_depth: int, idempotency_ttl: int, replicas: int = 0,
-                 replica_wait_ms: int = 500, wait_seconds: float = 1.0):
+                 replica_wait_ms: int = 500, wait_seconds: float = 1.0, times: SaleTimeLimits):
         self._pool = pool
         self._redis = client
         self._script = client.register_script(RETURNS_SCRIPT)
@@ -120,6 +121,7 @@ class ReturnsIntake:
         self._replicas = replicas
         self._replica_wait_ms = replica_wait_ms
         self._wait_seconds = wait_seconds
+        self._times = times
 
     async def accept(self, returns: list[tuple[int, ReturnIn]], accepted_us: int,
                      only_store: int | None = None) -> list[QueuedReturn]:
@@ -167,6 +169,8 @@ class ReturnsIntake:
         return_us = _return_us(ret, sale, accepted_us)
         if return_us < sale.sale_time_us:
             return 422, f"return_time is before sale {sale_id} was made ({iso_utc(sale.sale_time_us)})", {}
+        if too_old := self._times.too_old("return_time", return_us, accepted_us):
+            return 422, too_old, {}
         remaining = sale.quantity - sale.returned
         # a keyed return may be the retry of one stored already, which took its units: the
         # script answers that one, or checks what is left itself

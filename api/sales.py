@@ -9,6 +9,7 @@ from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
 from api.sale_queue import QueueFull, QueueUnavailable, ReplicasBehind, SaleQueue
+from api.sale_times import SaleTimeLimits
 from api.validation import SaleIn
 from shared.queue import QueuedSale
 
@@ -18,8 +19,9 @@ REPLICAS_BEHIND = ("the sales queue's Redis replica did not confirm the sale in 
                    "idempotency key (it may have been queued: the key makes the retry return the same sale)")
 
 
-class UnknownReferences(Exception):
-    """Sales naming items or stores that do not exist: `errors` maps index -> message."""
+class SalesRefused(Exception):
+    """Sales that cannot be stored (an item or store that does not exist, a sale_time too far
+    back or in an archived month): `errors` maps index -> message."""
 
     def __init__(self, errors: dict[int, str]):
         super().__init__("; ".join(errors.values()))
@@ -53,10 +55,11 @@ def sale_answers(sales: list[QueuedSale]) -> list[SaleAnswer]:
 
 
 class SalesIntake:
-    def __init__(self, catalogue: Catalogue, ids: IdAllocator, queue: SaleQueue):
+    def __init__(self, catalogue: Catalogue, ids: IdAllocator, queue: SaleQueue, times: SaleTimeLimits):
         self.catalogue = catalogue
         self.ids = ids
         self.queue = queue
+        self.times = times
 
     def refuse_if_full(self) -> None:
         """Refuse at once, before decoding, while the queue is known to be full. Not counted in
@@ -65,19 +68,23 @@ class SalesIntake:
         if self.queue.looks_full():
             raise ServiceUnavailable(QUEUE_FULL, 2)
 
-    async def unknown_references(self, sales: dict[int, SaleIn]) -> dict[int, str]:
-        """Index -> error for the sales naming an item or store the catalogue does not hold."""
+    async def refusals(self, sales: dict[int, SaleIn], accepted_us: int) -> dict[int, str]:
+        """Index -> why, for the sales that cannot be stored: naming an item or store the
+        catalogue does not hold, or dated too far back (api.sale_times)."""
+        errors = {index: reason for index, sale in sales.items() if sale.sale_time is not None
+                  and (reason := self.times.refusal(to_us(sale.sale_time), accepted_us))}
         item_ids = {s.item_id for s in sales.values()}
         store_ids = {s.store_id for s in sales.values()}
-        if await self.catalogue.knows(item_ids, store_ids):
-            return {}
-        return self._unknown(sales)
+        if not await self.catalogue.knows(item_ids, store_ids):
+            for index, unknown in self._unknown(sales).items():
+                errors[index] = f"{unknown}; {errors[index]}" if index in errors else unknown
+        return errors
 
     async def accept(self, sales: list[SaleIn], accepted_us: int) -> list[QueuedSale]:
         """All the sales, queued; raises before anything is queued if one of them cannot be."""
-        if unknown := await self.unknown_references(dict(enumerate(sales))):
-            metrics.SALES_REJECTED.labels("unknown_reference").inc(len(sales))
-            raise UnknownReferences(unknown)
+        if refused := await self.refusals(dict(enumerate(sales)), accepted_us):
+            metrics.SALES_REJECTED.labels("refused").inc(len(sales))
+            raise SalesRefused(refused)
         prices = self.catalogue.item_prices
         try:
             ids = await self.ids.take(len(sales))

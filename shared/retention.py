@@ -20,8 +20,9 @@ partition of `sales` goes, oldest first, each in one transaction:
 
 A failure rolls the month back whole; a file already written stays, and running again writes
 the same bytes (rows in id order, no timestamp in the gzip header), so it goes on. A sale of an
-archived month that arrives later (a till offline longer than the months kept) is not stored:
-the worker files it in dead_letter with the reason (shared.partitions). Works the same on a
+archived month that arrives later (a till offline longer than the months kept) is refused by
+the API with 422 (api.sale_times); one already queued when its month went is filed in
+dead_letter by the worker, with the reason (shared.partitions). Works the same on a
 Citus coordinator.
 """
 from __future__ import annotations
@@ -142,6 +143,9 @@ async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str
                            "ON CONFLICT (month) DO UPDATE SET sales = archived_months.sales + EXCLUDED.sales, "
                            "file = EXCLUDED.file, sha256 = EXCLUDED.sha256, archived_at = now()",
                            month, sales, file, checksum)
+        # Every API process reloads its catalogue, which holds the archived months: from now on
+        # a sale of this month is refused up front (api.sale_times).
+        await conn.execute("SELECT pg_notify('catalogue_changed', '')")
         await conn.execute(f"ALTER TABLE sales DETACH PARTITION {partition}")
         await conn.execute(f"DROP TABLE {partition}")
     return {"month": month.isoformat()[:7], "partition": partition, "sales": sales, "file": file, "sha256": checksum}

@@ -52,6 +52,9 @@ class Settings:
     redis_key_prefix: str = "sales:"
     # A return whose sale is not written yet waits this long for it, then answers 409 (api.returns).
     return_wait_ms: int = 1000
+    # A sale_time (or return_time) further back than this is refused with 422 (api.sale_times):
+    # a year of reports and a month of slack for a till that was offline that long.
+    max_sale_age_days: int = 400
     api_processes: int = 0  # 0: one per core
     db_pool_size: int = 10
     # Worker
@@ -72,6 +75,8 @@ class Settings:
             raise ValueError("REDIS_URL is a unix:// socket, which cannot be combined with REDIS_SENTINELS")
         if self.redis_min_replicas_acked is not None and self.redis_min_replicas_acked < 0:
             raise ValueError(f"REDIS_MIN_REPLICAS_ACKED must be 0 or more, got {self.redis_min_replicas_acked}")
+        if self.max_sale_age_days < 1:
+            raise ValueError(f"MAX_SALE_AGE_DAYS must be at least 1, got {self.max_sale_age_days}")
         if self.redis_replica_wait_ms < 1:  # WAIT with timeout 0 would block forever
             raise ValueError(f"REDIS_REPLICA_WAIT_MS must be at least 1, got {self.redis_replica_wait_ms}")
 
@@ -120,6 +125,7 @@ class Settings:
             idempotency_ttl_seconds=get("IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds),
             redis_key_prefix=get("REDIS_KEY_PREFIX", defaults.redis_key_prefix),
             return_wait_ms=get("RETURN_WAIT_MS", defaults.return_wait_ms),
+            max_sale_age_days=get("MAX_SALE_AGE_DAYS", defaults.max_sale_age_days),
             api_processes=get("API_PROCESSES", defaults.api_processes),
             db_pool_size=get("DB_POOL_SIZE", defaults.db_pool_size),
             worker_batch_entries=get("WORKER_BATCH_ENTRIES", defaults.worker_batch_entries),

@@ -36,12 +36,19 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 
 # Valid values of each field, and flaws: (field, value or MISSING, status the flaw alone causes).
 MISSING = object()
+# A sale_time is valid within MAX_SALE_AGE_DAYS (400 by default) of now; further back is a 422.
+_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+_RECENT = _NOW - dt.timedelta(days=300)
+_TOO_OLD = _NOW - dt.timedelta(days=401)
 valid_fields = {
     "quantity": st.integers(1, 10_000),
     "sale_time": st.one_of(
-        st.sampled_from(["2026-03-01T09:30:00+03:00", "2026-03-01T09:30:00Z", "2000-01-01T00:00:00+00:00",
-                         "2026-03-01T09:30:00.123456-07:00", None]),
-        st.datetimes(min_value=dt.datetime(2000, 1, 2), max_value=dt.datetime(2026, 1, 1),
+        st.sampled_from([_RECENT.astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(),
+                         _RECENT.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         (_RECENT + dt.timedelta(microseconds=123456)).astimezone(
+                             dt.timezone(dt.timedelta(hours=-7))).isoformat(), None]),
+        st.datetimes(min_value=(_NOW - dt.timedelta(days=399)).replace(tzinfo=None),
+                     max_value=(_NOW - dt.timedelta(minutes=1)).replace(tzinfo=None),
                      timezones=st.just(dt.timezone.utc)).map(dt.datetime.isoformat)),
     "idempotency_key": st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_categories=("Cc",)),
                                                     min_size=1, max_size=64)),
@@ -58,6 +65,8 @@ flaws = st.one_of(
         "2999-01-01T00:00:00+00:00", "1999-12-31T23:59:59+00:00", "2026-03-01T09:30:00", "2026-03-01", "yesterday",
         "", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59",
         "'; DROP TABLE sales; --", 1_700_000_000, 1.5, True, [], {}]), st.just(400)),
+    st.tuples(st.just("sale_time"), st.sampled_from([
+        "2000-01-01T00:00:00+00:00", "2010-06-01T12:00:00Z", _TOO_OLD.isoformat()]), st.just(422)),
     st.tuples(st.just("idempotency_key"), st.one_of(
         st.sampled_from(["", "a\x00b", "tab\there", "\x7f", "line\nbreak", 7, [], {}, True]),
         st.text(min_size=65, max_size=200)), st.just(400)),

@@ -217,7 +217,12 @@ def test_report_month_begins_in_the_report_timezone():
     assert report_month(12, None, new_york, moment) == dt.date(2025, 12, 1)
 
 
-async def test_mm_picks_the_most_recent_begun_month_over_http(client, seed, db, drain):
+# Sales years back: a chain that accepts them (MAX_SALE_AGE_DAYS is 400 by default).
+TEN_YEARS = 3660
+
+
+async def test_mm_picks_the_most_recent_begun_month_over_http(aiohttp_client, settings, seed, db, drain):
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, max_sale_age_days=TEN_YEARS)))
     await seed(items=1, stores=5)
     await edit_by_hand(db, "UPDATE item SET price = 10 WHERE id = 1")
     catalogue = client.server.app[INTAKE].catalogue
@@ -276,7 +281,8 @@ async def test_months_are_cut_in_report_timezone(aiohttp_client, settings, seed,
     await seed(items=1, stores=2)
     price = await db.fetchval("SELECT price FROM item WHERE id = 1")
     # 2025-03-31 20:00 UTC is 2025-04-01 05:00 in Tokyo; 14:59:59 UTC is still 31 March there.
-    tokyo = await aiohttp_client(create_app(dataclasses.replace(settings, report_timezone="Asia/Tokyo")))
+    tokyo = await aiohttp_client(create_app(dataclasses.replace(settings, report_timezone="Asia/Tokyo",
+                                                                max_sale_age_days=TEN_YEARS)))
     await _post_sale(tokyo, item_id=1, store_id=1, quantity=2, sale_time="2025-03-31T20:00:00+00:00")
     await _post_sale(tokyo, item_id=1, store_id=2, quantity=1, sale_time="2025-03-31T14:59:59+00:00")
     await drain()

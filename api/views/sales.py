@@ -8,7 +8,7 @@ from api.appkeys import INTAKE
 from api.auth import check_store_scope
 from api.moments import now_us
 from api.responses import json_error, json_response
-from api.sales import UnknownReferences, sale_answer, sale_answers
+from api.sales import SalesRefused, sale_answer, sale_answers
 from api.validation import (BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, decode_valid_batch,
                             read_body)
 
@@ -40,7 +40,7 @@ async def post_sale(request: web.Request) -> web.Response:
         return json_error(403, refusal)
     try:
         [stored] = await request.app[INTAKE].accept([sale], accepted_us)
-    except UnknownReferences as exc:
+    except SalesRefused as exc:
         return json_error(422, str(exc))
     return json_response(sale_answer(stored), status=202)
 
@@ -71,12 +71,12 @@ async def post_batch(request: web.Request) -> web.Response:
     if refusal := check_store_scope(request, [s.store_id for s in sales.values()]):
         return json_error(403, refusal)
     intake = request.app[INTAKE]
-    if errors:  # report every bad sale at once, unknown items and stores included
-        errors.update(await intake.unknown_references(sales))
+    if errors:  # report every bad sale at once, those that cannot be stored included
+        errors.update(await intake.refusals(sales, accepted_us))
     else:
         try:
             stored = await intake.accept(list(sales.values()), accepted_us)
-        except UnknownReferences as exc:
+        except SalesRefused as exc:
             errors = exc.errors
         else:
             return json_response(sale_answers(stored), status=202)

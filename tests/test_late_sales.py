@@ -1,0 +1,158 @@
+"""Sales that arrive late cost a bounded number of rows, whatever their sale_time (issue 21), and
+sales the API will not store are refused up front with 422 and nothing queued."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from api.app import create_app
+from shared import retention, rollups
+from tests import recount
+from tests.recount import NO_DRIFT
+
+RUNNING_TABLES = ("store_running", "item_running")
+LATE_TABLES = ("store_running_late", "item_running_late")
+
+
+async def _rows(db, tables) -> int:
+    return sum([await db.fetchval(f"SELECT count(*) FROM {table}") for table in tables])
+
+
+async def _post(client, path, body, status=202):
+    response = await client.post(path, json=body)
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def _assert_reports_match_recount(client, db, first: dt.date, last: dt.date) -> None:
+    q = f"from={first}&to={last}"
+    assert (await (await client.get(f"/stores/top/?{q}&cnt=1000")).json()) == \
+        await recount.top_stores_in(db, first, last, 1000)
+    assert (await (await client.get(f"/items/top/?{q}&cnt=1000")).json()) == \
+        await recount.top_items_in(db, first, last, 1000)
+    assert (await (await client.get(f"/reports/totals/?{q}")).json()) == await recount.totals(db, first, last)
+    page = await (await client.get(f"/stores/1/report/?{q}&cnt=5")).json()
+    assert page == {"store": {"id": 1, "address": "store-1"}, **await recount.store_page(db, 1, first, last, 5)}
+
+
+async def test_a_sale_within_the_window_adds_to_its_days_and_an_older_one_to_one_late_row(client, seed, db, drain):
+    await seed(items=4, stores=3, sales=300)
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1})  # today: running_through is today
+    await drain()
+    now = dt.datetime.now(dt.timezone.utc)
+    running, late = await _rows(db, RUNNING_TABLES), await _rows(db, LATE_TABLES)
+
+    # a new store and item, so that every row they have is this test's: 3 days late
+    await db.execute("INSERT INTO item (id, name, price) VALUES (40, 'new', 100)")
+    await db.execute("INSERT INTO store (id, address) VALUES (50, 'new store')")
+    await client.get("/items/")
+    await _post(client, "/sales/", {"item_id": 40, "store_id": 50, "sale_time": (now - dt.timedelta(days=3)).isoformat()})
+    await drain()
+    assert await _rows(db, RUNNING_TABLES) == running + 2 * 4  # days d..today, per store and item
+    assert await _rows(db, LATE_TABLES) == late
+
+    # 300 days late: one late row per store and item, no running row
+    old = now - dt.timedelta(days=300)
+    await _post(client, "/sales/", {"item_id": 2, "store_id": 2, "quantity": 5, "sale_time": old.isoformat()})
+    await drain()
+    assert await _rows(db, RUNNING_TABLES) == running + 2 * 4
+    assert [tuple(r) for r in await db.fetch("SELECT day, store_id, units FROM store_running_late")] == \
+        [(old.date(), 2, 5)]
+    assert [tuple(r) for r in await db.fetch("SELECT day, item_id, units FROM item_running_late")] == \
+        [(old.date(), 2, 5)]
+    # and a return of it today (returns follow the same rule, by return_time)
+    sale = await _post(client, "/sales/", {"item_id": 3, "store_id": 3, "quantity": 2,
+                                            "sale_time": (now - dt.timedelta(days=30)).isoformat()})
+    await drain()
+    await _post(client, f"/sales/{sale['id']}/returns/", {"quantity": 1,
+                                                          "return_time": (now - dt.timedelta(days=20)).isoformat()})
+    await drain()
+    assert await rollups.drift(db) == NO_DRIFT
+    today = now.date()
+    for first, last in ((old.date(), old.date()), (today - dt.timedelta(days=364), today),
+                        (today - dt.timedelta(days=31), today - dt.timedelta(days=2)), (dt.date(1, 1, 1), today)):
+        await _assert_reports_match_recount(client, db, first, last)
+
+
+async def test_drift_sees_a_late_row_that_is_wrong(client, seed, db, drain):
+    await seed(items=3, stores=2, sales=100)
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=60)
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": old.isoformat()})
+    await drain()
+    assert await rollups.drift(db) == NO_DRIFT
+    await db.execute("UPDATE item_running_late SET units = units + 1")
+    assert (await rollups.drift(db))["item_running"] > 0
+    await db.execute("UPDATE item_running_late SET units = units - 1")
+    await db.execute("INSERT INTO store_running_late (day, store_id, income, units, sales) "
+                     "VALUES (current_date - 90, 2, 1, 1, 1)")
+    assert (await rollups.drift(db))["store_running"] > 0
+
+
+async def test_the_rebuild_keeps_days_before_its_horizon_as_late_rows(aiohttp_client, settings, seed, db, drain):
+    """A sale dated 2000 once gave its store and item a running row for every day since."""
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, max_sale_age_days=10_000)))
+    await seed(items=3, stores=2, sales=200)
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": "2000-01-02T10:00:00+00:00"})
+    await drain()
+    async with db.transaction():
+        await rollups.rebuild(db)
+    assert await db.fetchval("SELECT min(day) FROM store_running") > dt.date.today() - dt.timedelta(days=732)
+    assert await db.fetchval("SELECT count(*) FROM store_running_late WHERE day = '2000-01-02'") == 1
+    assert await rollups.drift(db) == NO_DRIFT
+    await _assert_reports_match_recount(client, db, dt.date(2000, 1, 1), dt.date(2000, 12, 31))
+    await _assert_reports_match_recount(client, db, dt.date(1, 1, 1), dt.date.today())
+
+
+# ---------------------------------------------------------------- refused up front
+
+
+async def test_a_sale_older_than_the_limit_is_422_naming_the_limit_and_its_time(client, seed, db, redis_client,
+                                                                                 queue_keys):
+    await seed(items=3, stores=2)
+    too_old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=401)).replace(microsecond=0)
+    body = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": too_old.isoformat()}, 422)
+    assert list(body) == ["error"]
+    assert "MAX_SALE_AGE_DAYS" in body["error"] and "400 days" in body["error"]
+    assert too_old.isoformat() in body["error"]
+
+    batch = [{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 2, "sale_time": "2000-01-02T00:00:00Z"},
+             {"item_id": 99, "store_id": 1, "sale_time": "2001-01-02T00:00:00Z"}]
+    body = await _post(client, "/sales/batch/", batch, 422)
+    assert [e["index"] for e in body["errors"]] == [1, 2]
+    assert "2000-01-02T00:00:00+00:00 is more than 400 days ago" in body["errors"][0]["error"]
+    assert body["errors"][1]["error"].startswith("unknown item_id 99; sale_time 2001-01-02")
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    # a sale within the limit is taken
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1,
+                                    "sale_time": (too_old + dt.timedelta(days=2)).isoformat()})
+
+
+async def test_a_return_older_than_the_limit_is_422(client, aiohttp_client, settings, seed, drain):
+    strict = await aiohttp_client(create_app(dataclasses.replace(settings, max_sale_age_days=30)))
+    await seed(items=3, stores=2)
+    now = dt.datetime.now(dt.timezone.utc)
+    sale = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "quantity": 2,
+                                           "sale_time": (now - dt.timedelta(days=40)).isoformat()})
+    await drain()
+    body = await _post(strict, f"/sales/{sale['id']}/returns/",
+                       {"quantity": 1, "return_time": (now - dt.timedelta(days=31)).isoformat()}, 422)
+    assert body["error"].startswith("return_time ") and "more than 30 days ago" in body["error"]
+    await _post(strict, f"/sales/{sale['id']}/returns/",
+                {"quantity": 1, "return_time": (now - dt.timedelta(days=29)).isoformat()})
+
+
+async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(client, seed, db, redis_client, queue_keys,
+                                                                    database_url, tmp_path):
+    now = dt.datetime.now(dt.timezone.utc)
+    await seed(items=3, stores=2, sales=400)
+    await retention.run(database_url, keep_months=3, directory=None, echo=lambda *_: None)
+    first_kept = retention.cutoff(3)
+    archived = dt.datetime.combine(first_kept, dt.time(12), dt.timezone.utc) - dt.timedelta(days=20)
+    assert now - archived < dt.timedelta(days=400)
+    await client.get("/items/")  # any request; the catalogue reloads on the NOTIFY
+    body = await _post(client, "/sales/batch/", [{"item_id": 1, "store_id": 1, "sale_time": archived.isoformat()}], 422)
+    assert f"falls in {archived.isoformat()[:7]}, whose sales are archived" in body["errors"][0]["error"]
+    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await db.fetchval("SELECT count(*) FROM dead_letter") == 0
+    kept = dt.datetime.combine(first_kept, dt.time(12), dt.timezone.utc)
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": kept.isoformat()})
