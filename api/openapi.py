@@ -185,7 +185,8 @@ def spec() -> dict:
                     "202": _json({"$ref": "#/components/schemas/Sale"}, "Accepted (or the earlier sale with this key)"),
                     "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
                     "413": _error("Body over 1 MiB"),
-                    "422": _error("Unknown item_id or store_id"),
+                    "422": _error("Unknown item_id or store_id, or a sale_time the server will not store: more "
+                                  "than MAX_SALE_AGE_DAYS (default 400) ago, or in a month whose sales are archived"),
                     "503": _UNAVAILABLE}}},
             "/sales/batch/": {"post": {
                 "summary": f"Report up to {MAX_BATCH} sales: all accepted, or none",
@@ -223,7 +224,8 @@ def spec() -> dict:
                             "content": {"application/json": {"schema": _ERROR}}},
                     "413": _error("Body over 1 MiB"),
                     "422": _error("More than is left of the sale (`remaining` says how much is), a return before "
-                                  "the sale, an unknown store, or a sale that went to dead_letter"),
+                                  "the sale or more than MAX_SALE_AGE_DAYS ago, an unknown store, or a sale that "
+                                  "went to dead_letter"),
                     "503": _UNAVAILABLE}}},
             "/returns/batch/": {"post": {
                 "summary": f"Report up to {MAX_BATCH} returns, each naming its sale: all accepted, or none",
@@ -304,7 +306,8 @@ def spec() -> dict:
                                "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
                                "sale_time": {"type": "string", "format": "date-time", "nullable": True,
                                              "description": "ISO 8601 with offset; not in the future, "
-                                                            "not before 2000; null or absent: now"},
+                                                            "not before 2000 (400), not more than "
+                                                            "MAX_SALE_AGE_DAYS ago (422); null or absent: now"},
                                "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64,
                                                    "pattern": _KEY_PATTERN, "nullable": True}}},
                 "ReturnIn": {"type": "object", "required": ["quantity"], "additionalProperties": False,
