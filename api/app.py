@@ -91,7 +91,7 @@ async def intake_ctx(app: web.Application):
 
 
 async def report_cache_ctx(app: web.Application):
-    cache = ReportCache(app[SETTINGS].database_url)
+    cache = ReportCache(app[SETTINGS].database_url, app[SETTINGS].timezone)
     await cache.start()
     app[REPORT_CACHE] = cache
     yield

@@ -1,7 +1,11 @@
 """Report results kept in memory until PostgreSQL says the data under them changed.
 
-Triggers on the rollups (every worker commit) and on item and store send a NOTIFY at commit;
-this process LISTENs on its own connection and drops every cached result when one arrives.
+The worker says at commit what its batch changed (shared.report_changes: the moments and stores
+of its sales and returns); each API process LISTENs on its own connection and drops only the
+results whose scope (`Scope`: local days, one store or all) that change touches. Last month's
+top stores, yesterday's totals, and a quiet store's page stay in memory while tills sell;
+today's answers are computed again after each commit that adds to today. Any other change
+(triggers on the rollups, item and store; rebuilds, seeding) drops everything.
 
 A report is never older than the request asking for it: before answering from memory, a
 request waits for a round trip on the listening connection that began after it arrived.
@@ -11,25 +15,70 @@ requests share one round trip (as sales share a Redis write), which is what make
 pay under load: 64 clients cost one tiny query per round trip, not 64 report queries.
 
 While the listening connection is down, nothing is cached and every request queries.
-Under steady ingestion every worker commit clears the cache, so report traffic then costs one
-query per report and commit (in each process) rather than one per request.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
+import json
 import logging
-from typing import Any, Awaitable, Callable, Hashable
+import zoneinfo
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 import asyncpg
 
 from api.live_table import DB_ERRORS
+from api.moments import from_us
+from shared import report_changes
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("reports_changed", "catalogue_changed")
+CHANNELS = (report_changes.CHANNEL, "catalogue_changed")
 LISTENING_QUERY = "SELECT count(*) FROM pg_listening_channels()"
 SYNC_TIMEOUT_SECONDS = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """What a result is computed from: the sales and returns of local days first..last (both
+    included), of one store or of every store (None). A change outside it leaves it as it is."""
+    first: dt.date = dt.date.min
+    last: dt.date = dt.date.max
+    store_id: int | None = None
+
+
+EVERYTHING = Scope()
+CATALOGUE_ONLY = Scope(dt.date.max, dt.date.min)  # no day: only a change of items or stores drops it
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What a commit changed, in local days; `stores` None: any store."""
+    first: dt.date
+    last: dt.date
+    stores: frozenset[int] | None
+
+    def touches(self, scope: Scope) -> bool:
+        return (scope.first <= self.last and self.first <= scope.last
+                and (scope.store_id is None or self.stores is None or scope.store_id in self.stores))
+
+
+def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
+    """The change a `reports_changed` payload announces; None for "anything may have changed"
+    (an empty payload, or one this process cannot read)."""
+    if not payload:
+        return None
+    try:
+        said = json.loads(payload)
+        first, last = (from_us(int(said[k])).astimezone(timezone).date() for k in ("from_us", "to_us"))
+        stores = None if said["stores"] is None else frozenset(int(s) for s in said["stores"])
+    except (ValueError, TypeError, KeyError, OverflowError):
+        log.warning("report cache: unreadable change %r; dropping everything", payload[:200])
+        return None
+    return Change(first, last, stores)
 
 
 def _rows(value: Any) -> int:
@@ -41,15 +90,24 @@ def _rows(value: Any) -> int:
     return 1
 
 
+@dataclasses.dataclass(eq=False)
+class _Computation:
+    scope: Scope
+    future: asyncio.Future | None = None
+    stale: bool = False  # a change it may not have seen came in while it ran: its result is not kept
+
+
 class ReportCache:
-    def __init__(self, database_url: str, *, max_rows: int = 50_000, reconnect_interval: float = 1.0):
+    def __init__(self, database_url: str, timezone: zoneinfo.ZoneInfo, *, max_rows: int = 50_000,
+                 reconnect_interval: float = 1.0):
         self._database_url = database_url
+        self._timezone = timezone  # the report zone: announced moments are cut into its days
         self._max_rows = max_rows  # bounds the memory: a result counts as its number of rows
         self._rows = 0
         self._reconnect_interval = reconnect_interval
-        self._entries: dict[Hashable, Any] = {}
-        self._computing: dict[Hashable, asyncio.Future] = {}
-        self._generation = 0  # bumped by every change heard of; results of an older one are dropped
+        self._entries: dict[Hashable, tuple[Any, Scope]] = {}
+        self._computing: dict[Hashable, _Computation] = {}  # what a new request for the key may wait for
+        self._running: set[_Computation] = set()
         self._conn: asyncpg.Connection | None = None
         self._next_sync: asyncio.Future | None = None  # the round trip that starts after the current one
         self._syncing = False
@@ -67,39 +125,57 @@ class ReportCache:
                 await self._keeper
         await self._drop_connection()
 
-    async def get(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached result for `key`, or `compute()`'s (shared by concurrent callers)."""
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope = EVERYTHING) -> Any:
+        """The cached result for `key`, or `compute()`'s (shared by concurrent callers).
+        `scope`: what it is computed from (a change outside it keeps it)."""
         if not await self._caught_up():
             return await compute()
-        generation = self._generation
         if key in self._entries:
-            return self._entries[key]
-        future = self._computing.get(key)
-        if future is None:
-            future = asyncio.ensure_future(self._compute(key, compute, generation))
-            self._computing[key] = future
-        return await asyncio.shield(future)
+            return self._entries[key][0]
+        computation = self._computing.get(key)
+        if computation is None:
+            computation = self._computing[key] = _Computation(scope)
+            self._running.add(computation)
+            computation.future = asyncio.ensure_future(self._compute(key, compute, computation))
+        assert computation.future is not None
+        return await asyncio.shield(computation.future)
 
-    async def _compute(self, key: Hashable, compute: Callable[[], Awaitable[Any]], generation: int) -> Any:
+    async def _compute(self, key: Hashable, compute: Callable[[], Awaitable[Any]], computation: _Computation) -> Any:
         try:
             value = await compute()
         finally:
-            if self._computing.get(key) is not None and self._generation == generation:
+            self._running.discard(computation)
+            if self._computing.get(key) is computation:
                 del self._computing[key]
-        if self._generation == generation:  # nothing changed while it ran
+        if not computation.stale:  # nothing it may have missed changed while it ran
             rows = _rows(value)
             while self._entries and self._rows + rows > self._max_rows:  # the oldest go first
-                self._rows -= _rows(self._entries.pop(next(iter(self._entries))))
+                self._rows -= _rows(self._entries.pop(next(iter(self._entries)))[0])
             if rows <= self._max_rows:
-                self._entries[key] = value
+                self._entries[key] = (value, computation.scope)
                 self._rows += rows
         return value
 
-    def _invalidate(self, *_args) -> None:
-        self._generation += 1
+    def _on_notification(self, _conn, _pid, channel: str, payload: str) -> None:
+        change = parse_change(payload, self._timezone) if channel == report_changes.CHANNEL else None
+        if change is None:
+            self._invalidate()
+            return
+        for key in [k for k, (_, scope) in self._entries.items() if change.touches(scope)]:
+            self._rows -= _rows(self._entries.pop(key)[0])
+        for computation in self._running:
+            if change.touches(computation.scope):
+                computation.stale = True
+        for key in [k for k, c in self._computing.items() if c.stale]:
+            del self._computing[key]  # nobody new waits for a result that may predate the change
+
+    def _invalidate(self) -> None:
+        """Everything may have changed."""
         self._entries.clear()
         self._rows = 0
-        self._computing.clear()  # results in flight may predate the change: nobody new waits for them
+        for computation in self._running:
+            computation.stale = True
+        self._computing.clear()
 
     # -- being sure every change committed before a request has been heard of
 
@@ -147,7 +223,7 @@ class ReportCache:
         conn = await asyncpg.connect(self._database_url, timeout=5)
         try:
             for channel in CHANNELS:
-                await conn.add_listener(channel, self._invalidate)
+                await conn.add_listener(channel, self._on_notification)
         except BaseException:
             await conn.close()
             raise

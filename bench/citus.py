@@ -36,7 +36,7 @@ import asyncpg  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import log, ms, ratio  # noqa: E402
 from bench.reports import RollupsChanged, sequential  # noqa: E402
-from shared import sales_copy  # noqa: E402
+from shared import report_changes, sales_copy  # noqa: E402
 from shared.sale_ids import reserve_blocks  # noqa: E402
 from tests.citus.cluster import CitusCluster  # noqa: E402
 from tests.servers import PgServer  # noqa: E402
@@ -178,9 +178,10 @@ async def _statements(url: str, items: int, stores: int, runs: int, settings: di
             transaction = conn.transaction()
             await transaction.start()
             if citus:
-                await conn.execute(writer.NOTIFY_REPORTS_CHANGED)
+                await conn.execute(report_changes.ANNOUNCE, writer.changes_of(rows))
             else:
-                await conn.fetchval(writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *writer.parent_ids(rows))
+                await conn.fetchval(writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *writer.parent_ids(rows),
+                                    writer.changes_of(rows))
             lap("BEGIN; foreign keys (one node) or NOTIFY (Citus)")
             await conn.copy_to_table("sales", source=memoryview(batch.copy_data()), columns=sales_copy.COLUMNS,
                                      format="binary")

@@ -222,7 +222,10 @@ def _local_day(second_param: str) -> str:
 # latest sale_time, Unix seconds). Its transaction's first statement: the lock, shared. Then, in
 # a statement of its own (a snapshot taken once the lock is held), whether they still do
 # (False: /clear/ or a rebuild in another time zone came in between; retried).
-EXTEND_RUNNING = f"SELECT running_extend({_local_day('$1')})"
+# Carrying rows forward changes no report's answer: the statement tells the rollups' triggers so
+# (shared.report_changes), or the day's first batch would empty every API's report cache.
+EXTEND_RUNNING = (f"SELECT running_extend({_local_day('$1')}) "
+                  "FROM (SELECT set_config('sales.reports_announced', 'on', true)) AS unchanged_answers")
 LOCK_RUNNING = f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK})"
 RUNNING_COVERS = f"SELECT coalesce(running_through >= {_local_day('$1')}, false) FROM report_settings"
 # Taken first by whatever replaces the running totals wholesale, in the same order as writers

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import zoneinfo
 
 from api import reports
 from api.appkeys import REPORT_CACHE
-from api.report_cache import ReportCache
+from api.report_cache import CATALOGUE_ONLY, EVERYTHING, ReportCache, Scope
+from shared import report_changes
 from tests.conftest import CITUS, edit_by_hand
 
 
@@ -95,7 +98,7 @@ async def test_without_its_listening_connection_nothing_is_served_from_memory(cl
 
 
 async def test_memory_is_bounded_by_rows(database_url):
-    cache = ReportCache(database_url, max_rows=5)
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"), max_rows=5)
     await cache.start()
     calls: list[str] = []
 
@@ -118,3 +121,132 @@ async def test_memory_is_bounded_by_rows(database_url):
         assert calls[-2:] == ["huge", "huge"]
     finally:
         await cache.close()
+
+
+# ---------------------------------------------------------------- only what a commit touched
+
+
+async def test_a_worker_commit_keeps_the_reports_it_does_not_touch(client, db, seed, drain):
+    """Last month's top stores and a quiet store's page stay in memory while today's sales are
+    written; today's reports count them at once."""
+    await seed(items=3, stores=3, sales=600)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    urls = {"last_month": f"/stores/top/?mm={last_month.month}&year={last_month.year}",
+            "quiet_store": f"/stores/3/report/?from={today}&to={today}",
+            "today": f"/reports/totals/?from={today}&to={today}"}
+    before = {name: await (await client.get(url)).json() for name, url in urls.items()}
+    # Changed behind the cache's back (no NOTIFY): only a result kept in memory still shows the old figure.
+    async with db.transaction():
+        if not CITUS:
+            await db.execute("ALTER TABLE store_monthly DISABLE TRIGGER store_monthly_changed")
+            await db.execute("ALTER TABLE daily_totals DISABLE TRIGGER daily_totals_changed")
+        await db.execute("UPDATE store_monthly SET income = income + 1000000 WHERE month = $1", last_month)
+        await db.execute("INSERT INTO daily_totals AS d (day, store_id, income, units, sales) VALUES ($1, 3, 1000000, 0, 0) "
+                         "ON CONFLICT (day, store_id) DO UPDATE SET income = d.income + 1000000", today)
+        if not CITUS:
+            await db.execute("ALTER TABLE store_monthly ENABLE ALWAYS TRIGGER store_monthly_changed")
+            await db.execute("ALTER TABLE daily_totals ENABLE ALWAYS TRIGGER daily_totals_changed")
+
+    response = await client.post("/sales/", json={"item_id": 1, "store_id": 1, "quantity": 4})
+    assert response.status == 202
+    await drain()
+    after = {name: await (await client.get(url)).json() for name, url in urls.items()}
+    assert after["last_month"] == before["last_month"]  # from memory: the commit was about today, store 1
+    assert after["quiet_store"] == before["quiet_store"]
+    assert after["today"]["units"] == before["today"]["units"] + 4  # never older than the request
+
+    # a commit that touches store 3 today drops its page (and shows what is in the table now)
+    response = await client.post("/sales/", json={"item_id": 1, "store_id": 3, "quantity": 1})
+    assert response.status == 202
+    await drain()
+    page = await (await client.get(urls["quiet_store"])).json()
+    assert page["units"] == before["quiet_store"]["units"] + 1
+    assert page["days"][-1]["income"] >= 1_000_000  # computed again: the change made behind its back shows
+
+
+def _counting(calls: list[str], key: str):
+    async def compute():
+        calls.append(key)
+        return [key]
+    return compute
+
+
+async def test_a_change_drops_the_results_whose_days_and_store_it_touches(database_url, db):
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("Asia/Tokyo"))
+    await cache.start()
+    tokyo_today = dt.date(2026, 12, 5)
+    # 2026-12-04 16:00 UTC is 2026-12-05 01:00 in Tokyo
+    change = report_changes.payload(_us(dt.datetime(2026, 12, 4, 16, tzinfo=dt.timezone.utc)),
+                                    _us(dt.datetime(2026, 12, 4, 16, 30, tzinfo=dt.timezone.utc)), [1, 2])
+    scopes = {"last_month": Scope(dt.date(2026, 11, 1), dt.date(2026, 11, 30)),
+              "today": Scope(tokyo_today, tokyo_today), "store_1": Scope(tokyo_today, tokyo_today, 1),
+              "store_3": Scope(tokyo_today, tokyo_today, 3), "all_time": EVERYTHING, "catalogue": CATALOGUE_ONLY}
+    calls: list[str] = []
+
+    async def get_all() -> None:
+        for key, scope in scopes.items():
+            assert await cache.get(key, _counting(calls, key), scope) == [key]
+
+    try:
+        await _wait_listening(cache)
+        await get_all()
+        assert len(calls) == len(scopes)
+        for payload, dropped in [(change, ["today", "store_1", "all_time"]),
+                                 ("", [k for k in scopes]),
+                                 ("not json", [k for k in scopes])]:
+            calls.clear()
+            await db.execute("SELECT pg_notify('reports_changed', $1)", payload)
+            await get_all()
+            assert calls == dropped, payload
+        calls.clear()
+        await db.execute("SELECT pg_notify('catalogue_changed', '')")
+        await get_all()
+        assert calls == list(scopes)
+    finally:
+        await cache.close()
+
+
+async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(database_url, db):
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))
+    await cache.start()
+    today = dt.datetime.now(dt.timezone.utc)
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    def slow(key: str):
+        async def compute():
+            calls.append(key)
+            await release.wait()
+            return [key]
+        return compute
+
+    try:
+        await _wait_listening(cache)
+        touched = asyncio.ensure_future(cache.get("today", slow("today"), Scope(today.date(), today.date())))
+        untouched = asyncio.ensure_future(cache.get("past", slow("past"), Scope(dt.date(2020, 1, 1), dt.date(2020, 1, 31))))
+        while len(calls) < 2:
+            await asyncio.sleep(0.01)
+        await db.execute("SELECT pg_notify('reports_changed', $1)",
+                         report_changes.payload(_us(today), _us(today), [5]))
+        await cache.get("sync", _counting([], "sync"), CATALOGUE_ONLY)  # the change has been heard of
+        release.set()
+        assert await touched == ["today"] and await untouched == ["past"]
+        calls.clear()
+        await cache.get("today", slow("today"), Scope(today.date(), today.date()))
+        await cache.get("past", slow("past"), Scope(dt.date(2020, 1, 1), dt.date(2020, 1, 31)))
+        assert calls == ["today"]  # computed again; the untouched one was kept
+    finally:
+        await cache.close()
+
+
+def _us(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+async def _wait_listening(cache: ReportCache) -> None:
+    for _ in range(100):
+        if cache._conn is not None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the report cache is not listening")

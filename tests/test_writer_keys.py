@@ -53,7 +53,7 @@ async def test_referenced_item_cannot_be_deleted_while_a_batch_holds_it(db, seed
     conn = await asyncpg.connect(database_url, server_settings=writer.SESSION_SETTINGS)
     await writer.prepare_connection(conn)
     async with conn.transaction():
-        await conn.fetchval(writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, [2], [1])
+        await conn.fetchval(writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, [2], [1], "")
         # another session trying to delete item 2 now waits for us, as with a per-row check
         other = await asyncpg.connect(database_url)
         try:

@@ -14,6 +14,7 @@ import collections
 
 import asyncpg
 
+from shared import report_changes
 from shared.rollups import EXTEND_RUNNING, ROLLUPS, running_upserts, upsert_returns_sql
 from worker import writer
 
@@ -87,7 +88,8 @@ async def insert_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> tup
                 lost.append((row, f"idempotency key {row[8]!r} already belongs to return {owner}"))
     if inserted:
         await conn.execute(ADD_RETURNED, [r[1] for r in inserted], [r[7] for r in inserted], [r[6] for r in inserted])
-        await conn.execute(writer.NOTIFY_REPORTS_CHANGED)
+        await conn.execute(report_changes.ANNOUNCE, report_changes.payload(
+            min(r[2] for r in inserted), max(r[2] for r in inserted), (r[3] for r in inserted)))
         for summed_by, upsert in UPSERT_RETURN_SUMS:
             await conn.execute(upsert, *sums_by(inserted, summed_by))
     return len(inserted), lost

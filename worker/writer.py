@@ -27,8 +27,8 @@ import asyncpg
 
 from shared import partitions
 from shared.db import set_codecs
-from shared.rollups import (EXTEND_RUNNING, LOCK_RUNNING, NOTIFY_REPORTS_CHANGED, ROLLUPS, RUNNING_COVERS,
-                            running_upserts, upsert_partials_sql)
+from shared import report_changes
+from shared.rollups import EXTEND_RUNNING, LOCK_RUNNING, ROLLUPS, RUNNING_COVERS, running_upserts, upsert_partials_sql
 from shared import sales_copy
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
@@ -81,7 +81,8 @@ SALE_KEYS_COLUMNS = ["store_id", "idempotency_key", "sale_id"]
 # per-row triggers for this transaction. A batch naming a missing item or store takes the
 # ordinary path and gets the ordinary errors. The ids come as arrays so that the lookups are
 # index probes whatever the batch size (a join with the staging table scanned all 10,000
-# items: 1.6 ms per batch). It also sends the report cache's NOTIFY (shared.rollups).
+# items: 1.6 ms per batch). It also says what the batch changes to the report cache ($3,
+# shared.report_changes).
 LOCK_PARENTS_AND_SKIP_ROW_CHECKS = """
 WITH items AS (SELECT id FROM item WHERE id = ANY($1::int[]) ORDER BY id FOR KEY SHARE),
      stores AS (SELECT id FROM store WHERE id = ANY($2::int[]) ORDER BY id FOR KEY SHARE)
@@ -89,7 +90,7 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
              AND (SELECT count(*) FROM stores) = cardinality($2::int[])
              AND current_setting('is_superuser') = 'on'
         THEN set_config('session_replication_role', 'replica', true) END,
-       pg_notify('reports_changed', '')
+       pg_notify('reports_changed', $3), set_config('sales.reports_announced', 'on', true)
 """
 
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in.
@@ -143,6 +144,12 @@ async def is_citus(conn: asyncpg.Connection) -> bool:
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') "
         "AND EXISTS (SELECT 1 FROM pg_class WHERE relname = 'pg_dist_partition' AND relnamespace = 'pg_catalog'::regnamespace) "
         "AND to_regclass('sales') IS NOT NULL")
+
+
+def changes_of(rows: list[Row]) -> str:
+    """What writing the rows changes in the reports (shared.report_changes)."""
+    times = [row[1] for row in rows]
+    return report_changes.payload(min(times), max(times), (row[3] for row in rows))
 
 
 def parent_ids(rows: list[Row]) -> tuple[list[int], list[int]]:
@@ -203,10 +210,12 @@ async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) 
     with gc_paused():
         copy_data = memoryview(batch.copy_data())  # not bytes: asyncpg would take those for a file name
         keys = batch.keys()
+    item_ids, store_ids = parent_ids(batch.rows)
+    changes = report_changes.payload(int(batch.times_us.min()), int(batch.times_us.max()), store_ids)
     if citus:
-        await conn.execute(NOTIFY_REPORTS_CHANGED)
+        await conn.execute(report_changes.ANNOUNCE, changes)
     else:
-        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(batch.rows))
+        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, item_ids, store_ids, changes)
     await conn.copy_to_table("sales", source=copy_data, columns=sales_copy.COLUMNS, format="binary")
     if keys:
         await conn.copy_records_to_table("sale_keys", records=keys, columns=SALE_KEYS_COLUMNS)
@@ -232,9 +241,9 @@ async def insert_rows(conn: asyncpg.Connection, rows: list[Row],
     if not rows:
         return 0, lost
     if batch_key_checks:
-        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(rows))
+        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(rows), changes_of(rows))
     else:
-        await conn.execute(NOTIFY_REPORTS_CHANGED)
+        await conn.execute(report_changes.ANNOUNCE, changes_of(rows))
     inserted_ids = {r["id"] for r in await conn.fetch(INSERT_ROWS, *zip(*rows))}
     inserted = [row for row in rows if row[0] in inserted_ids]
     if inserted:

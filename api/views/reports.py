@@ -8,6 +8,7 @@ from aiohttp import web
 
 from api import reports
 from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS
+from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Scope
 from api.responses import json_response, table_response, wants_csv
 from api.validation import BadRequest, date_param, int_param, one_of_params
 
@@ -15,15 +16,21 @@ MAX_ID = 2**31 - 1
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
 
-async def _cached(request: web.Request, key: tuple, query, *args):
-    """`query(conn, *args)`'s result, from the report cache when nothing changed since."""
+async def _cached(request: web.Request, key: tuple, scope: Scope, query, *args):
+    """`query(conn, *args)`'s result, from the report cache when nothing in `scope` (the days
+    and store it counts) changed since."""
     pool = request.app[PG_POOL]
 
     async def compute():
         async with pool.acquire() as conn:
             return await query(conn, *args)
 
-    return await request.app[REPORT_CACHE].get(key, compute)
+    return await request.app[REPORT_CACHE].get(key, compute, scope)
+
+
+def _month_scope(first_month: dt.date, last_month: dt.date, store_id: int | None = None) -> Scope:
+    """The days of the months first_month..last_month."""
+    return Scope(first_month, reports.month_end(last_month), store_id)
 
 
 def _month(request: web.Request):
@@ -47,7 +54,7 @@ def _period(request: web.Request) -> tuple[dt.date, dt.date] | None:
 
 
 async def _store(request: web.Request, store_id: int) -> dict:
-    store = await _cached(request, ("store", store_id), reports.get_store, store_id)
+    store = await _cached(request, ("store", store_id), CATALOGUE_ONLY, reports.get_store, store_id)
     if store is None:
         raise BadRequest(f"no store with id {store_id}", status=404)
     return store
@@ -55,13 +62,13 @@ async def _store(request: web.Request, store_id: int) -> dict:
 
 async def list_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)  # validates `format` before any query
-    rows = await _cached(request, ("items",), reports.list_items)
+    rows = await _cached(request, ("items",), CATALOGUE_ONLY, reports.list_items)
     return table_response(rows, ["id", "name", "price"], "items", as_csv)
 
 
 async def list_stores(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
-    rows = await _cached(request, ("stores",), reports.list_stores)
+    rows = await _cached(request, ("stores",), CATALOGUE_ONLY, reports.list_stores)
     return table_response(rows, ["id", "address"], "stores", as_csv)
 
 
@@ -72,13 +79,13 @@ async def top_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     columns = ["id", "name", "sales_amount"]
     if store_id is None and period is None:  # all time, chain-wide: as before any period existed
-        rows = await _cached(request, ("top_items", cnt), reports.top_items, cnt)
+        rows = await _cached(request, ("top_items", cnt), EVERYTHING, reports.top_items, cnt)
         return table_response(rows, columns, "top-items", as_csv)
     if store_id is not None:
         await _store(request, store_id)
     first, last = period or (dt.date.min, dt.date.max)
-    rows = await _cached(request, ("top_items_in", first, last, cnt, store_id), reports.top_items_in,
-                         first, last, cnt, store_id)
+    rows = await _cached(request, ("top_items_in", first, last, cnt, store_id), Scope(first, last, store_id),
+                         reports.top_items_in, first, last, cnt, store_id)
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
     return table_response(rows, columns, name, as_csv)
 
@@ -90,10 +97,12 @@ async def top_stores(request: web.Request) -> web.Response:
     columns = ["id", "address", "income"]
     if period is not None:
         first, last = period
-        rows = await _cached(request, ("top_stores_in", first, last, cnt), reports.top_stores_in, first, last, cnt)
+        rows = await _cached(request, ("top_stores_in", first, last, cnt), Scope(first, last), reports.top_stores_in,
+                             first, last, cnt)
         return table_response(rows, columns, f"top-stores-{first}-{last}", as_csv)
     month = _month(request)
-    rows = await _cached(request, ("top_stores", month, cnt), reports.top_stores, month, cnt)
+    rows = await _cached(request, ("top_stores", month, cnt), _month_scope(month, month), reports.top_stores,
+                         month, cnt)
     return table_response(rows, columns, f"top-stores-{month:%Y-%m}", as_csv)
 
 
@@ -107,8 +116,8 @@ async def store_report(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     store = await _store(request, int(raw_id))
     first, last = period or _this_month_so_far(request)
-    page = await _cached(request, ("store_report", store["id"], first, last, cnt), reports.store_report,
-                         store, first, last, cnt)
+    page = await _cached(request, ("store_report", store["id"], first, last, cnt), Scope(first, last, store["id"]),
+                         reports.store_report, store, first, last, cnt)
     if as_csv:
         return table_response(page["days"], ["day", *reports.PERIOD_MEASURES],
                               f"store-{store['id']}-{first}-{last}", as_csv)
@@ -124,7 +133,7 @@ async def period_totals(request: web.Request) -> web.Response:
     """The chain's totals over a period (default: this month so far), returns beside."""
     first, last = _period(request) or _this_month_so_far(request)
     as_csv = wants_csv(request)
-    totals = await _cached(request, ("totals", first, last), reports.period_totals, first, last)
+    totals = await _cached(request, ("totals", first, last), Scope(first, last), reports.period_totals, first, last)
     if as_csv:
         return table_response([totals], list(totals), f"totals-{first}-{last}", as_csv)
     return json_response(totals)
@@ -137,7 +146,8 @@ async def hours(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     if store_id is not None:
         await _store(request, store_id)
-    answer = await _cached(request, ("hours", first, last, store_id), reports.hours, first, last, store_id)
+    answer = await _cached(request, ("hours", first, last, store_id), Scope(first, last, store_id), reports.hours,
+                           first, last, store_id)
     if as_csv:
         name = "hours" + (f"-store-{store_id}" if store_id else "") + f"-{first}-{last}"
         return table_response(answer["cells"], ["weekday", "hour", "income", "units", "sales"], name, as_csv)
@@ -147,7 +157,8 @@ async def hours(request: web.Request) -> web.Response:
 async def month_summary(request: web.Request) -> web.Response:
     month = _month(request)
     as_csv = wants_csv(request)
-    summary = await _cached(request, ("summary", month), reports.month_summary, month)
+    summary = await _cached(request, ("summary", month), _month_scope(reports.previous_month(month) or month, month),
+                            reports.month_summary, month)
     if as_csv:
         return table_response([summary], list(summary), f"summary-{month:%Y-%m}", as_csv)
     return json_response(summary)
@@ -156,7 +167,7 @@ async def month_summary(request: web.Request) -> web.Response:
 async def daily(request: web.Request) -> web.Response:
     month = _month(request)
     as_csv = wants_csv(request)
-    rows = await _cached(request, ("daily", month), reports.daily, month)
+    rows = await _cached(request, ("daily", month), _month_scope(month, month), reports.daily, month)
     return table_response(rows, ["day", "income", "units", "sales"], f"daily-{month:%Y-%m}", as_csv)
 
 
@@ -168,7 +179,9 @@ async def trend(request: web.Request) -> web.Response:
     if store_id is not None:
         await _store(request, store_id)
     last = reports.report_month(None, None, request.app[SETTINGS].timezone)
-    rows = await _cached(request, ("trend", last, months, store_id), reports.trend, last, months, store_id)
+    first = reports.months_back(reports.months_back(last, months - 1), 12)  # a year before the first month
+    rows = await _cached(request, ("trend", last, months, store_id), _month_scope(first, last, store_id),
+                         reports.trend, last, months, store_id)
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
     return table_response(rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"],
                           name, as_csv)
