@@ -11,8 +11,8 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import signal
 import shutil
+import signal
 import socket
 import sys
 import tempfile

@@ -9,16 +9,16 @@ import time
 import asyncpg
 from aiohttp import web
 
+from api import metrics
 from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, REPORT_CACHE, RETURNS, SETTINGS
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
-from api import metrics
 from api.errors import error_response
 from api.ids import IdAllocator
 from api.report_cache import ReportCache
+from api.returns import ReturnsIntake
 from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
-from api.returns import ReturnsIntake
 from api.sales import SalesIntake
 from api.sale_times import SaleTimeLimits
 from shared.db import create_pool

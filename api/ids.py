@@ -90,7 +90,7 @@ class IdAllocator:
             raise IdsUnavailable(f"cannot reserve sale ids: {self._last_failure[1]}")
         try:
             await asyncio.shield(self._start_refill(at_least))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise IdsUnavailable(f"cannot reserve sale ids: {exc}") from exc
 
     async def _fetch(self, count: int) -> None:

@@ -11,9 +11,8 @@ import logging
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client import multiprocess
 
 from shared import worker_stats
 
@@ -87,7 +86,7 @@ async def flush_every_second() -> None:
         await asyncio.sleep(1.0)
         try:
             flush()
-        except Exception:  # noqa: BLE001 - metrics must never stop; say why once per second at most
+        except Exception:  # metrics must never stop; say why once per second at most
             log.exception("flushing request metrics failed")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def now_us() -> int:

@@ -35,7 +35,7 @@ def report_month(mm: int | None, year: int | None, tz: zoneinfo.ZoneInfo, now: d
     Without `year`, month `mm` is the most recent one with that number that has begun:
     in November 2026, mm=9 is September 2026 and mm=12 is December 2025.
     """
-    today = (now or dt.datetime.now(dt.timezone.utc)).astimezone(tz).date()
+    today = (now or dt.datetime.now(dt.UTC)).astimezone(tz).date()
     month = mm or today.month
     if year is None:
         year = today.year if month <= today.month else today.year - 1

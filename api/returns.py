@@ -34,7 +34,7 @@ from api.sale_queue import script_then_wait
 from api.sale_times import SaleTimeLimits
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
-from shared.queue import RETURNS_SCRIPT, QueueKeys, QueuedReturn
+from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys
 
 SALE = "SELECT id, item_id, store_id, price, quantity, sale_time FROM sales WHERE id = ANY($1::bigint[])"
 RETURNED = "SELECT sale_id, returned FROM sale_returned WHERE sale_id = ANY($1::bigint[])"
@@ -203,7 +203,7 @@ class ReturnsIntake:
                         found[row["sale_id"]] = DeadLettered(row["reason"])
                 return found
             if time.monotonic() >= deadline:
-                return {**found, **{s: NOT_WRITTEN_YET for s in missing}}
+                return {**found, **dict.fromkeys(missing, NOT_WRITTEN_YET)}
             await asyncio.sleep(POLL_SECONDS)
 
     async def _queue_clock_and_oldest(self) -> tuple[int, int | None]:
@@ -214,7 +214,7 @@ class ReturnsIntake:
                 pipe.time()
                 pipe.xrange(self._keys.stream, count=1)
                 (seconds, micros), oldest = await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
         return seconds * 1000 + micros // 1000, int(oldest[0][0].split(b"-")[0]) if oldest else None
 
@@ -233,7 +233,7 @@ class ReturnsIntake:
                      _encoder.encode(ret))
         try:
             answer, confirmed = await self._run_script(args)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
         if answer[0] == 0:
             raise ServiceUnavailable(QUEUE_FULL, 2)

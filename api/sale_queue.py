@@ -24,7 +24,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from api import metrics
-from shared.queue import ENQUEUE_SCRIPT, QueueKeys, QueuedSale, encoded_back_to_back, sale_decoder, sale_encoder
+from shared.queue import ENQUEUE_SCRIPT, QueuedSale, QueueKeys, encoded_back_to_back, sale_decoder, sale_encoder
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class SaleQueue:
                 answers, confirmed = await self._enqueue_and_wait(args)
             else:
                 answers, confirmed = await self._script(keys=[self._keys.stream, self._keys.depth], args=args), 0
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             log.warning("queueing %d sales failed: %s", size, exc)
             self._fail(group, QueueUnavailable(str(exc) or type(exc).__name__))
             return

@@ -13,7 +13,6 @@ from api.sale_times import SaleTimeLimits
 from api.validation import SaleIn
 from shared.queue import QueuedSale
 
-
 QUEUE_FULL = "too many sales are waiting to be written; retry shortly"
 REPLICAS_BEHIND = ("the sales queue's Redis replica did not confirm the sale in time; retry shortly with the same "
                    "idempotency key (it may have been queued: the key makes the retry return the same sale)")

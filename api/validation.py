@@ -15,7 +15,7 @@ MAX_BATCH = 1_000
 INT32_MAX = 2_147_483_647
 # Offline POS systems upload old sales, but not from before the chain existed; a little
 # clock skew between a POS and the server is tolerated.
-EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 FUTURE_SKEW = dt.timedelta(seconds=5)
 
 TOO_DEEP = "malformed JSON: nested too deeply"

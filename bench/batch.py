@@ -18,8 +18,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from bench.common import log, ms, ratio  # noqa: E402
+from bench import common
+from bench.common import log, ms, ratio
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from bench.common import log  # noqa: E402
-from bench.workers import cpu_seconds  # noqa: E402
+from bench import common
+from bench.common import log
+from bench.workers import cpu_seconds
 
 COMPONENTS = ("API", "Redis", "worker", "PostgreSQL")
 STORAGE_SQL = """

@@ -23,11 +23,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-import asyncpg  # noqa: E402
+import aiohttp
+import asyncpg
 
-from bench import common  # noqa: E402
-from bench.common import log, ms, percentile, ratio  # noqa: E402
+from bench import common
+from bench.common import log, ms, percentile, ratio
 
 
 async def probe(port: int, url: str, duration: float, rate: float, poll_ms: float, items: int,
@@ -58,7 +58,7 @@ async def probe(port: int, url: str, duration: float, rate: float, poll_ms: floa
                         post_latencies.append((t1 - t0) * 1000)
                     else:
                         failures += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 failures += 1
             await asyncio.sleep(max(0.0, start + n * interval - time.monotonic()))
         done_posting.set()

@@ -28,8 +28,8 @@ from urllib.parse import urlparse
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import common  # noqa: E402
-from bench.common import log, ms, ratio  # noqa: E402
+from bench import common
+from bench.common import log, ms, ratio
 
 
 def run_post(port: int, url: str, *, duration: float, connections: int, threads: int, items: int,

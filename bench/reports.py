@@ -27,10 +27,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from bench import common  # noqa: E402
-from bench.common import log, percentile, ratio  # noqa: E402
+from bench import common
+from bench.common import log, percentile, ratio
 
 
 class RollupsChanged:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     common.ensure_tools("wrk")
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     period = f"from={today - dt.timedelta(days=args.period_days - 1)}&to={today}"
     paths = {}
     if args.endpoints in ("all", "classic"):

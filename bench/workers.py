@@ -32,13 +32,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
+import asyncpg
+import redis.asyncio as aioredis
 
-from bench import common  # noqa: E402
-from bench.common import log  # noqa: E402
-from shared import rollups  # noqa: E402
-from shared.queue import QueuedSale, QueueKeys, sale_encoder  # noqa: E402
+from bench import common
+from bench.common import log
+from shared import rollups
+from shared.queue import QueuedSale, QueueKeys, sale_encoder
 
 KEYS = QueueKeys(common.REDIS_PREFIX)
 WORKER_APP = "sales-worker"  # application_name of the worker's sessions (worker/writer.py)
@@ -58,7 +58,7 @@ async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> lis
         await conn.close()
     rng = random.Random(1)
     items = sorted(prices)
-    now_us = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1e6)
+    now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
     hour_us = 3600 * 10**6
     entries, chunk = [], []
     for sale_id in range(1, sales + 1):
@@ -121,7 +121,7 @@ class WaitSampler:
                 self._add(rows)
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.every)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             await conn.close()

@@ -21,10 +21,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from bench import common  # noqa: E402
-from worker import writer  # noqa: E402
+from bench import common
+from worker import writer
 
 
 def backend_cpu_s(pid: int) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 AHEAD_MONTHS = 2
 ENSURE = "SELECT sales_partition(month) FROM unnest($1::date[]) AS month ORDER BY month"
 ARCHIVED = "SELECT month FROM archived_months WHERE month = ANY($1::date[])"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def month_start(moment: dt.datetime | dt.date) -> dt.date:
@@ -30,7 +30,7 @@ def add_months(month: dt.date, count: int) -> dt.date:
 
 def months_between(start: dt.datetime, end: dt.datetime) -> list[dt.date]:
     """The UTC months from the one holding `start` to the one holding `end`."""
-    month, last = (month_start(m.astimezone(dt.timezone.utc)) for m in (start, end))
+    month, last = (month_start(m.astimezone(dt.UTC)) for m in (start, end))
     months = []
     while month <= last:
         months.append(month)
@@ -46,9 +46,9 @@ def months_of(times_us: np.ndarray) -> list[dt.date]:
 
 def months_outside_current(times_us: np.ndarray, now: dt.datetime | None = None) -> list[dt.date]:
     """The batch's months when any sale lies outside the current UTC month, else []."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    start = dt.datetime(now.year, now.month, 1, tzinfo=dt.timezone.utc)
-    end = dt.datetime.combine(add_months(start.date(), 1), dt.time(), dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
+    start = dt.datetime(now.year, now.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime.combine(add_months(start.date(), 1), dt.time(), dt.UTC)
     low, high = int(start.timestamp() * 1_000_000), int(end.timestamp() * 1_000_000)
     if len(times_us) == 0 or (times_us.min() >= low and times_us.max() < high):
         return []
@@ -78,5 +78,5 @@ async def ensure(conn: asyncpg.Connection, months: list[dt.date]) -> set[dt.date
 
 async def ensure_ahead(conn: asyncpg.Connection, now: dt.datetime | None = None) -> None:
     """The current UTC month's partition and the next AHEAD_MONTHS'."""
-    current = month_start((now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc))
+    current = month_start((now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
     await ensure(conn, [add_months(current, n) for n in range(AHEAD_MONTHS + 1)])

@@ -64,7 +64,7 @@ def connect_redis(url: str, *, sentinels: tuple[tuple[str, int], ...] = (), sent
     return _primary_via_sentinels(url, sentinels, sentinel_master, options)
 
 
-def connect_from_settings(settings: "Settings", **options) -> redis.Redis:
+def connect_from_settings(settings: Settings, **options) -> redis.Redis:
     return connect_redis(settings.redis_url, sentinels=settings.redis_sentinels,
                          sentinel_master=settings.redis_sentinel_master, **options)
 

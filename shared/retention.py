@@ -51,7 +51,7 @@ WHERE i.inhparent = 'sales'::regclass ORDER BY c.relname
 
 def cutoff(keep_months: int, now: dt.datetime | None = None) -> dt.date:
     """The first UTC month kept."""
-    current = partitions.month_start((now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc))
+    current = partitions.month_start((now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC))
     return partitions.add_months(current, -(keep_months - 1))
 
 

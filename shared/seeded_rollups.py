@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import threading
 import zoneinfo
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import asyncpg
 import numpy as np
@@ -41,7 +41,7 @@ class Moves:
     measures: dict[str, np.ndarray]  # MEASURES -> int64 per move
 
     @classmethod
-    def of(cls, sales: tuple[np.ndarray, ...], returns: tuple[np.ndarray, ...]) -> "Moves":
+    def of(cls, sales: tuple[np.ndarray, ...], returns: tuple[np.ndarray, ...]) -> Moves:
         """`sales`, `returns`: (times_us, store_ids, item_ids, prices, quantities) each."""
         (s_times, s_stores, s_items, s_prices, s_qty), (r_times, r_stores, r_items, r_prices, r_qty) = sales, returns
         s_money, r_money = s_prices * s_qty, r_prices * r_qty
@@ -62,7 +62,7 @@ def utc_offsets_us(times_us: np.ndarray, tz: zoneinfo.ZoneInfo) -> np.ndarray:
     first, last = int(times_us.min()), int(times_us.max())
 
     def offset(us: int) -> int:
-        moment = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+        moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
         return int(moment.astimezone(tz).utcoffset() // dt.timedelta(microseconds=1))
 
     changes, offsets = [first], [offset(first)]
@@ -205,7 +205,7 @@ class RollupData:
         self._builder = self._loop.run_in_executor(None, self._build, moves, zone, through, items, stores)
 
     @classmethod
-    async def start(cls, conn: asyncpg.Connection, moves: Moves, items: int, stores: int) -> "RollupData":
+    async def start(cls, conn: asyncpg.Connection, moves: Moves, items: int, stores: int) -> RollupData:
         # the zone the rollups are cut in, whatever the caller was configured with
         zone, through = await conn.fetchrow("SELECT timezone, running_through FROM report_settings")
         return cls(moves, zoneinfo.ZoneInfo(zone), through, items, stores)

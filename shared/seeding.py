@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import numpy as np
@@ -56,7 +56,7 @@ WEEKDAY_HOURS = ( 0,  0,  0,  0,  0,  0,  0,  0,  2,  3,  4,  5,  8,  8,  5,  4,
 WEEKEND_HOURS = ( 0,  0,  0,  0,  0,  0,  0,  0,  1,  2,  4,  6,  8,  9,  8,  7,  7,  9, 10,  8,  6,  4,  0,  0)
 WEEKEND_FACTOR = 1.3  # a Saturday or Sunday sells this many times a weekday
 _HOUR_US = 3_600_000_000
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _profiles() -> np.ndarray:
@@ -157,7 +157,7 @@ async def _copy_by_month(conn: asyncpg.Connection, ids: np.ndarray, times: np.nd
     read them next do not write every page again to set hint bits (FREEZE is refused on the
     partitioned parent)."""
     months = partitions.months_of(times)
-    starts = [int(dt.datetime.combine(m, dt.time(), dt.timezone.utc).timestamp() * 1_000_000) for m in months]
+    starts = [int(dt.datetime.combine(m, dt.time(), dt.UTC).timestamp() * 1_000_000) for m in months]
     bounds = [*np.searchsorted(times, starts[1:]).tolist(), len(times)]
     low = 0
     for month, high in zip(months, bounds):
@@ -193,7 +193,7 @@ async def seed(conn: asyncpg.Connection, *, items: int = 50, stores: int = 50, s
     """Replace all data with `items` items, `stores` stores and `sales` sales."""
     if items < 1 or stores < 1 or sales < 0:
         raise ValueError("need at least one item and one store, and no negative sale count")
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     now_us = (now - _EPOCH) // dt.timedelta(microseconds=1)
     rng = np.random.default_rng(seed)
     prices = rng.integers(100, 5_000, size=items, dtype=np.int64)

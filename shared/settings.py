@@ -92,7 +92,7 @@ class Settings:
         return zoneinfo.ZoneInfo(self.report_timezone)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         defaults = cls()
 

@@ -11,8 +11,8 @@ from api.app import create_app
 from shared import rollups
 from shared.seeding import month_starts
 from tests import recount
-from tests.recount import NO_DRIFT
 from tests.conftest import ADMIN_TOKEN
+from tests.recount import NO_DRIFT
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ENDPOINTS = [("GET", "/clear/"), ("POST", "/clear/"), ("GET", "/create/"), ("POST", "/create/"),
@@ -77,7 +77,7 @@ async def test_create_defaults_are_the_seed(client, db, method):
     assert await db.fetchval("SELECT array_agg(id ORDER BY id) FROM store") == list(range(1, 51))
     assert await db.fetchval("SELECT count(*) FROM item WHERE price <= 0") == 0
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     per_month = {r["month"]: r["n"] for r in await db.fetch("""
         SELECT date_trunc('month', sale_time AT TIME ZONE 'UTC')::date AS month, count(*) AS n
         FROM sales GROUP BY 1 ORDER BY 1""")}
@@ -95,7 +95,7 @@ async def test_create_defaults_are_the_seed(client, db, method):
     assert per_month.get(expected_months[-1], 0) < so_far + 6 * so_far ** 0.5 + 5, per_month
     assert await db.fetchval("SELECT count(*) FROM sales") == 3600
     assert await db.fetchval("SELECT min(sale_time) FROM sales") >= starts[0]
-    assert await db.fetchval("SELECT max(sale_time) FROM sales") <= dt.datetime.now(dt.timezone.utc)
+    assert await db.fetchval("SELECT max(sale_time) FROM sales") <= dt.datetime.now(dt.UTC)
     # at shop hours, 08:00-22:00 in the report time zone
     assert await db.fetchval("SELECT count(*) FROM sales "
                              "WHERE extract(hour FROM sale_time AT TIME ZONE 'UTC') NOT BETWEEN 8 AND 21") == 0
@@ -123,7 +123,7 @@ async def test_create_counts_from_query(client, db):
     counts = await _counts(db)
     assert (counts["item"], counts["store"], counts["sales"], counts["dead_letter"]) == (3, 2, 24, 0)
     assert await rollups.drift(db) == NO_DRIFT
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert await db.fetchval("SELECT min(sale_time) FROM sales") >= month_starts(now, zoneinfo.ZoneInfo("UTC"))[0]
     assert await db.fetchval("SELECT max(sale_time) FROM sales") <= now
     assert await db.fetchval("SELECT max(item_id) FROM sales") <= 3

@@ -5,10 +5,9 @@ import datetime as dt
 import json
 
 import pytest
-from hypothesis import event, given, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, settings, strategies as st
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 async def _stored(db):

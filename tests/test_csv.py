@@ -58,14 +58,14 @@ async def test_unknown_format_is_400(client, seed):
 
 
 async def test_summary_compares_with_previous_month(client, seed, db):
-    await seed(items=3, stores=2, sales=1200, now=dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc))
+    await seed(items=3, stores=2, sales=1200, now=dt.datetime(2026, 11, 27, tzinfo=dt.UTC))
     summary = await (await client.get("/reports/summary/?mm=10&year=2026")).json()
     sums = f"SELECT sum(s.income)::bigint AS income, sum(s.units)::bigint AS units, sum(s.sales)::bigint AS sales " \
            f"FROM {ACTIVITY} WHERE s.moment >= $1 AND s.moment < $2"  # net of (seeded) returns
-    recount = await db.fetchrow(sums, dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc),
-                                dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
-    before = await db.fetchrow(sums, dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc),
-                               dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc))
+    recount = await db.fetchrow(sums, dt.datetime(2026, 10, 1, tzinfo=dt.UTC),
+                                dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    before = await db.fetchrow(sums, dt.datetime(2026, 9, 1, tzinfo=dt.UTC),
+                               dt.datetime(2026, 10, 1, tzinfo=dt.UTC))
     assert (summary["month"], summary["previous_month"]) == ("2026-10", "2026-09")
     assert (summary["income"], summary["units"], summary["sales"]) == (recount["income"], recount["units"], recount["sales"])
     assert summary["previous_income"] == before["income"]

@@ -223,7 +223,7 @@ async def _return_some(client, db, drain, count: int, store_id: int | None = Non
 async def _sales_a_year_before(client, drain, store_id: int = 1) -> None:
     """Sales in the two months a year before this one and the last (the seed covers 12 months
     only), so that the trend has a year before to compare with."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for days, quantity in ((365, 3), (395, 2)):
         response = await client.post("/sales/", json={"item_id": 1, "store_id": store_id, "quantity": quantity,
                                                       "sale_time": (now - dt.timedelta(days=days)).isoformat()})
@@ -318,7 +318,7 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     assert await page.is_visible("#month") and not await page.is_visible("#from")
 
     narrow = await browser.new_page(viewport={"width": 390, "height": 900})
-    await narrow.goto(str(client.make_url("/")) + f"#from={str(today - dt.timedelta(days=29))}&to={today}")
+    await narrow.goto(str(client.make_url("/")) + f"#from={today - dt.timedelta(days=29)!s}&to={today}")
     await _wait_period(narrow, "chain", str(today - dt.timedelta(days=29)), str(today))
     assert await narrow.input_value("#period") == "last-30-days"
     assert await narrow.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")

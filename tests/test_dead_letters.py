@@ -9,8 +9,8 @@ import sys
 
 from shared import rollups
 from shared.db import create_pool
-from worker import dead_letters, writer
 from tests.recount import NO_DRIFT
+from worker import dead_letters, writer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

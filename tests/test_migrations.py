@@ -12,9 +12,8 @@ from shared import rollups
 from shared.migrate import migrate, migration_files
 from shared.sale_ids import reserve_blocks
 from tests.conftest import create_database, drop_database
-from worker import writer
 from tests.recount import NO_DRIFT
-
+from worker import writer
 
 
 @pytest.fixture
@@ -59,8 +58,8 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
     await seed(items=2, stores=2)
     price = await db.fetchval("SELECT price FROM item WHERE id = 1")
     [start] = await reserve_blocks(db, 1)
-    late_march = dt.datetime(2025, 3, 31, 20, 0, tzinfo=dt.timezone.utc)  # 1 April 05:00 in Tokyo
-    mid_march = dt.datetime(2025, 3, 15, 12, 0, tzinfo=dt.timezone.utc)
+    late_march = dt.datetime(2025, 3, 31, 20, 0, tzinfo=dt.UTC)  # 1 April 05:00 in Tokyo
+    mid_march = dt.datetime(2025, 3, 15, 12, 0, tzinfo=dt.UTC)
     conn = await asyncpg.connect(database_url)
     try:
         await _write(conn, [(start, _us(late_march), 1, 1, price, 2, None, _us(late_march)),
@@ -87,7 +86,7 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
     # Sales written while the zone is Tokyo are cut in Tokyo too.
     conn = await asyncpg.connect(database_url)
     try:
-        edge = dt.datetime(2025, 4, 30, 15, 0, tzinfo=dt.timezone.utc)  # 1 May 00:00 in Tokyo
+        edge = dt.datetime(2025, 4, 30, 15, 0, tzinfo=dt.UTC)  # 1 May 00:00 in Tokyo
         await _write(conn, [(start + 2, _us(edge), 2, 2, price, 1, None, _us(edge))])
     finally:
         await conn.close()

@@ -20,9 +20,8 @@ from shared import partitions, retention, rollups
 from shared.migrate import migrate, migration_files
 from shared.sale_ids import reserve_blocks
 from tests.conftest import CITUS
-from worker import writer
 from tests.recount import NO_DRIFT
-
+from worker import writer
 
 
 def _us(moment: dt.datetime) -> int:
@@ -51,8 +50,8 @@ async def _reports(db) -> dict:
 async def test_a_sale_from_a_month_without_partition_gets_one(db, seed, database_url):
     await seed(items=2, stores=2)
     [start] = await reserve_blocks(db, 1)
-    old = dt.datetime(2019, 3, 15, 12, tzinfo=dt.timezone.utc)
-    now_us = _us(dt.datetime.now(dt.timezone.utc))
+    old = dt.datetime(2019, 3, 15, 12, tzinfo=dt.UTC)
+    now_us = _us(dt.datetime.now(dt.UTC))
     price = await db.fetchval("SELECT price FROM item WHERE id = 1")
     rows = [(start, _us(old), 1, 1, price, 2, "till-1-0001", now_us),
             (start + 1, now_us, 1, 2, price, 1, None, now_us)]
@@ -69,7 +68,7 @@ async def test_a_key_reused_with_another_sale_time_is_stored_once(db, seed, data
     # the unique key of sales holds sale_time, but keys are unique per store in sale_keys
     await seed(items=2, stores=1)
     [start] = await reserve_blocks(db, 1)
-    now_us = _us(dt.datetime.now(dt.timezone.utc))
+    now_us = _us(dt.datetime.now(dt.UTC))
     first = (start, now_us - 10_000_000, 1, 1, 100, 1, "pos-key-7", now_us)
     again = (start + 1, now_us, 1, 1, 100, 1, "pos-key-7", now_us)  # Redis forgot the key: new id, new time
     assert (await _write(database_url, [first])).written == 1
@@ -95,7 +94,7 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     assert (await _write(database_url, [keyed_old])).written == 1
     before = await _reports(db)
     total_before = await db.fetchval("SELECT count(*) FROM sales")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     old = await retention.old_partitions(db, 6, now)
     expected = {name: await db.fetchval(f"SELECT count(*) FROM {name}") for _, name in old}
     assert len(old) >= 6 and sum(expected.values()) > 0
@@ -137,7 +136,7 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     assert (result.written, result.dead) == (1, 2)
     assert not set(expected) & set(await _partition_names(db))
     reasons = await db.fetch("SELECT sale_id, reason FROM dead_letter ORDER BY sale_id")
-    month = f"{oldest.astimezone(dt.timezone.utc):%Y-%m}"
+    month = f"{oldest.astimezone(dt.UTC):%Y-%m}"
     assert [(r["sale_id"], r["reason"]) for r in reasons] == sorted([
         (late, writer.archived_reason(dt.date.fromisoformat(month + "-01"))),
         (archived_sale[0], writer.archived_reason(dt.date.fromisoformat(done[0]["month"] + "-01")))])

@@ -78,7 +78,7 @@ async def test_days_after_the_last_written_one_are_carried_forward(aiohttp_clien
     """Sales seeded up to 10 days ago; then sales of today, and of days before: every day between
     gets its running rows, and every period still matches a recount."""
     client = await aiohttp_client(create_app(settings))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     await seed(items=6, stores=3, sales=500, now=now - dt.timedelta(days=10))
     seeded_through = await db.fetchval("SELECT running_through FROM report_settings")
     assert seeded_through <= (now - dt.timedelta(days=10)).date()  # the last day with a sale
@@ -100,7 +100,7 @@ async def test_a_new_store_and_item_count_from_their_first_sale(client, seed, db
     await db.execute("INSERT INTO item (id, name, price) VALUES (50, 'new', 250)")
     await db.execute("INSERT INTO store (id, address) VALUES (60, 'new store')")
     await client.get("/items/")  # any request; the catalogue reloads on the NOTIFY anyway
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     await _post_sale(client, item_id=50, store_id=60, quantity=4)
     await drain()
     q = f"from={today}&to={today}"
@@ -114,7 +114,7 @@ async def test_a_new_store_and_item_count_from_their_first_sale(client, seed, db
 
 async def test_the_store_page_defaults_to_this_month_so_far(client, seed, db):
     await seed(items=5, stores=3, sales=900)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     page = await _get(client, "/stores/2/report")  # the trailing slash is optional
     assert page == {"store": {"id": 2, "address": "store-2"},
                     **await recount.store_page(db, 2, today.replace(day=1), today, 10)}
@@ -123,7 +123,7 @@ async def test_the_store_page_defaults_to_this_month_so_far(client, seed, db):
 async def test_old_answers_stay_as_they_were(client, seed, db):
     """Without from/to/store_id the answers are the month's and all time's, as before."""
     await seed(items=10, stores=5, sales=1500)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     assert await _get(client, "/items/top/?cnt=100") == await recount.top_items(db, 100)
     assert await _get(client, f"/stores/top/?cnt=100&mm={today.month}") == \
         await recount.top_stores(db, today.replace(day=1), 100)
@@ -134,7 +134,7 @@ async def test_old_answers_stay_as_they_were(client, seed, db):
 
 async def test_period_reports_as_csv(client, seed, db):
     await seed(items=4, stores=3, sales=300)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     first = today - dt.timedelta(days=60)
     response = await client.get(f"/stores/top/?from={first}&to={today}&format=csv")
     assert response.status == 200 and response.content_type == "text/csv"
@@ -241,7 +241,7 @@ async def test_clear_starts_the_running_totals_again(client, seed, db, drain):
     await client.get("/items/")
     await _post_sale(client, item_id=1, store_id=1, quantity=2)
     await drain()
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     assert await db.fetchval("SELECT running_through FROM report_settings") == today
     assert await rollups.drift(db) == NO_DRIFT
     assert await _get(client, f"/stores/top/?from={today}&to={today}") == [{"id": 1, "address": "b", "income": 20}]

@@ -87,7 +87,7 @@ async def test_api_and_worker_processes_end_to_end(seed, db, database_url):
             async with session.get(f"{base}/items/top/?cnt=1000") as response:
                 assert await response.json() == await recount.top_items(db, 1000)
             async with session.get(f"{base}/stores/top/") as response:
-                month = dt.datetime.now(dt.timezone.utc).date().replace(day=1)
+                month = dt.datetime.now(dt.UTC).date().replace(day=1)
                 assert await response.json() == await recount.top_stores(db, month)
             async with session.get(f"{base}/metrics") as response:
                 text = await response.text()

@@ -15,7 +15,7 @@ from api.reports import report_month
 from tests import recount
 from tests.conftest import edit_by_hand
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 async def _get_json(client, url, status=200):

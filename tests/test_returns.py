@@ -63,7 +63,7 @@ async def test_a_return_is_written_once_and_every_report_counts_it_net(client, s
     assert await rollups.drift(db) == NO_DRIFT
     # the reports that were there before returns existed count them too
     assert await _get(client, "/items/top/?cnt=100") == await recount.top_items(db, 100)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     assert await _get(client, "/stores/top/?cnt=100") == await recount.top_stores(db, today.replace(day=1), 100)
     await _assert_periods_match_recount(client, db, "UTC", stores=3)
 
@@ -125,15 +125,15 @@ async def test_a_sale_still_queued_answers_409_with_retry_after(aiohttp_client, 
 async def test_what_cannot_be_returned(client, seed, db, drain, redis_client, queue_keys):
     await seed(items=2, stores=2, sales=10)
     sale = await _sale(client, item_id=1, store_id=1, quantity=2,
-                       sale_time=(dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)).isoformat())
+                       sale_time=(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat())
     await drain()
     no_sale = await _return(client, 10**15, status=404, quantity=1)
     assert no_sale == {"error": f"no such sale: {10**15}"}
-    before = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)).isoformat()
+    before = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
     assert (await _return(client, sale["id"], status=422, quantity=1, return_time=before))["error"].startswith(
         f"return_time is before sale {sale['id']} was made")
     assert await _return(client, sale["id"], status=422, quantity=1, store_id=99) == {"error": "unknown store_id 99"}
-    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
     for body, error in (
             ({"quantity": 0}, "Expected `int` >= 1 - at `$.quantity`"),
             ({}, "Object missing required field `quantity`"),
@@ -275,7 +275,7 @@ async def test_totals_and_hours_match_a_recount(aiohttp_client, settings, seed, 
 
 async def test_totals_and_hours_default_to_this_month_and_refuse_bad_input(client, seed, db):
     await seed(items=3, stores=2, sales=300)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     assert await _get(client, "/reports/totals") == await recount.totals(db, today.replace(day=1), today)
     hours = await _get(client, "/reports/hours/")
     assert hours == await recount.hours(db, today.replace(day=1), today)
@@ -403,7 +403,7 @@ async def test_a_return_right_after_a_sale_stamped_ahead_of_the_server(client, s
     """A till's clock a few seconds ahead (accepted: api.validation.FUTURE_SKEW): a return
     with no return_time, posted at once, is dated at its sale, not refused as before it."""
     await seed(items=2, stores=2, sales=10)
-    ahead = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=3)).isoformat()
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)).isoformat()
     sale = await _sale(client, item_id=1, store_id=1, sale_time=ahead)
     await drain()
     answer = await _return(client, sale["id"], quantity=1)

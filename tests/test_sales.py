@@ -19,7 +19,7 @@ async def test_accepted_sale_answers_202_with_final_id_and_is_stored(client, see
     assert (body["item_id"], body["store_id"]) == (2, 1)
     sale_time = dt.datetime.fromisoformat(body["sale_time"])
     assert sale_time.utcoffset() == dt.timedelta(0)
-    assert abs(dt.datetime.now(dt.timezone.utc) - sale_time) < dt.timedelta(seconds=5)
+    assert abs(dt.datetime.now(dt.UTC) - sale_time) < dt.timedelta(seconds=5)
 
     await drain()
     row = await db.fetchrow("SELECT * FROM sales WHERE id = $1", body["id"])
@@ -43,7 +43,7 @@ async def test_quantity_and_past_sale_time_are_kept(client, seed, db, drain):
     await drain()
     row = await db.fetchrow("SELECT quantity, sale_time FROM sales WHERE id = $1", body["id"])
     assert row["quantity"] == 7
-    assert row["sale_time"] == dt.datetime(2026, 3, 1, 6, 30, tzinfo=dt.timezone.utc)
+    assert row["sale_time"] == dt.datetime(2026, 3, 1, 6, 30, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize("body, fragment", [

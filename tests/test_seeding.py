@@ -13,7 +13,7 @@ from shared import rollups, seeded_rollups
 from shared.seeding import WEEKDAY_HOURS, WEEKEND_FACTOR, month_starts, sale_times_us
 from tests.recount import NO_DRIFT
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SALES = 200_000
 OPEN_HOURS = range(8, 22)
 

@@ -18,7 +18,6 @@ from worker import writer
 from worker.consumer import StreamConsumer
 
 
-
 async def _post_batch(client, sales):
     response = await client.post("/sales/batch/", json=sales)
     assert response.status == 202, await response.text()

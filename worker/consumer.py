@@ -99,7 +99,7 @@ class StreamConsumer:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _next_entries(self, block: bool = True) -> list:

@@ -25,12 +25,12 @@ import asyncpg
 import msgspec
 
 from shared.db import create_pool
-from shared.settings import Settings
 from shared.rollups import EXTEND_RUNNING
+from shared.settings import Settings
 from worker import return_writer, writer
 from worker.batch_columns import BatchColumns
 
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
 
 
@@ -176,7 +176,7 @@ def _print_list(records: list[asyncpg.Record]) -> None:
         shown = ("kind", "sale_id", "item_id", "store_id", "quantity", "return_time") if is_return(sale) else \
             ("item_id", "store_id", "quantity", "sale_time")
         brief = {k: sale.get(k) for k in shown} if "fields_hex" not in sale else sale.get("stream_entry")
-        print(f"{r['id']:>8}  {str(r['sale_id'] or '-'):>12}  {failed:<25}  {replayed:<25}  {r['reason']}")
+        print(f"{r['id']:>8}  {r['sale_id'] or '-'!s:>12}  {failed:<25}  {replayed:<25}  {r['reason']}")
         print(f"{'':>8}  {'':>12}  {'':<25}  {'':<25}  {brief}")
     print(f"{len(records)} dead letter(s)")
 

@@ -57,7 +57,7 @@ async def shutdown(ctx: dict) -> None:
     consumer.stop()
     try:
         await asyncio.wait_for(ctx["consumer_task"], SHUTDOWN_GRACE_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("batch in hand not finished in %d s; it stays pending and will be redelivered",
                     SHUTDOWN_GRACE_SECONDS)
     await ctx["stream_redis"].aclose()
@@ -115,7 +115,7 @@ class ResilientWorker(Worker):
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             log.warning("arq poll failed (%s); retrying in 1 s", exc)
             await asyncio.sleep(1)
 

@@ -125,7 +125,7 @@ async def store_report(request: web.Request) -> web.Response:
 
 
 def _this_month_so_far(request: web.Request) -> tuple[dt.date, dt.date]:
-    today = dt.datetime.now(dt.timezone.utc).astimezone(request.app[SETTINGS].timezone).date()
+    today = dt.datetime.now(dt.UTC).astimezone(request.app[SETTINGS].timezone).date()
     return today.replace(day=1), today
 
 

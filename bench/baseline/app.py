@@ -119,7 +119,7 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi
 
 def month_bounds(mm: int | None, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
     """The most recent month numbered `mm` that has begun (UTC), as [start, end)."""
-    today = (now or dt.datetime.now(dt.timezone.utc)).date()
+    today = (now or dt.datetime.now(dt.UTC)).date()
     month = mm or today.month
     year = today.year if month <= today.month else today.year - 1
     start = dt.datetime(year, month, 1)

@@ -18,8 +18,8 @@ from api import reports
 from shared import rollups, seeding
 from shared.migrate import migrate, migration_files
 from tests import recount
-from tests.recount import NO_DRIFT
 from tests.fault.conftest import ITEMS, STORES, LoadResult, audit, run_load, wait_queue_empty, wait_stored
+from tests.recount import NO_DRIFT
 
 from .conftest import sales_per_node
 
@@ -37,7 +37,7 @@ async def _spread(database_url: str, cluster) -> dict[int, int]:
 async def _reports_equal_recount(base_url: str, database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        month = dt.datetime.now(dt.timezone.utc).date().replace(day=1)
+        month = dt.datetime.now(dt.UTC).date().replace(day=1)
         expected_stores = await recount.top_stores(conn, month, 1000)
         expected_items = await recount.top_items(conn, 1000)
     finally:

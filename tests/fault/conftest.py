@@ -37,8 +37,7 @@ from shared import rollups, seeding
 from shared.migrate import migrate
 from shared.queue import GROUP, QueueKeys
 from tests.recount import NO_DRIFT
-from tests.servers import PgServer, free_port
-from tests.servers import tail as _tail
+from tests.servers import PgServer, free_port, tail as _tail
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY_PREFIX = "sales:"
@@ -428,7 +427,7 @@ async def run_load(base_url: str, *, count: int, concurrency: int = 24, prefix: 
                     status = response.status
                     payload = await response.json(content_type=None)
                     retry_after = response.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 result.errors[type(exc).__name__] += 1
                 result.final[key] = type(exc).__name__
                 if not retry:
@@ -509,7 +508,7 @@ async def run_returns(base_url: str, sales: LoadResult, *, every: int = 10, pref
                         status = response.status
                         payload = await response.json(content_type=None)
                         retry_after = response.headers.get("Retry-After")
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     result.errors[type(exc).__name__] += 1
                     await asyncio.sleep(0.2)
                     continue

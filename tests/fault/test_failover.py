@@ -28,11 +28,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
-from tests.servers import free_port
-from tests.servers import tail as _tail
+from tests.servers import free_port, tail as _tail
 
 from .conftest import KEYS, LoadResult, RedisServer, audit, run_load, wait_queue_empty, wait_stored
 

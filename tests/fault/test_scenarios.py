@@ -18,8 +18,18 @@ import pytest
 
 from shared.queue import GROUP
 
-from .conftest import (KEYS, ROOT, LoadResult, audit, audit_returns, metric_value, run_load, run_returns,
-                       wait_queue_empty, wait_stored)
+from .conftest import (
+    KEYS,
+    ROOT,
+    LoadResult,
+    audit,
+    audit_returns,
+    metric_value,
+    run_load,
+    run_returns,
+    wait_queue_empty,
+    wait_stored,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -366,7 +376,7 @@ async def test_client_retries_with_same_keys_store_once(make_stack, redis_client
                     sale_id = (await response.json())["id"]
                     load.answers[body["idempotency_key"]].add(sale_id)
                     load.accepted.setdefault(body["idempotency_key"], sale_id)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timeouts += 1
 
     semaphore = asyncio.Semaphore(24)

@@ -57,7 +57,7 @@ class PendingSampler:
                 pass
             try:
                 await asyncio.wait_for(self._stop.wait(), self.every)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def stop(self) -> None:

@@ -25,8 +25,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.servers import free_port
-from tests.servers import tail as _tail
+from tests.servers import free_port, tail as _tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
