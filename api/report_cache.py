@@ -111,6 +111,7 @@ class ReportCache:
         self._conn: asyncpg.Connection | None = None
         self._next_sync: asyncio.Future | None = None  # the round trip that starts after the current one
         self._syncing = False
+        self._sync_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
         self._keeper: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -192,7 +193,7 @@ class ReportCache:
     def _start_sync(self) -> None:
         future, self._next_sync = self._next_sync, None
         self._syncing = True
-        asyncio.ensure_future(self._sync(future))
+        self._sync_task = asyncio.ensure_future(self._sync(future))
 
     async def _sync(self, future: asyncio.Future) -> None:
         ok, broken = False, None

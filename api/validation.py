@@ -154,10 +154,7 @@ def decode_valid_batch(body: bytes, now_us: int) -> list[SaleIn] | None:
     per sale cost 0.7 µs of the 4.4 µs the API spent per batched sale); None if anything is
     wrong, and then `decode_batch` and `decode_sale` say what, sale by sale."""
     try:
-        if body.lstrip()[:1] == b"{":
-            sales = _wrapped_sales_decoder.decode(body).sales
-        else:
-            sales = _sales_decoder.decode(body)
+        sales = _wrapped_sales_decoder.decode(body).sales if body.lstrip()[:1] == b"{" else _sales_decoder.decode(body)
         if not 0 < len(sales) <= MAX_BATCH:
             return None
         for sale in sales:

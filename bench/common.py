@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import http.client
 import json
 import os
@@ -230,7 +231,8 @@ class Service:
     def __init__(self, name: str, args: list[str], env: dict[str, str], port: int | None):
         self.name = name
         self.port = port
-        self.logfile = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        self.logfile = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the service; stop() removes it
+            prefix=f"bench-{name}-", suffix=".log", delete=False)
         full_env = {**os.environ, **env}
         self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self.logfile,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -284,10 +286,8 @@ class Service:
                 self.proc.wait()
             except ProcessLookupError:
                 pass
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.logfile.name)
-        except OSError:
-            pass
 
 
 def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
@@ -499,7 +499,7 @@ def wrk(port: int, path: str, script: str, duration: float, connections: int = 6
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
            f"--timeout={timeout_s}s", "-s", script, f"http://127.0.0.1:{port}{path}"]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True)
-    line = next((l for l in result.stdout.splitlines() if l.startswith("WRKJSON ")), None)
+    line = next((out for out in result.stdout.splitlines() if out.startswith("WRKJSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stdout}\n{result.stderr}")
     stats = json.loads(line[len("WRKJSON "):])

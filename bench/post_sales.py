@@ -105,8 +105,8 @@ def replica_cost(args) -> int:
         return 2
     product_url, _ = common.prepare_databases(args)
     primary_port = urlparse(common.redis_url()).port
-    kwargs = dict(duration=args.duration, connections=args.connections, threads=args.threads,
-                  items=args.items, stores=args.stores, warmup=args.warmup)
+    kwargs = {"duration": args.duration, "connections": args.connections, "threads": args.threads,
+              "items": args.items, "stores": args.stores, "warmup": args.warmup}
     alone, replicated = "Redis alone (REDIS_URL only)", "replica + WAIT (REDIS_MIN_REPLICAS_ACKED=1)"
     runs: dict[str, list[dict]] = {alone: [], replicated: []}
     for round_no in range(1, args.rounds + 1):
@@ -133,8 +133,8 @@ def replica_cost(args) -> int:
     def each(name: str, field: str, fmt) -> str:
         return ", ".join(fmt(run[field]) for run in runs[name])
 
-    common.header("POST /sales/ with and without the replica rule (wrk, %d connections, %g s x %d rounds each)"
-                  % (args.connections, args.duration, args.rounds))
+    common.header(f"POST /sales/ with and without the replica rule (wrk, {args.connections:d} connections, "
+                  f"{args.duration:g} s x {args.rounds:d} rounds each)")
     rows = []
     for label, field, fmt in (("2xx requests/s", "ok_rps", lambda v: f"{v:.0f}"), ("p50 latency (ms)", "p50_us", ms),
                               ("p90 latency (ms)", "p90_us", ms), ("p99 latency (ms)", "p99_us", ms)):
@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = common.start_baseline(baseline_url, args.baseline_port)
     api, worker = common.start_product(product_url, args.product_port)
 
-    kwargs = dict(duration=args.duration, connections=args.connections, threads=args.threads,
-                  items=args.items, stores=args.stores, warmup=args.warmup)
+    kwargs = {"duration": args.duration, "connections": args.connections, "threads": args.threads,
+              "items": args.items, "stores": args.stores, "warmup": args.warmup}
     log("load on the baseline")
     base = run_post(args.baseline_port, baseline_url, drain_port=None, **kwargs)
     log("load on the product")
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.threads, {"ITEMS": str(args.items), "STORES": str(args.stores)})
     ceiling.stop()
 
-    common.header("POST /sales/ (wrk, %d connections, %g s per system)" % (args.connections, args.duration))
+    common.header(f"POST /sales/ (wrk, {args.connections:d} connections, {args.duration:g} s per system)")
     rows = [
         ["2xx requests/s", f"{base['ok_rps']:.0f}", f"{prod['ok_rps']:.0f}", ratio(prod["ok_rps"], base["ok_rps"])],
         ["p50 latency (ms)", ms(base["p50_us"]), ms(prod["p50_us"]), ratio(prod["p50_us"], base["p50_us"])],

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     env = common.product_env(url, 0)
     seed_cmd = (f"{shlex.quote(common.PYTHON)} -m shared.seed --items {args.items} --stores {args.stores} "
                 f"--sales {args.sales} --seed 1")
-    export = tempfile.NamedTemporaryFile(prefix="bench-seed-", suffix=".json", delete=False).name
+    with tempfile.NamedTemporaryFile(prefix="bench-seed-", suffix=".json", delete=False) as handle:
+        export = handle.name
     common.on_exit(os.unlink, export)
     cmd = ["hyperfine", "--runs", str(args.runs), "--export-json", export, "--style", "basic", seed_cmd]
     common.log("running " + " ".join(map(shlex.quote, cmd)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import os
 import random
@@ -119,10 +120,8 @@ class WaitSampler:
             while not self._stop.is_set():
                 rows = await conn.fetch(self.QUERY, WORKER_APP)
                 self._add(rows)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.every)
-                except TimeoutError:
-                    pass
         finally:
             await conn.close()
 

@@ -56,8 +56,8 @@ def connect_redis(url: str, *, sentinels: tuple[tuple[str, int], ...] = (), sent
                   max_connections: int = 64, socket_timeout: float = 2.0) -> redis.Redis:
     """A client of `url`, or, given sentinels, of the primary they name (the URL's DB number,
     user, password and TLS then apply to it; its host and port are not used)."""
-    options = dict(socket_timeout=socket_timeout, socket_connect_timeout=0.5, max_connections=max_connections,
-                   health_check_interval=15)
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 0.5, "max_connections": max_connections,
+               "health_check_interval": 15}
     if not sentinels:
         return redis.Redis.from_url(url, connection_class=HiredisPackingConnection,  # unix://, rediss:// pick their own
                                     **options)

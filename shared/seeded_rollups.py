@@ -12,6 +12,7 @@ rule); the tests compare them with `rollups.drift`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import threading
@@ -235,7 +236,5 @@ class RollupData:
     async def stop(self) -> None:
         """Wait for the thread (told to stop after its current table, if copy_into did not end)."""
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):  # copy_into raised it already, or the load failed first
             await self._builder
-        except Exception:  # noqa: BLE001 - copy_into raised it already, or the load failed first
-            pass

@@ -387,7 +387,7 @@ async def test_store_page_shows_the_store_report(client, seed, db, drain, browse
     await page.click("#back-link")
     await _wait_period(page, "chain", *week)
     # a store's bar in the chart opens its page too
-    other = await page.get_attribute("#stores-chart a[data-store]:not([data-store='%d'])" % store_id, "data-store")
+    other = await page.get_attribute(f"#stores-chart a[data-store]:not([data-store='{store_id}'])", "data-store")
     await page.click(f"#stores-chart a[data-store='{other}'] rect")
     await _wait_period(page, "store", *week, int(other))
 

@@ -111,7 +111,7 @@ async def test_top_items_cnt_1000_is_the_upper_bound(client, seed, db):
 
 
 BAD_CNT = ["0", "1001", "abc", "-1", "1.5", "", "99999999999999999999999", "2147483648",
-           "1e3", "0x10", " 5", "5 ", "+5", "１", "1;DROP TABLE item", "1' OR '1'='1",
+           "1e3", "0x10", " 5", "5 ", "+5", "\N{FULLWIDTH DIGIT ONE}", "1;DROP TABLE item", "1' OR '1'='1",
            "10)%20UNION%20SELECT%201--"]
 
 

@@ -96,7 +96,7 @@ def test_before_opening_on_the_first_of_the_month_nothing_is_this_month():
 @pytest.mark.parametrize("switch", [dt.date(2026, 3, 8), dt.date(2026, 11, 1)])  # New York's DST changes
 def test_local_hours_are_right_across_dst_changes(switch):
     now = dt.datetime(2026, 12, 2, 15, 45, tzinfo=UTC)
-    _, local, zone = _generate(now, "America/New_York")
+    _, local, _zone = _generate(now, "America/New_York")
     around = [t for t in local if abs((t.date() - switch).days) <= 2]
     assert len(around) > 2_000
     for day in (switch - dt.timedelta(days=1), switch, switch + dt.timedelta(days=1)):

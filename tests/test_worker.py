@@ -79,7 +79,7 @@ async def test_write_batch_twice_stores_each_sale_once(seed, db, worker_pool):
         assert (second.written, second.duplicates, second.dead) == (0, 40, 0)
         # A batch overlapping the first: only the new rows count.
         extra = (start + 40, now_us, 1, 1, prices[1], 5, None, now_us)
-        third = await writer.write_batch(conn, rows[10:20] + [extra])
+        third = await writer.write_batch(conn, [*rows[10:20], extra])
         assert (third.written, third.duplicates, third.dead) == (1, 10, 0)
 
     after = (await _snapshot(db))[0]
@@ -261,7 +261,7 @@ def test_entries_are_cut_into_transactions_by_their_sale_counts():
     assert [[e[0] for e in chunk] for chunk in _chunks(entries, 7)] == [
         [b"0-0", b"1-0"], [b"2-0"], [b"3-0", b"4-0", b"5-0"]]  # the 9-sale entry alone
     assert _chunks([], 7) == []
-    assert len(_chunks(entries + [(b"6-0", {}), (b"7-0", {b"n": b"x"})], 7)[-1]) == 5  # purged / malformed: 0
+    assert len(_chunks([*entries, (b"6-0", {}), (b"7-0", {b"n": b"x"})], 7)[-1]) == 5  # purged / malformed: 0
 
 
 async def test_a_read_bigger_than_a_transaction_is_written_in_several(client, seed, db, redis_client, queue_keys,

@@ -10,6 +10,7 @@ retried with backoff, for as long as it takes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -97,10 +98,8 @@ class StreamConsumer:
         return self.batches_written
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def _next_entries(self, block: bool = True) -> list:
         if time.monotonic() - self._last_reclaim >= RECLAIM_EVERY_SECONDS:
@@ -195,11 +194,9 @@ class StreamConsumer:
 
     async def _keep_claim(self, entry_ids: list) -> None:
         """Reset the idle time of entries we are still working on, so nobody takes them over."""
-        try:
+        with contextlib.suppress(*TRANSIENT_REDIS):
             await self._redis.xclaim(self._keys.stream, GROUP, self.name, min_idle_time=0,
                                      message_ids=entry_ids, justid=True)
-        except TRANSIENT_REDIS:
-            pass
 
     async def _release_reservations(self, dead_returns: list[tuple]) -> None:
         """Give back what returns filed in dead_letter had reserved of their sales in Redis, or
@@ -235,10 +232,8 @@ class StreamConsumer:
                                f"undecodable queue entry: {exc}")
 
     async def _bump_retries(self) -> None:
-        try:
+        with contextlib.suppress(*TRANSIENT_REDIS):
             await self._redis.hincrby(self._keys.worker_stats, "retries", 1)
-        except TRANSIENT_REDIS:
-            pass
 
     async def _record(self, size: int, result: writer.BatchResult) -> None:
         fields = worker_stats.batch_fields(size, result.written, result.duplicates, result.dead)

@@ -14,9 +14,11 @@ import logging
 import os
 import signal
 import socket
+from typing import ClassVar
 
 from arq import cron
 from arq.connections import RedisSettings
+from arq.cron import CronJob
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
@@ -93,9 +95,10 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
 
 class WorkerSettings:
     redis_settings = arq_redis_settings(Settings.from_env())
-    functions: list = []
-    cron_jobs = [cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False),
-                 cron(make_partitions_ahead, minute=7, second=0, run_at_startup=True)]
+    functions: ClassVar[list] = []
+    cron_jobs: ClassVar[list[CronJob]] = [
+        cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False),
+        cron(make_partitions_ahead, minute=7, second=0, run_at_startup=True)]
     on_startup = startup
     on_shutdown = shutdown
     keep_result = 0

@@ -184,10 +184,9 @@ class Proc:
 
     def start(self) -> None:
         self.starts += 1
-        handle = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
-                                     stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-        handle.close()
+        with open(self.log, "wb") as handle:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
+                                         stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -312,7 +311,7 @@ class Stack:
                 if await redis_client.xlen(KEYS.stream) == 0 and "consuming" in _tail(worker.log):
                     await asyncio.sleep(0.5)
                     return
-            except Exception as exc:  # no stream or group yet
+            except Exception as exc:  # noqa: BLE001 - no stream or group yet
                 last_error = exc
             await asyncio.sleep(0.2)
         keys = await redis_client.keys("*")
@@ -643,10 +642,10 @@ def record(request):
 
 
 async def metric_value(base_url: str, name: str) -> float | None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        async with session.get(base_url + "/metrics") as response:
-            text = await response.text()
+    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                session.get(base_url + "/metrics") as response):
+        text = await response.text()
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     return None

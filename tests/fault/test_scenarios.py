@@ -304,11 +304,11 @@ async def test_overload_answers_503_and_memory_stays_bounded(make_stack, redis_c
     await stack.start_worker(redis_client)
     written = await wait_stored(database_url, fill.accepted.values(), timeout=60)
     await wait_queue_empty(redis_client, timeout=60)
-    async with aiohttp.ClientSession() as session:
-        async with session.post(stack.base_url + "/sales/", json={"item_id": 1, "store_id": 1,
-                                                                  "idempotency_key": "again"}) as response:
-            assert response.status == 202
-            fill.accepted["again"] = (await response.json())["id"]
+    async with (aiohttp.ClientSession() as session,
+                session.post(stack.base_url + "/sales/",
+                             json={"item_id": 1, "store_id": 1, "idempotency_key": "again"}) as response):
+        assert response.status == 202
+        fill.accepted["again"] = (await response.json())["id"]
     await wait_stored(database_url, fill.accepted.values(), timeout=30)
     result = await audit(database_url, fill)
     record(posted=fill.posted + flood.posted, accepted=len(fill.accepted) - 1, queue_max_depth=limit,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 
 import asyncpg
@@ -55,10 +56,8 @@ class PendingSampler:
                 self.samples += 1
             except Exception:  # noqa: BLE001 - no group yet; sampling must not end the test
                 pass
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.every)
-            except TimeoutError:
-                pass
 
     def stop(self) -> None:
         self._stop.set()
