@@ -215,11 +215,13 @@ def spec() -> dict:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/ReturnIn"}}}},
                 "responses": {
-                    "202": _json({"$ref": "#/components/schemas/Return"}, "Accepted (or the earlier return with this key)"),
+                    "202": _json({"$ref": "#/components/schemas/Return"},
+                                 "Accepted (or the earlier return with this key)"),
                     "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
                     "403": _error("A pos key of another store"),
                     "404": _error("No such sale"),
-                    "409": {"description": "The sale is not written yet (still queued): retry after Retry-After seconds",
+                    "409": {"description":
+                            "The sale is not written yet (still queued): retry after Retry-After seconds",
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                             "content": {"application/json": {"schema": _ERROR}}},
                     "413": _error("Body over 1 MiB"),

@@ -117,7 +117,8 @@ async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
 
 def _days(rows: list[asyncpg.Record]) -> list[dict]:
     """Rows of (day, income, units, sales) as the reports answer them."""
-    return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]} for r in rows]
+    return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]}
+            for r in rows]
 
 
 async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:

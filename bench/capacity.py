@@ -5,10 +5,11 @@
 The figures docs/scaling.md plans with. For each shape of load (one sale per POST /sales/, 64
 connections; POST /sales/batch/ of 1,000 sales, 16 connections; each with and without an
 idempotency key per sale, as tills send them) the product runs as `docker compose up` runs it
-(API processes: one per core, one worker, Redis with AOF and fsync always, PostgreSQL), wrk loads it for --duration seconds, and the CPU time (utime + stime from
-/proc) each component used from the start of the load until the queue is drained is divided
-by the sales stored. PostgreSQL is every `postgres` process of the cluster (backends, WAL
-writer, checkpointer): run it on a cluster nothing else uses. wrk's own CPU is not counted.
+(API processes: one per core, one worker, Redis with AOF and fsync always, PostgreSQL), wrk
+loads it for --duration seconds, and the CPU time (utime + stime from /proc) each component
+used from the start of the load until the queue is drained is divided by the sales stored.
+PostgreSQL is every `postgres` process of the cluster (backends, WAL writer, checkpointer):
+run it on a cluster nothing else uses. wrk's own CPU is not counted.
 
 "One core's worth" is 1,000,000 / (µs per sale): the rate one fully busy core of that
 component reaches. Redis runs commands on one thread, so that figure is also the ceiling of one

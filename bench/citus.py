@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint in paths:
             single, citus = (reports[(size, e)][endpoint]["cold"]["body"] for e in ENGINES)
             if single != citus:
-                raise RuntimeError(f"{size} sales, {endpoint}: the engines answer differently: {single[:3]} vs {citus[:3]}")
+                raise RuntimeError(f"{size} sales, {endpoint}: the engines answer differently: "
+                                   f"{single[:3]} vs {citus[:3]}")
 
     common.header("Single PostgreSQL node vs Citus (coordinator + 2 workers), the same machine")
     rows = []
@@ -252,13 +253,15 @@ def main(argv: list[str] | None = None) -> int:
                  f"{ms(c['p50_us'])} / {ms(c['p99_us'])}", ratio(c["p99_us"], s["p99_us"])])
     for size in sizes:
         rows.append([f"seeding {size:,} sales (CLI)", "seconds", f"{seeding[(size, ENGINES[0])]:.1f}",
-                     f"{seeding[(size, ENGINES[1])]:.1f}", ratio(seeding[(size, ENGINES[1])], seeding[(size, ENGINES[0])])])
+                     f"{seeding[(size, ENGINES[1])]:.1f}",
+                     ratio(seeding[(size, ENGINES[1])], seeding[(size, ENGINES[0])])])
         for endpoint in paths:
             s, c = (reports[(size, e)][endpoint] for e in ENGINES)
             for kind, label in (("cached", "from the report cache"), ("cold", "uncached")):
                 rows.append([f"{endpoint} at {size:,} sales", f"{label}: median / p99 (ms)",
                              f"{s[kind]['median']:.2f} / {s[kind]['p99']:.2f}",
-                             f"{c[kind]['median']:.2f} / {c[kind]['p99']:.2f}", ratio(c[kind]["median"], s[kind]["median"])])
+                             f"{c[kind]['median']:.2f} / {c[kind]['p99']:.2f}",
+                             ratio(c[kind]["median"], s[kind]["median"])])
     print(common.table(["what", "metric", ENGINES[0], ENGINES[1], "ratio Citus/single"], rows))
 
     print("\nWhere the time goes (median ms, timed from one client connection on each engine; "

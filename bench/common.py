@@ -405,7 +405,8 @@ async def _copy_to_baseline(product_url: str, baseline_url: str, with_sales: boo
                               "quantity FROM returns",
                               "returns", ["id", "sale_id", "return_time", "item_id", "store_id", "quantity"])
         for table in ("store", "item", "sales", "returns"):
-            await conn.execute(f"SELECT setval('{table}_id_seq', (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
+            await conn.execute(f"SELECT setval('{table}_id_seq', (SELECT coalesce(max(id), 0) + 1 FROM {table}), "
+                               "false)")
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

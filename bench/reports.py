@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         seed_s = common.seed_product(product_url, args.items, args.stores, size)
         copy_s = common.copy_to_baseline(product_url, baseline_url, with_sales=True)
         log(f"{size} sales: seeded product in {seed_s:.1f} s, copied to the baseline in {copy_s:.1f} s")
-        notes.append(f"{size:,} sales: product seeded with the CLI in {seed_s:.1f} s; copied to the baseline in {copy_s:.1f} s")
+        notes.append(f"{size:,} sales: product seeded with the CLI in {seed_s:.1f} s; "
+                     f"copied to the baseline in {copy_s:.1f} s")
         for endpoint, path in paths.items():
             answers = {}
             for name, port in systems.items():

@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['worker_cpu'] + r['backend_cpu']:.2f} ({r['worker_cpu']:.2f} + {r['backend_cpu']:.2f})",
         ])
     print(common.table(
-        ["workers", f"drain (s), median of {args.repeat} (min-max)", "sales/s (median)", "vs 1 worker", "samples", "samples with a worker waiting on a Lock",
+        ["workers", f"drain (s), median of {args.repeat} (min-max)", "sales/s (median)", "vs 1 worker", "samples",
+         "samples with a worker waiting on a Lock",
          *(f"... on {e}" for e in events), "... by table its statement writes",
          "mean backends waiting on a Lock / running", "cores busy (workers + their backends)"], rows))
     print(f"\nSampled every {args.sample_ms:g} ms (pg_stat_activity, backends with application_name "

@@ -31,7 +31,10 @@ def blockers(service: dict) -> list[str]:
     if "hostname" in service:
         found.append(f"hostname {service['hostname']!r}")
     for port in service.get("ports", []):
-        published = port.get("published") if isinstance(port, dict) else (str(port).rsplit(":", 1)[0] if ":" in str(port) else None)
+        if isinstance(port, dict):
+            published = port.get("published")
+        else:
+            published = str(port).rsplit(":", 1)[0] if ":" in str(port) else None
         if published:  # a bare container port gets a random host port per container: fine
             found.append(f"host port {published}")
     return found
@@ -39,7 +42,8 @@ def blockers(service: dict) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-f", "--file", action="append", default=[], help="compose file (repeatable), as docker-compose -f")
+    parser.add_argument("-f", "--file", action="append", default=[],
+                        help="compose file (repeatable), as docker-compose -f")
     parser.add_argument("services", nargs="*", default=["worker"])
     args = parser.parse_args(argv)
     services = resolved_config(args.file)["services"]

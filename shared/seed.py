@@ -48,8 +48,8 @@ async def main(argv: list[str] | None = None) -> None:
             await redis.aclose()
     finally:
         await conn.close()
-    print(f"seeded {counts['items']} items, {counts['stores']} stores, {counts['sales']} sales, {counts['returns']} returns "
-          f"in {time.perf_counter() - started:.1f} s")
+    print(f"seeded {counts['items']} items, {counts['stores']} stores, {counts['sales']} sales, "
+          f"{counts['returns']} returns in {time.perf_counter() - started:.1f} s")
 
 
 if __name__ == "__main__":

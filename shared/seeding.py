@@ -9,8 +9,9 @@ the end, which is PostgreSQL's own advice for bulk loads: 3 million sales loaded
 instead of 17. About 2% of the sales come back within two weeks (`returns_of`). Every rollup
 but the months is summed by numpy from the same arrays (shared.seeded_rollups) and loaded the
 same way; the months are summed from the days by SQL (shared.rollups.rebuild). Everything
-happens in one transaction: readers see the old data or the new, never half of it. The same code seeds a Citus coordinator (COPY spreads the rows over the
-shards; the keys are dropped and added on every shard).
+happens in one transaction: readers see the old data or the new, never half of it. The same
+code seeds a Citus coordinator (COPY spreads the rows over the shards; the keys are dropped and
+added on every shard).
 """
 from __future__ import annotations
 

@@ -114,7 +114,8 @@ class Settings:
             redis_url=get("REDIS_URL", defaults.redis_url),
             redis_sentinels=parse_sentinels(env.get("REDIS_SENTINELS", "")),
             redis_sentinel_master=get("REDIS_SENTINEL_MASTER", defaults.redis_sentinel_master).strip(),
-            redis_min_replicas_acked=get("REDIS_MIN_REPLICAS_ACKED", 0) if env.get("REDIS_MIN_REPLICAS_ACKED") else None,  # unset: by topology
+            redis_min_replicas_acked=(get("REDIS_MIN_REPLICAS_ACKED", 0) if env.get("REDIS_MIN_REPLICAS_ACKED")
+                                      else None),  # unset: by topology
             redis_replica_wait_ms=get("REDIS_REPLICA_WAIT_MS", defaults.redis_replica_wait_ms),
             host=get("HOST", defaults.host),
             port=get("PORT", defaults.port),

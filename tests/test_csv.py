@@ -67,6 +67,8 @@ async def test_summary_compares_with_previous_month(client, seed, db):
     before = await db.fetchrow(sums, dt.datetime(2026, 9, 1, tzinfo=dt.UTC),
                                dt.datetime(2026, 10, 1, tzinfo=dt.UTC))
     assert (summary["month"], summary["previous_month"]) == ("2026-10", "2026-09")
-    assert (summary["income"], summary["units"], summary["sales"]) == (recount["income"], recount["units"], recount["sales"])
+    assert ((summary["income"], summary["units"], summary["sales"])
+            == (recount["income"], recount["units"], recount["sales"]))
     assert summary["previous_income"] == before["income"]
-    assert summary["income_change_pct"] == round(float((recount["income"] - before["income"]) * 100 / before["income"]), 1)
+    assert summary["income_change_pct"] == round(
+        float((recount["income"] - before["income"]) * 100 / before["income"]), 1)

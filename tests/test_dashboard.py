@@ -257,7 +257,8 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
         [_fmt(s["income"]) for s in stores]
     items = await _api(client, f"/items/top/?{q}&cnt=10")
     assert await _table(page, "#period-items-table") == _ranked(items, "name", "sales_amount")
-    assert await _table(page, "#items-table") == _ranked(await _api(client, "/items/top/?cnt=10"), "name", "sales_amount")
+    assert await _table(page, "#items-table") == _ranked(await _api(client, "/items/top/?cnt=10"),
+                                                         "name", "sales_amount")
     totals = await _api(client, f"/reports/totals/?{q}")
     assert totals["returns"] == returned + 3 and totals["refunds"] > 0
     for key in ("income", "units", "sales", "returns", "refunds"):
@@ -283,8 +284,8 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     await page.evaluate("refresh(true)")
     totals = await _api(client, f"/reports/totals/?{q}")
     assert await page.text_content("#kpi-units") == _fmt(totals["units"])
-    assert await page.evaluate("document.activeElement.closest('#stores-table') && document.activeElement.dataset.store") \
-        == str(top)
+    assert await page.evaluate(
+        "document.activeElement.closest('#stores-table') && document.activeElement.dataset.store") == str(top)
 
     # a custom range, typed into the two date fields
     await page.select_option("#period", "custom")
@@ -293,7 +294,8 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     await page.fill("#from", first)
     await _wait_period(page, "chain", first, last)
     q = f"from={first}&to={last}"
-    assert await _table(page, "#stores-table") == _ranked(await _api(client, f"/stores/top/?{q}&cnt=10"), "address", "income")
+    assert await _table(page, "#stores-table") == _ranked(await _api(client, f"/stores/top/?{q}&cnt=10"),
+                                                          "address", "income")
     assert await _table(page, "#period-items-table") == _ranked(await _api(client, f"/items/top/?{q}&cnt=10"),
                                                                 "name", "sales_amount")
     totals = await _api(client, f"/reports/totals/?{q}")

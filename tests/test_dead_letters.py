@@ -76,7 +76,8 @@ async def test_dead_letter_lists_replays_exactly_once(client, seed, db, drain, d
 
 
 async def test_undecodable_entry_stays_with_reason(db, database_url):
-    await db.execute("INSERT INTO dead_letter (sale_id, sale, reason) VALUES (NULL, $1::jsonb, 'undecodable queue entry')",
+    await db.execute("INSERT INTO dead_letter (sale_id, sale, reason) "
+                     "VALUES (NULL, $1::jsonb, 'undecodable queue entry')",
                      json.dumps({"stream_entry": "1-0", "fields_hex": {"d": "c1c1"}}))
     result = _run(database_url, "replay")
     assert result.returncode == 1

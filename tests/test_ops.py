@@ -91,7 +91,8 @@ def test_request_tally_gives_what_direct_observation_gives():
 
     assert samples(metrics.HTTP_LATENCY, "http_request_duration_seconds") == samples(reference, "reference_seconds")
     counted = [s.value for s in metrics.HTTP_REQUESTS.collect()[0].samples
-               if s.name == "http_requests_total" and s.labels == {"method": "PUT", "route": "/tally-test", "status": "204"}]
+               if s.name == "http_requests_total"
+               and s.labels == {"method": "PUT", "route": "/tally-test", "status": "204"}]
     assert counted == [len(seconds)]
 
 

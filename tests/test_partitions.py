@@ -79,7 +79,8 @@ async def test_a_key_reused_with_another_sale_time_is_stored_once(db, seed, data
     assert reason == f"idempotency key 'pos-key-7' already belongs to sale {start}"
     # and within one batch, the lower id wins
     [block] = await reserve_blocks(db, 1)
-    twins = [(block, now_us, 2, 1, 100, 1, "pos-key-8", now_us), (block + 1, now_us - 1, 2, 1, 100, 1, "pos-key-8", now_us)]
+    twins = [(block, now_us, 2, 1, 100, 1, "pos-key-8", now_us),
+             (block + 1, now_us - 1, 2, 1, 100, 1, "pos-key-8", now_us)]
     result = await _write(database_url, twins)
     assert (result.written, result.dead) == (1, 1)
     assert await db.fetchval("SELECT id FROM sales WHERE idempotency_key = 'pos-key-8'") == block
@@ -205,7 +206,8 @@ async def test_two_sessions_making_the_same_partition_at_once(db, database_url):
             await asyncio.sleep(0.3)
             assert not waiting.done()  # behind the first one's lock
         assert await waiting == "sales_2031_05"
-        assert await db.fetchval("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'sales_2031_05'") \
+        assert await db.fetchval(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'sales_2031_05'") \
             == "FOR VALUES FROM ('2031-05-01 00:00:00+00') TO ('2031-06-01 00:00:00+00')"
     finally:
         await first.close()

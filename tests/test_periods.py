@@ -108,7 +108,8 @@ async def test_a_new_store_and_item_count_from_their_first_sale(client, seed, db
     assert await _get(client, f"/items/top/?{q}&store_id=60") == [{"id": 50, "name": "new", "sales_amount": 4}]
     page = await _get(client, f"/stores/60/report/?{q}")
     assert (page["income"], page["units"], page["sales"]) == (1000, 4, 1)
-    assert page["days"] == [{"day": today.isoformat(), "income": 1000, "units": 4, "sales": 1, "returns": 0, "refunds": 0}]
+    assert page["days"] == [{"day": today.isoformat(), "income": 1000, "units": 4, "sales": 1, "returns": 0,
+                             "refunds": 0}]
     assert await rollups.drift(db) == NO_DRIFT
 
 
@@ -179,7 +180,8 @@ async def test_trend_matches_a_recount_with_the_year_before(aiohttp_client, sett
     last = now.date().replace(day=1)
     for months, store_id in ((12, None), (24, None), (12, 3), (1, None)):
         url = f"/reports/trend/?months={months}" + (f"&store_id={store_id}" if store_id else "")
-        assert await _get(client, url) == _trend_recount(await recount.month_totals(db, tz, store_id), last, months), url
+        expected = _trend_recount(await recount.month_totals(db, tz, store_id), last, months)
+        assert await _get(client, url) == expected, url
     changes = [m["income_change_pct"] for m in await _get(client, "/reports/trend/")]
     assert sum(c is not None for c in changes) >= 10  # both years have sales in (almost) every month
 

@@ -211,7 +211,8 @@ async def test_a_batch_of_returns_is_all_or_nothing(client, seed, db, drain, red
         response = await client.post("/returns/batch/", json=body)
         assert response.status == 400 and error in str(await response.json())
     await drain()
-    assert await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = ANY($1::bigint[])", [s["id"] for s in sales]) == 3
+    assert await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = ANY($1::bigint[])",
+                             [s["id"] for s in sales]) == 3
     assert await rollups.drift(db) == NO_DRIFT
 
 

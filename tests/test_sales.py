@@ -88,7 +88,8 @@ async def test_unknown_item_or_store_is_422_naming_it(client, seed, redis_client
 
 async def test_body_over_one_mib_is_413(client, seed):
     await seed()
-    response = await client.post("/sales/", data=b'{"item_id": 1, "store_id": 1, "pad": "' + b"x" * (1024 * 1024) + b'"}')
+    response = await client.post("/sales/",
+                                 data=b'{"item_id": 1, "store_id": 1, "pad": "' + b"x" * (1024 * 1024) + b'"}')
     assert response.status == 413
     assert "error" in await response.json()
 

@@ -1,4 +1,5 @@
-"""The worker: sales written once whatever the redeliveries, bad rows dead-lettered, dead consumers' entries taken over."""
+"""The worker: sales written once whatever the redeliveries, bad rows dead-lettered, dead consumers' entries
+taken over."""
 from __future__ import annotations
 
 import asyncio
@@ -246,11 +247,13 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
         result = await writer.write_batch(conn, rows)
     assert (result.written, result.duplicates, result.dead) == (len(rows), 0, 0)
     stored = await db.fetch("SELECT id, (extract(epoch FROM sale_time) * 1000000)::bigint AS t, item_id, store_id, "
-                            "price, quantity, idempotency_key, (extract(epoch FROM accepted_at) * 1000000)::bigint AS a "
+                            "price, quantity, idempotency_key, "
+                            "(extract(epoch FROM accepted_at) * 1000000)::bigint AS a "
                             "FROM sales ORDER BY id")
     assert [tuple(r) for r in stored] == rows
     assert await rollups.drift(db) == NO_DRIFT
-    days = {r["day"]: r["sales"] for r in await db.fetch("SELECT day, sum(sales) AS sales FROM daily_totals GROUP BY day")}
+    days = {r["day"]: r["sales"]
+            for r in await db.fetch("SELECT day, sum(sales) AS sales FROM daily_totals GROUP BY day")}
     assert days == {dt.date(2026, 2, 28): 8, dt.date(2026, 3, 1): 16}
 
 

@@ -58,7 +58,8 @@ def rows_of(sale: dict) -> list[tuple]:
             return [tuple(r) for r in _rows_decoder.decode(bytes.fromhex(sale["fields_hex"]["d"]))]
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
             raise Unreplayable(f"undecodable queue entry: {exc}") from exc
-    moment, columns = ("return_time", return_writer.RETURN_COLUMNS) if is_return(sale) else ("sale_time", writer.COLUMNS)
+    moment, columns = (("return_time", return_writer.RETURN_COLUMNS) if is_return(sale)
+                       else ("sale_time", writer.COLUMNS))
     try:
         values = dict(sale)
         values[f"{moment}_us"] = _us(values.pop(moment))
@@ -161,7 +162,8 @@ async def replay(conn: asyncpg.Connection, letter_id: int | None = None) -> list
 
 async def pending(conn: asyncpg.Connection, include_replayed: bool = False) -> list[asyncpg.Record]:
     where = "" if include_replayed else "WHERE replayed_at IS NULL"
-    return await conn.fetch(f"SELECT id, sale_id, sale, reason, failed_at, replayed_at FROM dead_letter {where} ORDER BY id")
+    return await conn.fetch(
+        f"SELECT id, sale_id, sale, reason, failed_at, replayed_at FROM dead_letter {where} ORDER BY id")
 
 
 def _print_list(records: list[asyncpg.Record]) -> None:

@@ -18,7 +18,8 @@ from shared import report_changes
 from shared.rollups import EXTEND_RUNNING, ROLLUPS, running_upserts, upsert_returns_sql
 from worker import writer
 
-ReturnRow = tuple  # (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
+# (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
+ReturnRow = tuple
 RETURN_COLUMNS = ["id", "sale_id", "return_time_us", "store_id", "item_id", "price", "quantity", "sold",
                   "idempotency_key", "accepted_at_us"]
 

@@ -142,7 +142,8 @@ async def is_citus(conn: asyncpg.Connection) -> bool:
     """Whether `sales` is a Citus distributed table here."""
     return await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') "
-        "AND EXISTS (SELECT 1 FROM pg_class WHERE relname = 'pg_dist_partition' AND relnamespace = 'pg_catalog'::regnamespace) "
+        "AND EXISTS (SELECT 1 FROM pg_class WHERE relname = 'pg_dist_partition' "
+        "AND relnamespace = 'pg_catalog'::regnamespace) "
         "AND to_regclass('sales') IS NOT NULL")
 
 

@@ -80,7 +80,8 @@ async def test_the_schema_is_distributed_as_designed(database_url):
         for name in ("store", "item", "report_settings"):
             assert tables[name]["method"] == "n", name
         sales_group = tables["sales"]["colocationid"]
-        for name in ("sales", "sale_keys", "store_monthly", "daily_totals", "store_monthly_archived", "daily_totals_archived"):
+        for name in ("sales", "sale_keys", "store_monthly", "daily_totals", "store_monthly_archived",
+                     "daily_totals_archived"):
             assert (tables[name]["method"], tables[name]["column"]) == ("h", "store_id"), name
             assert tables[name]["colocationid"] == sales_group, name
         assert (tables["item_totals"]["method"], tables["item_totals"]["column"]) == ("h", "item_id")
@@ -94,8 +95,9 @@ async def test_the_schema_is_distributed_as_designed(database_url):
         distributed = {r["name"] for r in await conn.fetch(
             "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition WHERE colocationid = $1", sales_group)}
         assert {p["name"] for p in partitions} <= distributed
-        triggers = await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY("
-                                       "ARRAY['item', 'store', 'store_monthly', 'item_totals', 'daily_totals']::regclass[])")
+        triggers = await conn.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY("
+            "ARRAY['item', 'store', 'store_monthly', 'item_totals', 'daily_totals']::regclass[])")
         assert triggers == 0
         # migrating again changes nothing
         assert await migrate(conn, "UTC") == []
@@ -240,7 +242,8 @@ async def test_a_database_migrated_before_citus_support_upgrades_in_place(citus_
         assert [tuple(r) for r in await conn.fetch("SELECT * FROM sales ORDER BY id")] == old_rows
         assert await conn.fetchval("SELECT count(*) FROM sale_keys") == 66
         assert await rollups.drift(conn) == NO_DRIFT
-        assert await conn.fetchval("SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = 'sales'::regclass") == "h"
+        assert await conn.fetchval(
+            "SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = 'sales'::regclass") == "h"
     finally:
         await conn.close()
         await citus_cluster.drop_database(name)

@@ -315,7 +315,8 @@ class Stack:
                 last_error = exc
             await asyncio.sleep(0.2)
         keys = await redis_client.keys("*")
-        raise RuntimeError(f"worker not consuming in {timeout} s ({last_error!r}, keys {keys}, {self.redis_server.url})\n{_tail(worker.log)}")
+        raise RuntimeError(f"worker not consuming in {timeout} s ({last_error!r}, keys {keys}, "
+                           f"{self.redis_server.url})\n{_tail(worker.log)}")
 
     def cleanup(self) -> None:
         self.api.cleanup()
@@ -547,7 +548,8 @@ async def audit_returns(database_url: str, result: ReturnsResult) -> dict:
     assert len(stored) == len(rows), "a return id stored twice"
     expected = {return_id: (result.sale_of[key], key) for key, return_id in result.accepted.items()}
     assert stored == expected, (f"returns stored {len(stored)}, answered 202 {len(expected)}; missing "
-                                f"{sorted(set(expected) - set(stored))[:5]}, extra {sorted(set(stored) - set(expected))[:5]}")
+                                f"{sorted(set(expected) - set(stored))[:5]}, "
+                                f"extra {sorted(set(stored) - set(expected))[:5]}")
     assert over == 0 and mismatched == 0, (over, mismatched)
     return {"returns_stored": len(stored)}
 

@@ -150,7 +150,8 @@ async def test_postgres_down_30s_under_load(make_stack, redis_client, database_u
     assert len(returned.accepted) == returned.posted >= load.posted // 20
     assert during and all(s == 202 for s in during), f"answers while PostgreSQL was down: {set(during)}"
     assert load.statuses.get(500, 0) == 0
-    assert health and all(s == 503 and b["postgres"].startswith("down") and b["redis"] == "ok" for s, b in health), health[:3]
+    assert health and all(s == 503 and b["postgres"].startswith("down") and b["redis"] == "ok"
+                          for s, b in health), health[:3]
     record(**load.summary(), **returned.summary(), **result, accepted_while_pg_down=len(during),
            health_while_down=health[0][1].get("error"),
            backlog_at_pg_return=len(backlog), backlog_written_after_pg_back_s=round(caught_up_backlog, 1),
@@ -312,7 +313,8 @@ async def test_overload_answers_503_and_memory_stays_bounded(make_stack, redis_c
     await wait_stored(database_url, fill.accepted.values(), timeout=30)
     result = await audit(database_url, fill)
     record(posted=fill.posted + flood.posted, accepted=len(fill.accepted) - 1, queue_max_depth=limit,
-           rejected_503=fill.statuses[503] + flood.statuses[503], max_503_s=round(max(fill.max_503_seconds, flood.max_503_seconds), 3),
+           rejected_503=fill.statuses[503] + flood.statuses[503],
+           max_503_s=round(max(fill.max_503_seconds, flood.max_503_seconds), 3),
            api_rss_mib={"start": rss_start // 1024, "full": rss_full // 1024, "after_8000_more": rss_flood // 1024},
            written_after_worker_start_s=round(time.monotonic() - started, 1), wait_s=round(written, 1), **result)
 

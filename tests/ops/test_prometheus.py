@@ -162,7 +162,8 @@ async def test_prometheus_scrapes_with_owner_key_and_evaluates_rules(make_stack,
             posted = 7
             for n in range(posted):
                 async with session.post(stack.base_url + "/sales/", headers={"Authorization": f"Bearer {ADMIN}"},
-                                        json={"item_id": 1 + n, "store_id": 1, "idempotency_key": f"prom-{n}"}) as response:
+                                        json={"item_id": 1 + n, "store_id": 1,
+                                              "idempotency_key": f"prom-{n}"}) as response:
                     assert response.status == 202, await response.text()
 
             async def recorded_depth(session):
@@ -176,7 +177,8 @@ async def test_prometheus_scrapes_with_owner_key_and_evaluates_rules(make_stack,
 
             await asyncio.to_thread(pg_server.stop, "fast")
             try:
-                state = await prom.until(session, "PostgresUnavailable active", _alert_state(prom, "PostgresUnavailable"))
+                state = await prom.until(session, "PostgresUnavailable active",
+                                         _alert_state(prom, "PostgresUnavailable"))
                 assert state in {"pending", "firing"}
                 assert [float(r["value"][1]) for r in await _query(prom, session, 'up{job="sales-api"}')] == [1.0]
             finally:

@@ -65,7 +65,8 @@ async def test_sales_are_stored_once_with_their_ids_and_times(shop, client, drai
     assert len(rows) == 30
     for row in rows:
         sale = ledger[row["idempotency_key"]]
-        assert (row["id"], row["store_id"], row["item_id"], row["quantity"]) == (sale.server_id, 2, sale.item_id, sale.quantity)
+        assert ((row["id"], row["store_id"], row["item_id"], row["quantity"])
+                == (sale.server_id, 2, sale.item_id, sale.quantity))
         assert row["sale_time"].isoformat(timespec="microseconds") == sale.sale_time
     await close(till)
 

@@ -34,7 +34,8 @@ def test_422_by_index_sets_aside_the_bad_and_sends_the_rest_at_once():
 
 def test_422_for_a_clock_ahead_holds_the_sale_instead_of_refusing_it():
     batch = sales(2)
-    verdict = judge(batch, answer(422, {"error": "1 of 2", "errors": [{"index": 0, "error": "sale_time is in the future"}]}))
+    verdict = judge(batch, answer(422, {"error": "1 of 2",
+                                        "errors": [{"index": 0, "error": "sale_time is in the future"}]}))
     assert verdict.held == [batch[0]] and verdict.refused == [] and verdict.send_again == [[batch[1]]]
 
 

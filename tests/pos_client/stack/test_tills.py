@@ -149,7 +149,8 @@ async def test_till_killed_mid_flush_restarts_from_its_spool(make_stack, redis_c
     record(sent_at_kill=at_kill.sent, pending_at_kill=at_kill.pending, promised=len(till.promised), **result)
 
 
-async def test_unknown_item_is_set_aside_and_listed_never_retried(make_stack, redis_client, database_url, tills, record):
+async def test_unknown_item_is_set_aside_and_listed_never_retried(make_stack, redis_client, database_url, tills,
+                                                                  record):
     stack = await start(make_stack, redis_client)
     till = tills("unknown", url=stack.base_url, store_id=6, day_seconds=12, baskets_per_day=12 * 8,
                  unknown_item=9999, unknown_every=10, seed=6)
@@ -166,12 +167,14 @@ async def test_unknown_item_is_set_aside_and_listed_never_retried(make_stack, re
     rows = re.findall(r"^\s+(\d+)\s+\S+\s+9999\s+1\s+unknown item_id 9999$", listing.stdout, re.MULTILINE)
     assert sorted(map(int, rows)) == [s.seq for s in refused]
     # never retried: each 422 the API gave set at least one sale aside
-    answered_422 = await metric_value(stack.base_url, 'http_requests_total{method="POST",route="/sales/batch/",status="422"}')
+    answered_422 = await metric_value(stack.base_url,
+                                      'http_requests_total{method="POST",route="/sales/batch/",status="422"}')
     assert answered_422 is not None and answered_422 <= len(refused)
     record(answered_422=answered_422, **result)
 
 
-async def test_revoked_key_stops_the_till_until_it_gets_a_new_one(make_stack, redis_client, database_url, tills, record):
+async def test_revoked_key_stops_the_till_until_it_gets_a_new_one(make_stack, redis_client, database_url, tills,
+                                                                  record):
     conn = await asyncpg.connect(database_url)
     issued = {store: await keys.issue(conn, "pos", store, f"till of store {store}") for store in (7, 8)}
     owner = await keys.issue(conn, "owner", None, "audit")
