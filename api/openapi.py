@@ -162,8 +162,8 @@ def spec() -> dict:
                 "responses": {"200": _table(_rows("TrendMonth"), "Months, oldest first"),
                               "400": _error("Bad months, store_id or format"), "404": _error("No such store")}}},
             "/reports/totals/": {"get": {
-                "summary": "The chain's income and units (net of returns), sales, returns and refunds over a period "
-                           "(default: this month so far)",
+                "summary": "The chain's income and units (net of returns), sales, returns and refunds "
+                           "over a period (default: this month so far)",
                 "parameters": [*_PERIOD_PARAMS, _FORMAT],
                 "responses": {"200": _table({"$ref": "#/components/schemas/PeriodTotals"}, "Totals"),
                               "400": _error("Bad from, to or format")}}},
@@ -220,8 +220,8 @@ def spec() -> dict:
                     "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
                     "403": _error("A pos key of another store"),
                     "404": _error("No such sale"),
-                    "409": {"description":
-                            "The sale is not written yet (still queued): retry after Retry-After seconds",
+                    "409": {"description": ("The sale is not written yet (still queued): "
+                                            "retry after Retry-After seconds"),
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                             "content": {"application/json": {"schema": _ERROR}}},
                     "413": _error("Body over 1 MiB"),

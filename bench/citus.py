@@ -138,7 +138,8 @@ async def _anatomy(url: str, items: int, stores: int, runs: int) -> dict[str, fl
             "one store's month (router query)": await _timed(conn, runs * 10, lambda: conn.fetch(
                 "SELECT income FROM store_monthly WHERE store_id = 1 AND month = $1", month)),
             "top stores query (all shards)": await _timed(conn, runs, lambda: conn.fetch(
-                "SELECT store_id, income FROM store_monthly WHERE month = $1 ORDER BY income DESC, store_id LIMIT 10",
+                "SELECT store_id, income FROM store_monthly WHERE month = $1 "
+                "ORDER BY income DESC, store_id LIMIT 10",
                 month)),
             "top items query (all shards)": await _timed(conn, runs, lambda: conn.fetch(
                 "SELECT item_id, units FROM item_totals WHERE units > 0 ORDER BY units DESC, item_id LIMIT 10")),

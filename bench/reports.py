@@ -113,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.endpoints in ("all", "periods"):
         paths |= {f"/stores/top/ ({args.period_days} days)": f"/stores/top/?cnt={args.cnt}&{period}",
                   f"/items/top/ ({args.period_days} days)": f"/items/top/?cnt={args.cnt}&{period}",
-                  f"/items/top/ (one store, {args.period_days} days)":
-                      f"/items/top/?cnt={args.cnt}&store_id={args.store_id}&{period}",
+                  f"/items/top/ (one store, {args.period_days} days)": (
+                      f"/items/top/?cnt={args.cnt}&store_id={args.store_id}&{period}"),
                   f"/stores/{{id}}/report/ ({args.period_days} days)": f"/stores/{args.store_id}/report/?{period}",
                   f"/reports/totals/ ({args.period_days} days)": f"/reports/totals/?{period}",
                   f"/reports/hours/ ({args.period_days} days)": f"/reports/hours/?{period}",
-                  f"/reports/hours/ (one store, {args.period_days} days)":
-                      f"/reports/hours/?store_id={args.store_id}&{period}"}
+                  f"/reports/hours/ (one store, {args.period_days} days)": (
+                      f"/reports/hours/?store_id={args.store_id}&{period}")}
 
     product_url, baseline_url = common.prepare_databases(args)
     baseline = common.start_baseline(baseline_url, args.baseline_port)

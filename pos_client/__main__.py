@@ -4,7 +4,7 @@
     python -m pos_client status --spool /var/lib/pos/spool.db --json
     python -m pos_client requeue --spool /var/lib/pos/spool.db --all   # after the cause was fixed
     python -m pos_client requeue --spool /var/lib/pos/spool.db 17 18
-"""
+"""  # fmt: skip  # else ruff format unindents the example above
 from __future__ import annotations
 
 import argparse

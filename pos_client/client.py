@@ -87,7 +87,7 @@ class SalesClient:
         client.record(item_id=24, quantity=2)   # durable on disk when it returns
         client.flush(timeout=5)                  # optional: wait until the server has them
         client.close()
-    """
+    """  # fmt: skip  # else ruff format unindents the example above
 
     def __init__(self, base_url: str, key: str | None = None, *, store_id: int, spool: str,
                  batch_size: int = MAX_BATCH, flush_interval: float = 1.0, timeout: float = 10.0,

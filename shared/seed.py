@@ -1,7 +1,7 @@
 """Fill the database with demo data, with a progress bar.
 
     python -m shared.seed --items 10000 --stores 1000 --sales 10000000
-"""
+"""  # fmt: skip  # else ruff format unindents the example above
 from __future__ import annotations
 
 import argparse
