@@ -110,9 +110,10 @@ def main() -> None:
         # Once per process: a second SIGTERM during aiohttp's graceful shutdown aborts it
         # ("Event loop stopped before Future completed") and the process exits 1.
         for worker in workers:
-            if worker.is_alive() and worker.pid not in signalled:
-                signalled.add(worker.pid)
-                os.kill(worker.pid, signal.SIGTERM)
+            pid = worker.pid  # None only before start()
+            if worker.is_alive() and pid is not None and pid not in signalled:
+                signalled.add(pid)
+                os.kill(pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

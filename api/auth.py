@@ -38,7 +38,7 @@ class Principal(NamedTuple):
 
 
 # Who made the request (None in open mode, where nobody needs to say).
-PRINCIPAL = web.RequestKey("principal", Principal)
+PRINCIPAL = web.RequestKey[Principal | None]("principal")
 
 
 class _Entry(NamedTuple):

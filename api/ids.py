@@ -81,13 +81,14 @@ class IdAllocator:
         return self._refill
 
     def _note_failure(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._last_failure = (time.monotonic(), task.exception())
-            log.warning("reserving sale ids failed: %s", task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._last_failure = (time.monotonic(), exc)
+            log.warning("reserving sale ids failed: %s", exc)
 
     async def _refill_now(self, at_least: int) -> None:
-        if self._failed_just_now():  # out of ids, and PostgreSQL just refused: no new try yet
-            raise IdsUnavailable(f"cannot reserve sale ids: {self._last_failure[1]}")
+        failure = self._last_failure
+        if failure is not None and self._failed_just_now():  # out of ids, and PostgreSQL just refused: no new try yet
+            raise IdsUnavailable(f"cannot reserve sale ids: {failure[1]}")
         try:
             await asyncio.shield(self._start_refill(at_least))
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

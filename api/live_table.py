@@ -82,16 +82,18 @@ class LiveTable:
         """
         moment = time.monotonic()
         while self._reload_started < moment:
-            running = self._reload_task is not None and not self._reload_task.done()
+            task = self._reload_task
             wait = self._min_reload_interval - (time.monotonic() - self._reload_started)
-            if running:
+            if task is not None and not task.done():
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._reload_task)
+                    await asyncio.shield(task)
             elif wait > 0:
                 await asyncio.sleep(wait)
             else:
                 self._start_reload()
-        await asyncio.shield(self._reload_task)
+        task = self._reload_task
+        assert task is not None  # _reload_started is set with it
+        await asyncio.shield(task)
 
     def _on_notify(self, *_args) -> None:
         self._notified = True

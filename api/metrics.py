@@ -12,7 +12,7 @@ import os
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from shared import worker_stats
 
@@ -101,7 +101,7 @@ class _Snapshot:
 
 
 def _worker_families(stats: dict[str, int], depth: int, oldest_age_s: float | None, dead_pending: int | None):
-    families = [GaugeMetricFamily("queue_depth_sales", "Sales accepted and not yet written", value=depth)]
+    families: list[Metric] = [GaugeMetricFamily("queue_depth_sales", "Sales accepted and not yet written", value=depth)]
     families.append(GaugeMetricFamily(
         "queue_oldest_age_seconds", "Age of the oldest sale not yet written (worker lag)",
         value=oldest_age_s or 0.0))

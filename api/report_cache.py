@@ -187,11 +187,12 @@ class ReportCache:
         if future is None:
             future = self._next_sync = asyncio.get_running_loop().create_future()
             if not self._syncing:
-                self._start_sync()
+                self._start_sync(future)
         return await asyncio.shield(future)
 
-    def _start_sync(self) -> None:
-        future, self._next_sync = self._next_sync, None
+    def _start_sync(self, future: asyncio.Future) -> None:
+        """Start the round trip that resolves `future` (the current `_next_sync`)."""
+        self._next_sync = None
         self._syncing = True
         self._sync_task = asyncio.ensure_future(self._sync(future))
 
@@ -213,7 +214,7 @@ class ReportCache:
             if not future.done():
                 future.set_result(ok)  # the waiting requests query at once if not ok
             if self._next_sync is not None:
-                self._start_sync()
+                self._start_sync(self._next_sync)
         if broken is not None:
             log.warning("report cache stops caching until it listens again: %s", broken)
             await self._drop_connection()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import cast
 
 import asyncpg
 import msgspec
@@ -128,13 +129,14 @@ class ReturnsIntake:
         """Queue every (sale id, return) or none; raises ReturnRefused (or ServiceUnavailable).
         `only_store`: the one store the caller may record returns in (a POS key's)."""
         sales = await self._stored_sales(sorted({sale_id for sale_id, _ in returns}))
+        stored = cast(dict[int, StoredSale], sales)  # read only for sales _check found stored
         await self._catalogue.knows(set(), {ret.store_id for _, ret in returns if ret.store_id is not None})
         errors: dict[int, tuple[int, str, dict]] = {}
         for index, (sale_id, ret) in enumerate(returns):
             problem = self._check(sale_id, ret, sales.get(sale_id), accepted_us)
-            if problem is None and only_store is not None and (ret.store_id or sales[sale_id].store_id) != only_store:
+            if problem is None and only_store is not None and (ret.store_id or stored[sale_id].store_id) != only_store:
                 problem = (403, f"this key records returns in store {only_store} only, not in store "
-                                f"{ret.store_id or sales[sale_id].store_id}", {})
+                                f"{ret.store_id or stored[sale_id].store_id}", {})
             if problem is not None:
                 errors[index] = problem
         if errors:
@@ -145,16 +147,16 @@ class ReturnsIntake:
             raise ServiceUnavailable("the database is unavailable and no ids are left; retry shortly", 5) from exc
         queued = []
         for return_id, (sale_id, ret) in zip(ids, returns):
-            sale = sales[sale_id]
+            sale = stored[sale_id]
             queued.append(QueuedReturn(
                 id=return_id, sale_id=sale_id,
                 return_time_us=_return_us(ret, sale, accepted_us),
                 store_id=ret.store_id or sale.store_id, item_id=sale.item_id, price=sale.price,
                 quantity=ret.quantity, sold=sale.quantity, idempotency_key=ret.idempotency_key,
                 accepted_at_us=accepted_us))
-        stored = await self._enqueue(queued, sales)
+        answered = await self._enqueue(queued, stored)
         metrics.RETURNS_ACCEPTED.inc(len(queued))
-        return stored
+        return answered
 
     def _check(self, sale_id: int, ret: ReturnIn, sale: StoredSale | DeadLettered | NotWrittenYet | None,
                accepted_us: int) -> tuple[int, str, dict] | None:
@@ -162,7 +164,7 @@ class ReturnsIntake:
             return 422, f"sale {sale_id} was not stored: {sale.reason}", {}
         if sale is None:
             return 404, f"no such sale: {sale_id}", {}
-        if sale is NOT_WRITTEN_YET:
+        if isinstance(sale, NotWrittenYet):  # NOT_WRITTEN_YET
             return 409, f"sale {sale_id} is not written yet (it is still queued); retry shortly", {}
         if ret.store_id is not None and ret.store_id not in self._catalogue.store_ids:
             return 422, f"unknown store_id {ret.store_id}", {}
@@ -218,7 +220,7 @@ class ReturnsIntake:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
         return seconds * 1000 + micros // 1000, int(oldest[0][0].split(b"-")[0]) if oldest else None
 
-    async def _read_sales(self, sale_ids: list[int]) -> dict[int, StoredSale]:
+    async def _read_sales(self, sale_ids: list[int]) -> dict[int, StoredSale | DeadLettered | NotWrittenYet]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SALE, sale_ids)
             returned = {r["sale_id"]: r["returned"] for r in await conn.fetch(RETURNED, sale_ids)} if rows else {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from api.auth import ADMIN, OPEN, POST, READ
 from api.views import admin, dashboard, keys, ops, reports, returns, sales
@@ -16,7 +17,7 @@ from api.views import admin, dashboard, keys, ops, reports, returns, sales
 class Route(NamedTuple):
     method: str
     path: str  # canonical form; a trailing slash is optional for every path but "/"
-    handler: object
+    handler: Handler
     access: str  # api.auth: OPEN, READ (owners), POST (point of sale), ADMIN
 
 

@@ -84,7 +84,8 @@ class SaleQueue:
     async def _flush_while_waiting(self) -> None:
         try:
             while self._waiting:
-                group, size = [], 0
+                group: list[tuple[list[QueuedSale], asyncio.Future]] = []
+                size = 0
                 while self._waiting and (not group or size + len(self._waiting[0][0]) <= MAX_SALES_PER_FLUSH):
                     sales, future = self._waiting.popleft()
                     group.append((sales, future))
@@ -100,8 +101,9 @@ class SaleQueue:
         for sales, _ in group:
             keyed = [sale for sale in sales if sale.idempotency_key]
             args += (len(sales), len(keyed))
-            for sale in keyed:
-                args += (self._keys.idempotency(sale.store_id, sale.idempotency_key), sale_encoder.encode(sale))
+            for sale in keyed:  # mypy does not narrow through the filter above: each of these has a key
+                args += (self._keys.idempotency(sale.store_id, sale.idempotency_key),  # type: ignore[arg-type]
+                         sale_encoder.encode(sale))
             unkeyed = [sale for sale in sales if not sale.idempotency_key] if keyed else sales
             args.append(encoded_back_to_back(unkeyed))
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-from typing import Annotated
+from typing import Annotated, overload
 
 import msgspec
 from multidict import MultiMapping
@@ -195,6 +195,10 @@ def decode_batch(body: bytes, what: str = "sales") -> list[msgspec.Raw]:
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
+@overload
+def int_param(query: MultiMapping[str], name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def int_param(query: MultiMapping[str], name: str, default: None, low: int, high: int) -> int | None: ...
 def int_param(query: MultiMapping[str], name: str, default: int | None, low: int, high: int) -> int | None:
     """An integer query parameter within [low, high]; absent means `default`."""
     values = query.getall(name, [])

@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import urllib.parse
 from collections.abc import Iterable
+from typing import Any
 
 from pos_client.spool import SENT, SpooledSale
 from pos_client.transport import HttpTransport
@@ -23,7 +24,7 @@ from pos_client.transport import HttpTransport
 try:
     import zoneinfo
 except ImportError:  # Python < 3.9 has none; reports are then cut in UTC only
-    zoneinfo = None
+    zoneinfo = None  # type: ignore[assignment]  # the usual optional import: mypy knows only the module
 
 
 @dataclasses.dataclass
@@ -59,7 +60,7 @@ class Reports:
         self.http = HttpTransport(base_url, timeout=timeout)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
-    def get(self, path: str, **query) -> object:
+    def get(self, path: str, **query) -> Any:  # decoded JSON
         answer = self.http.request("GET", path + ("?" + urllib.parse.urlencode(query) if query else ""),
                                    headers=self.headers)
         if answer.status != 200:

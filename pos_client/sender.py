@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import cast
 
 from pos_client.backoff import Backoff
 from pos_client.spool import Spool, SpooledSale
@@ -129,7 +130,7 @@ class Sender:
                 self._stop(verdict.stop)
                 return
             if verdict.retry:
-                self._retry_later(verdict.error, verdict.retry_after)
+                self._retry_later(cast(str, verdict.error), verdict.retry_after)  # every retry verdict says why
                 return
             todo[0:0] = verdict.send_again
 

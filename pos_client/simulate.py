@@ -53,9 +53,14 @@ class Till:
             self.proc = subprocess.Popen([sys.executable, "-m", "pos_client.till", str(self.plan_path)],
                                          stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
+    @property
+    def process(self) -> subprocess.Popen:
+        assert self.proc is not None, f"till {self.name} was never started"
+        return self.proc
+
     def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         self.kills += 1
 
     def counts(self):
@@ -99,6 +104,7 @@ class Keys:
         time.sleep(5)  # a new key reaches every API process within 5 s
 
     def _issue(self, body: dict) -> str:
+        assert self.admin is not None  # prepare() stops first when it would need one
         answer = self.admin.http.request("POST", "/admin/keys/", body, self.admin.headers)
         if answer.status != 201:
             raise SystemExit(f"issuing a key failed: {answer.status} {answer.error()}")
@@ -108,6 +114,7 @@ class Keys:
 
     def revoke_issued(self) -> None:
         for prefix in self.issued:
+            assert self.admin is not None  # the one that issued them
             self.admin.http.request("DELETE", f"/admin/keys/{prefix}", headers=self.admin.headers)
 
 
@@ -230,13 +237,13 @@ def run_day(tills: list[Till], day_start: float, day_seconds: float) -> None:
     """Watch the tills sell; kill and restart the chosen ones; a progress line every 5 s."""
     next_line = time.time() + 5
     restart_at: dict[str, float] = {}
-    while any(t.proc.poll() is None for t in tills) or restart_at:
+    while any(t.process.poll() is None for t in tills) or restart_at:
         now = time.time()
         for till in tills:
-            due = till.kill_at is not None and till.kills == 0 and now - day_start >= till.kill_at
-            if due and till.proc.poll() is None:
+            kill_at = till.kill_at
+            if kill_at is not None and till.kills == 0 and now - day_start >= kill_at and till.process.poll() is None:
                 pending = till.counts().pending
-                if pending or now - day_start >= till.kill_at + 3:  # with sales in its spool, if it has any soon
+                if pending or now - day_start >= kill_at + 3:  # with sales in its spool, if it has any soon
                     till.pending_at_kill = pending
                     till.kill()
                     restart_at[till.name] = now + 1.0

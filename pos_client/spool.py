@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 from pos_client.errors import SpoolError
 
@@ -130,8 +131,8 @@ class Spool:
         stored = []
         with self._transaction() as db:
             for row in rows:
-                seq = db.execute("INSERT INTO sale (idempotency_key, item_id, quantity, sale_time) "
-                                 "VALUES (?, ?, ?, ?)", row).lastrowid
+                seq = cast(int, db.execute("INSERT INTO sale (idempotency_key, item_id, quantity, sale_time) "
+                                           "VALUES (?, ?, ?, ?)", row).lastrowid)  # an INSERT's: an int
                 stored.append(SpooledSale(seq, *row))
         return stored
 

@@ -6,21 +6,30 @@ hand gets its 503), and the next ones go to whichever server the sentinels now n
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 import redis.asyncio as redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 
 if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection as _PackingBase
+
     from shared.settings import Settings
+else:
+    _PackingBase = object  # a mixin: at run time the connection class beside it in the bases is its super()
 
 # A sentinel that does not answer must not hold up finding the primary at another one.
 SENTINEL_TIMEOUT = 0.5
 
 
-class HiredisPacking:
+class HiredisPacking(_PackingBase):
     """redis-py's asyncio connection encodes commands in Python, argument by argument: 27% of
     the API's CPU under batch load (py-spy), where each flush carries thousands of arguments.
     hiredis (installed already, for parsing replies) encodes the same bytes in C."""
@@ -48,7 +57,8 @@ class PrimaryViaSentinels(redis.Redis):
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        for sentinel in self.connection_pool.sentinel_manager.sentinels:
+        pool = cast(SentinelConnectionPool, self.connection_pool)  # what _primary_via_sentinels gives it
+        for sentinel in pool.sentinel_manager.sentinels:
             await sentinel.aclose()
 
 
@@ -56,8 +66,8 @@ def connect_redis(url: str, *, sentinels: tuple[tuple[str, int], ...] = (), sent
                   max_connections: int = 64, socket_timeout: float = 2.0) -> redis.Redis:
     """A client of `url`, or, given sentinels, of the primary they name (the URL's DB number,
     user, password and TLS then apply to it; its host and port are not used)."""
-    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": 0.5, "max_connections": max_connections,
-               "health_check_interval": 15}
+    options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 0.5,
+                               "max_connections": max_connections, "health_check_interval": 15}
     if not sentinels:
         return redis.Redis.from_url(url, connection_class=HiredisPackingConnection,  # unix://, rediss:// pick their own
                                     **options)

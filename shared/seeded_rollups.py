@@ -18,6 +18,7 @@ import datetime as dt
 import threading
 import zoneinfo
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import asyncpg
 import numpy as np
@@ -64,7 +65,8 @@ def utc_offsets_us(times_us: np.ndarray, tz: zoneinfo.ZoneInfo) -> np.ndarray:
 
     def offset(us: int) -> int:
         moment = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
-        return int(moment.astimezone(tz).utcoffset() // dt.timedelta(microseconds=1))
+        utc_offset = cast(dt.timedelta, moment.astimezone(tz).utcoffset())  # an aware moment's: never None
+        return int(utc_offset // dt.timedelta(microseconds=1))
 
     changes, offsets = [first], [offset(first)]
     for start in range(first, last + 1, _DAY_US):
@@ -96,13 +98,14 @@ class SeededDays:
         return index + (self.first.toordinal() - PG_EPOCH_DAY)
 
 
-def copy_data(columns: list[tuple[str, str | None, np.ndarray | None]], rows: int | None = None) -> bytes:
+def copy_data(columns: list[tuple[str, str | None, np.ndarray | int | None]], rows: int | None = None) -> bytes:
     """Binary COPY rows of (name, '>i2', '>i4' or '>i8', values) columns; a kind of None is a
-    column of NULLs."""
+    column of NULLs, values that are one int are every row's. Without `rows`, the first column
+    holds an array of them."""
     dtype = [("fields", ">i2")]
     for name, kind, _ in columns:
         dtype += [(name + "_len", ">i4")] + ([(name, kind)] if kind else [])
-    data = np.empty(rows if rows is not None else len(columns[0][2]), dtype=dtype)
+    data = np.empty(rows if rows is not None else len(cast(np.ndarray, columns[0][2])), dtype=dtype)
     data["fields"] = len(columns)
     for name, kind, values in columns:
         data[name + "_len"] = int(kind[2:]) if kind else -1

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any
 
 import uvloop
 from arq.worker import get_kwargs
@@ -23,7 +24,10 @@ def main() -> None:
     from worker.settings import ResilientWorker, WorkerSettings
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    ResilientWorker(**get_kwargs(WorkerSettings)).run()  # arq's run_worker, Redis outages survived
+    # arq's own types are wrong here: get_kwargs answers dict[str, NameError], and takes a protocol that a
+    # settings class as arq documents it (on_startup = a function) does not satisfy
+    kwargs: dict[str, Any] = get_kwargs(WorkerSettings)  # type: ignore[arg-type]
+    ResilientWorker(**kwargs).run()  # arq's run_worker, Redis outages survived
 
 
 if __name__ == "__main__":

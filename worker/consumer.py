@@ -160,8 +160,8 @@ class StreamConsumer:
                 except (msgspec.DecodeError, KeyError) as exc:
                     undecodable.append((entry_id, fields, exc))
                 acks += (entry_id, int(fields.get(b"n", 0)))
-        for entry_id, fields, exc in undecodable:
-            await self._park_undecodable(entry_id, fields, exc)
+        for entry_id, fields, error in undecodable:
+            await self._park_undecodable(entry_id, fields, error)
         result = writer.BatchResult()
         if rows:
             result = await self._write_until_done(lambda conn: writer.write_batch(conn, rows, citus=self._citus),
@@ -233,7 +233,8 @@ class StreamConsumer:
 
     async def _bump_retries(self) -> None:
         with contextlib.suppress(*TRANSIENT_REDIS):
-            await self._redis.hincrby(self._keys.worker_stats, "retries", 1)
+            # redis-py types the asyncio client's HINCRBY as its sync one's too: Awaitable[int] | int
+            await self._redis.hincrby(self._keys.worker_stats, "retries", 1)  # type: ignore[misc]
 
     async def _record(self, size: int, result: writer.BatchResult) -> None:
         fields = worker_stats.batch_fields(size, result.written, result.duplicates, result.dead)

@@ -68,7 +68,8 @@ async def create(request: web.Request) -> web.Response:
     }
     try:
         async with request.app[PG_POOL].acquire() as conn:
-            result = await seeding.seed(conn, tz=request.app[SETTINGS].timezone, **counts)
+            result = await seeding.seed(conn, tz=request.app[SETTINGS].timezone, items=counts["items"],
+                                        stores=counts["stores"], sales=counts["sales"])
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise ServiceUnavailable(f"the database is unavailable: {exc}") from exc
     await _after_data_replaced(request)

@@ -64,6 +64,7 @@ async def post_batch(request: web.Request) -> web.Response:
         raise BadRequest("a batch takes no Idempotency-Key header: give each sale its own idempotency_key")
     request.app[INTAKE].refuse_if_full()
     body = await read_body(request)
+    errors: dict[int, str]
     if (valid := decode_valid_batch(body, accepted_us)) is not None:  # the usual case
         sales, errors, count = dict(enumerate(valid)), {}, len(valid)
     else:
