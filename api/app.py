@@ -19,8 +19,8 @@ from api.report_cache import ReportCache
 from api.returns import ReturnsIntake
 from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
-from api.sales import SalesIntake
 from api.sale_times import SaleTimeLimits
+from api.sales import SalesIntake
 from shared.db import create_pool
 from shared.migrate import migrate
 from shared.queue import QueueKeys

@@ -31,17 +31,17 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg  # noqa: E402
+import asyncpg
 
-from bench import common  # noqa: E402
-from bench.common import log, ms, ratio  # noqa: E402
-from bench.reports import RollupsChanged, sequential  # noqa: E402
-from shared import report_changes, sales_copy  # noqa: E402
-from shared.sale_ids import reserve_blocks  # noqa: E402
-from tests.citus.cluster import CitusCluster  # noqa: E402
-from tests.servers import PgServer  # noqa: E402
-from worker import writer  # noqa: E402
-from worker.batch_columns import BatchColumns  # noqa: E402
+from bench import common
+from bench.common import log, ms, ratio
+from bench.reports import RollupsChanged, sequential
+from shared import report_changes, sales_copy
+from shared.sale_ids import reserve_blocks
+from tests.citus.cluster import CitusCluster
+from tests.servers import PgServer
+from worker import writer
+from worker.batch_columns import BatchColumns
 
 # The same for the single node and every Citus node: durable commits, as in production.
 SETTINGS = {"fsync": "on", "full_page_writes": "on", "shared_buffers": "512MB", "max_connections": "300",
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    month = dt.datetime.now(dt.timezone.utc).month
+    month = dt.datetime.now(dt.UTC).month
     paths = {"/stores/top/": f"/stores/top/?cnt=10&mm={month}", "/items/top/": "/items/top/?cnt=10"}
 
     urls = start_engines()

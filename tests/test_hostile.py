@@ -18,8 +18,7 @@ import json
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
 ITEMS, STORES = 5, 4
 SALE_KEYS = {"item_id", "store_id", "quantity", "sale_time", "idempotency_key"}
@@ -37,7 +36,7 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 # Valid values of each field, and flaws: (field, value or MISSING, status the flaw alone causes).
 MISSING = object()
 # A sale_time is valid within MAX_SALE_AGE_DAYS (400 by default) of now; further back is a 422.
-_NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+_NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 _RECENT = _NOW - dt.timedelta(days=300)
 _TOO_OLD = _NOW - dt.timedelta(days=401)
 valid_fields = {
@@ -49,7 +48,7 @@ valid_fields = {
                              dt.timezone(dt.timedelta(hours=-7))).isoformat(), None]),
         st.datetimes(min_value=(_NOW - dt.timedelta(days=399)).replace(tzinfo=None),
                      max_value=(_NOW - dt.timedelta(minutes=1)).replace(tzinfo=None),
-                     timezones=st.just(dt.timezone.utc)).map(dt.datetime.isoformat)),
+                     timezones=st.just(dt.UTC)).map(dt.datetime.isoformat)),
     "idempotency_key": st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_categories=("Cc",)),
                                                     min_size=1, max_size=64)),
 }

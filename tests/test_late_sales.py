@@ -39,14 +39,15 @@ async def test_a_sale_within_the_window_adds_to_its_days_and_an_older_one_to_one
     await seed(items=4, stores=3, sales=300)
     await _post(client, "/sales/", {"item_id": 1, "store_id": 1})  # today: running_through is today
     await drain()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     running, late = await _rows(db, RUNNING_TABLES), await _rows(db, LATE_TABLES)
 
     # a new store and item, so that every row they have is this test's: 3 days late
     await db.execute("INSERT INTO item (id, name, price) VALUES (40, 'new', 100)")
     await db.execute("INSERT INTO store (id, address) VALUES (50, 'new store')")
     await client.get("/items/")
-    await _post(client, "/sales/", {"item_id": 40, "store_id": 50, "sale_time": (now - dt.timedelta(days=3)).isoformat()})
+    three_days_ago = (now - dt.timedelta(days=3)).isoformat()
+    await _post(client, "/sales/", {"item_id": 40, "store_id": 50, "sale_time": three_days_ago})
     await drain()
     assert await _rows(db, RUNNING_TABLES) == running + 2 * 4  # days d..today, per store and item
     assert await _rows(db, LATE_TABLES) == late
@@ -76,7 +77,7 @@ async def test_a_sale_within_the_window_adds_to_its_days_and_an_older_one_to_one
 
 async def test_drift_sees_a_late_row_that_is_wrong(client, seed, db, drain):
     await seed(items=3, stores=2, sales=100)
-    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=60)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=60)
     await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": old.isoformat()})
     await drain()
     assert await rollups.drift(db) == NO_DRIFT
@@ -109,7 +110,7 @@ async def test_the_rebuild_keeps_days_before_its_horizon_as_late_rows(aiohttp_cl
 async def test_a_sale_older_than_the_limit_is_422_naming_the_limit_and_its_time(client, seed, db, redis_client,
                                                                                  queue_keys):
     await seed(items=3, stores=2)
-    too_old = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=401)).replace(microsecond=0)
+    too_old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=401)).replace(microsecond=0)
     body = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": too_old.isoformat()}, 422)
     assert list(body) == ["error"]
     assert "MAX_SALE_AGE_DAYS" in body["error"] and "400 days" in body["error"]
@@ -130,7 +131,7 @@ async def test_a_sale_older_than_the_limit_is_422_naming_the_limit_and_its_time(
 async def test_a_return_older_than_the_limit_is_422(client, aiohttp_client, settings, seed, drain):
     strict = await aiohttp_client(create_app(dataclasses.replace(settings, max_sale_age_days=30)))
     await seed(items=3, stores=2)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     sale = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "quantity": 2,
                                            "sale_time": (now - dt.timedelta(days=40)).isoformat()})
     await drain()
@@ -143,16 +144,16 @@ async def test_a_return_older_than_the_limit_is_422(client, aiohttp_client, sett
 
 async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(client, seed, db, redis_client, queue_keys,
                                                                     database_url, tmp_path):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     await seed(items=3, stores=2, sales=400)
     await retention.run(database_url, keep_months=3, directory=None, echo=lambda *_: None)
     first_kept = retention.cutoff(3)
-    archived = dt.datetime.combine(first_kept, dt.time(12), dt.timezone.utc) - dt.timedelta(days=20)
+    archived = dt.datetime.combine(first_kept, dt.time(12), dt.UTC) - dt.timedelta(days=20)
     assert now - archived < dt.timedelta(days=400)
     await client.get("/items/")  # any request; the catalogue reloads on the NOTIFY
     body = await _post(client, "/sales/batch/", [{"item_id": 1, "store_id": 1, "sale_time": archived.isoformat()}], 422)
     assert f"falls in {archived.isoformat()[:7]}, whose sales are archived" in body["errors"][0]["error"]
     assert await redis_client.xlen(queue_keys.stream) == 0
     assert await db.fetchval("SELECT count(*) FROM dead_letter") == 0
-    kept = dt.datetime.combine(first_kept, dt.time(12), dt.timezone.utc)
+    kept = dt.datetime.combine(first_kept, dt.time(12), dt.UTC)
     await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": kept.isoformat()})

@@ -130,7 +130,7 @@ async def test_a_worker_commit_keeps_the_reports_it_does_not_touch(client, db, s
     """Last month's top stores and a quiet store's page stay in memory while today's sales are
     written; today's reports count them at once."""
     await seed(items=3, stores=3, sales=600)
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
     urls = {"last_month": f"/stores/top/?mm={last_month.month}&year={last_month.year}",
             "quiet_store": f"/stores/3/report/?from={today}&to={today}",
@@ -142,7 +142,8 @@ async def test_a_worker_commit_keeps_the_reports_it_does_not_touch(client, db, s
             await db.execute("ALTER TABLE store_monthly DISABLE TRIGGER store_monthly_changed")
             await db.execute("ALTER TABLE daily_totals DISABLE TRIGGER daily_totals_changed")
         await db.execute("UPDATE store_monthly SET income = income + 1000000 WHERE month = $1", last_month)
-        await db.execute("INSERT INTO daily_totals AS d (day, store_id, income, units, sales) VALUES ($1, 3, 1000000, 0, 0) "
+        await db.execute("INSERT INTO daily_totals AS d (day, store_id, income, units, sales) "
+                         "VALUES ($1, 3, 1000000, 0, 0) "
                          "ON CONFLICT (day, store_id) DO UPDATE SET income = d.income + 1000000", today)
         if not CITUS:
             await db.execute("ALTER TABLE store_monthly ENABLE ALWAYS TRIGGER store_monthly_changed")
@@ -177,8 +178,8 @@ async def test_a_change_drops_the_results_whose_days_and_store_it_touches(databa
     await cache.start()
     tokyo_today = dt.date(2026, 12, 5)
     # 2026-12-04 16:00 UTC is 2026-12-05 01:00 in Tokyo
-    change = report_changes.payload(_us(dt.datetime(2026, 12, 4, 16, tzinfo=dt.timezone.utc)),
-                                    _us(dt.datetime(2026, 12, 4, 16, 30, tzinfo=dt.timezone.utc)), [1, 2])
+    change = report_changes.payload(_us(dt.datetime(2026, 12, 4, 16, tzinfo=dt.UTC)),
+                                    _us(dt.datetime(2026, 12, 4, 16, 30, tzinfo=dt.UTC)), [1, 2])
     scopes = {"last_month": Scope(dt.date(2026, 11, 1), dt.date(2026, 11, 30)),
               "today": Scope(tokyo_today, tokyo_today), "store_1": Scope(tokyo_today, tokyo_today, 1),
               "store_3": Scope(tokyo_today, tokyo_today, 3), "all_time": EVERYTHING, "catalogue": CATALOGUE_ONLY}
@@ -193,8 +194,8 @@ async def test_a_change_drops_the_results_whose_days_and_store_it_touches(databa
         await get_all()
         assert len(calls) == len(scopes)
         for payload, dropped in [(change, ["today", "store_1", "all_time"]),
-                                 ("", [k for k in scopes]),
-                                 ("not json", [k for k in scopes])]:
+                                 ("", list(scopes)),
+                                 ("not json", list(scopes))]:
             calls.clear()
             await db.execute("SELECT pg_notify('reports_changed', $1)", payload)
             await get_all()
@@ -210,7 +211,7 @@ async def test_a_change_drops_the_results_whose_days_and_store_it_touches(databa
 async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(database_url, db):
     cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))
     await cache.start()
-    today = dt.datetime.now(dt.timezone.utc)
+    today = dt.datetime.now(dt.UTC)
     release = asyncio.Event()
     calls: list[str] = []
 
@@ -223,8 +224,9 @@ async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(dat
 
     try:
         await _wait_listening(cache)
-        touched = asyncio.ensure_future(cache.get("today", slow("today"), Scope(today.date(), today.date())))
-        untouched = asyncio.ensure_future(cache.get("past", slow("past"), Scope(dt.date(2020, 1, 1), dt.date(2020, 1, 31))))
+        today_scope, past_scope = Scope(today.date(), today.date()), Scope(dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+        touched = asyncio.ensure_future(cache.get("today", slow("today"), today_scope))
+        untouched = asyncio.ensure_future(cache.get("past", slow("past"), past_scope))
         while len(calls) < 2:
             await asyncio.sleep(0.01)
         await db.execute("SELECT pg_notify('reports_changed', $1)",
@@ -233,8 +235,8 @@ async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(dat
         release.set()
         assert await touched == ["today"] and await untouched == ["past"]
         calls.clear()
-        await cache.get("today", slow("today"), Scope(today.date(), today.date()))
-        await cache.get("past", slow("past"), Scope(dt.date(2020, 1, 1), dt.date(2020, 1, 31)))
+        await cache.get("today", slow("today"), today_scope)
+        await cache.get("past", slow("past"), past_scope)
         assert calls == ["today"]  # computed again; the untouched one was kept
     finally:
         await cache.close()

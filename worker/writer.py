@@ -25,11 +25,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from shared import partitions
+from shared import partitions, report_changes, sales_copy
 from shared.db import set_codecs
-from shared import report_changes
 from shared.rollups import EXTEND_RUNNING, LOCK_RUNNING, ROLLUPS, RUNNING_COVERS, running_upserts, upsert_partials_sql
-from shared import sales_copy
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
 
@@ -123,7 +121,7 @@ def row_json(row: tuple, columns: list[str] = COLUMNS) -> dict:
     for column in columns:
         if column.endswith("_us"):
             micros = values.pop(column)
-            values[column[:-3]] = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+            values[column[:-3]] = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
                                    + dt.timedelta(microseconds=micros)).isoformat()
     return values
 

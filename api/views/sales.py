@@ -9,8 +9,7 @@ from api.auth import check_store_scope
 from api.moments import now_us
 from api.responses import json_error, json_response
 from api.sales import SalesRefused, sale_answer, sale_answers
-from api.validation import (BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, decode_valid_batch,
-                            read_body)
+from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, decode_valid_batch, read_body
 
 _header_key = msgspec.json.Decoder(IdempotencyKey)
 

@@ -39,7 +39,7 @@ def _batch(moment: dt.datetime, prefix: str) -> list[dict]:
 
 
 async def _units_today(session: aiohttp.ClientSession, base_url: str) -> int:
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     async with session.get(f"{base_url}/reports/totals/?from={today}&to={today}") as response:
         assert response.status == 200, await response.text()
         return (await response.json())["units"]
@@ -70,7 +70,7 @@ async def _footprint(conn: asyncpg.Connection) -> tuple[int, int]:
 
 
 async def _reports_equal_a_recount(session, base_url: str, conn, day: dt.date) -> None:
-    today = dt.datetime.now(dt.timezone.utc).date()
+    today = dt.datetime.now(dt.UTC).date()
     for first, last in ((day, day), (day.replace(day=1), today), (today - dt.timedelta(days=6), today),
                         (dt.date(1, 1, 1), today)):
         q = f"from={first}&to={last}"
@@ -98,7 +98,7 @@ async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(make_st
             await _fresh_sale_seen_after(session, base)  # today's running rows exist, as while tills sell
             size_before, rows_before = await _footprint(conn)
 
-            year_2000 = dt.datetime(2000, 1, 2, 12, tzinfo=dt.timezone.utc)
+            year_2000 = dt.datetime(2000, 1, 2, 12, tzinfo=dt.UTC)
             async with session.post(f"{base}/sales/batch/", json=_batch(year_2000, "y2k")) as response:
                 status, answer = response.status, await response.json()
             if max_age_days is None:  # refused up front, each sale saying why, nothing queued
@@ -107,7 +107,7 @@ async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(make_st
                 assert all("MAX_SALE_AGE_DAYS" in e["error"] and "2000-01-02T12:00:00+00:00" in e["error"]
                            for e in answer["errors"])
                 assert int(await redis_client.get(KEYS.depth) or 0) <= 1  # the fresh sale's, until its ack
-                oldest = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=399)  # the oldest it takes
+                oldest = dt.datetime.now(dt.UTC) - dt.timedelta(days=399)  # the oldest it takes
                 async with session.post(f"{base}/sales/batch/", json=_batch(oldest, "old")) as response:
                     status, answer = response.status, await response.json()
                 day = oldest.date()
