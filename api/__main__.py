@@ -4,6 +4,7 @@ API_PROCESSES sets the count (default: the number of cores). Each process binds 
 with SO_REUSEPORT, so the kernel spreads connections across them. Migrations run once in
 the parent before the processes start (and are safe to run concurrently anyway).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,16 +45,24 @@ def _serve(settings: Settings, reuse_port: bool) -> None:
 
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     access_log = logging.getLogger("aiohttp.access") if os.environ.get("ACCESS_LOG") else None
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, reuse_port=reuse_port,
-                access_log=access_log, print=None, shutdown_timeout=30)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        access_log=access_log,
+        print=None,
+        shutdown_timeout=30,
+    )
 
 
 def _refuse_a_taken_port(host: str, port: int) -> None:
     """With SO_REUSEPORT our processes would also join any server already on the port and
     silently take a share of its connections (seen: two stacks on one port, each storing
     half of a benchmark's sales). So the port is bound once without it, as a check."""
-    for family, kind, proto, _, address in socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                                              flags=socket.AI_PASSIVE):
+    for family, kind, proto, _, address in socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
             try:
@@ -76,8 +85,9 @@ async def _migrate(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
     try:

@@ -1,4 +1,5 @@
 """The aiohttp application factory."""
+
 from __future__ import annotations
 
 import asyncio
@@ -75,15 +76,29 @@ async def intake_ctx(app: web.Application):
     await catalogue.start()
     ids = IdAllocator(app[PG_POOL])
     ids.prefetch()
-    queue = SaleQueue(app[REDIS], app[QUEUE_KEYS], max_depth=settings.queue_max_depth,
-                      idempotency_ttl=settings.idempotency_ttl_seconds,
-                      replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms)
+    queue = SaleQueue(
+        app[REDIS],
+        app[QUEUE_KEYS],
+        max_depth=settings.queue_max_depth,
+        idempotency_ttl=settings.idempotency_ttl_seconds,
+        replicas=settings.replicas_to_confirm,
+        replica_wait_ms=settings.redis_replica_wait_ms,
+    )
     times = SaleTimeLimits(catalogue, settings.max_sale_age_days)
     app[INTAKE] = SalesIntake(catalogue, ids, queue, times)
-    app[RETURNS] = ReturnsIntake(app[PG_POOL], app[REDIS], app[QUEUE_KEYS], ids, catalogue,
-                                 max_depth=settings.queue_max_depth, idempotency_ttl=settings.idempotency_ttl_seconds,
-                                 replicas=settings.replicas_to_confirm, replica_wait_ms=settings.redis_replica_wait_ms,
-                                 wait_seconds=settings.return_wait_ms / 1000, times=times)
+    app[RETURNS] = ReturnsIntake(
+        app[PG_POOL],
+        app[REDIS],
+        app[QUEUE_KEYS],
+        ids,
+        catalogue,
+        max_depth=settings.queue_max_depth,
+        idempotency_ttl=settings.idempotency_ttl_seconds,
+        replicas=settings.replicas_to_confirm,
+        replica_wait_ms=settings.redis_replica_wait_ms,
+        wait_seconds=settings.return_wait_ms / 1000,
+        times=times,
+    )
     yield
     await queue.close()
     await ids.close()

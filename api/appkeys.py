@@ -1,4 +1,5 @@
 """Typed keys for what the app holds (aiohttp's AppKey)."""
+
 from __future__ import annotations
 
 import asyncpg

@@ -8,6 +8,7 @@ seed's open API did. With AUTH_REQUIRED=true every route but GET /health needs a
 Keys come as `Authorization: Bearer <key>`, or as the password of HTTP Basic auth, which is
 how the dashboard gets one: the browser asks once and keeps it for the session, never in a URL.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -58,10 +59,10 @@ class KeyRing(LiveTable):
 
     async def _load(self) -> None:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT prefix, kind, store_id, secret_hash FROM api_key WHERE revoked_at IS NULL")
-        self._keys = {r["prefix"]: _Entry(bytes(r["secret_hash"]), Principal(r["kind"], r["store_id"], r["prefix"]))
-                      for r in rows}
+            rows = await conn.fetch("SELECT prefix, kind, store_id, secret_hash FROM api_key WHERE revoked_at IS NULL")
+        self._keys = {
+            r["prefix"]: _Entry(bytes(r["secret_hash"]), Principal(r["kind"], r["store_id"], r["prefix"])) for r in rows
+        }
 
     def authenticate(self, key: str) -> Principal | None:
         parts = split_key(key)
@@ -122,8 +123,9 @@ def credentials(request: web.Request) -> str | None:
 
 
 class AccessControl:
-    def __init__(self, keys: KeyRing | None, admin_token: str | None, auth_required: bool,
-                 limiter: FailureLimiter | None = None):
+    def __init__(
+        self, keys: KeyRing | None, admin_token: str | None, auth_required: bool, limiter: FailureLimiter | None = None
+    ):
         self.keys = keys
         self._admin_token = admin_token
         self._auth_required = auth_required
@@ -162,8 +164,9 @@ class AccessControl:
             return json_error(403, "admin endpoints are disabled: the server has no ADMIN_TOKEN configured")
         if given is None:
             metrics.AUTH_FAILURES.labels("missing").inc()
-            return json_error(401, "this endpoint needs Authorization: Bearer <key>",
-                              headers={"WWW-Authenticate": challenge})
+            return json_error(
+                401, "this endpoint needs Authorization: Bearer <key>", headers={"WWW-Authenticate": challenge}
+            )
         principal = self.identify(given)
         if principal is None:
             metrics.AUTH_FAILURES.labels("bad_key").inc()

@@ -5,6 +5,7 @@ Besides the LISTEN on `catalogue_changed` (triggers on item and store) and the p
 reload of LiveTable, a sale naming an id we do not know waits for a reload that began after
 it arrived: a brand-new item is never refused by a stale copy.
 """
+
 from __future__ import annotations
 
 import datetime as dt

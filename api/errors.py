@@ -1,4 +1,5 @@
 """Every failure answers `{"error": ...}` as JSON: never HTML, never a traceback."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,13 @@ log = logging.getLogger(__name__)
 # PostgreSQL away or overloaded: the request was fine, so this is a 503, not a 500.
 # InternalClientError: asyncpg's protocol state broken by a server going away mid-query ("cannot
 # switch to state 12; another operation is in progress", seen while PostgreSQL shut down)
-DATABASE_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                 asyncpg.InternalClientError)
+DATABASE_DOWN = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 # SQLSTATE classes meaning "the server cannot serve now": connection, resources, operator
 # intervention (shutdown), object not in prerequisite state (database not accepting connections).
 UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "55", "57")

@@ -12,6 +12,7 @@ shift, a process that had seen no traffic may take all of it at once, and with 1
 out 7 s into an outage at 150 sales/s. Ids cost nothing; a gap of a few thousand at a
 restart is harmless. While PostgreSQL is away, fetching is retried at most once a second.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,9 @@ class IdsUnavailable(Exception):
 
 
 class IdAllocator:
-    def __init__(self, pool: asyncpg.Pool, *, min_block: int = 10_000, max_block: int = 100_000,
-                 cover_seconds: float = 120.0):
+    def __init__(
+        self, pool: asyncpg.Pool, *, min_block: int = 10_000, max_block: int = 100_000, cover_seconds: float = 120.0
+    ):
         self._pool = pool
         self._min_block = min_block
         self._max_block = max_block

@@ -4,6 +4,7 @@ Kept current two ways: a LISTEN on a channel (fired by triggers on the table), a
 full reload as a safety net in case a notification is missed. If PostgreSQL is down, the last
 copy keeps serving. Subclasses say what to load (`_load`) and on which `channel`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,9 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.Int
 class LiveTable:
     channel: str = ""
 
-    def __init__(self, pool: asyncpg.Pool, database_url: str, *, refresh_interval: float = 30.0,
-                 min_reload_interval: float = 0.5):
+    def __init__(
+        self, pool: asyncpg.Pool, database_url: str, *, refresh_interval: float = 30.0, min_reload_interval: float = 0.5
+    ):
         self._pool = pool
         self._database_url = database_url
         self._refresh_interval = refresh_interval

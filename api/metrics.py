@@ -3,6 +3,7 @@
 With several API processes (`API_PROCESSES`), the launcher sets PROMETHEUS_MULTIPROC_DIR
 before this module is imported, and a scrape of any process sums all of them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,13 +22,17 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
-HTTP_LATENCY = Histogram("http_request_duration_seconds", "Time to answer a request", ["method", "route"],
-                         buckets=LATENCY_BUCKETS)
+HTTP_LATENCY = Histogram(
+    "http_request_duration_seconds", "Time to answer a request", ["method", "route"], buckets=LATENCY_BUCKETS
+)
 SALES_ACCEPTED = Counter("sales_accepted_total", "Sales answered 202 (replays of an idempotency key included)")
 SALES_REJECTED = Counter("sales_rejected_total", "Sales refused", ["reason"])
 RETURNS_ACCEPTED = Counter("returns_accepted_total", "Returns answered 202 (replays of an idempotency key included)")
-FLUSH_SIZE = Histogram("queue_flush_sales", "Sales per Redis round trip (group commit)",
-                       buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+FLUSH_SIZE = Histogram(
+    "queue_flush_sales",
+    "Sales per Redis round trip (group commit)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)
 AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])
 
 
@@ -102,19 +107,27 @@ class _Snapshot:
 
 def _worker_families(stats: dict[str, int], depth: int, oldest_age_s: float | None, dead_pending: int | None):
     families: list[Metric] = [GaugeMetricFamily("queue_depth_sales", "Sales accepted and not yet written", value=depth)]
-    families.append(GaugeMetricFamily(
-        "queue_oldest_age_seconds", "Age of the oldest sale not yet written (worker lag)",
-        value=oldest_age_s or 0.0))
+    families.append(
+        GaugeMetricFamily(
+            "queue_oldest_age_seconds", "Age of the oldest sale not yet written (worker lag)", value=oldest_age_s or 0.0
+        )
+    )
     for name, doc in worker_stats.COUNTERS.items():
         families.append(CounterMetricFamily(f"worker_{name}", doc, value=stats.get(name, 0)))
     buckets = [(str(b), stats.get(f"batch_size_le_{b}", 0)) for b in worker_stats.BATCH_SIZE_BUCKETS]
     buckets.append(("+Inf", stats.get("batches", 0)))
-    families.append(HistogramMetricFamily(
-        "worker_batch_size_sales", "Sales per batch written by the worker",
-        buckets=buckets, sum_value=stats.get("batch_size_sum", 0)))
+    families.append(
+        HistogramMetricFamily(
+            "worker_batch_size_sales",
+            "Sales per batch written by the worker",
+            buckets=buckets,
+            sum_value=stats.get("batch_size_sum", 0),
+        )
+    )
     if dead_pending is not None:
-        families.append(GaugeMetricFamily(
-            "dead_letters_pending", "Sales in dead_letter not yet replayed", value=dead_pending))
+        families.append(
+            GaugeMetricFamily("dead_letters_pending", "Sales in dead_letter not yet replayed", value=dead_pending)
+        )
     return families
 
 
@@ -125,6 +138,7 @@ def render(stats: dict[str, int], depth: int, oldest_age_s: float | None, dead_p
         registry.register(_Snapshot(_worker_families(stats, depth, oldest_age_s, dead_pending)))
         return generate_latest(registry)
     from prometheus_client import REGISTRY
+
     registry.register(_Snapshot(_worker_families(stats, depth, oldest_age_s, dead_pending)))
     return generate_latest(REGISTRY) + generate_latest(registry)
 

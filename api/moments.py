@@ -1,4 +1,5 @@
 """Moments as microseconds since the Unix epoch (UTC): what the queue carries and the API answers."""
+
 from __future__ import annotations
 
 import datetime as dt

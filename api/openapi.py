@@ -1,4 +1,5 @@
 """The OpenAPI 3 description of every route (a test fails if a route is missing here)."""
+
 from __future__ import annotations
 
 import functools
@@ -29,68 +30,114 @@ _ADMIN_ERRORS = {
     "403": _error("Wrong token, or no ADMIN_TOKEN configured"),
     "503": _UNAVAILABLE,
 }
-_FORMAT = {"name": "format", "in": "query", "required": False,
-           "description": "csv for CSV with a header row (or send Accept: text/csv); default json",
-           "schema": {"type": "string", "enum": ["json", "csv"]}}
+_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "description": "csv for CSV with a header row (or send Accept: text/csv); default json",
+    "schema": {"type": "string", "enum": ["json", "csv"]},
+}
 _MONTH_PARAMS = [
-    {"name": "mm", "in": "query", "description": "Month 1..12; default the current one. "
-     "Without year: the most recent month with that number that has begun.",
-     "schema": {"type": "integer", "minimum": 1, "maximum": 12}},
+    {
+        "name": "mm",
+        "in": "query",
+        "description": "Month 1..12; default the current one. "
+        "Without year: the most recent month with that number that has begun.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 12},
+    },
     {"name": "year", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
-    {"name": "gg", "in": "query", "description": "Alias of year",
-     "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+    {
+        "name": "gg",
+        "in": "query",
+        "description": "Alias of year",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 9999},
+    },
 ]
 
 
 _PERIOD_PARAMS = [
-    {"name": "from", "in": "query", "description": "First day of the period (REPORT_TIMEZONE), with `to`; "
-     "instead of mm/year", "schema": {"type": "string", "format": "date"}},
-    {"name": "to", "in": "query", "description": "Last day of the period, included, with `from`",
-     "schema": {"type": "string", "format": "date"}},
+    {
+        "name": "from",
+        "in": "query",
+        "description": "First day of the period (REPORT_TIMEZONE), with `to`; instead of mm/year",
+        "schema": {"type": "string", "format": "date"},
+    },
+    {
+        "name": "to",
+        "in": "query",
+        "description": "Last day of the period, included, with `from`",
+        "schema": {"type": "string", "format": "date"},
+    },
 ]
 
 
 _PERIOD_MEASURES = {
     "income": {"type": "integer", "description": "Net of refunds"},
     "units": {"type": "integer", "description": "Net of units returned"},
-    "sales": {"type": "integer"}, "returns": {"type": "integer"},
-    "refunds": {"type": "integer", "description": "Money given back for returns"}}
+    "sales": {"type": "integer"},
+    "returns": {"type": "integer"},
+    "refunds": {"type": "integer", "description": "Money given back for returns"},
+}
 _RETURN_FIELDS = {
     "quantity": {"type": "integer", "minimum": 1, "maximum": 10000},
-    "return_time": {"type": "string", "format": "date-time", "nullable": True,
-                    "description": "ISO 8601 with offset; not before the sale, not in the future; null or absent: now"},
-    "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647, "nullable": True,
-                 "description": "The store that takes it back; absent: the sale's"},
-    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _KEY_PATTERN,
-                        "nullable": True}}
+    "return_time": {
+        "type": "string",
+        "format": "date-time",
+        "nullable": True,
+        "description": "ISO 8601 with offset; not before the sale, not in the future; null or absent: now",
+    },
+    "store_id": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2147483647,
+        "nullable": True,
+        "description": "The store that takes it back; absent: the sale's",
+    },
+    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _KEY_PATTERN, "nullable": True},
+}
 
 
 def _table(schema: dict, description: str) -> dict:
     """A report answer: JSON by default, CSV on request."""
-    return {"description": description, "content": {
-        "application/json": {"schema": schema}, "text/csv": {"schema": {"type": "string"}}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": schema}, "text/csv": {"schema": {"type": "string"}}},
+    }
 
 
 def _rows(name: str) -> dict:
     return {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}}
 
 
-_CNT = {"name": "cnt", "in": "query", "required": False, "description": "How many rows (default 10)",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}}
+_CNT = {
+    "name": "cnt",
+    "in": "query",
+    "required": False,
+    "description": "How many rows (default 10)",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+}
 _COUNT_PARAMS = [
     {"name": "items", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 50}},
     {"name": "stores", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 50}},
     {"name": "sales", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10000000, "default": 3600}},
 ]
-_ADMIN_OK = _json({"type": "object", "required": ["status", "items", "stores", "sales"],
-                   "properties": {"status": {"type": "string"}, "items": {"type": "integer"},
-                                  "stores": {"type": "integer"}, "sales": {"type": "integer"}}},
-                  "Done; the counts of rows now in the tables")
+_ADMIN_OK = _json(
+    {
+        "type": "object",
+        "required": ["status", "items", "stores", "sales"],
+        "properties": {
+            "status": {"type": "string"},
+            "items": {"type": "integer"},
+            "stores": {"type": "integer"},
+            "sales": {"type": "integer"},
+        },
+    },
+    "Done; the counts of rows now in the tables",
+)
 
 
 def _admin(summary: str, with_counts: bool) -> dict:
-    operation = {"summary": summary, "security": [{"bearer": []}],
-                 "responses": {"200": _ADMIN_OK, **_ADMIN_ERRORS}}
+    operation = {"summary": summary, "security": [{"bearer": []}], "responses": {"200": _ADMIN_OK, **_ADMIN_ERRORS}}
     if with_counts:
         operation["parameters"] = _COUNT_PARAMS
     return operation
@@ -99,9 +146,18 @@ def _admin(summary: str, with_counts: bool) -> dict:
 def _admin_post(summary: str, with_counts: bool) -> dict:
     operation = _admin(summary, with_counts)
     if with_counts:
-        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
-            "type": "object", "additionalProperties": False,
-            "properties": {p["name"]: p["schema"] for p in _COUNT_PARAMS}}}}}
+        operation["requestBody"] = {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {p["name"]: p["schema"] for p in _COUNT_PARAMS},
+                    }
+                }
+            },
+        }
     return operation
 
 
@@ -109,289 +165,699 @@ def _admin_post(summary: str, with_counts: bool) -> dict:
 def spec() -> dict:
     return {
         "openapi": "3.0.3",
-        "info": {"title": "Sales backbone", "version": "1.0.0",
-                 "description": "Point-of-sale systems post sales; owners read reports."},
+        "info": {
+            "title": "Sales backbone",
+            "version": "1.0.0",
+            "description": "Point-of-sale systems post sales; owners read reports.",
+        },
         "paths": {
-            "/": {"get": {"summary": "Owners' dashboard (HTML)", "responses": {
-                "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-            "/items/": {"get": {"summary": "All items, by id", "parameters": [_FORMAT], "responses": {
-                "200": _table(_rows("Item"), "Items"), "400": _error("Bad format")}}},
-            "/stores/": {"get": {"summary": "All stores, by id", "parameters": [_FORMAT], "responses": {
-                "200": _table(_rows("Store"), "Stores"), "400": _error("Bad format")}}},
-            "/items/top/": {"get": {
-                "summary": "Items by units sold, most first (ties by id): all time, or from/to; "
-                           "the chain's, or one store's (store_id)",
-                "parameters": [_CNT, *_PERIOD_PARAMS,
-                               {"name": "store_id", "in": "query", "description": "Only this store's sales",
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
-                "responses": {"200": _table(_rows("TopItem"), "Top items"),
-                              "400": _error("Bad cnt, from, to, store_id or format"),
-                              "404": _error("No such store")}}},
-            "/stores/top/": {"get": {
-                "summary": "Stores by income in a calendar month, or from/to (REPORT_TIMEZONE), most first "
-                           "(ties by id)",
-                "parameters": [_CNT, *_MONTH_PARAMS, *_PERIOD_PARAMS, _FORMAT],
-                "responses": {"200": _table(_rows("TopStore"), "Top stores"),
-                              "400": _error("Bad cnt, mm, year, from, to or format, or both a month and a period")}}},
-            "/stores/{id}/report/": {"get": {
-                "summary": "One store over a period (default: this month so far): totals, top items, days. "
-                           "CSV: the days",
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}},
-                               *_PERIOD_PARAMS, _CNT, _FORMAT],
-                "responses": {"200": _table({"$ref": "#/components/schemas/StoreReport"}, "The store's page"),
-                              "400": _error("Bad from, to, cnt or format"),
-                              "404": _error("No such store")}}},
-            "/reports/summary/": {"get": {
-                "summary": "A month's income, units and sales beside the previous month's",
-                "parameters": [*_MONTH_PARAMS, _FORMAT],
-                "responses": {"200": _table({"$ref": "#/components/schemas/MonthSummary"}, "Totals"),
-                              "400": _error("Bad mm, year or format")}}},
-            "/reports/daily/": {"get": {
-                "summary": "Income, units and sales of each day of a month that had sales, across the chain",
-                "parameters": [*_MONTH_PARAMS, _FORMAT],
-                "responses": {"200": _table(_rows("Day"), "Days, in order"),
-                              "400": _error("Bad mm, year or format")}}},
-            "/reports/trend/": {"get": {
-                "summary": "Income, units and sales per month for the last `months` months up to this one, "
-                           "oldest first, beside the same month a year before; the chain's or one store's",
-                "parameters": [{"name": "months", "in": "query", "schema": {
-                                   "type": "integer", "minimum": 1, "maximum": 120, "default": 12}},
-                               {"name": "store_id", "in": "query",
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
-                "responses": {"200": _table(_rows("TrendMonth"), "Months, oldest first"),
-                              "400": _error("Bad months, store_id or format"), "404": _error("No such store")}}},
-            "/reports/totals/": {"get": {
-                "summary": "The chain's income and units (net of returns), sales, returns and refunds "
-                           "over a period (default: this month so far)",
-                "parameters": [*_PERIOD_PARAMS, _FORMAT],
-                "responses": {"200": _table({"$ref": "#/components/schemas/PeriodTotals"}, "Totals"),
-                              "400": _error("Bad from, to or format")}}},
-            "/reports/hours/": {"get": {
-                "summary": "Income, units and sales by weekday (ISO, 1 = Monday) and hour (REPORT_TIMEZONE) over a "
-                           "period (default: this month so far): all 168 cells, the chain's or one store's",
-                "parameters": [*_PERIOD_PARAMS, {"name": "store_id", "in": "query", "schema": {
-                    "type": "integer", "minimum": 1, "maximum": 2147483647}}, _FORMAT],
-                "responses": {"200": _table({"$ref": "#/components/schemas/Hours"}, "The cells"),
-                              "400": _error("Bad from, to, store_id or format"), "404": _error("No such store")}}},
-            "/sales/": {"post": {
-                "summary": "Report one sale; answered once it is durable in the queue",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 64,
-                                           "pattern": _KEY_PATTERN}}],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/SaleIn"}}}},
-                "responses": {
-                    "202": _json({"$ref": "#/components/schemas/Sale"}, "Accepted (or the earlier sale with this key)"),
-                    "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
-                    "413": _error("Body over 1 MiB"),
-                    "422": _error("Unknown item_id or store_id, or a sale_time the server will not store: more "
-                                  "than MAX_SALE_AGE_DAYS (default 400) ago, or in a month whose sales are archived"),
-                    "503": _UNAVAILABLE}}},
-            "/sales/batch/": {"post": {
-                "summary": f"Report up to {MAX_BATCH} sales: all accepted, or none",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
-                    {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                     "items": {"$ref": "#/components/schemas/SaleIn"}},
-                    {"type": "object", "required": ["sales"], "additionalProperties": False, "properties": {
-                        "sales": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                                  "items": {"$ref": "#/components/schemas/SaleIn"}}}},
-                ]}}}},
-                "responses": {
-                    "202": _json({"type": "array", "items": {"$ref": "#/components/schemas/Sale"}},
-                                 "All accepted, in order"),
-                    "400": _error("Malformed JSON or not a list of sales"),
-                    "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} sales"),
-                    "422": _json({"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"),
-                    "503": _UNAVAILABLE}}},
-            "/sales/{id}/returns/": {"post": {
-                "summary": "Return (part of) a sale, in its store or another, at the sale's price; answered once "
-                           "durable in the queue. A sale not written yet: 409 with Retry-After",
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1}},
-                               {"name": "Idempotency-Key", "in": "header", "required": False,
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 64,
-                                           "pattern": _KEY_PATTERN}}],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ReturnIn"}}}},
-                "responses": {
-                    "202": _json({"$ref": "#/components/schemas/Return"},
-                                 "Accepted (or the earlier return with this key)"),
-                    "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
-                    "403": _error("A pos key of another store"),
-                    "404": _error("No such sale"),
-                    "409": {"description": ("The sale is not written yet (still queued): "
-                                            "retry after Retry-After seconds"),
+            "/": {
+                "get": {
+                    "summary": "Owners' dashboard (HTML)",
+                    "responses": {
+                        "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}
+                    },
+                }
+            },
+            "/items/": {
+                "get": {
+                    "summary": "All items, by id",
+                    "parameters": [_FORMAT],
+                    "responses": {"200": _table(_rows("Item"), "Items"), "400": _error("Bad format")},
+                }
+            },
+            "/stores/": {
+                "get": {
+                    "summary": "All stores, by id",
+                    "parameters": [_FORMAT],
+                    "responses": {"200": _table(_rows("Store"), "Stores"), "400": _error("Bad format")},
+                }
+            },
+            "/items/top/": {
+                "get": {
+                    "summary": "Items by units sold, most first (ties by id): all time, or from/to; "
+                    "the chain's, or one store's (store_id)",
+                    "parameters": [
+                        _CNT,
+                        *_PERIOD_PARAMS,
+                        {
+                            "name": "store_id",
+                            "in": "query",
+                            "description": "Only this store's sales",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                        },
+                        _FORMAT,
+                    ],
+                    "responses": {
+                        "200": _table(_rows("TopItem"), "Top items"),
+                        "400": _error("Bad cnt, from, to, store_id or format"),
+                        "404": _error("No such store"),
+                    },
+                }
+            },
+            "/stores/top/": {
+                "get": {
+                    "summary": "Stores by income in a calendar month, or from/to (REPORT_TIMEZONE), most first "
+                    "(ties by id)",
+                    "parameters": [_CNT, *_MONTH_PARAMS, *_PERIOD_PARAMS, _FORMAT],
+                    "responses": {
+                        "200": _table(_rows("TopStore"), "Top stores"),
+                        "400": _error("Bad cnt, mm, year, from, to or format, or both a month and a period"),
+                    },
+                }
+            },
+            "/stores/{id}/report/": {
+                "get": {
+                    "summary": "One store over a period (default: this month so far): totals, top items, days. "
+                    "CSV: the days",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                        },
+                        *_PERIOD_PARAMS,
+                        _CNT,
+                        _FORMAT,
+                    ],
+                    "responses": {
+                        "200": _table({"$ref": "#/components/schemas/StoreReport"}, "The store's page"),
+                        "400": _error("Bad from, to, cnt or format"),
+                        "404": _error("No such store"),
+                    },
+                }
+            },
+            "/reports/summary/": {
+                "get": {
+                    "summary": "A month's income, units and sales beside the previous month's",
+                    "parameters": [*_MONTH_PARAMS, _FORMAT],
+                    "responses": {
+                        "200": _table({"$ref": "#/components/schemas/MonthSummary"}, "Totals"),
+                        "400": _error("Bad mm, year or format"),
+                    },
+                }
+            },
+            "/reports/daily/": {
+                "get": {
+                    "summary": "Income, units and sales of each day of a month that had sales, across the chain",
+                    "parameters": [*_MONTH_PARAMS, _FORMAT],
+                    "responses": {
+                        "200": _table(_rows("Day"), "Days, in order"),
+                        "400": _error("Bad mm, year or format"),
+                    },
+                }
+            },
+            "/reports/trend/": {
+                "get": {
+                    "summary": "Income, units and sales per month for the last `months` months up to this one, "
+                    "oldest first, beside the same month a year before; the chain's or one store's",
+                    "parameters": [
+                        {
+                            "name": "months",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 120, "default": 12},
+                        },
+                        {
+                            "name": "store_id",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                        },
+                        _FORMAT,
+                    ],
+                    "responses": {
+                        "200": _table(_rows("TrendMonth"), "Months, oldest first"),
+                        "400": _error("Bad months, store_id or format"),
+                        "404": _error("No such store"),
+                    },
+                }
+            },
+            "/reports/totals/": {
+                "get": {
+                    "summary": "The chain's income and units (net of returns), sales, returns and refunds "
+                    "over a period (default: this month so far)",
+                    "parameters": [*_PERIOD_PARAMS, _FORMAT],
+                    "responses": {
+                        "200": _table({"$ref": "#/components/schemas/PeriodTotals"}, "Totals"),
+                        "400": _error("Bad from, to or format"),
+                    },
+                }
+            },
+            "/reports/hours/": {
+                "get": {
+                    "summary": "Income, units and sales by weekday (ISO, 1 = Monday) and hour (REPORT_TIMEZONE) over a "
+                    "period (default: this month so far): all 168 cells, the chain's or one store's",
+                    "parameters": [
+                        *_PERIOD_PARAMS,
+                        {
+                            "name": "store_id",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                        },
+                        _FORMAT,
+                    ],
+                    "responses": {
+                        "200": _table({"$ref": "#/components/schemas/Hours"}, "The cells"),
+                        "400": _error("Bad from, to, store_id or format"),
+                        "404": _error("No such store"),
+                    },
+                }
+            },
+            "/sales/": {
+                "post": {
+                    "summary": "Report one sale; answered once it is durable in the queue",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _KEY_PATTERN},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SaleIn"}}},
+                    },
+                    "responses": {
+                        "202": _json(
+                            {"$ref": "#/components/schemas/Sale"}, "Accepted (or the earlier sale with this key)"
+                        ),
+                        "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
+                        "413": _error("Body over 1 MiB"),
+                        "422": _error(
+                            "Unknown item_id or store_id, or a sale_time the server will not store: more "
+                            "than MAX_SALE_AGE_DAYS (default 400) ago, or in a month whose sales are archived"
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/sales/batch/": {
+                "post": {
+                    "summary": f"Report up to {MAX_BATCH} sales: all accepted, or none",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": MAX_BATCH,
+                                            "items": {"$ref": "#/components/schemas/SaleIn"},
+                                        },
+                                        {
+                                            "type": "object",
+                                            "required": ["sales"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "sales": {
+                                                    "type": "array",
+                                                    "minItems": 1,
+                                                    "maxItems": MAX_BATCH,
+                                                    "items": {"$ref": "#/components/schemas/SaleIn"},
+                                                }
+                                            },
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Sale"}}, "All accepted, in order"
+                        ),
+                        "400": _error("Malformed JSON or not a list of sales"),
+                        "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} sales"),
+                        "422": _json(
+                            {"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/sales/{id}/returns/": {
+                "post": {
+                    "summary": "Return (part of) a sale, in its store or another, at the sale's price; answered once "
+                    "durable in the queue. A sale not written yet: 409 with Retry-After",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1},
+                        },
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _KEY_PATTERN},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReturnIn"}}},
+                    },
+                    "responses": {
+                        "202": _json(
+                            {"$ref": "#/components/schemas/Return"}, "Accepted (or the earlier return with this key)"
+                        ),
+                        "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
+                        "403": _error("A pos key of another store"),
+                        "404": _error("No such sale"),
+                        "409": {
+                            "description": (
+                                "The sale is not written yet (still queued): retry after Retry-After seconds"
+                            ),
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                            "content": {"application/json": {"schema": _ERROR}}},
-                    "413": _error("Body over 1 MiB"),
-                    "422": _error("More than is left of the sale (`remaining` says how much is), a return before "
-                                  "the sale or more than MAX_SALE_AGE_DAYS ago, an unknown store, or a sale that "
-                                  "went to dead_letter"),
-                    "503": _UNAVAILABLE}}},
-            "/returns/batch/": {"post": {
-                "summary": f"Report up to {MAX_BATCH} returns, each naming its sale: all accepted, or none",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
-                    {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                     "items": {"$ref": "#/components/schemas/ReturnOfSale"}},
-                    {"type": "object", "required": ["returns"], "additionalProperties": False, "properties": {
-                        "returns": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                                    "items": {"$ref": "#/components/schemas/ReturnOfSale"}}}},
-                ]}}}},
-                "responses": {
-                    "202": _json({"type": "array", "items": {"$ref": "#/components/schemas/Return"}},
-                                 "All accepted, in order"),
-                    "400": _error("Malformed JSON, not a list of returns, or invalid returns (then `errors` by index)"),
-                    "403": _json({"$ref": "#/components/schemas/BatchErrors"}, "A pos key of another store"),
-                    "404": _json({"$ref": "#/components/schemas/BatchErrors"}, "No such sale"),
-                    "409": {"description": "Some sale is not written yet: retry after Retry-After seconds",
+                            "content": {"application/json": {"schema": _ERROR}},
+                        },
+                        "413": _error("Body over 1 MiB"),
+                        "422": _error(
+                            "More than is left of the sale (`remaining` says how much is), a return before "
+                            "the sale or more than MAX_SALE_AGE_DAYS ago, an unknown store, or a sale that "
+                            "went to dead_letter"
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/returns/batch/": {
+                "post": {
+                    "summary": f"Report up to {MAX_BATCH} returns, each naming its sale: all accepted, or none",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "maxItems": MAX_BATCH,
+                                            "items": {"$ref": "#/components/schemas/ReturnOfSale"},
+                                        },
+                                        {
+                                            "type": "object",
+                                            "required": ["returns"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "returns": {
+                                                    "type": "array",
+                                                    "minItems": 1,
+                                                    "maxItems": MAX_BATCH,
+                                                    "items": {"$ref": "#/components/schemas/ReturnOfSale"},
+                                                }
+                                            },
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(
+                            {"type": "array", "items": {"$ref": "#/components/schemas/Return"}},
+                            "All accepted, in order",
+                        ),
+                        "400": _error(
+                            "Malformed JSON, not a list of returns, or invalid returns (then `errors` by index)"
+                        ),
+                        "403": _json({"$ref": "#/components/schemas/BatchErrors"}, "A pos key of another store"),
+                        "404": _json({"$ref": "#/components/schemas/BatchErrors"}, "No such sale"),
+                        "409": {
+                            "description": "Some sale is not written yet: retry after Retry-After seconds",
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchErrors"}}}},
-                    "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} returns"),
-                    "422": _json({"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"),
-                    "503": _UNAVAILABLE}}},
-            "/clear/": {"get": _admin("Empty every table (admin)", False),
-                        "post": _admin_post("Empty every table (admin)", False)},
-            "/create/": {"get": _admin("Replace all data with demo data (admin)", True),
-                         "post": _admin_post("Replace all data with demo data (admin)", True)},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchErrors"}}},
+                        },
+                        "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} returns"),
+                        "422": _json(
+                            {"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/clear/": {
+                "get": _admin("Empty every table (admin)", False),
+                "post": _admin_post("Empty every table (admin)", False),
+            },
+            "/create/": {
+                "get": _admin("Replace all data with demo data (admin)", True),
+                "post": _admin_post("Replace all data with demo data (admin)", True),
+            },
             "/admin/keys/": {
-                "get": {"summary": "List API keys: prefix, kind, store, label, created, revoked (never secrets)",
-                        "security": [{"bearer": []}],
-                        "responses": {"200": _json(_rows("ApiKey"), "Keys, oldest first"),
-                                      "401": _error("No bearer token"), "403": _error("Not an admin")}},
-                "post": {"summary": "Issue a key; its secret is in this answer and never again",
-                         "security": [{"bearer": []}],
-                         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                             "$ref": "#/components/schemas/KeyRequest"}}}},
-                         "responses": {"201": _json({"$ref": "#/components/schemas/IssuedKey"}, "The new key"),
-                                       "400": _error("Bad kind, store or label"),
-                                       "401": _error("No bearer token"), "403": _error("Not an admin"),
-                                       "422": _error("No such store")}}},
-            "/admin/keys/{prefix}": {"delete": {
-                "summary": "Revoke a key (every API process stops accepting it within 5 s)",
-                "security": [{"bearer": []}],
-                "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json({"$ref": "#/components/schemas/ApiKey"}, "The revoked key"),
-                              "401": _error("No bearer token"), "403": _error("Not an admin"),
-                              "404": _error("No such key")}}},
-            "/health": {"get": {"summary": "Whether PostgreSQL and Redis answer", "responses": {
-                "200": _json({"$ref": "#/components/schemas/Health"}, "Both answer"),
-                "503": _json({"$ref": "#/components/schemas/Health"}, "One of them does not")}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-                "200": {"description": "Prometheus text format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This description", "responses": {
-                "200": _json({"type": "object"}, "OpenAPI 3 document")}}},
+                "get": {
+                    "summary": "List API keys: prefix, kind, store, label, created, revoked (never secrets)",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": _json(_rows("ApiKey"), "Keys, oldest first"),
+                        "401": _error("No bearer token"),
+                        "403": _error("Not an admin"),
+                    },
+                },
+                "post": {
+                    "summary": "Issue a key; its secret is in this answer and never again",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/KeyRequest"}}},
+                    },
+                    "responses": {
+                        "201": _json({"$ref": "#/components/schemas/IssuedKey"}, "The new key"),
+                        "400": _error("Bad kind, store or label"),
+                        "401": _error("No bearer token"),
+                        "403": _error("Not an admin"),
+                        "422": _error("No such store"),
+                    },
+                },
+            },
+            "/admin/keys/{prefix}": {
+                "delete": {
+                    "summary": "Revoke a key (every API process stops accepting it within 5 s)",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/ApiKey"}, "The revoked key"),
+                        "401": _error("No bearer token"),
+                        "403": _error("Not an admin"),
+                        "404": _error("No such key"),
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Whether PostgreSQL and Redis answer",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Health"}, "Both answer"),
+                        "503": _json({"$ref": "#/components/schemas/Health"}, "One of them does not"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
+                }
+            },
         },
         "components": {
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer",
-                           "description": "An API key, or ADMIN_TOKEN. With AUTH_REQUIRED=true every route but "
-                                          "/health needs one: pos keys post sales for their store, owner keys read "
-                                          "reports, /metrics and this document, admin keys do everything."},
-                "basic": {"type": "http", "scheme": "basic",
-                          "description": "Same keys as the password (any user name); how the dashboard logs in."}},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key, or ADMIN_TOKEN. With AUTH_REQUIRED=true every route but "
+                    "/health needs one: pos keys post sales for their store, owner keys read "
+                    "reports, /metrics and this document, admin keys do everything.",
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "Same keys as the password (any user name); how the dashboard logs in.",
+                },
+            },
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-                "Item": {"type": "object", "required": ["id", "name", "price"], "properties": {
-                    "id": {"type": "integer"}, "name": {"type": "string"}, "price": {"type": "integer"}}},
-                "Store": {"type": "object", "required": ["id", "address"], "properties": {
-                    "id": {"type": "integer"}, "address": {"type": "string"}}},
-                "TopItem": {"type": "object", "required": ["id", "name", "sales_amount"], "properties": {
-                    "id": {"type": "integer"}, "name": {"type": "string"}, "sales_amount": {"type": "integer"}}},
-                "TopStore": {"type": "object", "required": ["id", "address", "income"], "properties": {
-                    "id": {"type": "integer"}, "address": {"type": "string"}, "income": {"type": "integer"}}},
-                "SaleIn": {"type": "object", "required": ["item_id", "store_id"], "additionalProperties": False,
-                           "properties": {
-                               "item_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
-                               "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
-                               "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
-                               "sale_time": {"type": "string", "format": "date-time", "nullable": True,
-                                             "description": "ISO 8601 with offset; not in the future, "
-                                                            "not before 2000 (400), not more than "
-                                                            "MAX_SALE_AGE_DAYS ago (422); null or absent: now"},
-                               "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64,
-                                                   "pattern": _KEY_PATTERN, "nullable": True}}},
-                "ReturnIn": {"type": "object", "required": ["quantity"], "additionalProperties": False,
-                             "properties": _RETURN_FIELDS},
-                "ReturnOfSale": {"type": "object", "required": ["sale_id", "quantity"], "additionalProperties": False,
-                                 "properties": {"sale_id": {"type": "integer", "format": "int64", "minimum": 1,
-                                                            "maximum": 2**63 - 1},
-                                                **_RETURN_FIELDS}},
-                "Return": {"type": "object", "required": [
-                    "id", "sale_id", "return_time", "store_id", "item_id", "quantity", "refund"], "properties": {
-                    "id": {"type": "integer", "format": "int64"}, "sale_id": {"type": "integer", "format": "int64"},
-                    "return_time": {"type": "string", "format": "date-time"},
-                    "store_id": {"type": "integer"}, "item_id": {"type": "integer"}, "quantity": {"type": "integer"},
-                    "refund": {"type": "integer", "description": "The sale's price snapshot x quantity"}}},
-                "PeriodTotals": {"type": "object", "required": [
-                    "from", "to", "income", "units", "sales", "returns", "refunds"], "properties": {
-                    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
-                    **_PERIOD_MEASURES}},
-                "Hours": {"type": "object", "required": ["from", "to", "store_id", "cells"], "properties": {
-                    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
-                    "store_id": {"type": "integer", "nullable": True},
-                    "cells": {"type": "array", "minItems": 168, "maxItems": 168, "items": {
-                        "type": "object", "required": ["weekday", "hour", "income", "units", "sales"], "properties": {
-                            "weekday": {"type": "integer", "minimum": 1, "maximum": 7},
-                            "hour": {"type": "integer", "minimum": 0, "maximum": 23},
-                            "income": {"type": "integer"}, "units": {"type": "integer"},
-                            "sales": {"type": "integer"}}}}}},
-                "Sale": {"type": "object", "required": ["id", "sale_time", "item_id", "store_id"], "properties": {
-                    "id": {"type": "integer", "format": "int64"},
-                    "sale_time": {"type": "string", "format": "date-time"},
-                    "item_id": {"type": "integer"}, "store_id": {"type": "integer"}}},
-                "BatchErrors": {"type": "object", "required": ["error", "errors"], "properties": {
-                    "error": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "object", "required": ["index", "error"],
-                               "properties": {"index": {"type": "integer"}, "error": {"type": "string"}}}}}},
-                "MonthSummary": {"type": "object", "required": [
-                    "month", "income", "units", "sales", "previous_month", "previous_income", "previous_units",
-                    "previous_sales", "income_change_pct", "units_change_pct"], "properties": {
-                    "month": {"type": "string", "example": "2026-11"},
-                    "income": {"type": "integer"}, "units": {"type": "integer"}, "sales": {"type": "integer"},
-                    "previous_month": {"type": "string"}, "previous_income": {"type": "integer"},
-                    "previous_units": {"type": "integer"}, "previous_sales": {"type": "integer"},
-                    "income_change_pct": {"type": "number", "nullable": True},
-                    "units_change_pct": {"type": "number", "nullable": True}}},
-                "TrendMonth": {"type": "object", "required": [
-                    "month", "income", "units", "sales", "income_year_before", "income_change_pct"], "properties": {
-                    "month": {"type": "string", "example": "2026-11"}, "income": {"type": "integer"},
-                    "units": {"type": "integer"}, "sales": {"type": "integer"},
-                    "income_year_before": {"type": "integer"},
-                    "income_change_pct": {"type": "number", "nullable": True,
-                                          "description": "null when the month a year before had no income"}}},
-                "StoreReport": {"type": "object", "required": [
-                    "store", "from", "to", "income", "units", "sales", "returns", "refunds", "top_items", "days"],
+                "Item": {
+                    "type": "object",
+                    "required": ["id", "name", "price"],
+                    "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "price": {"type": "integer"}},
+                },
+                "Store": {
+                    "type": "object",
+                    "required": ["id", "address"],
+                    "properties": {"id": {"type": "integer"}, "address": {"type": "string"}},
+                },
+                "TopItem": {
+                    "type": "object",
+                    "required": ["id", "name", "sales_amount"],
                     "properties": {
-                    "store": {"$ref": "#/components/schemas/Store"},
-                    "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
-                    **_PERIOD_MEASURES, "top_items": _rows("TopItem"),
-                    "days": {"type": "array", "items": {"type": "object", "required": [
-                        "day", "income", "units", "sales", "returns", "refunds"], "properties": {
-                        "day": {"type": "string", "format": "date"}, **_PERIOD_MEASURES}}}}},
-                "Day": {"type": "object", "required": ["day", "income", "units", "sales"], "properties": {
-                    "day": {"type": "string", "format": "date"}, "income": {"type": "integer"},
-                    "units": {"type": "integer"}, "sales": {"type": "integer"}}},
-                "KeyRequest": {"type": "object", "required": ["kind"], "additionalProperties": False, "properties": {
-                    "kind": {"type": "string", "enum": ["pos", "owner", "admin"]},
-                    "store_id": {"type": "integer", "description": "Required for pos keys, absent otherwise"},
-                    "label": {"type": "string", "maxLength": 200}}},
-                "IssuedKey": {"type": "object", "required": ["key", "prefix", "kind", "store_id", "label"],
-                              "properties": {
-                    "key": {"type": "string", "description": "The secret: shown once"},
-                    "prefix": {"type": "string"}, "kind": {"type": "string"},
-                    "store_id": {"type": "integer", "nullable": True}, "label": {"type": "string"}}},
-                "ApiKey": {"type": "object", "required": ["prefix", "kind", "store_id", "label", "created_at",
-                                                          "revoked_at"], "properties": {
-                    "prefix": {"type": "string"}, "kind": {"type": "string"},
-                    "store_id": {"type": "integer", "nullable": True}, "label": {"type": "string"},
-                    "created_at": {"type": "string", "format": "date-time"},
-                    "revoked_at": {"type": "string", "format": "date-time", "nullable": True}}},
-                "Health": {"type": "object", "required": ["status", "postgres", "redis"], "properties": {
-                    "status": {"type": "string", "enum": ["ok", "unavailable"]},
-                    "postgres": {"type": "string"}, "redis": {"type": "string"},
-                    "queue_depth": {"type": "integer"}, "error": {"type": "string"}}},
+                        "id": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "sales_amount": {"type": "integer"},
+                    },
+                },
+                "TopStore": {
+                    "type": "object",
+                    "required": ["id", "address", "income"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "address": {"type": "string"},
+                        "income": {"type": "integer"},
+                    },
+                },
+                "SaleIn": {
+                    "type": "object",
+                    "required": ["item_id", "store_id"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "item_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                        "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
+                        "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
+                        "sale_time": {
+                            "type": "string",
+                            "format": "date-time",
+                            "nullable": True,
+                            "description": "ISO 8601 with offset; not in the future, "
+                            "not before 2000 (400), not more than "
+                            "MAX_SALE_AGE_DAYS ago (422); null or absent: now",
+                        },
+                        "idempotency_key": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                            "pattern": _KEY_PATTERN,
+                            "nullable": True,
+                        },
+                    },
+                },
+                "ReturnIn": {
+                    "type": "object",
+                    "required": ["quantity"],
+                    "additionalProperties": False,
+                    "properties": _RETURN_FIELDS,
+                },
+                "ReturnOfSale": {
+                    "type": "object",
+                    "required": ["sale_id", "quantity"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "sale_id": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1},
+                        **_RETURN_FIELDS,
+                    },
+                },
+                "Return": {
+                    "type": "object",
+                    "required": ["id", "sale_id", "return_time", "store_id", "item_id", "quantity", "refund"],
+                    "properties": {
+                        "id": {"type": "integer", "format": "int64"},
+                        "sale_id": {"type": "integer", "format": "int64"},
+                        "return_time": {"type": "string", "format": "date-time"},
+                        "store_id": {"type": "integer"},
+                        "item_id": {"type": "integer"},
+                        "quantity": {"type": "integer"},
+                        "refund": {"type": "integer", "description": "The sale's price snapshot x quantity"},
+                    },
+                },
+                "PeriodTotals": {
+                    "type": "object",
+                    "required": ["from", "to", "income", "units", "sales", "returns", "refunds"],
+                    "properties": {
+                        "from": {"type": "string", "format": "date"},
+                        "to": {"type": "string", "format": "date"},
+                        **_PERIOD_MEASURES,
+                    },
+                },
+                "Hours": {
+                    "type": "object",
+                    "required": ["from", "to", "store_id", "cells"],
+                    "properties": {
+                        "from": {"type": "string", "format": "date"},
+                        "to": {"type": "string", "format": "date"},
+                        "store_id": {"type": "integer", "nullable": True},
+                        "cells": {
+                            "type": "array",
+                            "minItems": 168,
+                            "maxItems": 168,
+                            "items": {
+                                "type": "object",
+                                "required": ["weekday", "hour", "income", "units", "sales"],
+                                "properties": {
+                                    "weekday": {"type": "integer", "minimum": 1, "maximum": 7},
+                                    "hour": {"type": "integer", "minimum": 0, "maximum": 23},
+                                    "income": {"type": "integer"},
+                                    "units": {"type": "integer"},
+                                    "sales": {"type": "integer"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Sale": {
+                    "type": "object",
+                    "required": ["id", "sale_time", "item_id", "store_id"],
+                    "properties": {
+                        "id": {"type": "integer", "format": "int64"},
+                        "sale_time": {"type": "string", "format": "date-time"},
+                        "item_id": {"type": "integer"},
+                        "store_id": {"type": "integer"},
+                    },
+                },
+                "BatchErrors": {
+                    "type": "object",
+                    "required": ["error", "errors"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "errors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["index", "error"],
+                                "properties": {"index": {"type": "integer"}, "error": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+                "MonthSummary": {
+                    "type": "object",
+                    "required": [
+                        "month",
+                        "income",
+                        "units",
+                        "sales",
+                        "previous_month",
+                        "previous_income",
+                        "previous_units",
+                        "previous_sales",
+                        "income_change_pct",
+                        "units_change_pct",
+                    ],
+                    "properties": {
+                        "month": {"type": "string", "example": "2026-11"},
+                        "income": {"type": "integer"},
+                        "units": {"type": "integer"},
+                        "sales": {"type": "integer"},
+                        "previous_month": {"type": "string"},
+                        "previous_income": {"type": "integer"},
+                        "previous_units": {"type": "integer"},
+                        "previous_sales": {"type": "integer"},
+                        "income_change_pct": {"type": "number", "nullable": True},
+                        "units_change_pct": {"type": "number", "nullable": True},
+                    },
+                },
+                "TrendMonth": {
+                    "type": "object",
+                    "required": ["month", "income", "units", "sales", "income_year_before", "income_change_pct"],
+                    "properties": {
+                        "month": {"type": "string", "example": "2026-11"},
+                        "income": {"type": "integer"},
+                        "units": {"type": "integer"},
+                        "sales": {"type": "integer"},
+                        "income_year_before": {"type": "integer"},
+                        "income_change_pct": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "null when the month a year before had no income",
+                        },
+                    },
+                },
+                "StoreReport": {
+                    "type": "object",
+                    "required": [
+                        "store",
+                        "from",
+                        "to",
+                        "income",
+                        "units",
+                        "sales",
+                        "returns",
+                        "refunds",
+                        "top_items",
+                        "days",
+                    ],
+                    "properties": {
+                        "store": {"$ref": "#/components/schemas/Store"},
+                        "from": {"type": "string", "format": "date"},
+                        "to": {"type": "string", "format": "date"},
+                        **_PERIOD_MEASURES,
+                        "top_items": _rows("TopItem"),
+                        "days": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["day", "income", "units", "sales", "returns", "refunds"],
+                                "properties": {"day": {"type": "string", "format": "date"}, **_PERIOD_MEASURES},
+                            },
+                        },
+                    },
+                },
+                "Day": {
+                    "type": "object",
+                    "required": ["day", "income", "units", "sales"],
+                    "properties": {
+                        "day": {"type": "string", "format": "date"},
+                        "income": {"type": "integer"},
+                        "units": {"type": "integer"},
+                        "sales": {"type": "integer"},
+                    },
+                },
+                "KeyRequest": {
+                    "type": "object",
+                    "required": ["kind"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["pos", "owner", "admin"]},
+                        "store_id": {"type": "integer", "description": "Required for pos keys, absent otherwise"},
+                        "label": {"type": "string", "maxLength": 200},
+                    },
+                },
+                "IssuedKey": {
+                    "type": "object",
+                    "required": ["key", "prefix", "kind", "store_id", "label"],
+                    "properties": {
+                        "key": {"type": "string", "description": "The secret: shown once"},
+                        "prefix": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "store_id": {"type": "integer", "nullable": True},
+                        "label": {"type": "string"},
+                    },
+                },
+                "ApiKey": {
+                    "type": "object",
+                    "required": ["prefix", "kind", "store_id", "label", "created_at", "revoked_at"],
+                    "properties": {
+                        "prefix": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "store_id": {"type": "integer", "nullable": True},
+                        "label": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "revoked_at": {"type": "string", "format": "date-time", "nullable": True},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "postgres", "redis"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+                        "postgres": {"type": "string"},
+                        "redis": {"type": "string"},
+                        "queue_depth": {"type": "integer"},
+                        "error": {"type": "string"},
+                    },
+                },
             },
         },
     }

@@ -16,6 +16,7 @@ pay under load: 64 clients cost one tiny query per round trip, not 64 report que
 
 While the listening connection is down, nothing is cached and every request queries.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,6 +46,7 @@ SYNC_TIMEOUT_SECONDS = 2.0
 class Scope:
     """What a result is computed from: the sales and returns of local days first..last (both
     included), of one store or of every store (None). A change outside it leaves it as it is."""
+
     first: dt.date = dt.date.min
     last: dt.date = dt.date.max
     store_id: int | None = None
@@ -57,13 +59,17 @@ CATALOGUE_ONLY = Scope(dt.date.max, dt.date.min)  # no day: only a change of ite
 @dataclasses.dataclass(frozen=True)
 class Change:
     """What a commit changed, in local days; `stores` None: any store."""
+
     first: dt.date
     last: dt.date
     stores: frozenset[int] | None
 
     def touches(self, scope: Scope) -> bool:
-        return (scope.first <= self.last and self.first <= scope.last
-                and (scope.store_id is None or self.stores is None or scope.store_id in self.stores))
+        return (
+            scope.first <= self.last
+            and self.first <= scope.last
+            and (scope.store_id is None or self.stores is None or scope.store_id in self.stores)
+        )
 
 
 def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
@@ -98,8 +104,9 @@ class _Computation:
 
 
 class ReportCache:
-    def __init__(self, database_url: str, timezone: zoneinfo.ZoneInfo, *, max_rows: int = 50_000,
-                 reconnect_interval: float = 1.0):
+    def __init__(
+        self, database_url: str, timezone: zoneinfo.ZoneInfo, *, max_rows: int = 50_000, reconnect_interval: float = 1.0
+    ):
         self._database_url = database_url
         self._timezone = timezone  # the report zone: announced moments are cut into its days
         self._max_rows = max_rows  # bounds the memory: a result counts as its number of rows

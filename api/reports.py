@@ -1,4 +1,5 @@
 """Report queries. They read only the rollups, so their cost does not grow with sales."""
+
 from __future__ import annotations
 
 import calendar
@@ -106,10 +107,14 @@ async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
     else:
         before = dict(await conn.fetchrow(MONTH_TOTALS, before_month, month_end(before_month)))
     return {
-        "month": month_label(month.year, month.month), **current,
-        "previous_month": month_label(month.year - 1, 12) if before_month is None
+        "month": month_label(month.year, month.month),
+        **current,
+        "previous_month": month_label(month.year - 1, 12)
+        if before_month is None
         else month_label(before_month.year, before_month.month),
-        "previous_income": before["income"], "previous_units": before["units"], "previous_sales": before["sales"],
+        "previous_income": before["income"],
+        "previous_units": before["units"],
+        "previous_sales": before["sales"],
         "income_change_pct": _change_pct(current["income"], before["income"]),
         "units_change_pct": _change_pct(current["units"], before["units"]),
     }
@@ -117,8 +122,9 @@ async def month_summary(conn: asyncpg.Connection, month: dt.date) -> dict:
 
 def _days(rows: list[asyncpg.Record]) -> list[dict]:
     """Rows of (day, income, units, sales) as the reports answer them."""
-    return [{"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]}
-            for r in rows]
+    return [
+        {"day": r["day"].isoformat(), "income": r["income"], "units": r["units"], "sales": r["sales"]} for r in rows
+    ]
 
 
 async def daily(conn: asyncpg.Connection, month: dt.date) -> list[dict]:
@@ -220,8 +226,9 @@ async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date,
     return [dict(r) for r in await conn.fetch(TOP_STORES_PERIOD, first, last, cnt)]
 
 
-async def top_items_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int,
-                       store_id: int | None = None) -> list[dict]:
+async def top_items_in(
+    conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int, store_id: int | None = None
+) -> list[dict]:
     if store_id is None:
         return [dict(r) for r in await conn.fetch(TOP_ITEMS_PERIOD, first, last, cnt)]
     return [dict(r) for r in await conn.fetch(TOP_ITEMS_OF_STORE, store_id, first, last, cnt)]
@@ -235,7 +242,9 @@ async def store_report(conn: asyncpg.Connection, store: dict, first: dt.date, la
     totals = await conn.fetchrow(STORE_TOTALS, first, last, store["id"])
     days = await conn.fetch(STORE_DAYS, store["id"], first, last)
     return {
-        "store": store, "from": first.isoformat(), "to": last.isoformat(),
+        "store": store,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
         **{m: totals[m] if totals else 0 for m in PERIOD_MEASURES},
         "top_items": await top_items_in(conn, first, last, cnt, store["id"]),
         "days": [{"day": r["day"].isoformat(), **{m: r[m] for m in PERIOD_MEASURES}} for r in days],
@@ -259,8 +268,15 @@ async def hours(conn: asyncpg.Connection, first: dt.date, last: dt.date, store_i
     for weekday in range(1, 8):
         for hour in range(24):
             r = found.get((weekday, hour))
-            cells.append({"weekday": weekday, "hour": hour, "income": r["income"] if r else 0,
-                          "units": r["units"] if r else 0, "sales": r["sales"] if r else 0})
+            cells.append(
+                {
+                    "weekday": weekday,
+                    "hour": hour,
+                    "income": r["income"] if r else 0,
+                    "units": r["units"] if r else 0,
+                    "sales": r["sales"] if r else 0,
+                }
+            )
     return {"from": first.isoformat(), "to": last.isoformat(), "store_id": store_id, "cells": cells}
 
 
@@ -291,15 +307,23 @@ def next_month(month: dt.date) -> dt.date | None:
 async def trend(conn: asyncpg.Connection, last: dt.date, months: int, store_id: int | None) -> list[dict]:
     """`months` months ending with `last` (oldest first), each beside the same month a year before."""
     first = months_back(last, months - 1)
-    totals = {r["month"]: {"income": r["income"], "units": r["units"], "sales": r["sales"]}
-              for r in await conn.fetch(MONTH_TOTALS_BY_MONTH, months_back(first, 12), last, store_id)}
+    totals = {
+        r["month"]: {"income": r["income"], "units": r["units"], "sales": r["sales"]}
+        for r in await conn.fetch(MONTH_TOTALS_BY_MONTH, months_back(first, 12), last, store_id)
+    }
     none = {"income": 0, "units": 0, "sales": 0}
     rows = []
     month: dt.date | None = first
     while month is not None and month <= last:
         now = totals.get(month, none)
         before = totals.get(month.replace(year=month.year - 1), none)["income"] if month.year > 1 else 0
-        rows.append({"month": month_label(month.year, month.month), **now, "income_year_before": before,
-                     "income_change_pct": _change_pct(now["income"], before)})
+        rows.append(
+            {
+                "month": month_label(month.year, month.month),
+                **now,
+                "income_year_before": before,
+                "income_change_pct": _change_pct(now["income"], before),
+            }
+        )
         month = next_month(month)
     return rows

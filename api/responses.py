@@ -1,4 +1,5 @@
 """JSON answers, encoded with msgspec (fast, and exact for ints and strings); CSV on request."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=_encoder.encode(data), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(body=_encoder.encode(data), status=status, headers=headers, content_type="application/json")
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
@@ -43,5 +43,9 @@ def table_response(rows: list[dict], columns: list[str], name: str, as_csv: bool
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     writer.writerows([row[c] for c in columns] for row in rows)
-    return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8",
-                        headers={"Content-Disposition": f'inline; filename="{name}.csv"'})
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={"Content-Disposition": f'inline; filename="{name}.csv"'},
+    )

@@ -14,6 +14,7 @@ starts from the database's figure), so two returns sent together cannot both tak
 unit; and by the worker, in the transaction that writes the return (worker.return_writer),
 against `sale_returned`, which nothing gets past.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -40,8 +41,10 @@ from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys
 SALE = "SELECT id, item_id, store_id, price, quantity, sale_time FROM sales WHERE id = ANY($1::bigint[])"
 RETURNED = "SELECT sale_id, returned FROM sale_returned WHERE sale_id = ANY($1::bigint[])"
 # dead_letter.sale_id is a return's own id in a return's letter
-DEAD_SALE = ("SELECT sale_id, reason FROM dead_letter WHERE sale_id = ANY($1::bigint[]) AND replayed_at IS NULL "
-             "AND sale->>'kind' IS DISTINCT FROM 'return'")
+DEAD_SALE = (
+    "SELECT sale_id, reason FROM dead_letter WHERE sale_id = ANY($1::bigint[]) AND replayed_at IS NULL "
+    "AND sale->>'kind' IS DISTINCT FROM 'return'"
+)
 POLL_SECONDS = 0.05
 
 _encoder = msgspec.msgpack.Encoder()
@@ -65,6 +68,7 @@ class ReturnRefused(Exception):
 @dataclasses.dataclass(frozen=True)
 class DeadLettered:
     """A sale the worker could not store (it is in dead_letter), and why."""
+
     reason: str
 
 
@@ -97,8 +101,15 @@ class ReturnAnswer(msgspec.Struct):
 
 
 def return_answer(queued: QueuedReturn) -> ReturnAnswer:
-    return ReturnAnswer(queued.id, queued.sale_id, iso_utc(queued.return_time_us), queued.store_id,
-                        queued.item_id, queued.quantity, queued.price * queued.quantity)
+    return ReturnAnswer(
+        queued.id,
+        queued.sale_id,
+        iso_utc(queued.return_time_us),
+        queued.store_id,
+        queued.item_id,
+        queued.quantity,
+        queued.price * queued.quantity,
+    )
 
 
 def _return_us(ret: ReturnIn, sale: StoredSale, accepted_us: int) -> int:
@@ -108,9 +119,21 @@ def _return_us(ret: ReturnIn, sale: StoredSale, accepted_us: int) -> int:
 
 
 class ReturnsIntake:
-    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: QueueKeys, ids: IdAllocator,
-                 catalogue: Catalogue, *, max_depth: int, idempotency_ttl: int, replicas: int = 0,
-                 replica_wait_ms: int = 500, wait_seconds: float = 1.0, times: SaleTimeLimits):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: redis.Redis,
+        keys: QueueKeys,
+        ids: IdAllocator,
+        catalogue: Catalogue,
+        *,
+        max_depth: int,
+        idempotency_ttl: int,
+        replicas: int = 0,
+        replica_wait_ms: int = 500,
+        wait_seconds: float = 1.0,
+        times: SaleTimeLimits,
+    ):
         self._pool = pool
         self._redis = client
         self._script = client.register_script(RETURNS_SCRIPT)
@@ -124,8 +147,9 @@ class ReturnsIntake:
         self._wait_seconds = wait_seconds
         self._times = times
 
-    async def accept(self, returns: list[tuple[int, ReturnIn]], accepted_us: int,
-                     only_store: int | None = None) -> list[QueuedReturn]:
+    async def accept(
+        self, returns: list[tuple[int, ReturnIn]], accepted_us: int, only_store: int | None = None
+    ) -> list[QueuedReturn]:
         """Queue every (sale id, return) or none; raises ReturnRefused (or ServiceUnavailable).
         `only_store`: the one store the caller may record returns in (a POS key's)."""
         sales = await self._stored_sales(sorted({sale_id for sale_id, _ in returns}))
@@ -135,8 +159,12 @@ class ReturnsIntake:
         for index, (sale_id, ret) in enumerate(returns):
             problem = self._check(sale_id, ret, sales.get(sale_id), accepted_us)
             if problem is None and only_store is not None and (ret.store_id or stored[sale_id].store_id) != only_store:
-                problem = (403, f"this key records returns in store {only_store} only, not in store "
-                                f"{ret.store_id or stored[sale_id].store_id}", {})
+                problem = (
+                    403,
+                    f"this key records returns in store {only_store} only, not in store "
+                    f"{ret.store_id or stored[sale_id].store_id}",
+                    {},
+                )
             if problem is not None:
                 errors[index] = problem
         if errors:
@@ -148,18 +176,27 @@ class ReturnsIntake:
         queued = []
         for return_id, (sale_id, ret) in zip(ids, returns):
             sale = stored[sale_id]
-            queued.append(QueuedReturn(
-                id=return_id, sale_id=sale_id,
-                return_time_us=_return_us(ret, sale, accepted_us),
-                store_id=ret.store_id or sale.store_id, item_id=sale.item_id, price=sale.price,
-                quantity=ret.quantity, sold=sale.quantity, idempotency_key=ret.idempotency_key,
-                accepted_at_us=accepted_us))
+            queued.append(
+                QueuedReturn(
+                    id=return_id,
+                    sale_id=sale_id,
+                    return_time_us=_return_us(ret, sale, accepted_us),
+                    store_id=ret.store_id or sale.store_id,
+                    item_id=sale.item_id,
+                    price=sale.price,
+                    quantity=ret.quantity,
+                    sold=sale.quantity,
+                    idempotency_key=ret.idempotency_key,
+                    accepted_at_us=accepted_us,
+                )
+            )
         answered = await self._enqueue(queued, stored)
         metrics.RETURNS_ACCEPTED.inc(len(queued))
         return answered
 
-    def _check(self, sale_id: int, ret: ReturnIn, sale: StoredSale | DeadLettered | NotWrittenYet | None,
-               accepted_us: int) -> tuple[int, str, dict] | None:
+    def _check(
+        self, sale_id: int, ret: ReturnIn, sale: StoredSale | DeadLettered | NotWrittenYet | None, accepted_us: int
+    ) -> tuple[int, str, dict] | None:
         if isinstance(sale, DeadLettered):
             return 422, f"sale {sale_id} was not stored: {sale.reason}", {}
         if sale is None:
@@ -224,15 +261,31 @@ class ReturnsIntake:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SALE, sale_ids)
             returned = {r["sale_id"]: r["returned"] for r in await conn.fetch(RETURNED, sale_ids)} if rows else {}
-        return {r["id"]: StoredSale(r["id"], r["item_id"], r["store_id"], r["price"], r["quantity"],
-                                    to_us(r["sale_time"]), returned.get(r["id"], 0)) for r in rows}
+        return {
+            r["id"]: StoredSale(
+                r["id"],
+                r["item_id"],
+                r["store_id"],
+                r["price"],
+                r["quantity"],
+                to_us(r["sale_time"]),
+                returned.get(r["id"], 0),
+            )
+            for r in rows
+        }
 
     async def _enqueue(self, queued: list[QueuedReturn], sales: dict[int, StoredSale]) -> list[QueuedReturn]:
         args: list = [self._max_depth, self._ttl, len(queued)]
         for ret in queued:
             idem = self._keys.return_idempotency(ret.store_id, ret.idempotency_key) if ret.idempotency_key else ""
-            args += (self._keys.returned(ret.sale_id), idem, ret.quantity, ret.sold, sales[ret.sale_id].returned,
-                     _encoder.encode(ret))
+            args += (
+                self._keys.returned(ret.sale_id),
+                idem,
+                ret.quantity,
+                ret.sold,
+                sales[ret.sale_id].returned,
+                _encoder.encode(ret),
+            )
         try:
             answer, confirmed = await self._run_script(args)
         except (TimeoutError, RedisError, OSError) as exc:
@@ -241,10 +294,16 @@ class ReturnsIntake:
             raise ServiceUnavailable(QUEUE_FULL, 2)
         if answer[0] == 1:  # another return took what was left meanwhile
             refused = answer[1:]
-            raise ReturnRefused({
-                int(index) - 1: (422, self._too_many(queued[int(index) - 1].sale_id, queued[int(index) - 1].quantity,
-                                                     int(left)), {"remaining": int(left)})
-                for index, left in zip(refused[::2], refused[1::2])})
+            raise ReturnRefused(
+                {
+                    int(index) - 1: (
+                        422,
+                        self._too_many(queued[int(index) - 1].sale_id, queued[int(index) - 1].quantity, int(left)),
+                        {"remaining": int(left)},
+                    )
+                    for index, left in zip(refused[::2], refused[1::2])
+                }
+            )
         if confirmed < self._replicas:
             raise ServiceUnavailable(REPLICAS_BEHIND)
         return [_decoder.decode(earlier) if earlier else ret for ret, earlier in zip(queued, answer[1:])]
@@ -253,5 +312,6 @@ class ReturnsIntake:
         """The script (and, with replicas, WAIT in the same round trip): (answer, replicas that confirmed)."""
         if not self._replicas:
             return await self._script(keys=[self._keys.stream, self._keys.depth], args=args), 0
-        return await script_then_wait(self._redis, self._script, self._keys, args, self._replicas,
-                                      self._replica_wait_ms)
+        return await script_then_wait(
+            self._redis, self._script, self._keys, args, self._replicas, self._replica_wait_ms
+        )

@@ -3,6 +3,7 @@
 The OpenAPI test and the access-matrix test read this table, so a route cannot be added
 without a description and an access rule.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -12,6 +12,7 @@ With `replicas` > 0 (Redis with replicas), the script is followed by `WAIT repli
 in the same round trip, so the wait is paid once per flush: the flush's sales are answered
 only once that many replicas hold them, and 503 otherwise (docs/guarantees.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,17 @@ class ReplicasBehind(Exception):
 
 
 class SaleQueue:
-    def __init__(self, client: redis.Redis, keys: QueueKeys, *, max_depth: int, idempotency_ttl: int,
-                 max_in_flight: int = 2, replicas: int = 0, replica_wait_ms: int = 500):
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: QueueKeys,
+        *,
+        max_depth: int,
+        idempotency_ttl: int,
+        max_in_flight: int = 2,
+        replicas: int = 0,
+        replica_wait_ms: int = 500,
+    ):
         self._client = client
         self._script = client.register_script(ENQUEUE_SCRIPT)
         self._replicas = replicas
@@ -102,8 +112,10 @@ class SaleQueue:
             keyed = [sale for sale in sales if sale.idempotency_key]
             args += (len(sales), len(keyed))
             for sale in keyed:  # mypy does not narrow through the filter above: each of these has a key
-                args += (self._keys.idempotency(sale.store_id, sale.idempotency_key),  # type: ignore[arg-type]
-                         sale_encoder.encode(sale))
+                args += (
+                    self._keys.idempotency(sale.store_id, sale.idempotency_key),  # type: ignore[arg-type]
+                    sale_encoder.encode(sale),
+                )
             unkeyed = [sale for sale in sales if not sale.idempotency_key] if keyed else sales
             args.append(encoded_back_to_back(unkeyed))
         try:
@@ -116,8 +128,13 @@ class SaleQueue:
             self._fail(group, QueueUnavailable(str(exc) or type(exc).__name__))
             return
         if confirmed < self._replicas:
-            log.warning("%d sales not confirmed by %d replica(s) within %d ms (%d did)",
-                        size, self._replicas, self._replica_wait_ms, confirmed)
+            log.warning(
+                "%d sales not confirmed by %d replica(s) within %d ms (%d did)",
+                size,
+                self._replicas,
+                self._replica_wait_ms,
+                confirmed,
+            )
             self._fail(group, ReplicasBehind(confirmed))
             return
         metrics.FLUSH_SIZE.observe(size)
@@ -131,8 +148,9 @@ class SaleQueue:
                 future.set_result(_as_stored(sales, answer))
 
     async def _enqueue_and_wait(self, args: list) -> tuple[list, int]:
-        return await script_then_wait(self._client, self._script, self._keys, args, self._replicas,
-                                      self._replica_wait_ms)
+        return await script_then_wait(
+            self._client, self._script, self._keys, args, self._replicas, self._replica_wait_ms
+        )
 
     @staticmethod
     def _fail(group: list[tuple[list[QueuedSale], asyncio.Future]], exc: Exception) -> None:
@@ -144,8 +162,9 @@ class SaleQueue:
         await asyncio.gather(*self._flushers, return_exceptions=True)
 
 
-async def script_then_wait(client: redis.Redis, script: AsyncScript, keys: QueueKeys, args: list, replicas: int,
-                           wait_ms: int) -> tuple[list, int]:
+async def script_then_wait(
+    client: redis.Redis, script: AsyncScript, keys: QueueKeys, args: list, replicas: int, wait_ms: int
+) -> tuple[list, int]:
     """An enqueue script (KEYS: stream, depth), then WAIT, on one connection in one round trip:
     (its answer, replicas that hold every write of this connection so far)."""
     for first_try in (True, False):

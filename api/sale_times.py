@@ -6,6 +6,7 @@ nobody looks at. And a sale of a month whose raw sales were archived (python -m
 shared.retention) cannot be stored any more (it could not be told from one the archive
 already counts): refused here rather than answered 202 and then filed in dead_letter.
 """
+
 from __future__ import annotations
 
 from api.catalogue import Catalogue
@@ -27,8 +28,10 @@ class SaleTimeLimits:
         """Why `moment_us` is too far back to be accepted now, or None."""
         if moment_us >= self.oldest_us(accepted_us):
             return None
-        return (f"{name} {iso_utc(moment_us)} is more than {self.max_age_days} days ago, the most this server "
-                f"accepts (MAX_SALE_AGE_DAYS); the oldest accepted now is {iso_utc(self.oldest_us(accepted_us))}")
+        return (
+            f"{name} {iso_utc(moment_us)} is more than {self.max_age_days} days ago, the most this server "
+            f"accepts (MAX_SALE_AGE_DAYS); the oldest accepted now is {iso_utc(self.oldest_us(accepted_us))}"
+        )
 
     def refusal(self, moment_us: int, accepted_us: int) -> str | None:
         """Why a sale of `moment_us` cannot be stored, or None."""
@@ -36,6 +39,8 @@ class SaleTimeLimits:
             return reason
         month = partitions.month_of_us(moment_us)
         if month in self._catalogue.archived_months:
-            return (f"sale_time {iso_utc(moment_us)} falls in {month.isoformat()[:7]}, whose sales are archived "
-                    "(python -m shared.retention): a sale of that month can no longer be stored")
+            return (
+                f"sale_time {iso_utc(moment_us)} falls in {month.isoformat()[:7]}, whose sales are archived "
+                "(python -m shared.retention): a sale of that month can no longer be stored"
+            )
         return None

@@ -1,4 +1,5 @@
 """Accepting sales: check against the catalogue, give final ids and prices, queue durably."""
+
 from __future__ import annotations
 
 import msgspec
@@ -14,8 +15,10 @@ from api.validation import SaleIn
 from shared.queue import QueuedSale
 
 QUEUE_FULL = "too many sales are waiting to be written; retry shortly"
-REPLICAS_BEHIND = ("the sales queue's Redis replica did not confirm the sale in time; retry shortly with the same "
-                   "idempotency key (it may have been queued: the key makes the retry return the same sale)")
+REPLICAS_BEHIND = (
+    "the sales queue's Redis replica did not confirm the sale in time; retry shortly with the same "
+    "idempotency key (it may have been queued: the key makes the retry return the same sale)"
+)
 
 
 class SalesRefused(Exception):
@@ -29,6 +32,7 @@ class SalesRefused(Exception):
 
 class SaleAnswer(msgspec.Struct):
     """The answer for an accepted sale, as the seed's POST /sales/ gave it."""
+
     id: int
     sale_time: str
     item_id: int
@@ -70,8 +74,11 @@ class SalesIntake:
     async def refusals(self, sales: dict[int, SaleIn], accepted_us: int) -> dict[int, str]:
         """Index -> why, for the sales that cannot be stored: naming an item or store the
         catalogue does not hold, or dated too far back (api.sale_times)."""
-        errors = {index: reason for index, sale in sales.items() if sale.sale_time is not None
-                  and (reason := self.times.refusal(to_us(sale.sale_time), accepted_us))}
+        errors = {
+            index: reason
+            for index, sale in sales.items()
+            if sale.sale_time is not None and (reason := self.times.refusal(to_us(sale.sale_time), accepted_us))
+        }
         item_ids = {s.item_id for s in sales.values()}
         store_ids = {s.store_id for s in sales.values()}
         if not await self.catalogue.knows(item_ids, store_ids):
@@ -91,9 +98,16 @@ class SalesIntake:
             metrics.SALES_REJECTED.labels("no_ids").inc(len(sales))
             raise ServiceUnavailable("the database is unavailable and no sale ids are left; retry shortly", 5) from exc
         queued = [
-            QueuedSale(id=sale_id, sale_time_us=to_us(s.sale_time) if s.sale_time else accepted_us,
-                       item_id=s.item_id, store_id=s.store_id, price=prices[s.item_id],
-                       quantity=s.quantity, idempotency_key=s.idempotency_key, accepted_at_us=accepted_us)
+            QueuedSale(
+                id=sale_id,
+                sale_time_us=to_us(s.sale_time) if s.sale_time else accepted_us,
+                item_id=s.item_id,
+                store_id=s.store_id,
+                price=prices[s.item_id],
+                quantity=s.quantity,
+                idempotency_key=s.idempotency_key,
+                accepted_at_us=accepted_us,
+            )
             for sale_id, s in zip(ids, sales)
         ]
         try:

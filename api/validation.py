@@ -1,4 +1,5 @@
 """Typed decoding of request bodies and query strings; every failure is a BadRequest."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,6 +45,7 @@ class SaleIn(msgspec.Struct, forbid_unknown_fields=True):
 class ReturnIn(msgspec.Struct, forbid_unknown_fields=True):
     """A return: how many of the sale's units come back, when, and in which store (the
     sale's own when not given)."""
+
     quantity: Quantity
     return_time: dt.datetime | None = None
     store_id: Id | None = None
@@ -52,6 +54,7 @@ class ReturnIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ReturnOfSale(ReturnIn, forbid_unknown_fields=True):
     """A return in a batch names its sale."""
+
     sale_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] = 0
 
 
@@ -73,8 +76,9 @@ async def read_body(request) -> bytes:
     """The whole body, or 408 when it trickles in too slowly (a slow client must not hold us)."""
     if request.content_length is not None and request.content_length > request.client_max_size:
         # refused at once, instead of waiting for a body that would be refused anyway
-        raise BadRequest(f"request body is too large: at most {request.client_max_size // 1024 // 1024} MiB",
-                         status=413)
+        raise BadRequest(
+            f"request body is too large: at most {request.client_max_size // 1024 // 1024} MiB", status=413
+        )
     if request.content.is_eof():  # the whole body is here already: the usual case
         return await request.read()
     try:
@@ -107,7 +111,7 @@ def _message(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
 
 
 def not_utf8(exc: UnicodeDecodeError) -> str:
-    return f"malformed JSON: not UTF-8 (byte {exc.object[exc.start:exc.start + 1]!r} at position {exc.start})"
+    return f"malformed JSON: not UTF-8 (byte {exc.object[exc.start : exc.start + 1]!r} at position {exc.start})"
 
 
 def _decode_object(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder):

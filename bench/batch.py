@@ -9,6 +9,7 @@ queue is drained (GET /metrics queue_depth_sales == 0), i.e. the last accepted s
 `POST /sales/` (bench/post_sale.lua, 64 connections) for the same time; for it, accepted and
 written are the same thing (the INSERT commits before the answer).
 """
+
 from __future__ import annotations
 
 import sys
@@ -40,24 +41,40 @@ def main(argv: list[str] | None = None) -> int:
 
     log("load on the baseline (one sale per request)")
     if args.warmup:
-        common.wrk(args.baseline_port, "/sales/", "bench/post_sale.lua", args.warmup,
-                   args.baseline_connections, args.threads, env)
+        common.wrk(
+            args.baseline_port,
+            "/sales/",
+            "bench/post_sale.lua",
+            args.warmup,
+            args.baseline_connections,
+            args.threads,
+            env,
+        )
         common.settle(baseline_url)
     before = common.count_sales(baseline_url)
-    base = common.wrk(args.baseline_port, "/sales/", "bench/post_sale.lua", args.duration,
-                      args.baseline_connections, args.threads, env)
+    base = common.wrk(
+        args.baseline_port,
+        "/sales/",
+        "bench/post_sale.lua",
+        args.duration,
+        args.baseline_connections,
+        args.threads,
+        env,
+    )
     common.settle(baseline_url)
     base["added"] = common.count_sales(baseline_url) - before
 
     log("load on the product (batches)")
     if args.warmup:
-        common.wrk(args.product_port, "/sales/batch/", "bench/post_batch.lua", args.warmup,
-                   args.connections, args.threads, env)
+        common.wrk(
+            args.product_port, "/sales/batch/", "bench/post_batch.lua", args.warmup, args.connections, args.threads, env
+        )
         common.settle(product_url, args.product_port)
     before = common.count_sales(product_url)
     started = time.monotonic()
-    prod = common.wrk(args.product_port, "/sales/batch/", "bench/post_batch.lua", args.duration,
-                      args.connections, args.threads, env)
+    prod = common.wrk(
+        args.product_port, "/sales/batch/", "bench/post_batch.lua", args.duration, args.connections, args.threads, env
+    )
     load_ended = time.monotonic()
     depth_at_end = common.queue_depth(args.product_port)
     common.wait_drained(args.product_port)
@@ -69,12 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     written_per_s = prod["added"] / (written_at - started)
     base_per_s = base["ok_rps"]
 
-    common.header(f"POST /sales/batch/ ({args.batch} sales per request, {args.connections} connections, "
-                  f"{args.duration:g} s); baseline: one sale per POST /sales/, {args.baseline_connections} connections")
+    common.header(
+        f"POST /sales/batch/ ({args.batch} sales per request, {args.connections} connections, "
+        f"{args.duration:g} s); baseline: one sale per POST /sales/, {args.baseline_connections} connections"
+    )
     rows = [
         ["sales/s accepted (2xx)", f"{base_per_s:.0f}", f"{accepted_per_s:.0f}", ratio(accepted_per_s, base_per_s)],
-        ["sales/s written end to end", f"{base['added'] / base['seconds']:.0f}", f"{written_per_s:.0f}",
-         ratio(written_per_s, base["added"] / base["seconds"])],
+        [
+            "sales/s written end to end",
+            f"{base['added'] / base['seconds']:.0f}",
+            f"{written_per_s:.0f}",
+            ratio(written_per_s, base["added"] / base["seconds"]),
+        ],
         ["requests/s (2xx)", f"{base['ok_rps']:.0f}", f"{prod['ok_rps']:.1f}", ""],
         ["request p50 latency (ms)", ms(base["p50_us"]), ms(prod["p50_us"]), ""],
         ["request p99 latency (ms)", ms(base["p99_us"]), ms(prod["p99_us"]), ""],
@@ -90,12 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     extra_b = base["added"] - base["ok"]
     ok_p = 0 <= extra_p <= args.connections * args.batch
     ok_b = 0 <= extra_b <= args.baseline_connections
-    print("\nStored check (rows added vs sales answered 2xx; requests in flight when wrk stops may be "
-          "stored without wrk counting them):\n")
-    print(f"- baseline: {base['ok']} answered 2xx, {base['added']} rows added ({extra_b:+d}) -> "
-          f"{'OK: every 2xx stored' if ok_b else 'MISMATCH'}")
-    print(f"- product: {accepted} sales answered 2xx, {prod['added']} rows added ({extra_p:+d}) -> "
-          f"{'OK: every 2xx stored' if ok_p else 'MISMATCH'}")
+    print(
+        "\nStored check (rows added vs sales answered 2xx; requests in flight when wrk stops may be "
+        "stored without wrk counting them):\n"
+    )
+    print(
+        f"- baseline: {base['ok']} answered 2xx, {base['added']} rows added ({extra_b:+d}) -> "
+        f"{'OK: every 2xx stored' if ok_b else 'MISMATCH'}"
+    )
+    print(
+        f"- product: {accepted} sales answered 2xx, {prod['added']} rows added ({extra_p:+d}) -> "
+        f"{'OK: every 2xx stored' if ok_p else 'MISMATCH'}"
+    )
     common.print_memory({"product API": api, "product worker": worker, "baseline": baseline})
     print("\nwrk commands:\n")
     print(f"- baseline: `{base['cmd']}`")

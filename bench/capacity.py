@@ -17,6 +17,7 @@ Redis primary; the API and the worker are single-threaded processes (one core ea
 PostgreSQL spreads sales over its backends (one per connection), so its figure is per core.
 Rounds alternate the two shapes; the table gives the median of the rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,14 +66,20 @@ def cpu_by_component(api: common.Service, worker: common.Service) -> dict[str, f
 
 
 def run_shape(shape: dict, args, url: str, api: common.Service, worker: common.Service) -> dict:
-    env = {"ITEMS": str(args.items), "STORES": str(args.stores), "BATCH": str(args.batch),
-           "KEYED": "1" if shape["keyed"] else "0", "KEY_PREFIX": f"k{time.time_ns()}"}
+    env = {
+        "ITEMS": str(args.items),
+        "STORES": str(args.stores),
+        "BATCH": str(args.batch),
+        "KEYED": "1" if shape["keyed"] else "0",
+        "KEY_PREFIX": f"k{time.time_ns()}",
+    }
     before_sales = common.count_sales(url)
     wal_before = common.fetchrow_sync(url, "SELECT pg_current_wal_lsn() AS lsn")["lsn"]
     before = cpu_by_component(api, worker)
     started = time.monotonic()
-    load = common.wrk(args.product_port, shape["path"], shape["script"], args.duration, shape["connections"],
-                      args.threads, env)
+    load = common.wrk(
+        args.product_port, shape["path"], shape["script"], args.duration, shape["connections"], args.threads, env
+    )
     common.wait_drained(args.product_port)
     seconds = time.monotonic() - started
     after = cpu_by_component(api, worker)
@@ -82,9 +89,14 @@ def run_shape(shape: dict, args, url: str, api: common.Service, worker: common.S
     # requests in flight when wrk stops, or that it gave up on (timeouts), may be stored uncounted
     if not 0 <= stored - accepted <= (shape["connections"] + load["socket_errors"]) * shape["per_request"]:
         raise RuntimeError(f"{shape['name']}: {accepted} sales answered 2xx but {stored} stored")
-    return {"stored": stored, "rate": stored / seconds, "cmd": load["cmd"], "non_2xx": load["status"],
-            "wal_per_sale": float(wal) / stored,
-            "us_per_sale": {c: (after[c] - before[c]) * 1e6 / stored for c in COMPONENTS}}
+    return {
+        "stored": stored,
+        "rate": stored / seconds,
+        "cmd": load["cmd"],
+        "non_2xx": load["status"],
+        "wal_per_sale": float(wal) / stored,
+        "us_per_sale": {c: (after[c] - before[c]) * 1e6 / stored for c in COMPONENTS},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1000, help="sales per batch request")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--utilisation", type=float, default=0.6,
-                        help="planned busy share of each core at peak (headroom for bursts and failover)")
+    parser.add_argument(
+        "--utilisation",
+        type=float,
+        default=0.6,
+        help="planned busy share of each core at peak (headroom for bursts and failover)",
+    )
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
 
@@ -125,35 +141,46 @@ def main(argv: list[str] | None = None) -> int:
     storage = common.fetchrow_sync(url, STORAGE_SQL)
     redis_memory = common.redis_memory()
 
-    common.header(f"Capacity: CPU µs per sale by component ({args.rounds} rounds of {args.duration:g} s per shape, "
-                  f"median; {os.cpu_count()} cores shared by everything, wrk included)")
+    common.header(
+        f"Capacity: CPU µs per sale by component ({args.rounds} rounds of {args.duration:g} s per shape, "
+        f"median; {os.cpu_count()} cores shared by everything, wrk included)"
+    )
     rows = []
     medians = {}
     for shape in shapes:
         runs = results[shape["name"]]
         us = medians[shape["name"]] = {c: statistics.median(r["us_per_sale"][c] for r in runs) for c in COMPONENTS}
         rate = statistics.median(r["rate"] for r in runs)
-        rows.append([shape["name"], f"{rate:,.0f}",
-                     *(f"{us[c]:.1f}" for c in COMPONENTS), f"{sum(us.values()):.1f}"])
+        rows.append([shape["name"], f"{rate:,.0f}", *(f"{us[c]:.1f}" for c in COMPONENTS), f"{sum(us.values()):.1f}"])
         rows.append(["", "one core's worth (sales/s)", *(f"{1e6 / us[c]:,.0f}" for c in COMPONENTS), ""])
     print(common.table(["load", "sales/s end to end", *(f"{c} µs/sale" for c in COMPONENTS), "total µs/sale"], rows))
-    print("\nPostgreSQL WAL written per sale (median of the rounds): " + ", ".join(
-        f"{shape['name']} {statistics.median(r['wal_per_sale'] for r in results[shape['name']]):.0f} bytes"
-        for shape in shapes))
+    print(
+        "\nPostgreSQL WAL written per sale (median of the rounds): "
+        + ", ".join(
+            f"{shape['name']} {statistics.median(r['wal_per_sale'] for r in results[shape['name']]):.0f} bytes"
+            for shape in shapes
+        )
+    )
     print("\nSpread over the rounds (µs per sale, min-max):\n")
     for shape in shapes:
         runs = results[shape["name"]]
-        parts = [f"{c} {min(r['us_per_sale'][c] for r in runs):.1f}-{max(r['us_per_sale'][c] for r in runs):.1f}"
-                 for c in COMPONENTS]
+        parts = [
+            f"{c} {min(r['us_per_sale'][c] for r in runs):.1f}-{max(r['us_per_sale'][c] for r in runs):.1f}"
+            for c in COMPONENTS
+        ]
         print(f"- {shape['name']}: " + ", ".join(parts))
-    print(f"\nStorage after the run: sales {storage['sales_bytes'] / storage['sales']:.0f} bytes per sale "
-          f"(table and indexes, {storage['sales']:,} sales); sale_keys "
-          f"{(storage['keys_bytes'] / storage['keys']) if storage['keys'] else 0:.0f} bytes per keyed sale "
-          f"({storage['keys']:,} keys)")
+    print(
+        f"\nStorage after the run: sales {storage['sales_bytes'] / storage['sales']:.0f} bytes per sale "
+        f"(table and indexes, {storage['sales']:,} sales); sale_keys "
+        f"{(storage['keys_bytes'] / storage['keys']) if storage['keys'] else 0:.0f} bytes per keyed sale "
+        f"({storage['keys']:,} keys)"
+    )
     if redis_memory["keys"]:
-        print(f"Redis after the run (queue drained): {redis_memory['used_memory'] / redis_memory['keys']:.0f} bytes "
-              f"of used_memory per key held ({redis_memory['keys']:,} keys: the idempotency keys of the run, "
-              f"kept IDEMPOTENCY_TTL_SECONDS)")
+        print(
+            f"Redis after the run (queue drained): {redis_memory['used_memory'] / redis_memory['keys']:.0f} bytes "
+            f"of used_memory per key held ({redis_memory['keys']:,} keys: the idempotency keys of the run, "
+            f"kept IDEMPOTENCY_TTL_SECONDS)"
+        )
     print_plan(medians, [s["name"] for s in shapes if s["keyed"]], args.utilisation)
     print("\nwrk commands (last round):\n")
     for shape in shapes:
@@ -168,15 +195,28 @@ PLAN_RATES = (1_000, 10_000, 100_000, 1_000_000)
 def print_plan(medians: dict[str, dict[str, float]], shapes: list[str], utilisation: float) -> None:
     """Cores of each component for each rate, from the measured µs per sale (keyed sales, as tills
     send them). API processes, Redis primaries and workers use one core each."""
-    print(f"\nPlan: cores needed at {utilisation:.0%} busy (rate x µs per sale / 1,000,000 / {utilisation:g}), "
-          "keyed sales:\n")
+    print(
+        f"\nPlan: cores needed at {utilisation:.0%} busy (rate x µs per sale / 1,000,000 / {utilisation:g}), "
+        "keyed sales:\n"
+    )
     rows = []
     for name in shapes:
         us = medians[name]
         for rate in PLAN_RATES:
             rows.append([name, f"{rate:,}", *(f"{rate * us[c] / 1e6 / utilisation:,.2f}" for c in COMPONENTS)])
-    print(common.table(["load", "sales/s", "API processes (cores)", "Redis (cores = primaries)",
-                        "workers (cores)", "PostgreSQL cores"], rows))
+    print(
+        common.table(
+            [
+                "load",
+                "sales/s",
+                "API processes (cores)",
+                "Redis (cores = primaries)",
+                "workers (cores)",
+                "PostgreSQL cores",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

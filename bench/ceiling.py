@@ -5,6 +5,7 @@
 Not a design anyone would ship (it stores nothing); it shows what aiohttp itself costs on
 this machine, so the product's numbers can be read against it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,11 @@ from aiohttp import web
 
 async def echo(request: web.Request) -> web.Response:
     sale = msgspec.json.decode(await request.read())
-    return web.Response(body=msgspec.json.encode({"id": 1, "sale_time": "2026-01-01T00:00:00+00:00", **sale}),
-                        status=202, content_type="application/json")
+    return web.Response(
+        body=msgspec.json.encode({"id": 1, "sale_time": "2026-01-01T00:00:00+00:00", **sale}),
+        status=202,
+        content_type="application/json",
+    )
 
 
 def main() -> None:

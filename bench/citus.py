@@ -19,6 +19,7 @@ pointed at it:
    1,000-sale transaction statement by statement, on Citus also with its default of one
    connection per node kept between transactions (the worker keeps 16: worker.writer).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,14 @@ from worker import writer
 from worker.batch_columns import BatchColumns
 
 # The same for the single node and every Citus node: durable commits, as in production.
-SETTINGS = {"fsync": "on", "full_page_writes": "on", "shared_buffers": "512MB", "max_connections": "300",
-            "max_prepared_transactions": "300", "wal_level": "logical"}
+SETTINGS = {
+    "fsync": "on",
+    "full_page_writes": "on",
+    "shared_buffers": "512MB",
+    "max_connections": "300",
+    "max_prepared_transactions": "300",
+    "wal_level": "logical",
+}
 ENGINES = ("single node", "Citus 1+2")
 UNCACHED = "Citus 1+2, connections not kept"
 
@@ -58,8 +65,10 @@ def start_engines() -> dict[str, str]:
     cluster = CitusCluster(settings=SETTINGS)
     common.on_exit(cluster.destroy)
     cluster.start()
-    log(f"single node on :{single.port}; Citus coordinator on :{cluster.coordinator.port}, "
-        f"workers on {', '.join(str(w.port) for w in cluster.workers)}")
+    log(
+        f"single node on :{single.port}; Citus coordinator on :{cluster.coordinator.port}, "
+        f"workers on {', '.join(str(w.port) for w in cluster.workers)}"
+    )
     return {"single node": single.url(), "Citus 1+2": cluster.coordinator.url()}
 
 
@@ -128,21 +137,45 @@ async def _anatomy(url: str, items: int, stores: int, runs: int) -> dict[str, fl
         async def batch_of(count: int, store_ids=None):
             starts = await reserve_blocks(conn, -(-count // 1000))
             ids = [s + i for s in starts for i in range(1000)][:count]
-            rows = [(sale_id, now_us, 1 + n % items, store_ids[n % len(store_ids)] if store_ids else 1 + n % stores,
-                     prices[1 + n % items], 1, None, now_us) for n, sale_id in enumerate(ids)]
+            rows = [
+                (
+                    sale_id,
+                    now_us,
+                    1 + n % items,
+                    store_ids[n % len(store_ids)] if store_ids else 1 + n % stores,
+                    prices[1 + n % items],
+                    1,
+                    None,
+                    now_us,
+                )
+                for n, sale_id in enumerate(ids)
+            ]
             return await writer.write_batch(conn, rows, citus=citus)
 
         month = dt.date.today().replace(day=1)
         return {
             "round trip (SELECT 1)": await _timed(conn, runs * 10, lambda: conn.fetchval("SELECT 1")),
-            "one store's month (router query)": await _timed(conn, runs * 10, lambda: conn.fetch(
-                "SELECT income FROM store_monthly WHERE store_id = 1 AND month = $1", month)),
-            "top stores query (all shards)": await _timed(conn, runs, lambda: conn.fetch(
-                "SELECT store_id, income FROM store_monthly WHERE month = $1 "
-                "ORDER BY income DESC, store_id LIMIT 10",
-                month)),
-            "top items query (all shards)": await _timed(conn, runs, lambda: conn.fetch(
-                "SELECT item_id, units FROM item_totals WHERE units > 0 ORDER BY units DESC, item_id LIMIT 10")),
+            "one store's month (router query)": await _timed(
+                conn,
+                runs * 10,
+                lambda: conn.fetch("SELECT income FROM store_monthly WHERE store_id = 1 AND month = $1", month),
+            ),
+            "top stores query (all shards)": await _timed(
+                conn,
+                runs,
+                lambda: conn.fetch(
+                    "SELECT store_id, income FROM store_monthly WHERE month = $1 "
+                    "ORDER BY income DESC, store_id LIMIT 10",
+                    month,
+                ),
+            ),
+            "top items query (all shards)": await _timed(
+                conn,
+                runs,
+                lambda: conn.fetch(
+                    "SELECT item_id, units FROM item_totals WHERE units > 0 ORDER BY units DESC, item_id LIMIT 10"
+                ),
+            ),
             "batch of 1 sale (one store)": await _timed(conn, runs, lambda: batch_of(1, [1])),
             "batch of 2 sales (stores 1, 2)": await _timed(conn, runs, lambda: batch_of(2, [1, 2])),
             "batch of 1,000 sales": await _timed(conn, runs, lambda: batch_of(1000)),
@@ -164,8 +197,10 @@ async def _statements(url: str, items: int, stores: int, runs: int, settings: di
         times: dict[str, list[float]] = {}
         for run in range(runs + 2):  # the first two warm the connections up
             [start] = await reserve_blocks(conn, 1)
-            rows = [(start + n, now_us, 1 + n % items, 1 + (n * 7) % stores, prices[1 + n % items], 1, None, now_us)
-                    for n in range(1000)]
+            rows = [
+                (start + n, now_us, 1 + n % items, 1 + (n * 7) % stores, prices[1 + n % items], 1, None, now_us)
+                for n in range(1000)
+            ]
             batch = BatchColumns(rows)
             steps: list[tuple[str, float]] = []
             mark = time.perf_counter()
@@ -181,11 +216,13 @@ async def _statements(url: str, items: int, stores: int, runs: int, settings: di
             if citus:
                 await conn.execute(report_changes.ANNOUNCE, writer.changes_of(rows))
             else:
-                await conn.fetchval(writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *writer.parent_ids(rows),
-                                    writer.changes_of(rows))
+                await conn.fetchval(
+                    writer.LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *writer.parent_ids(rows), writer.changes_of(rows)
+                )
             lap("BEGIN; foreign keys (one node) or NOTIFY (Citus)")
-            await conn.copy_to_table("sales", source=memoryview(batch.copy_data()), columns=sales_copy.COLUMNS,
-                                     format="binary")
+            await conn.copy_to_table(
+                "sales", source=memoryview(batch.copy_data()), columns=sales_copy.COLUMNS, format="binary"
+            )
             lap("COPY 1,000 sales")
             for summed_by, upsert in writer.UPSERT_BATCH_SUMS:
                 await conn.execute(upsert, *batch.sums_by(summed_by))
@@ -225,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         anatomy[engine] = asyncio.run(_anatomy(url, args.items, args.stores, args.anatomy_runs))
         statements[engine] = asyncio.run(_statements(url, args.items, args.stores, args.anatomy_runs, {}))
     # Citus's default: one connection per node kept between transactions (the product keeps 16)
-    statements[UNCACHED] = asyncio.run(_statements(urls[ENGINES[1]], args.items, args.stores, args.anatomy_runs,
-                                                   {"citus.max_cached_conns_per_worker": "1"}))
+    statements[UNCACHED] = asyncio.run(
+        _statements(
+            urls[ENGINES[1]], args.items, args.stores, args.anatomy_runs, {"citus.max_cached_conns_per_worker": "1"}
+        )
+    )
     for size in sizes:
         for engine, url in urls.items():
             seeding[(size, engine)] = common.seed_product(url, args.items, args.stores, size)
@@ -235,43 +275,94 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint in paths:
             single, citus = (reports[(size, e)][endpoint]["cold"]["body"] for e in ENGINES)
             if single != citus:
-                raise RuntimeError(f"{size} sales, {endpoint}: the engines answer differently: "
-                                   f"{single[:3]} vs {citus[:3]}")
+                raise RuntimeError(
+                    f"{size} sales, {endpoint}: the engines answer differently: {single[:3]} vs {citus[:3]}"
+                )
 
     common.header("Single PostgreSQL node vs Citus (coordinator + 2 workers), the same machine")
     rows = []
     for engine_key, label in (("batch", "POST /sales/batch/ (1,000 per request, 16 connections)"),):
         s, c = (ingest[e][engine_key] for e in ENGINES)
-        rows.append([label, "sales/s accepted", f"{s['accepted_per_s']:.0f}", f"{c['accepted_per_s']:.0f}",
-                     ratio(c["accepted_per_s"], s["accepted_per_s"])])
-        rows.append(["", "sales/s written end to end", f"{s['written_per_s']:.0f}", f"{c['written_per_s']:.0f}",
-                     ratio(c["written_per_s"], s["written_per_s"])])
+        rows.append(
+            [
+                label,
+                "sales/s accepted",
+                f"{s['accepted_per_s']:.0f}",
+                f"{c['accepted_per_s']:.0f}",
+                ratio(c["accepted_per_s"], s["accepted_per_s"]),
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "sales/s written end to end",
+                f"{s['written_per_s']:.0f}",
+                f"{c['written_per_s']:.0f}",
+                ratio(c["written_per_s"], s["written_per_s"]),
+            ]
+        )
         rows.append(["", "request p99 (ms)", ms(s["p99_us"]), ms(c["p99_us"]), ratio(c["p99_us"], s["p99_us"])])
     s, c = (ingest[e]["single"] for e in ENGINES)
-    rows.append(["POST /sales/ (64 connections)", "2xx req/s", f"{s['ok_rps']:.0f}", f"{c['ok_rps']:.0f}",
-                 ratio(c["ok_rps"], s["ok_rps"])])
-    rows.append(["", "p50 / p99 (ms)", f"{ms(s['p50_us'])} / {ms(s['p99_us'])}",
-                 f"{ms(c['p50_us'])} / {ms(c['p99_us'])}", ratio(c["p99_us"], s["p99_us"])])
+    rows.append(
+        [
+            "POST /sales/ (64 connections)",
+            "2xx req/s",
+            f"{s['ok_rps']:.0f}",
+            f"{c['ok_rps']:.0f}",
+            ratio(c["ok_rps"], s["ok_rps"]),
+        ]
+    )
+    rows.append(
+        [
+            "",
+            "p50 / p99 (ms)",
+            f"{ms(s['p50_us'])} / {ms(s['p99_us'])}",
+            f"{ms(c['p50_us'])} / {ms(c['p99_us'])}",
+            ratio(c["p99_us"], s["p99_us"]),
+        ]
+    )
     for size in sizes:
-        rows.append([f"seeding {size:,} sales (CLI)", "seconds", f"{seeding[(size, ENGINES[0])]:.1f}",
-                     f"{seeding[(size, ENGINES[1])]:.1f}",
-                     ratio(seeding[(size, ENGINES[1])], seeding[(size, ENGINES[0])])])
+        rows.append(
+            [
+                f"seeding {size:,} sales (CLI)",
+                "seconds",
+                f"{seeding[(size, ENGINES[0])]:.1f}",
+                f"{seeding[(size, ENGINES[1])]:.1f}",
+                ratio(seeding[(size, ENGINES[1])], seeding[(size, ENGINES[0])]),
+            ]
+        )
         for endpoint in paths:
             s, c = (reports[(size, e)][endpoint] for e in ENGINES)
             for kind, label in (("cached", "from the report cache"), ("cold", "uncached")):
-                rows.append([f"{endpoint} at {size:,} sales", f"{label}: median / p99 (ms)",
-                             f"{s[kind]['median']:.2f} / {s[kind]['p99']:.2f}",
-                             f"{c[kind]['median']:.2f} / {c[kind]['p99']:.2f}",
-                             ratio(c[kind]["median"], s[kind]["median"])])
+                rows.append(
+                    [
+                        f"{endpoint} at {size:,} sales",
+                        f"{label}: median / p99 (ms)",
+                        f"{s[kind]['median']:.2f} / {s[kind]['p99']:.2f}",
+                        f"{c[kind]['median']:.2f} / {c[kind]['p99']:.2f}",
+                        ratio(c[kind]["median"], s[kind]["median"]),
+                    ]
+                )
     print(common.table(["what", "metric", ENGINES[0], ENGINES[1], "ratio Citus/single"], rows))
 
-    print("\nWhere the time goes (median ms, timed from one client connection on each engine; "
-          "the batches are the worker's whole transaction, worker.writer.write_batch):\n")
-    rows = [[name, f"{anatomy[ENGINES[0]][name]:.2f}", f"{anatomy[ENGINES[1]][name]:.2f}",
-             ratio(anatomy[ENGINES[1]][name], anatomy[ENGINES[0]][name])] for name in anatomy[ENGINES[0]]]
+    print(
+        "\nWhere the time goes (median ms, timed from one client connection on each engine; "
+        "the batches are the worker's whole transaction, worker.writer.write_batch):\n"
+    )
+    rows = [
+        [
+            name,
+            f"{anatomy[ENGINES[0]][name]:.2f}",
+            f"{anatomy[ENGINES[1]][name]:.2f}",
+            ratio(anatomy[ENGINES[1]][name], anatomy[ENGINES[0]][name]),
+        ]
+        for name in anatomy[ENGINES[0]]
+    ]
     print(common.table(["statement", ENGINES[0], ENGINES[1], "ratio"], rows))
-    print("\nThe worker's transaction for 1,000 new sales of 1,000 stores, statement by statement (median ms; "
-          "the last column with Citus's default of one kept connection per node):\n")
+    print(
+        "\nThe worker's transaction for 1,000 new sales of 1,000 stores, statement by statement (median ms; "
+        "the last column with Citus's default of one kept connection per node):\n"
+    )
     columns = [*ENGINES, UNCACHED]
     rows = [[name, *(f"{statements[c][name]:.2f}" for c in columns)] for name in statements[ENGINES[0]]]
     rows.append(["whole transaction", *(f"{sum(statements[c].values()):.2f}" for c in columns)])
@@ -283,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         b_extra, s_extra = batch["added"] - batch["ok"] * 1000, single["added"] - single["ok"]
         good = 0 <= b_extra <= 16 * 1000 and 0 <= s_extra <= 64
         ok &= good
-        print(f"- {engine}: batches {batch['ok'] * 1000} accepted, {batch['added']} added; single {single['ok']} "
-              f"accepted, {single['added']} added -> {'OK: every 2xx stored' if good else 'MISMATCH'}")
+        print(
+            f"- {engine}: batches {batch['ok'] * 1000} accepted, {batch['added']} added; single {single['ok']} "
+            f"accepted, {single['added']} added -> {'OK: every 2xx stored' if good else 'MISMATCH'}"
+        )
     print("\nwrk commands:\n")
     for engine in ENGINES:
         print(f"- {engine}: `{ingest[engine]['batch']['cmd']}`; `{ingest[engine]['single']['cmd']}`")

@@ -3,6 +3,7 @@
 Everything a script starts is stopped and everything it creates is dropped at exit
 (databases, the keys of its Redis DB), unless --keep is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,6 @@ PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL")
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "12"))
 REDIS_PREFIX = "bench:"
-
 
 
 def log(msg: str) -> None:
@@ -73,8 +73,10 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()
-    return (f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, load average at start {load[0]:.2f}")
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, load average at start {load[0]:.2f}"
+    )
 
 
 def ensure_tools(*tools: str) -> None:
@@ -117,6 +119,7 @@ signal.signal(signal.SIGINT, _signal_exit)
 # ---------------------------------------------------------------------------------------------
 # PostgreSQL and Redis
 
+
 def db_url(name: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 
@@ -134,9 +137,24 @@ def _start_private_redis() -> str:
         port = sock.getsockname()[1]
     directory = tempfile.mkdtemp(prefix="bench-redis-")
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            directory,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     global private_redis_pid
     private_redis_pid = process.pid
     on_exit(shutil.rmtree, directory, True)
@@ -186,7 +204,7 @@ def clean_redis() -> None:
         for pattern in (REDIS_PREFIX + "*", "arq:*"):
             keys = list(client.scan_iter(match=pattern, count=1000))
             for i in range(0, len(keys), 1000):
-                client.delete(*keys[i:i + 1000])
+                client.delete(*keys[i : i + 1000])
     finally:
         client.close()
 
@@ -215,6 +233,7 @@ def fetchrow_sync(url: str, sql: str, *args) -> dict:
             return dict(await conn.fetchrow(sql, *args))
         finally:
             await conn.close()
+
     return asyncio.run(fetch())
 
 
@@ -225,6 +244,7 @@ def count_sales(url: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Processes
 
+
 class Service:
     """A process group we started (the launcher and the processes it forks)."""
 
@@ -232,10 +252,12 @@ class Service:
         self.name = name
         self.port = port
         self.logfile = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the service; stop() removes it
-            prefix=f"bench-{name}-", suffix=".log", delete=False)
+            prefix=f"bench-{name}-", suffix=".log", delete=False
+        )
         full_env = {**os.environ, **env}
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self.logfile,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, cwd=ROOT, env=full_env, stdout=self.logfile, stderr=subprocess.STDOUT, start_new_session=True
+        )
         on_exit(self.stop)
         log(f"started {name} (pid {self.proc.pid}, log {self.logfile.name})")
 
@@ -301,16 +323,33 @@ def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
 
 
 def product_env(database_url: str, port: int) -> dict[str, str]:
-    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url(), "REDIS_KEY_PREFIX": REDIS_PREFIX,
-            "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-            "PYTHONUNBUFFERED": "1"}
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url(),
+        "REDIS_KEY_PREFIX": REDIS_PREFIX,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def seed_product(database_url: str, items: int, stores: int, sales: int) -> float:
     """Fill the product's database with the seeding CLI; returns its wall time."""
     env = {**os.environ, **product_env(database_url, 0)}
-    cmd = [PYTHON, "-m", "shared.seed", "--items", str(items), "--stores", str(stores),
-           "--sales", str(sales), "--seed", "1"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "shared.seed",
+        "--items",
+        str(items),
+        "--stores",
+        str(stores),
+        "--sales",
+        str(sales),
+        "--seed",
+        "1",
+    ]
     log(f"seeding product: {' '.join(cmd[1:])}")
     started = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -343,8 +382,12 @@ def start_product(database_url: str, port: int, worker: bool = True) -> tuple[Se
 
 
 def start_baseline(database_url: str, port: int) -> Service:
-    svc = Service("baseline", [PYTHON, "-m", "bench.baseline"],
-                  {"DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1"}, port)
+    svc = Service(
+        "baseline",
+        [PYTHON, "-m", "bench.baseline"],
+        {"DATABASE_URL": database_url, "PORT": str(port), "HOST": "127.0.0.1"},
+        port,
+    )
     svc.wait_http("/items/")
     return svc
 
@@ -391,22 +434,33 @@ async def _copy_to_baseline(product_url: str, baseline_url: str, with_sales: boo
         if with_sales:
             # The same sales in the seed's types: int id, timestamp (UTC) without zone. The
             # foreign keys are dropped for the load and added back (validated) after it.
-            fks = await conn.fetch("SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
-                                   "WHERE conrelid = 'sales'::regclass AND contype = 'f'")
+            fks = await conn.fetch(
+                "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+                "WHERE conrelid = 'sales'::regclass AND contype = 'f'"
+            )
             for fk in fks:
                 await conn.execute(f'ALTER TABLE sales DROP CONSTRAINT "{fk["conname"]}"')
-            await _copy_query(product_url, baseline_url,
-                              "SELECT id::int, (sale_time AT TIME ZONE 'UTC'), item_id, store_id FROM sales",
-                              "sales", ["id", "sale_time", "item_id", "store_id"])
+            await _copy_query(
+                product_url,
+                baseline_url,
+                "SELECT id::int, (sale_time AT TIME ZONE 'UTC'), item_id, store_id FROM sales",
+                "sales",
+                ["id", "sale_time", "item_id", "store_id"],
+            )
             for fk in fks:
                 await conn.execute(f'ALTER TABLE sales ADD CONSTRAINT "{fk["conname"]}" {fk["def"]}')
-            await _copy_query(product_url, baseline_url,
-                              "SELECT id::int, sale_id::int, (return_time AT TIME ZONE 'UTC'), item_id, store_id, "
-                              "quantity FROM returns",
-                              "returns", ["id", "sale_id", "return_time", "item_id", "store_id", "quantity"])
+            await _copy_query(
+                product_url,
+                baseline_url,
+                "SELECT id::int, sale_id::int, (return_time AT TIME ZONE 'UTC'), item_id, store_id, "
+                "quantity FROM returns",
+                "returns",
+                ["id", "sale_id", "return_time", "item_id", "store_id", "quantity"],
+            )
         for table in ("store", "item", "sales", "returns"):
-            await conn.execute(f"SELECT setval('{table}_id_seq', (SELECT coalesce(max(id), 0) + 1 FROM {table}), "
-                               "false)")
+            await conn.execute(
+                f"SELECT setval('{table}_id_seq', (SELECT coalesce(max(id), 0) + 1 FROM {table}), false)"
+            )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -419,8 +473,11 @@ def copy_to_baseline(product_url: str, baseline_url: str, with_sales: bool = Tru
 
 
 async def _active_queries(database: str) -> int:
-    return await fetchval(PG_ADMIN_URL, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
-                          "AND state = 'active' AND pid <> pg_backend_pid()", database)
+    return await fetchval(
+        PG_ADMIN_URL,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+        database,
+    )
 
 
 def wait_idle(database: str, timeout: float = 600) -> float:
@@ -435,8 +492,12 @@ def wait_idle(database: str, timeout: float = 600) -> float:
 
 
 async def _cancel_active(database: str) -> int:
-    return await fetchval(PG_ADMIN_URL, "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
-                          "WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()", database)
+    return await fetchval(
+        PG_ADMIN_URL,
+        "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+        database,
+    )
 
 
 def cancel_until_idle(database: str, timeout: float = 600) -> tuple[float, int]:
@@ -491,19 +552,36 @@ def wait_drained(port: int, timeout: float = 600) -> float:
 # ---------------------------------------------------------------------------------------------
 # wrk
 
-def wrk(port: int, path: str, script: str, duration: float, connections: int = 64, threads: int = 2,
-        env: dict[str, str] | None = None, timeout_s: int = 10) -> dict:
+
+def wrk(
+    port: int,
+    path: str,
+    script: str,
+    duration: float,
+    connections: int = 64,
+    threads: int = 2,
+    env: dict[str, str] | None = None,
+    timeout_s: int = 10,
+) -> dict:
     """Run wrk with `script` (a path relative to the repository, e.g. bench/post_sale.lua).
 
     Returns its summary plus `ok` (2xx/3xx answers), `rps`, `cmd`.
     """
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-           f"--timeout={timeout_s}s", "-s", script, f"http://127.0.0.1:{port}{path}"]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={timeout_s}s",
+        "-s",
+        script,
+        f"http://127.0.0.1:{port}{path}",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     line = next((out for out in result.stdout.splitlines() if out.startswith("WRKJSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stdout}\n{result.stderr}")
-    stats = json.loads(line[len("WRKJSON "):])
+    stats = json.loads(line[len("WRKJSON ") :])
     stats["ok"] = stats["requests"] - stats["status"]
     seconds = stats["duration_us"] / 1e6
     stats["seconds"] = seconds
@@ -517,6 +595,7 @@ def wrk(port: int, path: str, script: str, duration: float, connections: int = 6
 
 # ---------------------------------------------------------------------------------------------
 # Memory
+
 
 def peak_rss_mb(pid: int) -> float | None:
     """VmHWM (peak resident set) of a live process, MB."""
@@ -540,10 +619,15 @@ def memory_rows(services: dict[str, Service]) -> list[list[str]]:
         launcher = [mb for pid, mb in peaks if pid == svc.proc.pid]
         children = [mb for pid, mb in peaks if pid != svc.proc.pid]
         if children:  # a launcher that forks the serving processes
-            rows.append([f"{kind}: serving processes", str(len(children)),
-                         ", ".join(f"{mb:.0f}" for mb in children), f"{sum(children):.0f}"])
-            rows.append([f"{kind}: launcher", "1", f"{launcher[0]:.0f}" if launcher else "?",
-                         f"{sum(launcher):.0f}"])
+            rows.append(
+                [
+                    f"{kind}: serving processes",
+                    str(len(children)),
+                    ", ".join(f"{mb:.0f}" for mb in children),
+                    f"{sum(children):.0f}",
+                ]
+            )
+            rows.append([f"{kind}: launcher", "1", f"{launcher[0]:.0f}" if launcher else "?", f"{sum(launcher):.0f}"])
         else:
             rows.append([kind, str(len(launcher)), ", ".join(f"{mb:.0f}" for mb in launcher), f"{sum(launcher):.0f}"])
     return rows
@@ -556,6 +640,7 @@ def print_memory(services: dict[str, Service]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Output
+
 
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]

@@ -12,6 +12,7 @@ in `sales` is written in the same transaction as the rollups the reports read, s
 `sales` = visible in the reports. The baseline's INSERT commits before it answers, so its lag
 is only the polling granularity (it is there as the reference of what "immediately" measures).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,10 +31,9 @@ from bench import common
 from bench.common import log, ms, percentile, ratio
 
 
-async def probe(port: int, url: str, duration: float, rate: float, poll_ms: float, items: int,
-                stores: int) -> dict:
+async def probe(port: int, url: str, duration: float, rate: float, poll_ms: float, items: int, stores: int) -> dict:
     """Post probe sales at `rate`/s for `duration` s; poll `sales` for them; lags in ms."""
-    answered: dict[int, float] = {}   # sale id -> monotonic time its 2xx arrived
+    answered: dict[int, float] = {}  # sale id -> monotonic time its 2xx arrived
     lags: list[float] = []
     post_latencies: list[float] = []
     failures = 0
@@ -101,8 +101,9 @@ def run_system(name: str, port: int, url: str, max_rate: float | None, args) -> 
     holder: dict = {}
 
     def load():
-        holder["stats"] = common.wrk(port, "/sales/", "bench/post_paced.lua", args.duration + 2, 64,
-                                     args.threads, paced_env)
+        holder["stats"] = common.wrk(
+            port, "/sales/", "bench/post_paced.lua", args.duration + 2, 64, args.threads, paced_env
+        )
 
     thread = threading.Thread(target=load)
     thread.start()
@@ -135,27 +136,41 @@ def main(argv: list[str] | None = None) -> int:
     base = run_system("baseline", args.baseline_port, baseline_url, args.baseline_max, args)
     prod = run_system("product", args.product_port, product_url, args.product_max, args)
 
-    common.header(f"End-to-end lag at {args.load_fraction:.0%} of the maximum rate ({args.duration:g} s, "
-                  f"{args.probe_rate:g} probes/s, polled every {args.poll_ms:g} ms)")
+    common.header(
+        f"End-to-end lag at {args.load_fraction:.0%} of the maximum rate ({args.duration:g} s, "
+        f"{args.probe_rate:g} probes/s, polled every {args.poll_ms:g} ms)"
+    )
 
     def f(v: float) -> str:
         return f"{v:.1f}"
 
     rows = [
-        ["maximum POST /sales/ rate measured (2xx/s)", f"{base['max_rate']:.0f}", f"{prod['max_rate']:.0f}",
-         ratio(prod["max_rate"], base["max_rate"])],
+        [
+            "maximum POST /sales/ rate measured (2xx/s)",
+            f"{base['max_rate']:.0f}",
+            f"{prod['max_rate']:.0f}",
+            ratio(prod["max_rate"], base["max_rate"]),
+        ],
         ["target sustained rate (req/s)", f"{base['target_rate']:.0f}", f"{prod['target_rate']:.0f}", ""],
         ["achieved rate (2xx/s)", f"{base['stats']['ok_rps']:.0f}", f"{prod['stats']['ok_rps']:.0f}", ""],
-        ["load p50 / p99 latency (ms)", f"{ms(base['stats']['p50_us'])} / {ms(base['stats']['p99_us'])}",
-         f"{ms(prod['stats']['p50_us'])} / {ms(prod['stats']['p99_us'])}", ""],
+        [
+            "load p50 / p99 latency (ms)",
+            f"{ms(base['stats']['p50_us'])} / {ms(base['stats']['p99_us'])}",
+            f"{ms(prod['stats']['p50_us'])} / {ms(prod['stats']['p99_us'])}",
+            "",
+        ],
         ["probes seen", str(len(base["lags"])), str(len(prod["lags"])), ""],
         ["lag p50 (ms)", f(percentile(base["lags"], 50)), f(percentile(prod["lags"], 50)), ""],
         ["lag p99 (ms)", f(percentile(base["lags"], 99)), f(percentile(prod["lags"], 99)), ""],
         ["lag max (ms)", f(max(base["lags"], default=float("nan"))), f(max(prod["lags"], default=float("nan"))), ""],
         ["probes answered 2xx but not seen in 60 s", str(base["never_seen"]), str(prod["never_seen"]), ""],
         ["probes refused / failed", str(base["failures"]), str(prod["failures"]), ""],
-        ["load non-2xx / socket errors", f"{base['stats']['status']} / {base['stats']['socket_errors']}",
-         f"{prod['stats']['status']} / {prod['stats']['socket_errors']}", ""],
+        [
+            "load non-2xx / socket errors",
+            f"{base['stats']['status']} / {base['stats']['socket_errors']}",
+            f"{prod['stats']['status']} / {prod['stats']['socket_errors']}",
+            "",
+        ],
     ]
     print(common.table(["metric", "baseline", "product", "ratio product/baseline"], rows))
     print("\nwrk commands (sustained load):\n")

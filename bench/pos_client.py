@@ -14,6 +14,7 @@ and how long a till that was offline for a trading day takes to catch up.
    time until `flush()` returns (every sale answered 202), "written" until the product's queue
    is drained (all in `sales`). Checked: every key in `sales` once, with the id the till got.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,8 +49,9 @@ class Unplugged:
 
 def offline_client(spool: str, store_id: int = 1) -> SalesClient:
     # backoff_base of an hour: the sender tries once and then leaves the spool to the benchmark
-    return SalesClient("http://127.0.0.1:9", store_id=store_id, spool=spool, transport=Unplugged(),
-                       backoff_base=3600, backoff_cap=3600)
+    return SalesClient(
+        "http://127.0.0.1:9", store_id=store_id, spool=spool, transport=Unplugged(), backoff_base=3600, backoff_cap=3600
+    )
 
 
 def timed_calls(call, count: int) -> list[float]:
@@ -65,9 +67,17 @@ def recording(directory: Path, records: int, threads: int) -> list[list[str]]:
     rows = []
 
     def row(name: str, sales: int, seconds: float, latencies: list[float]) -> None:
-        rows.append([name, f"{sales:,}", f"{seconds:.2f}", f"{sales / seconds:,.0f}",
-                     f"{common.percentile(latencies, 50) * 1000:.2f}", f"{common.percentile(latencies, 99) * 1000:.2f}",
-                     f"{max(latencies) * 1000:.2f}"])
+        rows.append(
+            [
+                name,
+                f"{sales:,}",
+                f"{seconds:.2f}",
+                f"{sales / seconds:,.0f}",
+                f"{common.percentile(latencies, 50) * 1000:.2f}",
+                f"{common.percentile(latencies, 99) * 1000:.2f}",
+                f"{max(latencies) * 1000:.2f}",
+            ]
+        )
 
     client = offline_client(str(directory / "one.db"))
     started = time.perf_counter()
@@ -88,8 +98,12 @@ def recording(directory: Path, records: int, threads: int) -> list[list[str]]:
         worker.start()
     for worker in workers:
         worker.join()
-    row(f"record(), {threads} threads at once", each * threads, time.perf_counter() - started,
-        [x for lat in per_thread for x in lat])
+    row(
+        f"record(), {threads} threads at once",
+        each * threads,
+        time.perf_counter() - started,
+        [x for lat in per_thread for x in lat],
+    )
     client.close()
 
     client = offline_client(str(directory / "baskets.db"))
@@ -120,8 +134,7 @@ def catch_up(directory: Path, args) -> list[list[str]]:
     day = dt.timedelta(hours=12)
     opened = dt.datetime.now(dt.UTC) - day - dt.timedelta(minutes=5)
     for i in range(args.offline_sales):
-        client.record(item_id=1 + i % args.items, quantity=1 + i % 3,
-                      sale_time=opened + day * i / args.offline_sales)
+        client.record(item_id=1 + i % args.items, quantity=1 + i % 3, sale_time=opened + day * i / args.offline_sales)
     client.close()
 
     log("the network is back")
@@ -153,12 +166,14 @@ def catch_up(directory: Path, args) -> list[list[str]]:
     if not exact:
         raise SystemExit(f"stored check failed: {len(in_db)} rows for {len(ledger)} sales")
     batches = -(-args.offline_sales // 1000)
-    return [["sales waiting in the spool", f"{args.offline_sales:,}"],
-            ["requests (batches of up to 1,000)", str(batches)],
-            ["until every sale was answered 202 (s)", f"{accepted:.2f}"],
-            ["sales/s accepted", f"{args.offline_sales / accepted:,.0f}"],
-            ["until every sale was in `sales` (s)", f"{written:.2f}"],
-            ["stored check: each key once, with the id the till got", "yes" if exact else "NO"]]
+    return [
+        ["sales waiting in the spool", f"{args.offline_sales:,}"],
+        ["requests (batches of up to 1,000)", str(batches)],
+        ["until every sale was answered 202 (s)", f"{accepted:.2f}"],
+        ["sales/s accepted", f"{args.offline_sales / accepted:,.0f}"],
+        ["until every sale was in `sales` (s)", f"{written:.2f}"],
+        ["stored check: each key once, with the id the till got", "yes" if exact else "NO"],
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ The cost of the replica rule instead: the product on its Redis alone (as with RE
 against the product with a replica attached to that Redis and REDIS_MIN_REPLICAS_ACKED=1 (each
 flush waits for the replica: WAIT), the same load, rounds alternating; medians side by side.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,18 @@ from bench import common
 from bench.common import log, ms, ratio
 
 
-def run_post(port: int, url: str, *, duration: float, connections: int, threads: int, items: int,
-             stores: int, drain_port: int | None, warmup: float) -> dict:
+def run_post(
+    port: int,
+    url: str,
+    *,
+    duration: float,
+    connections: int,
+    threads: int,
+    items: int,
+    stores: int,
+    drain_port: int | None,
+    warmup: float,
+) -> dict:
     script = "bench/post_sale.lua"
     env = {"ITEMS": str(items), "STORES": str(stores)}
     if warmup:
@@ -50,12 +61,18 @@ def run_post(port: int, url: str, *, duration: float, connections: int, threads:
 def stored_check(name: str, stats: dict, connections: int) -> tuple[str, bool]:
     extra = stats["added"] - stats["ok"]
     ok = 0 <= extra <= connections
-    verdict = ("OK: every 2xx stored" if ok else
-               "MISMATCH: fewer rows than 2xx answers" if extra < 0 else
-               "MISMATCH: more rows than 2xx answers + requests in flight at stop")
-    return (f"{name}: 2xx = {stats['ok']}, rows added = {stats['added']} (difference {extra:+d}; up to "
-            f"{connections} requests in flight when wrk stops may be stored without wrk counting them), "
-            f"non-2xx = {stats['status']}, socket errors = {stats['socket_errors']} -> {verdict}"), ok
+    verdict = (
+        "OK: every 2xx stored"
+        if ok
+        else "MISMATCH: fewer rows than 2xx answers"
+        if extra < 0
+        else "MISMATCH: more rows than 2xx answers + requests in flight at stop"
+    )
+    return (
+        f"{name}: 2xx = {stats['ok']}, rows added = {stats['added']} (difference {extra:+d}; up to "
+        f"{connections} requests in flight when wrk stops may be stored without wrk counting them), "
+        f"non-2xx = {stats['status']}, socket errors = {stats['socket_errors']} -> {verdict}"
+    ), ok
 
 
 def start_replica(primary_port: int) -> subprocess.Popen:
@@ -65,10 +82,29 @@ def start_replica(primary_port: int) -> subprocess.Popen:
     port = _free_port()
     directory = tempfile.mkdtemp(prefix="bench-redis-replica-")
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", "",
-         "--appendonly", "yes", "--appendfsync", "always", "--repl-diskless-sync-delay", "0",
-         "--replicaof", "127.0.0.1", str(primary_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            directory,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--repl-diskless-sync-delay",
+            "0",
+            "--replicaof",
+            "127.0.0.1",
+            str(primary_port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     common.on_exit(shutil.rmtree, directory, True)
     common.on_exit(_stop, process)
     primary = redis_sync.Redis(port=primary_port)
@@ -105,8 +141,14 @@ def replica_cost(args) -> int:
         return 2
     product_url, _ = common.prepare_databases(args)
     primary_port = urlparse(common.redis_url()).port
-    kwargs = {"duration": args.duration, "connections": args.connections, "threads": args.threads,
-              "items": args.items, "stores": args.stores, "warmup": args.warmup}
+    kwargs = {
+        "duration": args.duration,
+        "connections": args.connections,
+        "threads": args.threads,
+        "items": args.items,
+        "stores": args.stores,
+        "warmup": args.warmup,
+    }
     alone, replicated = "Redis alone (REDIS_URL only)", "replica + WAIT (REDIS_MIN_REPLICAS_ACKED=1)"
     runs: dict[str, list[dict]] = {alone: [], replicated: []}
     for round_no in range(1, args.rounds + 1):
@@ -133,17 +175,35 @@ def replica_cost(args) -> int:
     def each(name: str, field: str, fmt) -> str:
         return ", ".join(fmt(run[field]) for run in runs[name])
 
-    common.header(f"POST /sales/ with and without the replica rule (wrk, {args.connections:d} connections, "
-                  f"{args.duration:g} s x {args.rounds:d} rounds each)")
+    common.header(
+        f"POST /sales/ with and without the replica rule (wrk, {args.connections:d} connections, "
+        f"{args.duration:g} s x {args.rounds:d} rounds each)"
+    )
     rows = []
-    for label, field, fmt in (("2xx requests/s", "ok_rps", lambda v: f"{v:.0f}"), ("p50 latency (ms)", "p50_us", ms),
-                              ("p90 latency (ms)", "p90_us", ms), ("p99 latency (ms)", "p99_us", ms)):
+    for label, field, fmt in (
+        ("2xx requests/s", "ok_rps", lambda v: f"{v:.0f}"),
+        ("p50 latency (ms)", "p50_us", ms),
+        ("p90 latency (ms)", "p90_us", ms),
+        ("p99 latency (ms)", "p99_us", ms),
+    ):
         a, b = median(alone, field), median(replicated, field)
         rows.append([label, fmt(a), fmt(b), ratio(b, a), each(alone, field, fmt), each(replicated, field, fmt)])
-    rows.append(["non-2xx answers (sum)", str(sum(r["status"] for r in runs[alone])),
-                 str(sum(r["status"] for r in runs[replicated])), "", "", ""])
-    print(common.table(["metric (median of rounds)", alone, replicated, "ratio replica/alone",
-                        "rounds, alone", "rounds, replica"], rows))
+    rows.append(
+        [
+            "non-2xx answers (sum)",
+            str(sum(r["status"] for r in runs[alone])),
+            str(sum(r["status"] for r in runs[replicated])),
+            "",
+            "",
+            "",
+        ]
+    )
+    print(
+        common.table(
+            ["metric (median of rounds)", alone, replicated, "ratio replica/alone", "rounds, alone", "rounds, replica"],
+            rows,
+        )
+    )
     print("\nStored check, every round (rows added to `sales` after the queue drained, vs wrk's 2xx):\n")
     all_ok = True
     for name, stats_list in runs.items():
@@ -162,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--ceiling-port", type=int, default=18070)
-    parser.add_argument("--replica", action="store_true",
-                        help="instead of the baseline: the product without and with a Redis replica and the WAIT rule")
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="instead of the baseline: the product without and with a Redis replica and the WAIT rule",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="with --replica: rounds of each (medians compared)")
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
@@ -174,19 +237,33 @@ def main(argv: list[str] | None = None) -> int:
     baseline = common.start_baseline(baseline_url, args.baseline_port)
     api, worker = common.start_product(product_url, args.product_port)
 
-    kwargs = {"duration": args.duration, "connections": args.connections, "threads": args.threads,
-              "items": args.items, "stores": args.stores, "warmup": args.warmup}
+    kwargs = {
+        "duration": args.duration,
+        "connections": args.connections,
+        "threads": args.threads,
+        "items": args.items,
+        "stores": args.stores,
+        "warmup": args.warmup,
+    }
     log("load on the baseline")
     base = run_post(args.baseline_port, baseline_url, drain_port=None, **kwargs)
     log("load on the product")
     prod = run_post(args.product_port, product_url, drain_port=args.product_port, **kwargs)
     log("load on the ceiling (aiohttp JSON echo, stores nothing)")
-    ceiling = common.Service("ceiling", [common.PYTHON, "-m", "bench.ceiling"],
-                             {"PORT": str(args.ceiling_port)}, args.ceiling_port)
+    ceiling = common.Service(
+        "ceiling", [common.PYTHON, "-m", "bench.ceiling"], {"PORT": str(args.ceiling_port)}, args.ceiling_port
+    )
     common.on_exit(ceiling.stop)
     ceiling.wait_http("/")
-    ceil = common.wrk(args.ceiling_port, "/sales/", "bench/post_sale.lua", args.duration, args.connections,
-                      args.threads, {"ITEMS": str(args.items), "STORES": str(args.stores)})
+    ceil = common.wrk(
+        args.ceiling_port,
+        "/sales/",
+        "bench/post_sale.lua",
+        args.duration,
+        args.connections,
+        args.threads,
+        {"ITEMS": str(args.items), "STORES": str(args.stores)},
+    )
     ceiling.stop()
 
     common.header(f"POST /sales/ (wrk, {args.connections:d} connections, {args.duration:g} s per system)")
@@ -203,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         ["settled after load (s)", f"{base['drain_s']:.2f}", f"{prod['drain_s']:.2f}", ""],
     ]
     print(common.table(["metric", "baseline", "product", "ratio product/baseline"], rows))
-    print(f"\nCeiling on this machine, same run and load: a bare aiohttp JSON echo (`bench/ceiling.py`, "
-          f"2 processes, stores nothing): {ceil['ok_rps']:.0f} req/s, p50 {ms(ceil['p50_us'])} ms, "
-          f"p99 {ms(ceil['p99_us'])} ms; the product reaches {prod['ok_rps'] / ceil['ok_rps']:.0%} of it.")
+    print(
+        f"\nCeiling on this machine, same run and load: a bare aiohttp JSON echo (`bench/ceiling.py`, "
+        f"2 processes, stores nothing): {ceil['ok_rps']:.0f} req/s, p50 {ms(ceil['p50_us'])} ms, "
+        f"p99 {ms(ceil['p99_us'])} ms; the product reaches {prod['ok_rps'] / ceil['ok_rps']:.0%} of it."
+    )
     print("\nStored check (rows added to `sales` after the product's queue drained, vs wrk's 2xx):\n")
     all_ok = True
     for name, stats in (("baseline", base), ("product", prod)):

@@ -14,6 +14,7 @@ baseline stops early after --latency-budget seconds) and throughput under 64 con
 whose client is gone (the baseline at 1M+ sales: minutes); those queries are cancelled
 (pg_cancel_backend) before the next measurement, unless --no-cancel.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,8 +74,12 @@ def sequential(port: int, path: str, requests: int, warmup: int, budget_s: float
                 break
     finally:
         conn.close()
-    return {"n": len(latencies), "median": percentile(latencies, 50), "p99": percentile(latencies, 99),
-            "body": json.loads(body)}
+    return {
+        "n": len(latencies),
+        "median": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "body": json.loads(body),
+    }
 
 
 def under_load_p99(load: dict, duration: float) -> str:
@@ -88,18 +93,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,1000000,10000000", help="sale counts, comma-separated")
     parser.add_argument("--requests", type=int, default=200, help="sequential requests for the latency")
     parser.add_argument("--warmup-requests", type=int, default=10)
-    parser.add_argument("--latency-budget", type=float, default=60,
-                        help="stop the sequential requests after this many seconds (slow baseline)")
+    parser.add_argument(
+        "--latency-budget",
+        type=float,
+        default=60,
+        help="stop the sequential requests after this many seconds (slow baseline)",
+    )
     parser.add_argument("--duration", type=float, default=10, help="seconds of wrk per system and endpoint")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--cnt", type=int, default=10)
-    parser.add_argument("--endpoints", choices=("all", "classic", "periods"), default="all",
-                        help="classic: /stores/top/?mm and /items/top/; periods: the from/to reports")
+    parser.add_argument(
+        "--endpoints",
+        choices=("all", "classic", "periods"),
+        default="all",
+        help="classic: /stores/top/?mm and /items/top/; periods: the from/to reports",
+    )
     parser.add_argument("--period-days", type=int, default=365, help="length of the from/to period, ending today")
     parser.add_argument("--store-id", type=int, default=1, help="the store of the one-store reports")
-    parser.add_argument("--no-cancel", action="store_true",
-                        help="after each wrk run, wait for the server's leftover queries instead of cancelling them")
+    parser.add_argument(
+        "--no-cancel",
+        action="store_true",
+        help="after each wrk run, wait for the server's leftover queries instead of cancelling them",
+    )
     args = parser.parse_args(argv)
     common.ensure_tools("wrk")
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -108,18 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     period = f"from={today - dt.timedelta(days=args.period_days - 1)}&to={today}"
     paths = {}
     if args.endpoints in ("all", "classic"):
-        paths |= {"/stores/top/": f"/stores/top/?cnt={args.cnt}&mm={today.month}",
-                  "/items/top/": f"/items/top/?cnt={args.cnt}"}
+        paths |= {
+            "/stores/top/": f"/stores/top/?cnt={args.cnt}&mm={today.month}",
+            "/items/top/": f"/items/top/?cnt={args.cnt}",
+        }
     if args.endpoints in ("all", "periods"):
-        paths |= {f"/stores/top/ ({args.period_days} days)": f"/stores/top/?cnt={args.cnt}&{period}",
-                  f"/items/top/ ({args.period_days} days)": f"/items/top/?cnt={args.cnt}&{period}",
-                  f"/items/top/ (one store, {args.period_days} days)": (
-                      f"/items/top/?cnt={args.cnt}&store_id={args.store_id}&{period}"),
-                  f"/stores/{{id}}/report/ ({args.period_days} days)": f"/stores/{args.store_id}/report/?{period}",
-                  f"/reports/totals/ ({args.period_days} days)": f"/reports/totals/?{period}",
-                  f"/reports/hours/ ({args.period_days} days)": f"/reports/hours/?{period}",
-                  f"/reports/hours/ (one store, {args.period_days} days)": (
-                      f"/reports/hours/?store_id={args.store_id}&{period}")}
+        paths |= {
+            f"/stores/top/ ({args.period_days} days)": f"/stores/top/?cnt={args.cnt}&{period}",
+            f"/items/top/ ({args.period_days} days)": f"/items/top/?cnt={args.cnt}&{period}",
+            f"/items/top/ (one store, {args.period_days} days)": (
+                f"/items/top/?cnt={args.cnt}&store_id={args.store_id}&{period}"
+            ),
+            f"/stores/{{id}}/report/ ({args.period_days} days)": f"/stores/{args.store_id}/report/?{period}",
+            f"/reports/totals/ ({args.period_days} days)": f"/reports/totals/?{period}",
+            f"/reports/hours/ ({args.period_days} days)": f"/reports/hours/?{period}",
+            f"/reports/hours/ (one store, {args.period_days} days)": (
+                f"/reports/hours/?store_id={args.store_id}&{period}"
+            ),
+        }
 
     product_url, baseline_url = common.prepare_databases(args)
     baseline = common.start_baseline(baseline_url, args.baseline_port)
@@ -133,25 +155,30 @@ def main(argv: list[str] | None = None) -> int:
         seed_s = common.seed_product(product_url, args.items, args.stores, size)
         copy_s = common.copy_to_baseline(product_url, baseline_url, with_sales=True)
         log(f"{size} sales: seeded product in {seed_s:.1f} s, copied to the baseline in {copy_s:.1f} s")
-        notes.append(f"{size:,} sales: product seeded with the CLI in {seed_s:.1f} s; "
-                     f"copied to the baseline in {copy_s:.1f} s")
+        notes.append(
+            f"{size:,} sales: product seeded with the CLI in {seed_s:.1f} s; copied to the baseline in {copy_s:.1f} s"
+        )
         for endpoint, path in paths.items():
             answers = {}
             for name, port in systems.items():
                 log(f"{size} sales, {name} {path}: sequential")
-                lat = sequential(port, path, args.requests, args.warmup_requests if name == "product" else 2,
-                                 args.latency_budget)
+                lat = sequential(
+                    port, path, args.requests, args.warmup_requests if name == "product" else 2, args.latency_budget
+                )
                 answers[name] = lat.pop("body")
                 log(f"{size} sales, {name} {path}: wrk")
-                load = common.wrk(port, path, "bench/get.lua", args.duration, args.connections, args.threads,
-                                  timeout_s=10)
+                load = common.wrk(
+                    port, path, "bench/get.lua", args.duration, args.connections, args.threads, timeout_s=10
+                )
                 if args.no_cancel:
                     idle_s, cancelled = common.wait_idle(f"bench_{name}"), 0
                 else:
                     idle_s, cancelled = common.cancel_until_idle(f"bench_{name}")
                 if cancelled or (args.no_cancel and idle_s > 1):
-                    notes.append(f"{size:,} sales, {endpoint}, {name}: still running queries for requests "
-                                 f"whose client (wrk) was gone: {cancelled} cancelled, {idle_s:.1f} s until idle")
+                    notes.append(
+                        f"{size:,} sales, {endpoint}, {name}: still running queries for requests "
+                        f"whose client (wrk) was gone: {cancelled} cancelled, {idle_s:.1f} s until idle"
+                    )
                 commands.append(f"{name}, {size} sales: `{load['cmd']}`")
                 results[(size, endpoint, name)] = {**lat, "load": load}
                 if name == "product":  # the same requests, each right after a (simulated) worker commit
@@ -164,11 +191,15 @@ def main(argv: list[str] | None = None) -> int:
                     results[(size, endpoint, name)]["cold"] = cold
             same = answers["baseline"] == answers["product"]
             if not same:
-                notes.append(f"{size:,} sales, {endpoint}: the answers DIFFER: baseline {answers['baseline'][:3]}... "
-                             f"product {answers['product'][:3]}...")
+                notes.append(
+                    f"{size:,} sales, {endpoint}: the answers DIFFER: baseline {answers['baseline'][:3]}... "
+                    f"product {answers['product'][:3]}..."
+                )
             else:
-                notes.append(f"{size:,} sales, {endpoint}: baseline and product give the same answer "
-                             f"({len(answers['product'])} rows)")
+                notes.append(
+                    f"{size:,} sales, {endpoint}: baseline and product give the same answer "
+                    f"({len(answers['product'])} rows)"
+                )
 
     common.header(f"Reports (GET {', '.join(paths.values())}), {args.stores} stores, {args.items} items")
     rows = []
@@ -176,27 +207,69 @@ def main(argv: list[str] | None = None) -> int:
         for endpoint in paths:
             b, p = results[(size, endpoint, "baseline")], results[(size, endpoint, "product")]
             bl, pl = b["load"], p["load"]
-            rows.append([f"{size:,}", endpoint, "median latency (ms)", f"{b['median']:.2f}", f"{p['median']:.2f}",
-                         ratio(p["median"], b["median"])])
+            rows.append(
+                [
+                    f"{size:,}",
+                    endpoint,
+                    "median latency (ms)",
+                    f"{b['median']:.2f}",
+                    f"{p['median']:.2f}",
+                    ratio(p["median"], b["median"]),
+                ]
+            )
             rows.append(["", "", "p99 latency (ms)", f"{b['p99']:.2f}", f"{p['p99']:.2f}", ratio(p["p99"], b["p99"])])
             rows.append(["", "", "sequential requests", str(b["n"]), str(p["n"]), ""])
-            rows.append(["", "", "median / p99 latency, uncached (ms)", "-",
-                         f"{p['cold']['median']:.2f} / {p['cold']['p99']:.2f}", ""])
-            rows.append(["", "", f"req/s, {args.connections} connections (2xx)", f"{bl['ok_rps']:.0f}",
-                         f"{pl['ok_rps']:.0f}", ratio(pl["ok_rps"], bl["ok_rps"])])
-            rows.append(["", "", "p99 under load (ms)", under_load_p99(bl, args.duration),
-                         under_load_p99(pl, args.duration), ""])
-            rows.append(["", "", "errors under load (non-2xx / socket)",
-                         f"{bl['status']} / {bl['socket_errors']}", f"{pl['status']} / {pl['socket_errors']}", ""])
+            rows.append(
+                [
+                    "",
+                    "",
+                    "median / p99 latency, uncached (ms)",
+                    "-",
+                    f"{p['cold']['median']:.2f} / {p['cold']['p99']:.2f}",
+                    "",
+                ]
+            )
+            rows.append(
+                [
+                    "",
+                    "",
+                    f"req/s, {args.connections} connections (2xx)",
+                    f"{bl['ok_rps']:.0f}",
+                    f"{pl['ok_rps']:.0f}",
+                    ratio(pl["ok_rps"], bl["ok_rps"]),
+                ]
+            )
+            rows.append(
+                [
+                    "",
+                    "",
+                    "p99 under load (ms)",
+                    under_load_p99(bl, args.duration),
+                    under_load_p99(pl, args.duration),
+                    "",
+                ]
+            )
+            rows.append(
+                [
+                    "",
+                    "",
+                    "errors under load (non-2xx / socket)",
+                    f"{bl['status']} / {bl['socket_errors']}",
+                    f"{pl['status']} / {pl['socket_errors']}",
+                    "",
+                ]
+            )
     print(common.table(["sales", "endpoint", "metric", "baseline", "product", "ratio product/baseline"], rows))
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
         print(f"\nProduct latency growth from {small:,} to {large:,} sales (median, p99):\n")
         for endpoint in paths:
             a, z = results[(small, endpoint, "product")], results[(large, endpoint, "product")]
-            print(f"- {endpoint}: median {z['median'] / a['median']:.2f}x, p99 {z['p99'] / a['p99']:.2f}x; "
-                  f"uncached median {z['cold']['median'] / a['cold']['median']:.2f}x, "
-                  f"p99 {z['cold']['p99'] / a['cold']['p99']:.2f}x")
+            print(
+                f"- {endpoint}: median {z['median'] / a['median']:.2f}x, p99 {z['p99'] / a['p99']:.2f}x; "
+                f"uncached median {z['cold']['median'] / a['cold']['median']:.2f}x, "
+                f"p99 {z['cold']['p99'] / a['cold']['p99']:.2f}x"
+            )
     print("\nData:\n")
     for note in notes:
         print(f"- {note}")

@@ -8,6 +8,7 @@ against a database of its own (bench_seed, dropped afterwards) and Redis DB 12. 
 replaces the previous run's data, so the runs are alike. The baseline has no seeding tool;
 there is nothing to compare with here.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         common.on_exit(common.clean_redis)
     env = common.product_env(url, 0)
-    seed_cmd = (f"{shlex.quote(common.PYTHON)} -m shared.seed --items {args.items} --stores {args.stores} "
-                f"--sales {args.sales} --seed 1")
+    seed_cmd = (
+        f"{shlex.quote(common.PYTHON)} -m shared.seed --items {args.items} --stores {args.stores} "
+        f"--sales {args.sales} --seed 1"
+    )
     with tempfile.NamedTemporaryFile(prefix="bench-seed-", suffix=".json", delete=False) as handle:
         export = handle.name
     common.on_exit(os.unlink, export)
@@ -49,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
 
     common.header(f"Seeding {args.sales:,} sales ({args.items:,} items, {args.stores:,} stores) with the CLI")
     times = result["times"]
-    rows = [["mean (s)", f"{result['mean']:.1f}"], ["stddev (s)", f"{(result.get('stddev') or 0):.1f}"],
-            ["min (s)", f"{result['min']:.1f}"], ["max (s)", f"{result['max']:.1f}"],
-            ["runs", str(len(times))], ["sales/s (mean)", f"{args.sales / result['mean']:,.0f}"],
-            ["rows in sales after the last run", f"{rows_count:,}"]]
+    rows = [
+        ["mean (s)", f"{result['mean']:.1f}"],
+        ["stddev (s)", f"{(result.get('stddev') or 0):.1f}"],
+        ["min (s)", f"{result['min']:.1f}"],
+        ["max (s)", f"{result['max']:.1f}"],
+        ["runs", str(len(times))],
+        ["sales/s (mean)", f"{args.sales / result['mean']:,.0f}"],
+        ["rows in sales after the last run", f"{rows_count:,}"],
+    ]
     print(common.table(["metric", "value"], rows))
     env_part = " ".join(f"{k}={v}" for k, v in env.items() if k in ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX"))
     print(f"\nhyperfine command: `{env_part} hyperfine --runs {args.runs} {shlex.quote(seed_cmd)}`")

@@ -16,6 +16,7 @@ behind another waiter for a row) and by the table its statement writes, so that 
 serialising the writers shows up as a number. Each configuration ends with the stored count
 and the rollups' drift checked.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,6 +51,7 @@ _TARGET = re.compile(r"^\s*(?:INSERT\s+INTO|COPY|UPDATE)\s+\"?(\w+)", re.I)
 # ---------------------------------------------------------------------------------------------
 # The same queue before every configuration
 
+
 async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> list[dict]:
     """Stream entries (fields n, d) holding `sales` sales; deterministic for a given catalogue."""
     conn = await asyncpg.connect(url)
@@ -65,8 +67,18 @@ async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> lis
     for sale_id in range(1, sales + 1):
         item, store = rng.choice(items), rng.randint(1, stores)
         sold = now_us - rng.randrange(hour_us)
-        chunk.append(QueuedSale(id=sale_id, sale_time_us=sold, item_id=item, store_id=store, price=prices[item],
-                                quantity=rng.randint(1, 3), idempotency_key=f"bw-{sale_id}", accepted_at_us=sold))
+        chunk.append(
+            QueuedSale(
+                id=sale_id,
+                sale_time_us=sold,
+                item_id=item,
+                store_id=store,
+                price=prices[item],
+                quantity=rng.randint(1, 3),
+                idempotency_key=f"bw-{sale_id}",
+                accepted_at_us=sold,
+            )
+        )
         if len(chunk) == per_entry or sale_id == sales:
             entries.append({"n": len(chunk), "d": sale_encoder.encode(chunk)})
             chunk = []
@@ -86,7 +98,7 @@ async def reset(url: str, entries: list[dict]) -> None:
         await client.delete(KEYS.stream, KEYS.depth, KEYS.worker_stats)
         for start in range(0, len(entries), 1000):
             async with client.pipeline(transaction=False) as pipe:
-                for fields in entries[start:start + 1000]:
+                for fields in entries[start : start + 1000]:
                     pipe.xadd(KEYS.stream, fields)
                 await pipe.execute()
         await client.set(KEYS.depth, sum(e["n"] for e in entries))
@@ -97,20 +109,23 @@ async def reset(url: str, entries: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Sampling the workers' backends
 
+
 class WaitSampler:
     """pg_stat_activity of the workers' backends every `every` seconds."""
 
-    QUERY = ("SELECT pid, state, wait_event_type, wait_event, query FROM pg_stat_activity "
-             "WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()")
+    QUERY = (
+        "SELECT pid, state, wait_event_type, wait_event, query FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()"
+    )
 
     def __init__(self, url: str, every: float):
         self.url, self.every = url, every
         self.samples = 0
-        self.any_lock = 0                                # samples with >= 1 backend waiting on a Lock
-        self.by_event: collections.Counter = collections.Counter()   # samples with a wait on that event
-        self.by_table: collections.Counter = collections.Counter()   # ... in a statement on that table
-        self.waiting_backends = 0                        # sum over samples of backends waiting on a Lock
-        self.active_backends = 0                         # ... and of backends running a statement
+        self.any_lock = 0  # samples with >= 1 backend waiting on a Lock
+        self.by_event: collections.Counter = collections.Counter()  # samples with a wait on that event
+        self.by_table: collections.Counter = collections.Counter()  # ... in a statement on that table
+        self.waiting_backends = 0  # sum over samples of backends waiting on a Lock
+        self.active_backends = 0  # ... and of backends running a statement
         self.backend_pids: set[int] = set()
         self._stop = asyncio.Event()
 
@@ -168,9 +183,14 @@ def cpu_seconds(pids) -> float:
 # ---------------------------------------------------------------------------------------------
 # One configuration
 
+
 async def _waiting_on_gate(url: str) -> int:
-    return await common.fetchval(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                      "AND application_name = $1 AND wait_event_type = 'Lock'", WORKER_APP)
+    return await common.fetchval(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = $1 AND wait_event_type = 'Lock'",
+        WORKER_APP,
+    )
 
 
 async def drain(url: str, k: int, sales: int, args) -> dict:
@@ -189,8 +209,12 @@ async def drain(url: str, k: int, sales: int, args) -> dict:
 
     sampler = WaitSampler(url, args.sample_ms / 1000)
     cpu_before = cpu_seconds(p for w in workers for p in w.pids())
-    backends = [r["pid"] for r in await gate.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1", WORKER_APP)]
+    backends = [
+        r["pid"]
+        for r in await gate.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1", WORKER_APP
+        )
+    ]
     backend_cpu_before = cpu_seconds(backends)
     started = time.perf_counter()
     await tx.rollback()  # the clock starts: every worker has a batch in hand
@@ -221,11 +245,19 @@ async def drain(url: str, k: int, sales: int, args) -> dict:
         await conn.close()
     if stored != sales or any(drift.values()):
         raise RuntimeError(f"{k} workers: stored {stored} of {sales}, drift {drift}")
-    return {"workers": k, "sales": sales, "seconds": seconds, "rate": sales / seconds, "sampler": sampler,
-            "worker_cpu": worker_cpu, "backend_cpu": backend_cpu}
+    return {
+        "workers": k,
+        "sales": sales,
+        "seconds": seconds,
+        "rate": sales / seconds,
+        "sampler": sampler,
+        "worker_cpu": worker_cpu,
+        "backend_cpu": backend_cpu,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def combine(runs: list[dict]) -> dict:
     """The median drain of a configuration's runs; the lock samples of all of them together."""
@@ -240,10 +272,15 @@ def combine(runs: list[dict]) -> dict:
         merged.waiting_backends += other.waiting_backends
         merged.active_backends += other.active_backends
     median = statistics.median(seconds)
-    return {"workers": runs[0]["workers"], "seconds": median, "range": (seconds[0], seconds[-1]),
-            "rate": runs[0]["sales"] / median, "sampler": merged,
-            "worker_cpu": statistics.median(r["worker_cpu"] / r["seconds"] for r in runs),
-            "backend_cpu": statistics.median(r["backend_cpu"] / r["seconds"] for r in runs)}
+    return {
+        "workers": runs[0]["workers"],
+        "seconds": median,
+        "range": (seconds[0], seconds[-1]),
+        "rate": runs[0]["sales"] / median,
+        "sampler": merged,
+        "worker_cpu": statistics.median(r["worker_cpu"] / r["seconds"] for r in runs),
+        "backend_cpu": statistics.median(r["backend_cpu"] / r["seconds"] for r in runs),
+    }
 
 
 def _pct(part: int, whole: int) -> str:
@@ -253,8 +290,12 @@ def _pct(part: int, whole: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--sales", type=int, default=300_000, help="sales queued before each configuration")
-    parser.add_argument("--sales-per-entry", type=int, default=20,
-                        help="sales per stream entry (one API group commit of that many requests)")
+    parser.add_argument(
+        "--sales-per-entry",
+        type=int,
+        default=20,
+        help="sales per stream entry (one API group commit of that many requests)",
+    )
     parser.add_argument("--workers", default="1,2,4", help="worker process counts, comma-separated")
     parser.add_argument("--sample-ms", type=float, default=10, help="pg_stat_activity sampling interval")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a drain may take at most")
@@ -281,34 +322,55 @@ def main(argv: list[str] | None = None) -> int:
         results.append(combine(runs))
 
     batch_entries = int(os.environ.get("WORKER_BATCH_ENTRIES", 200))
-    common.header(f"Worker drain rate by number of workers ({args.sales:,} sales queued, "
-                  f"{args.sales_per_entry} per stream entry, {batch_entries * args.sales_per_entry:,} "
-                  f"per transaction; catalogue {args.items:,} items, {args.stores:,} stores)")
+    common.header(
+        f"Worker drain rate by number of workers ({args.sales:,} sales queued, "
+        f"{args.sales_per_entry} per stream entry, {batch_entries * args.sales_per_entry:,} "
+        f"per transaction; catalogue {args.items:,} items, {args.stores:,} stores)"
+    )
     one = results[0]["rate"]
     events = sorted({e for r in results for e in r["sampler"].by_event})
     tables = sorted({t for r in results for t in r["sampler"].by_table})
     rows = []
     for r in results:
         s: WaitSampler = r["sampler"]
-        rows.append([
-            str(r["workers"]), f"{r['seconds']:.2f} ({r['range'][0]:.2f}-{r['range'][1]:.2f})",
-            f"{r['rate']:,.0f}", f"{r['rate'] / one:.2f}x",
-            str(s.samples), _pct(s.any_lock, s.samples),
-            *(_pct(s.by_event[e], s.samples) for e in events),
-            ", ".join(f"{t} {_pct(s.by_table[t], s.samples)}" for t in tables if s.by_table[t]) or "-",
-            f"{s.waiting_backends / s.samples:.2f} / {s.active_backends / s.samples:.2f}" if s.samples else "n/a",
-            f"{r['worker_cpu'] + r['backend_cpu']:.2f} ({r['worker_cpu']:.2f} + {r['backend_cpu']:.2f})",
-        ])
-    print(common.table(
-        ["workers", f"drain (s), median of {args.repeat} (min-max)", "sales/s (median)", "vs 1 worker", "samples",
-         "samples with a worker waiting on a Lock",
-         *(f"... on {e}" for e in events), "... by table its statement writes",
-         "mean backends waiting on a Lock / running", "cores busy (workers + their backends)"], rows))
-    print(f"\nSampled every {args.sample_ms:g} ms (pg_stat_activity, backends with application_name "
-          f"{WORKER_APP!r}), all runs of a configuration together; a sample counts once per event and "
-          f"table however many backends wait. Cores busy: CPU seconds (/proc) of the worker processes + "
-          f"their PostgreSQL backends per second of drain (median of the runs), of {os.cpu_count()} cores. "
-          f"Every configuration stored all {args.sales:,} sales with rollup drift 0.")
+        rows.append(
+            [
+                str(r["workers"]),
+                f"{r['seconds']:.2f} ({r['range'][0]:.2f}-{r['range'][1]:.2f})",
+                f"{r['rate']:,.0f}",
+                f"{r['rate'] / one:.2f}x",
+                str(s.samples),
+                _pct(s.any_lock, s.samples),
+                *(_pct(s.by_event[e], s.samples) for e in events),
+                ", ".join(f"{t} {_pct(s.by_table[t], s.samples)}" for t in tables if s.by_table[t]) or "-",
+                f"{s.waiting_backends / s.samples:.2f} / {s.active_backends / s.samples:.2f}" if s.samples else "n/a",
+                f"{r['worker_cpu'] + r['backend_cpu']:.2f} ({r['worker_cpu']:.2f} + {r['backend_cpu']:.2f})",
+            ]
+        )
+    print(
+        common.table(
+            [
+                "workers",
+                f"drain (s), median of {args.repeat} (min-max)",
+                "sales/s (median)",
+                "vs 1 worker",
+                "samples",
+                "samples with a worker waiting on a Lock",
+                *(f"... on {e}" for e in events),
+                "... by table its statement writes",
+                "mean backends waiting on a Lock / running",
+                "cores busy (workers + their backends)",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nSampled every {args.sample_ms:g} ms (pg_stat_activity, backends with application_name "
+        f"{WORKER_APP!r}), all runs of a configuration together; a sample counts once per event and "
+        f"table however many backends wait. Cores busy: CPU seconds (/proc) of the worker processes + "
+        f"their PostgreSQL backends per second of drain (median of the runs), of {os.cpu_count()} cores. "
+        f"Every configuration stored all {args.sales:,} sales with rollup drift 0."
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ up, into a fresh database (`bench_writer`) holding the benchmark catalogue (10,0
 run on this machine) and this process's, over 20 to 1,000 batches (20,000 sales where that fits) per size.
 It shows what a transaction costs whatever its size (the fixed part) and per sale.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,16 +46,27 @@ async def measure(url: str, sizes: list[int], items: int, stores: int) -> list[l
             batches = max(20, min(1_000, 20_000 // size))
             pg0, own0, wall0 = backend_cpu_s(pid), time.process_time(), time.perf_counter()
             for _ in range(batches):
-                rows = [(next_id + i, now_us, rng.randint(1, items), rng.randint(1, stores), 100, 1, None, now_us)
-                        for i in range(size)]
+                rows = [
+                    (next_id + i, now_us, rng.randint(1, items), rng.randint(1, stores), 100, 1, None, now_us)
+                    for i in range(size)
+                ]
                 next_id += size
                 result = await writer.write_batch(conn, rows)
                 assert result.written == size, result
             pg, own, wall = backend_cpu_s(pid) - pg0, time.process_time() - own0, time.perf_counter() - wall0
             sales = batches * size
             common.log(f"{size} sales per batch: {wall / batches * 1000:.2f} ms per batch")
-            rows_out.append([f"{size:,}", str(batches), f"{wall / batches * 1000:.2f}", f"{pg / batches * 1000:.2f}",
-                             f"{pg / sales * 1e6:.1f}", f"{own / sales * 1e6:.1f}", f"{sales / wall:,.0f}"])
+            rows_out.append(
+                [
+                    f"{size:,}",
+                    str(batches),
+                    f"{wall / batches * 1000:.2f}",
+                    f"{pg / batches * 1000:.2f}",
+                    f"{pg / sales * 1e6:.1f}",
+                    f"{own / sales * 1e6:.1f}",
+                    f"{sales / wall:,.0f}",
+                ]
+            )
     finally:
         await conn.close()
     return rows_out
@@ -69,8 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     common.seed_product(url, args.items, args.stores, 0)
     rows = asyncio.run(measure(url, sizes, args.items, args.stores))
     common.header(f"The worker's batch write alone ({args.items} items, {args.stores} stores)")
-    print(common.table(["sales per batch", "batches", "wall ms per batch", "PostgreSQL CPU ms per batch",
-                        "PostgreSQL CPU µs per sale", "worker CPU µs per sale", "sales/s (one connection)"], rows))
+    print(
+        common.table(
+            [
+                "sales per batch",
+                "batches",
+                "wall ms per batch",
+                "PostgreSQL CPU ms per batch",
+                "PostgreSQL CPU µs per sale",
+                "worker CPU µs per sale",
+                "sales/s (one connection)",
+            ],
+            rows,
+        )
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
     from pos_client import SalesClient
     client = SalesClient("https://sales.example", key=POS_KEY, store_id=7, spool="/var/lib/pos/spool.db")
 """  # fmt: skip  # else ruff format unindents the example above
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

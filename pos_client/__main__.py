@@ -5,6 +5,7 @@
     python -m pos_client requeue --spool /var/lib/pos/spool.db --all   # after the cause was fixed
     python -m pos_client requeue --spool /var/lib/pos/spool.db 17 18
 """  # fmt: skip  # else ruff format unindents the example above
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,18 @@ def _when(unix: str | None) -> str:
 def status(spool: Spool, as_json: bool) -> int:
     counts = spool.counts()
     refused = spool.refused()
-    info = {"spool": spool.path, "store_id": spool.store_id, "pending": counts.pending,
-            "oldest_pending_sale_time": counts.oldest_pending, "sent_kept": counts.sent,
-            "set_aside": counts.refused, "last_error": spool.meta("last_error"),
-            "last_error_at": _when(spool.meta("last_error_at")) or None,
-            "sending_stopped": spool.meta("stopped"),
-            "set_aside_sales": [dataclasses.asdict(s) for s in refused]}
+    info = {
+        "spool": spool.path,
+        "store_id": spool.store_id,
+        "pending": counts.pending,
+        "oldest_pending_sale_time": counts.oldest_pending,
+        "sent_kept": counts.sent,
+        "set_aside": counts.refused,
+        "last_error": spool.meta("last_error"),
+        "last_error_at": _when(spool.meta("last_error_at")) or None,
+        "sending_stopped": spool.meta("stopped"),
+        "set_aside_sales": [dataclasses.asdict(s) for s in refused],
+    }
     if as_json:
         print(json.dumps(info, indent=2))
         return 0

@@ -1,5 +1,6 @@
 """How long to wait before trying the server again: exponential backoff with jitter, and
 `Retry-After` honoured (never earlier than the server asked)."""
+
 from __future__ import annotations
 
 import email.utils

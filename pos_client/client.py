@@ -1,4 +1,5 @@
 """SalesClient: what POS code calls. Recording is local and durable; sending is in the background."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ from pos_client.sender import Sender
 from pos_client.spool import NewSale, Spool, SpooledSale
 from pos_client.transport import HttpTransport
 
-MAX_BATCH = 1000          # the server's limit for POST /sales/batch/
+MAX_BATCH = 1000  # the server's limit for POST /sales/batch/
 INT32_MAX = 2_147_483_647
 MAX_QUANTITY = 10_000
 EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
@@ -31,15 +32,15 @@ class RecordedSale:
 
 @dataclasses.dataclass(frozen=True)
 class Status:
-    pending: int                         # recorded, not yet taken by the server
-    oldest_pending_age: float | None     # seconds since the oldest pending sale happened
-    sent: int                            # taken by the server (kept as the ledger for a while)
-    set_aside: int                       # refused by the server for good (see `python -m pos_client status`)
+    pending: int  # recorded, not yet taken by the server
+    oldest_pending_age: float | None  # seconds since the oldest pending sale happened
+    sent: int  # taken by the server (kept as the ledger for a while)
+    set_aside: int  # refused by the server for good (see `python -m pos_client status`)
     last_error: str | None
-    last_error_at: float | None          # Unix time
-    stopped: str | None                  # why sending is stopped (a refused key), else None
-    last_sent_at: float | None = None    # Unix time of the last batch the server took (this process)
-    online: bool | None = None           # did the last request get an answer (None: none made yet)
+    last_error_at: float | None  # Unix time
+    stopped: str | None  # why sending is stopped (a refused key), else None
+    last_sent_at: float | None = None  # Unix time of the last batch the server took (this process)
+    online: bool | None = None  # did the last request get an answer (None: none made yet)
 
 
 def _check_id(name: str, value) -> int:
@@ -89,10 +90,21 @@ class SalesClient:
         client.close()
     """  # fmt: skip  # else ruff format unindents the example above
 
-    def __init__(self, base_url: str, key: str | None = None, *, store_id: int, spool: str,
-                 batch_size: int = MAX_BATCH, flush_interval: float = 1.0, timeout: float = 10.0,
-                 backoff_base: float = 0.5, backoff_cap: float = 30.0, keep_sent_days: float = 7.0,
-                 transport=None):
+    def __init__(
+        self,
+        base_url: str,
+        key: str | None = None,
+        *,
+        store_id: int,
+        spool: str,
+        batch_size: int = MAX_BATCH,
+        flush_interval: float = 1.0,
+        timeout: float = 10.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        keep_sent_days: float = 7.0,
+        transport=None,
+    ):
         _check_id("store_id", store_id)
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}, got {batch_size}")
@@ -109,9 +121,16 @@ class SalesClient:
             if self._lock:
                 self._lock.close()
             raise
-        self._sender = Sender(self._spool, self._transport, store_id=store_id, key=key, batch_size=batch_size,
-                              interval=flush_interval, backoff=Backoff(backoff_base, backoff_cap),
-                              keep_sent_seconds=keep_sent_days * 86400)
+        self._sender = Sender(
+            self._spool,
+            self._transport,
+            store_id=store_id,
+            key=key,
+            batch_size=batch_size,
+            interval=flush_interval,
+            backoff=Backoff(backoff_base, backoff_cap),
+            keep_sent_seconds=keep_sent_days * 86400,
+        )
         self._closed = False
         self._sender.start()
 
@@ -129,8 +148,9 @@ class SalesClient:
         sales = [_check_sale(item_id, quantity, sale_time, now) for item_id, quantity in lines]
         if not sales:
             return []
-        return [RecordedSale(s.seq, s.idempotency_key, s.item_id, s.quantity, s.sale_time)
-                for s in self._spool.add(sales)]
+        return [
+            RecordedSale(s.seq, s.idempotency_key, s.item_id, s.quantity, s.sale_time) for s in self._spool.add(sales)
+        ]
 
     # --- sending
 
@@ -162,10 +182,17 @@ class SalesClient:
         if counts.oldest_pending:
             age = max(0.0, time.time() - dt.datetime.fromisoformat(counts.oldest_pending).timestamp())
         error_at = self._spool.meta("last_error_at")
-        return Status(pending=counts.pending, oldest_pending_age=age, sent=counts.sent, set_aside=counts.refused,
-                      last_error=self._spool.meta("last_error"), last_error_at=float(error_at) if error_at else None,
-                      stopped=self._sender.stopped, last_sent_at=self._sender.last_sent_at,
-                      online=self._sender.online)
+        return Status(
+            pending=counts.pending,
+            oldest_pending_age=age,
+            sent=counts.sent,
+            set_aside=counts.refused,
+            last_error=self._spool.meta("last_error"),
+            last_error_at=float(error_at) if error_at else None,
+            stopped=self._sender.stopped,
+            last_sent_at=self._sender.last_sent_at,
+            online=self._sender.online,
+        )
 
     def set_aside(self) -> list[SpooledSale]:
         """The sales the server refused for good, with the reason."""

@@ -1,4 +1,5 @@
 """What the client raises. Problems with the server never raise: they show in `status()`."""
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ made anew, and a reused key would make the server answer with the earlier sale a
 nothing (a lost sale). 80 random bits per millisecond never repeat in practice; the time part
 keeps keys in the order they were made, which helps whoever reads a spool.
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ ones it sent. Reconciled with the server:
 - with a database URL: every sent sale is in `sales` once, under its key, with the id the
   server answered (needs asyncpg, which a till does not have: only the simulator uses this).
 """
+
 from __future__ import annotations
 
 import collections
@@ -61,8 +62,9 @@ class Reports:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def get(self, path: str, **query) -> Any:  # decoded JSON
-        answer = self.http.request("GET", path + ("?" + urllib.parse.urlencode(query) if query else ""),
-                                   headers=self.headers)
+        answer = self.http.request(
+            "GET", path + ("?" + urllib.parse.urlencode(query) if query else ""), headers=self.headers
+        )
         if answer.status != 200:
             raise RuntimeError(f"GET {path}: {answer.status} {answer.error()}")
         return answer.json()
@@ -108,7 +110,9 @@ async def database_check(database_url: str, ledgers: Iterable[Ledger]) -> dict:
     try:
         rows = await conn.fetch(
             "SELECT id, store_id, item_id, quantity, idempotency_key FROM sales "
-            "WHERE idempotency_key = ANY($1::text[])", [key for _, key in wanted])
+            "WHERE idempotency_key = ANY($1::text[])",
+            [key for _, key in wanted],
+        )
     finally:
         await conn.close()
     seen = collections.Counter((r["store_id"], r["idempotency_key"]) for r in rows)

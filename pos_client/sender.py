@@ -5,6 +5,7 @@ Every `interval`, or when woken by `flush`, it sends the pending sales in batche
 without waiting. A sale leaves the pending state only after the server answered for it, so a
 crash at any moment sends it again, with the same idempotency key, and the server stores it once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,18 @@ PRUNE_EVERY = 3600.0
 
 
 class Sender:
-    def __init__(self, spool: Spool, transport, *, store_id: int, key: str | None, batch_size: int,
-                 interval: float, backoff: Backoff, keep_sent_seconds: float):
+    def __init__(
+        self,
+        spool: Spool,
+        transport,
+        *,
+        store_id: int,
+        key: str | None,
+        batch_size: int,
+        interval: float,
+        backoff: Backoff,
+        keep_sent_seconds: float,
+    ):
         self.spool = spool
         self.transport = transport
         self.store_id = store_id
@@ -36,13 +47,13 @@ class Sender:
         self.interval = interval
         self.backoff = backoff
         self.keep_sent_seconds = keep_sent_seconds
-        self.progress = threading.Condition()   # notified whenever sales got settled or sending stopped
-        self.stopped: str | None = None          # why sending stopped (a refused key)
+        self.progress = threading.Condition()  # notified whenever sales got settled or sending stopped
+        self.stopped: str | None = None  # why sending stopped (a refused key)
         self.last_sent_at: float | None = None
-        self.online: bool | None = None          # did the last request get an answer
+        self.online: bool | None = None  # did the last request get an answer
         self._wake = threading.Event()
         self._closing = threading.Event()
-        self._held: dict[int, float] = {}        # seq -> not before (monotonic): clock ahead of the server's
+        self._held: dict[int, float] = {}  # seq -> not before (monotonic): clock ahead of the server's
         self._pruned_at = 0.0
         self._thread = threading.Thread(target=self._run, name="pos-client-sender", daemon=True)
 
@@ -91,7 +102,7 @@ class Sender:
         now = time.monotonic()
         self._held = {seq: until for seq, until in self._held.items() if until > now}
         candidates = self.spool.pending(self.batch_size + len(self._held))
-        return [s for s in candidates if s.seq not in self._held][:self.batch_size]
+        return [s for s in candidates if s.seq not in self._held][: self.batch_size]
 
     def _send(self, batch: list[SpooledSale]) -> None:
         """One batch, and the parts the server's answer calls for; returns after a backoff wait
@@ -122,8 +133,11 @@ class Sender:
                 self._note_error(f"{verdict.error} (is the till's clock ahead of the server's?)")
             elif verdict.refused:
                 reasons = sorted({reason for _, reason in verdict.refused})
-                self._note_error(f"{len(verdict.refused)} sale(s) set aside, refused by the server: "
-                                 + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else ""))
+                self._note_error(
+                    f"{len(verdict.refused)} sale(s) set aside, refused by the server: "
+                    + "; ".join(reasons[:3])
+                    + ("; ..." if len(reasons) > 3 else "")
+                )
             if verdict.sent or verdict.refused:
                 self._notify()
             if verdict.stop:

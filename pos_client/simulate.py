@@ -14,6 +14,7 @@ With AUTH_REQUIRED on the server, give --admin-token (or ADMIN_TOKEN): the simul
 POS key per store and an owner key, and revokes them at the end. Nobody else must sell in the
 simulated stores meanwhile, or the reports' change will not be the ledgers'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,12 @@ class Till:
     def start(self) -> None:
         self.plan_path.write_text(json.dumps(dataclasses.asdict(self.plan)))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pos_client.till", str(self.plan_path)],
-                                         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pos_client.till", str(self.plan_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
 
     @property
     def process(self) -> subprocess.Popen:
@@ -95,8 +100,10 @@ class Keys:
             return
         missing = [s for s in stores if s not in self.pos]
         if (missing or not self.owner) and self.admin is None:
-            raise SystemExit("the server requires keys: give --admin-token (or ADMIN_TOKEN) to issue them, "
-                             "or --owner-key and --pos-keys")
+            raise SystemExit(
+                "the server requires keys: give --admin-token (or ADMIN_TOKEN) to issue them, "
+                "or --owner-key and --pos-keys"
+            )
         if not self.owner:
             self.owner = self._issue({"kind": "owner", "label": "simulator"})
         for store in missing:
@@ -141,12 +148,18 @@ def parse_args(argv):
     parser.add_argument("--offline-share", type=float, default=0.5, help="share of tills that lose the network")
     parser.add_argument("--kill", type=int, default=2, help="tills SIGKILLed once and started again")
     parser.add_argument("--spool-dir", help="where the spools go (default: a new temporary directory)")
-    parser.add_argument("--admin-token", default=os.environ.get("ADMIN_TOKEN"),
-                        help="to issue keys when the server requires them (default: $ADMIN_TOKEN)")
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("ADMIN_TOKEN"),
+        help="to issue keys when the server requires them (default: $ADMIN_TOKEN)",
+    )
     parser.add_argument("--owner-key", help="an owner key for the reports")
     parser.add_argument("--pos-keys", help="JSON file {store_id: pos key}")
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="check every sale in `sales` (default: $DATABASE_URL; needs asyncpg)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="check every sale in `sales` (default: $DATABASE_URL; needs asyncpg)",
+    )
     parser.add_argument("--report-timezone", default=os.environ.get("REPORT_TIMEZONE", "UTC"))
     parser.add_argument("--settle", type=float, default=30, help="seconds to wait for the reports to catch up")
     parser.add_argument("--seed", type=int, default=None)
@@ -160,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rng = random.Random(args.seed)
     tz = timezone(args.report_timezone)
-    pos_keys = {int(k): v for k, v in json.loads(pathlib.Path(args.pos_keys).read_text()).items()} if args.pos_keys else {}
+    pos_keys = (
+        {int(k): v for k, v in json.loads(pathlib.Path(args.pos_keys).read_text()).items()} if args.pos_keys else {}
+    )
     keys = Keys(args.url, args.admin_token, args.owner_key, pos_keys)
     try:
         keys.detect(args.url)
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     reader.close()
     if len(all_stores) < args.stores:
         raise SystemExit(f"the server has {len(all_stores)} stores, not {args.stores}")
-    stores = all_stores[:args.stores]
+    stores = all_stores[: args.stores]
     keys.prepare(stores)
     reports = Reports(args.url, keys.owner)
     prices = reports.prices()
@@ -187,17 +202,29 @@ def main(argv: list[str] | None = None) -> int:
     for store in stores:
         for n in range(1, args.tills + 1):
             name = f"store{store}-till{n}"
-            plan = Plan(url=args.url, key=keys.pos.get(store), store_id=store, spool=str(spool_dir / f"{name}.db"),
-                        items=items, day_start=day_start, day_seconds=args.day_seconds,
-                        baskets_per_day=args.baskets, offline=offline_windows(rng, args.day_seconds, args.offline_share),
-                        seed=rng.randrange(10**9), flush_timeout=max(60.0, args.day_seconds))
+            plan = Plan(
+                url=args.url,
+                key=keys.pos.get(store),
+                store_id=store,
+                spool=str(spool_dir / f"{name}.db"),
+                items=items,
+                day_start=day_start,
+                day_seconds=args.day_seconds,
+                baskets_per_day=args.baskets,
+                offline=offline_windows(rng, args.day_seconds, args.offline_share),
+                seed=rng.randrange(10**9),
+                flush_timeout=max(60.0, args.day_seconds),
+            )
             tills.append(Till(name, plan, spool_dir / f"{name}.json", spool_dir / f"{name}.log"))
     for till in rng.sample(tills, min(args.kill, len(tills))):
         # during an outage when there is one: sales are then surely waiting in the spool
         outages = [(a + b) / 2 for a, b in till.plan.offline if b < args.day_seconds * 0.9]
         till.kill_at = outages[0] if outages else rng.uniform(0.2, 0.8) * args.day_seconds
-    print(f"{len(tills)} tills ({args.stores} stores x {args.tills}), a day of 09:00-21:00 in {args.day_seconds:g} s, "
-          f"spools in {spool_dir}", flush=True)
+    print(
+        f"{len(tills)} tills ({args.stores} stores x {args.tills}), a day of 09:00-21:00 in {args.day_seconds:g} s, "
+        f"spools in {spool_dir}",
+        flush=True,
+    )
     for till in tills:
         till.start()
 
@@ -256,9 +283,12 @@ def run_day(tills: list[Till], day_start: float, day_seconds: float) -> None:
             clock = OPENING_HOUR + (CLOSING_HOUR - OPENING_HOUR) * elapsed / day_seconds
             counts = [t.counts() for t in tills]
             offline = sum(any(a <= now - day_start < b for a, b in t.plan.offline) for t in tills)
-            print(f"  {int(clock):02d}:{int(clock % 1 * 60):02d}  recorded {sum(c.pending + c.sent + c.refused for c in counts):>7,}"
-                  f"  sent {sum(c.sent for c in counts):>7,}  pending {sum(c.pending for c in counts):>6,}"
-                  f"  offline tills {offline}  killed so far {sum(t.kills for t in tills)}", flush=True)
+            print(
+                f"  {int(clock):02d}:{int(clock % 1 * 60):02d}  recorded {sum(c.pending + c.sent + c.refused for c in counts):>7,}"
+                f"  sent {sum(c.sent for c in counts):>7,}  pending {sum(c.pending for c in counts):>6,}"
+                f"  offline tills {offline}  killed so far {sum(t.kills for t in tills)}",
+                flush=True,
+            )
         time.sleep(0.05)
 
 
@@ -272,25 +302,37 @@ def summary(args, tills, ledgers, income, units, diff, db) -> bool:
     lines = [
         "",
         f"Trading day: {args.stores} stores x {args.tills} tills, 09:00-21:00 in {args.day_seconds:g} s",
-        (f"  sales {len(sales):,} (units {sum(s.quantity for s in sales):,}); "
-         f"sent {len(by_state[SENT]):,}, pending {len(by_state[PENDING]):,}, set aside {len(by_state[REFUSED]):,}"),
+        (
+            f"  sales {len(sales):,} (units {sum(s.quantity for s in sales):,}); "
+            f"sent {len(by_state[SENT]):,}, pending {len(by_state[PENDING]):,}, set aside {len(by_state[REFUSED]):,}"
+        ),
         f"  income {sum(income.values()):,} over {len({k[0] for k in income})} stores; {len(units)} items sold",
-        (f"  outages {len(outages)} on {sum(1 for t in tills if t.plan.offline)} tills "
-         f"(longest {max(outages, default=0) / minute:.0f} simulated min)"),
-        (f"  killed and restarted {len(killed)} tills, with {sum(t.pending_at_kill for t in killed):,} sales "
-         "pending in their spools at the kill"),
+        (
+            f"  outages {len(outages)} on {sum(1 for t in tills if t.plan.offline)} tills "
+            f"(longest {max(outages, default=0) / minute:.0f} simulated min)"
+        ),
+        (
+            f"  killed and restarted {len(killed)} tills, with {sum(t.pending_at_kill for t in killed):,} sales "
+            "pending in their spools at the kill"
+        ),
         "Reconciliation, tills' ledgers against the server:",
         f"  income per store and month (/stores/top/): {len(income) - len(diff['stores'])} of "
-        f"{len(set(income) | set(diff['stores']))} equal" + ("" if not diff["stores"] else f"  DIFFER: {_short(diff['stores'])}"),
+        f"{len(set(income) | set(diff['stores']))} equal"
+        + ("" if not diff["stores"] else f"  DIFFER: {_short(diff['stores'])}"),
         f"  units per item (/items/top/): {len(units) - len(diff['items'])} of {len(set(units) | set(diff['items']))} "
         "equal" + ("" if not diff["items"] else f"  DIFFER: {_short(diff['items'])}"),
     ]
     if db is None:
         lines.append("  database: not checked (give --database-url or DATABASE_URL)")
     else:
-        lines.append(f"  database: {db['rows']:,} rows for {db['sent']:,} sales sent, {db['missing']} missing, "
-                     + ("each stored once under its key with the id the till was answered" if not db["problems"]
-                        else f"PROBLEMS: {db['problems'][:3]}"))
+        lines.append(
+            f"  database: {db['rows']:,} rows for {db['sent']:,} sales sent, {db['missing']} missing, "
+            + (
+                "each stored once under its key with the id the till was answered"
+                if not db["problems"]
+                else f"PROBLEMS: {db['problems'][:3]}"
+            )
+        )
     if by_state[REFUSED]:
         reasons = sorted({s.reason for s in by_state[REFUSED]})
         lines.append(f"  set aside by the server: {', '.join(reasons[:3])} (python -m pos_client status --spool ...)")

@@ -7,6 +7,7 @@ honours fsync). Sent sales are kept (state 'sent', with the id the server gave) 
 reconcile with the server. Sales the server refused for good stay as 'refused' with the reason
 until someone requeues them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,13 @@ class SpooledSale:
 
     def as_json(self, store_id: int) -> dict:
         """The sale as the batch endpoint takes it."""
-        return {"item_id": self.item_id, "store_id": store_id, "quantity": self.quantity,
-                "sale_time": self.sale_time, "idempotency_key": self.idempotency_key}
+        return {
+            "item_id": self.item_id,
+            "store_id": store_id,
+            "quantity": self.quantity,
+            "sale_time": self.sale_time,
+            "idempotency_key": self.idempotency_key,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +90,7 @@ class Spool:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise SpoolError(f"spool {self.path}: SQLite refused WAL mode (got {mode!r})")
@@ -104,8 +109,9 @@ class Spool:
         if known is None:
             self.set_metas({"store_id": str(store_id)})
         elif int(known) != store_id:
-            raise SpoolError(f"the spool {self.path} holds sales of store {known}, not of store {store_id}: "
-                             "use one spool per store")
+            raise SpoolError(
+                f"the spool {self.path} holds sales of store {known}, not of store {store_id}: use one spool per store"
+            )
         return store_id
 
     @contextlib.contextmanager
@@ -131,44 +137,64 @@ class Spool:
         stored = []
         with self._transaction() as db:
             for row in rows:
-                seq = cast(int, db.execute("INSERT INTO sale (idempotency_key, item_id, quantity, sale_time) "
-                                           "VALUES (?, ?, ?, ?)", row).lastrowid)  # an INSERT's: an int
+                seq = cast(
+                    int,
+                    db.execute(
+                        "INSERT INTO sale (idempotency_key, item_id, quantity, sale_time) VALUES (?, ?, ?, ?)", row
+                    ).lastrowid,
+                )  # an INSERT's: an int
                 stored.append(SpooledSale(seq, *row))
         return stored
 
     def pending(self, limit: int, after_seq: int = 0) -> list[SpooledSale]:
-        rows = self._query("SELECT seq, idempotency_key, item_id, quantity, sale_time FROM sale "
-                           "WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        rows = self._query(
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time FROM sale "
+            "WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
         return [SpooledSale(*row) for row in rows]
 
     def mark_sent(self, sent: Iterable[tuple[int, int]]) -> None:
         """(seq, server id) pairs: the server has these; they are kept only as the ledger."""
         now = time.time()
         with self._transaction() as db:
-            db.executemany("UPDATE sale SET state = 'sent', server_id = ?, reason = NULL, settled_at = ? "
-                           "WHERE seq = ? AND state = 'pending'", [(sid, now, seq) for seq, sid in sent])
+            db.executemany(
+                "UPDATE sale SET state = 'sent', server_id = ?, reason = NULL, settled_at = ? "
+                "WHERE seq = ? AND state = 'pending'",
+                [(sid, now, seq) for seq, sid in sent],
+            )
 
     def set_aside(self, refused: Iterable[tuple[int, str]]) -> None:
         """(seq, reason) pairs the server refused for good: never sent again unless requeued."""
         now = time.time()
         with self._transaction() as db:
-            db.executemany("UPDATE sale SET state = 'refused', reason = ?, settled_at = ? "
-                           "WHERE seq = ? AND state = 'pending'", [(reason, now, seq) for seq, reason in refused])
+            db.executemany(
+                "UPDATE sale SET state = 'refused', reason = ?, settled_at = ? WHERE seq = ? AND state = 'pending'",
+                [(reason, now, seq) for seq, reason in refused],
+            )
 
     def requeue(self, seqs: Iterable[int] | None = None) -> int:
         """Refused sales back to pending (all of them when `seqs` is None); how many."""
         with self._transaction() as db:
             if seqs is None:
-                return db.execute("UPDATE sale SET state = 'pending', reason = NULL, settled_at = NULL "
-                                  "WHERE state = 'refused'").rowcount
-            return sum(db.execute("UPDATE sale SET state = 'pending', reason = NULL, settled_at = NULL "
-                                  "WHERE seq = ? AND state = 'refused'", (seq,)).rowcount for seq in seqs)
+                return db.execute(
+                    "UPDATE sale SET state = 'pending', reason = NULL, settled_at = NULL WHERE state = 'refused'"
+                ).rowcount
+            return sum(
+                db.execute(
+                    "UPDATE sale SET state = 'pending', reason = NULL, settled_at = NULL "
+                    "WHERE seq = ? AND state = 'refused'",
+                    (seq,),
+                ).rowcount
+                for seq in seqs
+            )
 
     def prune_sent(self, older_than_seconds: float) -> int:
         """Forget sent sales settled longer ago than that; how many."""
         with self._transaction() as db:
-            return db.execute("DELETE FROM sale WHERE state = 'sent' AND settled_at < ?",
-                              (time.time() - older_than_seconds,)).rowcount
+            return db.execute(
+                "DELETE FROM sale WHERE state = 'sent' AND settled_at < ?", (time.time() - older_than_seconds,)
+            ).rowcount
 
     # --- looking
 
@@ -181,18 +207,20 @@ class Spool:
     def counts(self) -> Counts:
         rows = dict(self._query("SELECT state, count(*) FROM sale GROUP BY state"))
         oldest = self._query("SELECT sale_time FROM sale WHERE state = 'pending' ORDER BY seq LIMIT 1")
-        return Counts(rows.get(PENDING, 0), rows.get(SENT, 0), rows.get(REFUSED, 0),
-                      oldest[0][0] if oldest else None)
+        return Counts(rows.get(PENDING, 0), rows.get(SENT, 0), rows.get(REFUSED, 0), oldest[0][0] if oldest else None)
 
     def refused(self) -> list[SpooledSale]:
-        rows = self._query("SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason "
-                           "FROM sale WHERE state = 'refused' ORDER BY seq")
+        rows = self._query(
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason "
+            "FROM sale WHERE state = 'refused' ORDER BY seq"
+        )
         return [SpooledSale(*row) for row in rows]
 
     def ledger(self) -> list[SpooledSale]:
         """Every sale the spool holds, in order."""
-        rows = self._query("SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason "
-                           "FROM sale ORDER BY seq")
+        rows = self._query(
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason FROM sale ORDER BY seq"
+        )
         return [SpooledSale(*row) for row in rows]
 
     def meta(self, name: str) -> str | None:
@@ -206,8 +234,11 @@ class Spool:
                 if value is None:
                     db.execute("DELETE FROM meta WHERE name = ?", (name,))
                 else:
-                    db.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
-                               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+                    db.execute(
+                        "INSERT INTO meta (name, value) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        (name, value),
+                    )
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ at the end flushes and prints `done {status}`. With `echo`, it prints `rec <key>
 promised to keep, checked against the spool and the server. Started again after a kill, it
 goes on from the same spool at the moment of the day it is.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,11 +32,11 @@ class Plan:
     store_id: int
     spool: str
     items: list[int]
-    day_start: float                 # Unix time at which the simulated day opens
-    day_seconds: float               # real seconds the trading day lasts
+    day_start: float  # Unix time at which the simulated day opens
+    day_seconds: float  # real seconds the trading day lasts
     baskets_per_day: int
     key: str | None = None
-    profile: str = "day"             # "day": opening hours and peaks; "flat": a steady rate
+    profile: str = "day"  # "day": opening hours and peaks; "flat": a steady rate
     offline: list[list[float]] = dataclasses.field(default_factory=list)  # [from, to] seconds after day_start
     unknown_item: int | None = None  # this item id is sold every `unknown_every`-th basket
     unknown_every: int = 0
@@ -92,8 +93,15 @@ class OfflineWindows:
 def run(plan: Plan) -> dict:
     rng = random.Random(plan.seed * 1_000_003 + int(time.time() * 1000) % 1_000_003)
     transport = OfflineWindows(HttpTransport(plan.url), plan.day_start, plan.offline)
-    client = SalesClient(plan.url, plan.key, store_id=plan.store_id, spool=plan.spool, transport=transport,
-                         flush_interval=plan.flush_interval, batch_size=plan.batch_size)
+    client = SalesClient(
+        plan.url,
+        plan.key,
+        store_id=plan.store_id,
+        spool=plan.spool,
+        transport=transport,
+        flush_interval=plan.flush_interval,
+        batch_size=plan.batch_size,
+    )
     mean = _mean_intensity(plan.profile)
     rate_per_second = plan.baskets_per_day / plan.day_seconds / mean  # at intensity 1
     baskets = 0

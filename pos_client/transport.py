@@ -1,4 +1,5 @@
 """HTTP to the sales API with the standard library: one keep-alive connection, JSON in and out."""
+
 from __future__ import annotations
 
 import http.client
@@ -56,8 +57,9 @@ class HttpTransport:
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             if self._https:
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
-                                                         context=self._context)
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._context
+                )
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         return self._conn

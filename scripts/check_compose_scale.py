@@ -7,6 +7,7 @@ when a service to scale has what only one container can have: a container_name, 
 hostname, or a host port. Each worker container then has its own hostname, so its stream
 consumer name (hostname-pid) is its own too. Exit 1 with the reasons; 0 when all can scale.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def blockers(service: dict) -> list[str]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-f", "--file", action="append", default=[],
-                        help="compose file (repeatable), as docker-compose -f")
+    parser.add_argument(
+        "-f", "--file", action="append", default=[], help="compose file (repeatable), as docker-compose -f"
+    )
     parser.add_argument("services", nargs="*", default=["worker"])
     args = parser.parse_args(argv)
     services = resolved_config(args.file)["services"]

@@ -22,6 +22,7 @@ Citus refuses to distribute a table with triggers, and a trigger on a shard woul
 worker node, where nobody LISTENs: the notification triggers go, and the code that writes
 these tables sends the NOTIFYs itself (shared.rollups, shared.seeding, worker.writer).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,11 +56,17 @@ DISTRIBUTED_TABLES = (
     ("item_running_late", "item_id", "item_totals"),
 )
 NOTIFY_TRIGGERS = (
-    ("item", "item_changed"), ("store", "store_changed"), ("store_monthly", "store_monthly_changed"),
-    ("item_totals", "item_totals_changed"), ("daily_totals", "daily_totals_changed"),
-    ("store_running", "store_running_changed"), ("item_running", "item_running_changed"),
-    ("store_item_daily", "store_item_daily_changed"), ("hourly_totals", "hourly_totals_changed"),
-    ("store_hourly", "store_hourly_changed"), ("store_running_late", "store_running_late_changed"),
+    ("item", "item_changed"),
+    ("store", "store_changed"),
+    ("store_monthly", "store_monthly_changed"),
+    ("item_totals", "item_totals_changed"),
+    ("daily_totals", "daily_totals_changed"),
+    ("store_running", "store_running_changed"),
+    ("item_running", "item_running_changed"),
+    ("store_item_daily", "store_item_daily_changed"),
+    ("hourly_totals", "hourly_totals_changed"),
+    ("store_hourly", "store_hourly_changed"),
+    ("store_running_late", "store_running_late_changed"),
     ("item_running_late", "item_running_late_changed"),
 )
 
@@ -94,8 +101,9 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
             await _drop_local_copy(conn, table)
     for table, column, colocate_with in DISTRIBUTED_TABLES:
         if table not in done:
-            await conn.execute("SELECT create_distributed_table($1, $2, colocate_with => $3)",
-                               table, column, colocate_with)
+            await conn.execute(
+                "SELECT create_distributed_table($1, $2, colocate_with => $3)", table, column, colocate_with
+            )
             await _drop_local_copy(conn, table)
     for table, name, definition in foreign_keys:
         await conn.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
@@ -108,7 +116,9 @@ async def _foreign_keys(conn: asyncpg.Connection, tables: list[str]) -> list[tup
     rows = await conn.fetch(
         "SELECT conrelid::regclass::text AS table, conname, pg_get_constraintdef(oid) AS definition "
         "FROM pg_constraint WHERE contype = 'f' AND conparentid = 0 AND conrelid = ANY($1::regclass[]) "
-        "ORDER BY 1, 2", tables)
+        "ORDER BY 1, 2",
+        tables,
+    )
     return [(r["table"], r["conname"], r["definition"]) for r in rows]
 
 

@@ -1,4 +1,5 @@
 """Opening PostgreSQL pools the same way everywhere."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,14 @@ async def set_codecs(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10,
-                      prepare: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-                      **kwargs) -> asyncpg.Pool:
+async def create_pool(
+    database_url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    prepare: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    **kwargs,
+) -> asyncpg.Pool:
     """A pool whose connections decode jsonb, then run `prepare` (once per connection)."""
 
     async def init(conn: asyncpg.Connection) -> None:

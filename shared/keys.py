@@ -8,6 +8,7 @@ stored as SHA-256 (a slow password hash adds nothing for 256 random bits).
     python -m shared.keys list
     python -m shared.keys revoke sk_pos_Ab12Cd34
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,22 +65,34 @@ async def issue(conn: asyncpg.Connection, kind: str, store_id: int | None = None
     secret = secrets.token_urlsafe(32)
     await conn.execute(
         "INSERT INTO api_key (kind, store_id, prefix, secret_hash, label) VALUES ($1, $2, $3, $4, $5)",
-        kind, store_id, prefix, hash_secret(secret), label)
+        kind,
+        store_id,
+        prefix,
+        hash_secret(secret),
+        label,
+    )
     return IssuedKey(f"{prefix}.{secret}", prefix, kind, store_id, label)
 
 
 async def list_keys(conn: asyncpg.Connection) -> list[dict]:
-    rows = await conn.fetch(
-        "SELECT prefix, kind, store_id, label, created_at, revoked_at FROM api_key ORDER BY id")
-    return [{**dict(r), "created_at": r["created_at"].isoformat(),
-             "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat()} for r in rows]
+    rows = await conn.fetch("SELECT prefix, kind, store_id, label, created_at, revoked_at FROM api_key ORDER BY id")
+    return [
+        {
+            **dict(r),
+            "created_at": r["created_at"].isoformat(),
+            "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat(),
+        }
+        for r in rows
+    ]
 
 
 async def revoke(conn: asyncpg.Connection, prefix: str) -> dict | None:
     """Revoke the key (idempotent); None when there is no such key."""
     row = await conn.fetchrow(
         "UPDATE api_key SET revoked_at = coalesce(revoked_at, now()) WHERE prefix = $1 "
-        "RETURNING prefix, kind, store_id, label, created_at, revoked_at", prefix)
+        "RETURNING prefix, kind, store_id, label, created_at, revoked_at",
+        prefix,
+    )
     if row is None:
         return None
     return {**dict(row), "created_at": row["created_at"].isoformat(), "revoked_at": row["revoked_at"].isoformat()}
@@ -115,9 +128,12 @@ async def _main(argv: list[str] | None = None) -> int:
                 print(json.dumps(dataclasses.asdict(issued)))
             else:
                 print(issued.key)
-                print(f"# {issued.kind} key {issued.prefix}"
-                      + (f" for store {issued.store_id}" if issued.store_id else "")
-                      + ": keep it now, it is not shown again", file=sys.stderr)
+                print(
+                    f"# {issued.kind} key {issued.prefix}"
+                    + (f" for store {issued.store_id}" if issued.store_id else "")
+                    + ": keep it now, it is not shown again",
+                    file=sys.stderr,
+                )
         elif args.command == "list":
             keys = await list_keys(conn)
             if args.json:

@@ -6,6 +6,7 @@ lock around a tiny runner does that with no extra dependency.
 
     python -m shared.migrate        # apply pending migrations by hand
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,9 +61,7 @@ async def migrate(conn: asyncpg.Connection, report_timezone: str = "UTC") -> lis
                 continue
             async with conn.transaction():
                 await conn.execute(path.read_text())
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-                )
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             log.info("applied migration %03d_%s", version, name)
             applied_now.append(version)
         if await citus.has_citus(conn):

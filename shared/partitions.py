@@ -6,6 +6,7 @@ current month and the next two exist at all times (migration, then the worker's 
 so the worker asks only for batches holding a sale outside the current month: sales from
 tills that were offline, or from a month that was archived since.
 """
+
 from __future__ import annotations
 
 import datetime as dt

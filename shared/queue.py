@@ -5,6 +5,7 @@ fields `n` (how many sales) and `d` (a msgpack array of QueuedSale arrays). The 
 below keep three things atomic: the idempotency check, the append, and the queue-depth
 counter that backpressure reads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ class QueuedSale(msgspec.Struct, array_like=True, frozen=True):
 
 class QueuedReturn(msgspec.Struct, array_like=True, frozen=True):
     """A return on its way to the worker, with what the API read of its sale."""
+
     id: int  # from the sales' id blocks
     sale_id: int
     return_time_us: int

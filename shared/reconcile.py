@@ -8,6 +8,7 @@ with other totals), per table (shared.rollups.drift). The repair holds a SHARE l
 `sales` while it rebuilds, so the worker's batches wait a moment instead of racing it, and
 readers keep seeing the old rollups until the repair commits.
 """
+
 from __future__ import annotations
 
 import argparse

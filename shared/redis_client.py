@@ -4,6 +4,7 @@ With sentinels configured, a client finds the primary through them on every new 
 so it follows a failover by itself: connections to a primary that died fail (the request in
 hand gets its 503), and the next ones go to whichever server the sentinels now name.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
@@ -62,21 +63,38 @@ class PrimaryViaSentinels(redis.Redis):
             await sentinel.aclose()
 
 
-def connect_redis(url: str, *, sentinels: tuple[tuple[str, int], ...] = (), sentinel_master: str = "mymaster",
-                  max_connections: int = 64, socket_timeout: float = 2.0) -> redis.Redis:
+def connect_redis(
+    url: str,
+    *,
+    sentinels: tuple[tuple[str, int], ...] = (),
+    sentinel_master: str = "mymaster",
+    max_connections: int = 64,
+    socket_timeout: float = 2.0,
+) -> redis.Redis:
     """A client of `url`, or, given sentinels, of the primary they name (the URL's DB number,
     user, password and TLS then apply to it; its host and port are not used)."""
-    options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 0.5,
-                               "max_connections": max_connections, "health_check_interval": 15}
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 0.5,
+        "max_connections": max_connections,
+        "health_check_interval": 15,
+    }
     if not sentinels:
-        return redis.Redis.from_url(url, connection_class=HiredisPackingConnection,  # unix://, rediss:// pick their own
-                                    **options)
+        return redis.Redis.from_url(
+            url,
+            connection_class=HiredisPackingConnection,  # unix://, rediss:// pick their own
+            **options,
+        )
     return _primary_via_sentinels(url, sentinels, sentinel_master, options)
 
 
 def connect_from_settings(settings: Settings, **options) -> redis.Redis:
-    return connect_redis(settings.redis_url, sentinels=settings.redis_sentinels,
-                         sentinel_master=settings.redis_sentinel_master, **options)
+    return connect_redis(
+        settings.redis_url,
+        sentinels=settings.redis_sentinels,
+        sentinel_master=settings.redis_sentinel_master,
+        **options,
+    )
 
 
 def _primary_via_sentinels(url: str, sentinels, master: str, options: dict) -> redis.Redis:
@@ -90,6 +108,8 @@ def _primary_via_sentinels(url: str, sentinels, master: str, options: dict) -> r
         target["connection_class"] = SentinelManagedSSLConnection
     else:
         target["connection_class"] = SentinelHiredisConnection
-    sentinel = Sentinel(list(sentinels), sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT,
-                                                          "socket_connect_timeout": SENTINEL_TIMEOUT})
+    sentinel = Sentinel(
+        list(sentinels),
+        sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT},
+    )
     return sentinel.master_for(master, redis_class=PrimaryViaSentinels, **options, **target)

@@ -7,6 +7,7 @@ An empty payload, which the rollups' triggers and every other writer send, means
 have changed". A writer that announces sets `sales.reports_announced` for its transaction
 (migration 011), so that the triggers do not add their empty one.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,5 +23,7 @@ ANNOUNCE = f"SELECT pg_notify('{CHANNEL}', $1), set_config('sales.reports_announ
 
 def payload(from_us: int, to_us: int, store_ids: Iterable[int]) -> str:
     stores = sorted(set(store_ids))
-    return json.dumps({"from_us": int(from_us), "to_us": int(to_us),
-                       "stores": stores if len(stores) <= MAX_STORES else None}, separators=(",", ":"))
+    return json.dumps(
+        {"from_us": int(from_us), "to_us": int(to_us), "stores": stores if len(stores) <= MAX_STORES else None},
+        separators=(",", ":"),
+    )

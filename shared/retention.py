@@ -25,6 +25,7 @@ the API with 422 (api.sale_times); one already queued when its month went is fil
 dead_letter by the worker, with the reason (shared.partitions). Works the same on a
 Citus coordinator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ def cutoff(keep_months: int, now: dt.datetime | None = None) -> dt.date:
     return partitions.add_months(current, -(keep_months - 1))
 
 
-async def old_partitions(conn: asyncpg.Connection, keep_months: int,
-                         now: dt.datetime | None = None) -> list[tuple[dt.date, str]]:
+async def old_partitions(
+    conn: asyncpg.Connection, keep_months: int, now: dt.datetime | None = None
+) -> list[tuple[dt.date, str]]:
     """(month, partition) of every monthly partition older than the months kept, oldest first."""
     first_kept = cutoff(keep_months, now)
     found = []
@@ -77,18 +79,22 @@ async def _copy_out(conn: asyncpg.Connection, partition: str, directory: pathlib
     partial = directory / f".{partition}.csv.gz.partial"
     with open(partial, "wb") as raw:  # noqa: ASYNC230 - see above
         with gzip.GzipFile(filename=f"{partition}.csv", mode="wb", fileobj=raw, mtime=0) as zipped:
+
             async def write(data: bytes) -> None:
                 zipped.write(data)
 
-            status = await conn.copy_from_query(f"SELECT * FROM {partition} ORDER BY id", output=write,
-                                                format="csv", header=True)
+            status = await conn.copy_from_query(
+                f"SELECT * FROM {partition} ORDER BY id", output=write, format="csv", header=True
+            )
         raw.flush()
         os.fsync(raw.fileno())
     checksum = _sha256(partial)  # of what is on disk
     if final.exists():
         if _sha256(final) != checksum:
-            raise RuntimeError(f"{final} exists and holds other rows than {partition}: not overwritten "
-                               f"(move it away, then run again; the new copy is in {partial})")
+            raise RuntimeError(
+                f"{final} exists and holds other rows than {partition}: not overwritten "
+                f"(move it away, then run again; the new copy is in {partial})"
+            )
         partial.unlink()  # the same bytes, from an earlier run that did not commit
     else:
         os.replace(partial, final)
@@ -120,8 +126,9 @@ def _sync_directory(directory: pathlib.Path) -> None:
         os.close(fd)
 
 
-async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str,
-                        directory: pathlib.Path | None) -> dict:
+async def archive_month(
+    conn: asyncpg.Connection, month: dt.date, partition: str, directory: pathlib.Path | None
+) -> dict:
     """Archive and drop one month (one transaction); what was done."""
     async with conn.transaction():
         if await citus.has_citus(conn):
@@ -138,12 +145,18 @@ async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str
             file = str(path)
         for rollup in rollups.ROLLUPS:
             await conn.execute(rollups.archive_sql(rollup, partition))
-        await conn.execute(f"DELETE FROM sale_keys k USING {partition} s "
-                           "WHERE k.store_id = s.store_id AND k.sale_id = s.id")
-        await conn.execute("INSERT INTO archived_months (month, sales, file, sha256) VALUES ($1, $2, $3, $4) "
-                           "ON CONFLICT (month) DO UPDATE SET sales = archived_months.sales + EXCLUDED.sales, "
-                           "file = EXCLUDED.file, sha256 = EXCLUDED.sha256, archived_at = now()",
-                           month, sales, file, checksum)
+        await conn.execute(
+            f"DELETE FROM sale_keys k USING {partition} s WHERE k.store_id = s.store_id AND k.sale_id = s.id"
+        )
+        await conn.execute(
+            "INSERT INTO archived_months (month, sales, file, sha256) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (month) DO UPDATE SET sales = archived_months.sales + EXCLUDED.sales, "
+            "file = EXCLUDED.file, sha256 = EXCLUDED.sha256, archived_at = now()",
+            month,
+            sales,
+            file,
+            checksum,
+        )
         # Every API process reloads its catalogue, which holds the archived months: from now on
         # a sale of this month is refused up front (api.sale_times).
         await conn.execute("SELECT pg_notify('catalogue_changed', '')")
@@ -152,8 +165,14 @@ async def archive_month(conn: asyncpg.Connection, month: dt.date, partition: str
     return {"month": month.isoformat()[:7], "partition": partition, "sales": sales, "file": file, "sha256": checksum}
 
 
-async def run(database_url: str, keep_months: int, directory: pathlib.Path | None, dry_run: bool = False,
-              now: dt.datetime | None = None, echo=print) -> list[dict]:
+async def run(
+    database_url: str,
+    keep_months: int,
+    directory: pathlib.Path | None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    echo=print,
+) -> list[dict]:
     conn = await asyncpg.connect(database_url, timeout=30)
     try:
         old = await old_partitions(conn, keep_months, now)
@@ -178,10 +197,18 @@ async def run(database_url: str, keep_months: int, directory: pathlib.Path | Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.retention", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep-months", type=int, required=True,
-                        help="months of raw sales to keep, the current one included (at least 1)")
-    parser.add_argument("--archive", type=pathlib.Path, metavar="DIR",
-                        help="copy each month's rows here (gzipped CSV + sha256) before dropping it")
+    parser.add_argument(
+        "--keep-months",
+        type=int,
+        required=True,
+        help="months of raw sales to keep, the current one included (at least 1)",
+    )
+    parser.add_argument(
+        "--archive",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="copy each month's rows here (gzipped CSV + sha256) before dropping it",
+    )
     parser.add_argument("--dry-run", action="store_true", help="only say which months would go")
     args = parser.parse_args(argv)
     if args.keep_months < 1:

@@ -6,6 +6,7 @@ inserted), the full rebuild, and the recount that reconciliation compares agains
 months (python -m shared.retention) leave their part of each rollup in `<rollup>_archived`,
 which the rebuild and the recount add to what the remaining raw sales give.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,18 @@ class Rollup:
 _HOUR = "extract(hour FROM local_time)::int"
 
 ROLLUPS = (
-    Rollup("store_monthly", {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"},
-           ("second", "store_id")),
+    Rollup(
+        "store_monthly",
+        {"month": "date_trunc('month', local_time)::date", "store_id": "store_id"},
+        ("second", "store_id"),
+    ),
     Rollup("item_totals", {"item_id": "item_id"}, ("item_id",)),
     Rollup("daily_totals", {"day": "local_time::date", "store_id": "store_id"}, ("second", "store_id")),
-    Rollup("store_item_daily", {"day": "local_time::date", "store_id": "store_id", "item_id": "item_id"},
-           ("second", "item_id", "store_id")),
+    Rollup(
+        "store_item_daily",
+        {"day": "local_time::date", "store_id": "store_id", "item_id": "item_id"},
+        ("second", "item_id", "store_id"),
+    ),
     Rollup("hourly_totals", {"day": "local_time::date", "hour": _HOUR}, ("second",)),
     Rollup("store_hourly", {"store_id": "store_id", "day": "local_time::date", "hour": _HOUR}, ("second", "store_id")),
 )
@@ -102,9 +109,11 @@ def expected_sql(rollup: Rollup) -> str:
     keys = ", ".join(rollup.keys)
     sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
     columns = ", ".join([*rollup.keys, *MEASURES])
-    return (f"SELECT {keys}, {sums} FROM ({recount_sql(rollup)} UNION ALL "
-            f"{_grouped_sql(rollup, MEASURES, LOCAL_RETURNS)} UNION ALL "
-            f"SELECT {columns} FROM {rollup.archived}) AS counted GROUP BY {keys}")
+    return (
+        f"SELECT {keys}, {sums} FROM ({recount_sql(rollup)} UNION ALL "
+        f"{_grouped_sql(rollup, MEASURES, LOCAL_RETURNS)} UNION ALL "
+        f"SELECT {columns} FROM {rollup.archived}) AS counted GROUP BY {keys}"
+    )
 
 
 def _upsert(rollup: Rollup, grouped_query: str, into: str | None = None, measures=MEASURES) -> str:
@@ -209,13 +218,18 @@ def upsert_late_sql(running: Running, returns: bool = False) -> str:
 
 def running_upserts(returns: bool = False) -> list[tuple[tuple[str, ...], str]]:
     """(what the batch is summed by, the upsert) of every running table and its late twin."""
-    return [(running.summed_by, upsert(running, returns)) for running in RUNNING
-            for upsert in (upsert_running_sql, upsert_late_sql)]
+    return [
+        (running.summed_by, upsert(running, returns))
+        for running in RUNNING
+        for upsert in (upsert_running_sql, upsert_late_sql)
+    ]
 
 
 def _local_day(second_param: str) -> str:
-    return (f"((timestamptz 'epoch' + {second_param} * interval '1 second') "
-            f"AT TIME ZONE (SELECT timezone FROM report_settings))::date")
+    return (
+        f"((timestamptz 'epoch' + {second_param} * interval '1 second') "
+        f"AT TIME ZONE (SELECT timezone FROM report_settings))::date"
+    )
 
 
 # Before a batch's transaction: make the running rows reach the batch's last day ($1: its
@@ -224,8 +238,10 @@ def _local_day(second_param: str) -> str:
 # (False: /clear/ or a rebuild in another time zone came in between; retried).
 # Carrying rows forward changes no report's answer: the statement tells the rollups' triggers so
 # (shared.report_changes), or the day's first batch would empty every API's report cache.
-EXTEND_RUNNING = (f"SELECT running_extend({_local_day('$1')}) "
-                  "FROM (SELECT set_config('sales.reports_announced', 'on', true)) AS unchanged_answers")
+EXTEND_RUNNING = (
+    f"SELECT running_extend({_local_day('$1')}) "
+    "FROM (SELECT set_config('sales.reports_announced', 'on', true)) AS unchanged_answers"
+)
 LOCK_RUNNING = f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK})"
 RUNNING_COVERS = f"SELECT coalesce(running_through >= {_local_day('$1')}, false) FROM report_settings"
 # Taken first by whatever replaces the running totals wholesale, in the same order as writers
@@ -305,11 +321,13 @@ async def drift(conn: asyncpg.Connection) -> dict[str, int]:
     sales (plus archived months)."""
     result = {}
     for rollup in ROLLUPS:
-        result[rollup.table] = await conn.fetchval(_differing_rows_sql(rollup.table, list(rollup.keys),
-                                                                       expected_sql(rollup)))
+        result[rollup.table] = await conn.fetchval(
+            _differing_rows_sql(rollup.table, list(rollup.keys), expected_sql(rollup))
+        )
     for running in RUNNING:
-        result[running.table] = await conn.fetchval(_differing_rows_sql(running.table, ["day", running.key],
-                                                                        expected_running_sql(running)))
+        result[running.table] = await conn.fetchval(
+            _differing_rows_sql(running.table, ["day", running.key], expected_running_sql(running))
+        )
     return result
 
 
@@ -323,8 +341,10 @@ async def ensure_timezone(conn: asyncpg.Connection, timezone: str) -> bool:
         archived = await conn.fetchval("SELECT count(*) FROM archived_months")
         if archived:
             # Their raw sales are gone: their share of the rollups cannot be cut again.
-            raise ValueError(f"REPORT_TIMEZONE={timezone!r}, but the rollups are cut in {current!r} and "
-                             f"{archived} archived month(s) can no longer be recut; keep {current!r}")
+            raise ValueError(
+                f"REPORT_TIMEZONE={timezone!r}, but the rollups are cut in {current!r} and "
+                f"{archived} archived month(s) can no longer be recut; keep {current!r}"
+            )
         await conn.execute("UPDATE report_settings SET timezone = $1", timezone)
         await rebuild(conn)
     return True

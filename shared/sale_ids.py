@@ -1,4 +1,5 @@
 """Sale ids come from `sales_id_seq`, whose every nextval reserves BLOCK consecutive ids."""
+
 from __future__ import annotations
 
 import asyncpg

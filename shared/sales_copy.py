@@ -4,6 +4,7 @@ Used by the seeding command (millions of generated sales) and by the worker (eac
 from the queue). A sale without an idempotency key is a fixed-width row, so a batch of them
 is one numpy array written out in one go; the rare sale with a key is packed on its own.
 """
+
 from __future__ import annotations
 
 import struct
@@ -16,25 +17,49 @@ HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 
 # One row: field count, then (length, value) for each column, big-endian; -1 is NULL.
-_ROW = np.dtype([
-    ("fields", ">i2"),
-    ("id_len", ">i4"), ("id", ">i8"),
-    ("time_len", ">i4"), ("sale_time", ">i8"),
-    ("item_len", ">i4"), ("item_id", ">i4"),
-    ("store_len", ">i4"), ("store_id", ">i4"),
-    ("price_len", ">i4"), ("price", ">i4"),
-    ("qty_len", ">i4"), ("quantity", ">i4"),
-    ("key_len", ">i4"),
-    ("acc_len", ">i4"), ("accepted_at", ">i8"),
-])
-_LENGTHS = {"id_len": 8, "time_len": 8, "item_len": 4, "store_len": 4, "price_len": 4, "qty_len": 4, "key_len": -1,
-            "acc_len": 8}
+_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("id_len", ">i4"),
+        ("id", ">i8"),
+        ("time_len", ">i4"),
+        ("sale_time", ">i8"),
+        ("item_len", ">i4"),
+        ("item_id", ">i4"),
+        ("store_len", ">i4"),
+        ("store_id", ">i4"),
+        ("price_len", ">i4"),
+        ("price", ">i4"),
+        ("qty_len", ">i4"),
+        ("quantity", ">i4"),
+        ("key_len", ">i4"),
+        ("acc_len", ">i4"),
+        ("accepted_at", ">i8"),
+    ]
+)
+_LENGTHS = {
+    "id_len": 8,
+    "time_len": 8,
+    "item_len": 4,
+    "store_len": 4,
+    "price_len": 4,
+    "qty_len": 4,
+    "key_len": -1,
+    "acc_len": 8,
+}
 _KEYED_HEAD = struct.Struct(">hiqiq" + "i" * 9)  # the columns before the key
 _KEYED_TAIL = struct.Struct(">iq")  # accepted_at
 
 
-def unkeyed_rows(ids: np.ndarray, times_us: np.ndarray, item_ids: np.ndarray, store_ids: np.ndarray,
-                 prices: np.ndarray, quantities: np.ndarray | int, accepted_us: np.ndarray) -> bytes:
+def unkeyed_rows(
+    ids: np.ndarray,
+    times_us: np.ndarray,
+    item_ids: np.ndarray,
+    store_ids: np.ndarray,
+    prices: np.ndarray,
+    quantities: np.ndarray | int,
+    accepted_us: np.ndarray,
+) -> bytes:
     """Rows of sales without an idempotency key (times in Unix microseconds)."""
     rows = np.empty(len(ids), dtype=_ROW)
     rows["fields"] = len(COLUMNS)
@@ -50,10 +75,28 @@ def unkeyed_rows(ids: np.ndarray, times_us: np.ndarray, item_ids: np.ndarray, st
     return rows.tobytes()
 
 
-def keyed_row(sale_id: int, time_us: int, item_id: int, store_id: int, price: int, quantity: int, key: str,
-              accepted_us: int) -> bytes:
+def keyed_row(
+    sale_id: int, time_us: int, item_id: int, store_id: int, price: int, quantity: int, key: str, accepted_us: int
+) -> bytes:
     """One row of a sale with an idempotency key."""
     encoded = key.encode()
-    return (_KEYED_HEAD.pack(len(COLUMNS), 8, sale_id, 8, time_us - PG_EPOCH_US, 4, item_id, 4, store_id, 4, price,
-                             4, quantity, len(encoded))
-            + encoded + _KEYED_TAIL.pack(8, accepted_us - PG_EPOCH_US))
+    return (
+        _KEYED_HEAD.pack(
+            len(COLUMNS),
+            8,
+            sale_id,
+            8,
+            time_us - PG_EPOCH_US,
+            4,
+            item_id,
+            4,
+            store_id,
+            4,
+            price,
+            4,
+            quantity,
+            len(encoded),
+        )
+        + encoded
+        + _KEYED_TAIL.pack(8, accepted_us - PG_EPOCH_US)
+    )

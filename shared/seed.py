@@ -2,6 +2,7 @@
 
     python -m shared.seed --items 10000 --stores 1000 --sales 10000000
 """  # fmt: skip  # else ruff format unindents the example above
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,15 @@ async def main(argv: list[str] | None = None) -> None:
             return
         started = time.perf_counter()
         with tqdm(total=args.sales, unit="sale", unit_scale=True, desc="sales") as bar:
-            counts = await seeding.seed(conn, items=args.items, stores=args.stores, sales=args.sales,
-                                        tz=settings.timezone, seed=args.seed, progress=bar.update)
+            counts = await seeding.seed(
+                conn,
+                items=args.items,
+                stores=args.stores,
+                sales=args.sales,
+                tz=settings.timezone,
+                seed=args.seed,
+                progress=bar.update,
+            )
         redis = connect_from_settings(settings)
         try:
             await purge(redis, QueueKeys(settings.redis_key_prefix))
@@ -48,8 +56,10 @@ async def main(argv: list[str] | None = None) -> None:
             await redis.aclose()
     finally:
         await conn.close()
-    print(f"seeded {counts['items']} items, {counts['stores']} stores, {counts['sales']} sales, "
-          f"{counts['returns']} returns in {time.perf_counter() - started:.1f} s")
+    print(
+        f"seeded {counts['items']} items, {counts['stores']} stores, {counts['sales']} sales, "
+        f"{counts['returns']} returns in {time.perf_counter() - started:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the arrays the sales and returns were written from, and loaded by binary COPY. T
 what `shared.rollups` computes (same days and hours, cut in the same zone, same running-total
 rule); the tests compare them with `rollups.drift`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,17 @@ import numpy as np
 
 from shared import sales_copy
 
-FILLED = frozenset({"item_totals", "daily_totals", "store_item_daily", "hourly_totals", "store_hourly",
-                    "store_running", "item_running"})
+FILLED = frozenset(
+    {
+        "item_totals",
+        "daily_totals",
+        "store_item_daily",
+        "hourly_totals",
+        "store_hourly",
+        "store_running",
+        "item_running",
+    }
+)
 MEASURES = ("income", "units", "sales", "returns", "refunds")
 PG_EPOCH_DAY = dt.date(2000, 1, 1).toordinal()  # binary COPY's day zero
 _DAY_US = 86_400_000_000
@@ -37,6 +47,7 @@ COPY_ROWS = 1_000_000
 @dataclasses.dataclass
 class Moves:
     """Sales and returns as one set of columns: a return takes back its income and units."""
+
     times_us: np.ndarray
     store_ids: np.ndarray
     item_ids: np.ndarray
@@ -48,14 +59,18 @@ class Moves:
         (s_times, s_stores, s_items, s_prices, s_qty), (r_times, r_stores, r_items, r_prices, r_qty) = sales, returns
         s_money, r_money = s_prices * s_qty, r_prices * r_qty
         zeros, ones = np.zeros, np.ones
-        return cls(np.concatenate([s_times, r_times]), np.concatenate([s_stores, r_stores]),
-                   np.concatenate([s_items, r_items]), {
-                       "income": np.concatenate([s_money, -r_money]),
-                       "units": np.concatenate([s_qty, -r_qty]),
-                       "sales": np.concatenate([ones(len(s_times), np.int64), zeros(len(r_times), np.int64)]),
-                       "returns": np.concatenate([zeros(len(s_times), np.int64), ones(len(r_times), np.int64)]),
-                       "refunds": np.concatenate([zeros(len(s_times), np.int64), r_money]),
-                   })
+        return cls(
+            np.concatenate([s_times, r_times]),
+            np.concatenate([s_stores, r_stores]),
+            np.concatenate([s_items, r_items]),
+            {
+                "income": np.concatenate([s_money, -r_money]),
+                "units": np.concatenate([s_qty, -r_qty]),
+                "sales": np.concatenate([ones(len(s_times), np.int64), zeros(len(r_times), np.int64)]),
+                "returns": np.concatenate([zeros(len(s_times), np.int64), ones(len(r_times), np.int64)]),
+                "refunds": np.concatenate([zeros(len(s_times), np.int64), r_money]),
+            },
+        )
 
 
 def utc_offsets_us(times_us: np.ndarray, tz: zoneinfo.ZoneInfo) -> np.ndarray:
@@ -119,7 +134,7 @@ def copy_chunks(columns: list[tuple[str, str, np.ndarray]]) -> Iterator[bytes]:
     builds the next."""
     rows = len(columns[0][2])
     for low in range(0, rows, COPY_ROWS):
-        yield copy_data([(name, kind, values[low:low + COPY_ROWS]) for name, kind, values in columns])
+        yield copy_data([(name, kind, values[low : low + COPY_ROWS]) for name, kind, values in columns])
 
 
 def _sums(cells: np.ndarray, size: int | None, moves: Moves) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -145,8 +160,13 @@ def running(days: SeededDays, key_ids: np.ndarray, keys: int, key_name: str, mov
     # day by day, as the worker adds them: a report reads one day's rows, which then share a few
     # hundred pages instead of one page each
     day, key = np.nonzero(started.T)
-    return copy_chunks([("day", ">i4", days.pg_days(day)), (key_name, ">i4", key + 1),
-                        *((name, ">i8", totals[name][key, day]) for name in MEASURES)])
+    return copy_chunks(
+        [
+            ("day", ">i4", days.pg_days(day)),
+            (key_name, ">i4", key + 1),
+            *((name, ">i8", totals[name][key, day]) for name in MEASURES),
+        ]
+    )
 
 
 def tables(days: SeededDays, moves: Moves, items: int, stores: int) -> Iterator[tuple[str, list[str], bytes]]:
@@ -165,9 +185,12 @@ def tables(days: SeededDays, moves: Moves, items: int, stores: int) -> Iterator[
         return ["day", key_name], lambda: running(days, key_ids, keys, key_name, moves)
 
     layouts = {
-        "store_item_daily": sparse([store, day, item]), "store_hourly": sparse([store, day, hour]),
-        "item_running": running_of("item_id", moves.item_ids, items), "daily_totals": sparse([day, store]),
-        "store_running": running_of("store_id", moves.store_ids, stores), "hourly_totals": sparse([day, hour]),
+        "store_item_daily": sparse([store, day, item]),
+        "store_hourly": sparse([store, day, hour]),
+        "item_running": running_of("item_id", moves.item_ids, items),
+        "daily_totals": sparse([day, store]),
+        "store_running": running_of("store_id", moves.store_ids, stores),
+        "hourly_totals": sparse([day, hour]),
         "item_totals": sparse([item]),
     }
     for table, (columns, chunks) in layouts.items():
@@ -175,8 +198,9 @@ def tables(days: SeededDays, moves: Moves, items: int, stores: int) -> Iterator[
             yield table, columns + list(MEASURES), data
 
 
-def _sparse_rows(days: SeededDays, moves: Moves, keys: list[tuple[str, str, np.ndarray, int]],
-                 one_based: set[str]) -> Iterator[bytes]:
+def _sparse_rows(
+    days: SeededDays, moves: Moves, keys: list[tuple[str, str, np.ndarray, int]], one_based: set[str]
+) -> Iterator[bytes]:
     """A rollup's rows, one per combination of `keys` ((column, kind, 0-based values, how many
     values)) that had a move."""
     cell = np.zeros(len(moves.times_us), dtype=np.int64)

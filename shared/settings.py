@@ -1,4 +1,5 @@
 """Settings read once from the environment and passed explicitly to the app and worker."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,10 @@ def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
         host, sep, port = part.rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"REDIS_SENTINELS: {part!r} is not host:port "
-                             f"(expected e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)")
+            raise ValueError(
+                f"REDIS_SENTINELS: {part!r} is not host:port "
+                f"(expected e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)"
+            )
         sentinels.append((host, int(port)))
     if raw.strip() and not sentinels:
         raise ValueError(f"REDIS_SENTINELS: {raw!r} names no sentinel")
@@ -114,8 +117,9 @@ class Settings:
             redis_url=get("REDIS_URL", defaults.redis_url),
             redis_sentinels=parse_sentinels(env.get("REDIS_SENTINELS", "")),
             redis_sentinel_master=get("REDIS_SENTINEL_MASTER", defaults.redis_sentinel_master).strip(),
-            redis_min_replicas_acked=(get("REDIS_MIN_REPLICAS_ACKED", 0) if env.get("REDIS_MIN_REPLICAS_ACKED")
-                                      else None),  # unset: by topology
+            redis_min_replicas_acked=(
+                get("REDIS_MIN_REPLICAS_ACKED", 0) if env.get("REDIS_MIN_REPLICAS_ACKED") else None
+            ),  # unset: by topology
             redis_replica_wait_ms=get("REDIS_REPLICA_WAIT_MS", defaults.redis_replica_wait_ms),
             host=get("HOST", defaults.host),
             port=get("PORT", defaults.port),

@@ -7,6 +7,7 @@ With TEST_CITUS=1 the same tests run on a throwaway Citus cluster instead (a coo
 two workers, tests/citus/cluster.py): each test's database is made on every node and migrated
 (which distributes it), since a copied template would point at shards of another database.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -65,12 +66,21 @@ async def drop_database(name: str) -> None:
         await admin.close()
 
 
-def process_env(database_url: str, prefix: str, port: int, processes: int,
-                redis_url: str = REDIS_URL) -> dict[str, str]:
+def process_env(
+    database_url: str, prefix: str, port: int, processes: int, redis_url: str = REDIS_URL
+) -> dict[str, str]:
     """Environment for `python -m api` / `python -m worker` on a test's database and key prefix."""
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
-           "HOST": "127.0.0.1", "PORT": str(port), "API_PROCESSES": str(processes),
-           "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": prefix,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "API_PROCESSES": str(processes),
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "LOG_LEVEL": "WARNING",
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.pop("AUTH_REQUIRED", None)
     return env
@@ -127,8 +137,7 @@ async def database_url(template_db):
 @pytest.fixture
 def settings(database_url):
     prefix = f"test-{uuid.uuid4().hex[:12]}:"
-    yield Settings(database_url=database_url, redis_url=REDIS_URL, admin_token=ADMIN_TOKEN,
-                   redis_key_prefix=prefix)
+    yield Settings(database_url=database_url, redis_url=REDIS_URL, admin_token=ADMIN_TOKEN, redis_key_prefix=prefix)
     # whatever the test's apps left in the shared Redis goes (apps close before this runs)
     client = redis_sync.Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
@@ -165,8 +174,9 @@ async def seed(db):
     """seed(items=, stores=, sales=): demo data in this test's database."""
 
     async def run(items=5, stores=4, sales=0, tz="UTC", now=None):
-        return await seeding.seed(db, items=items, stores=stores, sales=sales,
-                                  tz=__import__("zoneinfo").ZoneInfo(tz), now=now, seed=1)
+        return await seeding.seed(
+            db, items=items, stores=stores, sales=sales, tz=__import__("zoneinfo").ZoneInfo(tz), now=now, seed=1
+        )
 
     return run
 

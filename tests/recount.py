@@ -3,6 +3,7 @@
 Deliberately independent of shared.rollups: these queries read only `sales`, `returns`,
 `item` and `store`, so a bug in the rollups (or in how they are cut by month) shows as a mismatch.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,9 +11,16 @@ import datetime as dt
 import asyncpg
 
 # rollups.drift() of a database whose rollups match its sales: every rollup, by name.
-NO_DRIFT = {"store_monthly": 0, "item_totals": 0, "daily_totals": 0, "store_item_daily": 0, "hourly_totals": 0,
-            "store_hourly": 0,
-            "store_running": 0, "item_running": 0}
+NO_DRIFT = {
+    "store_monthly": 0,
+    "item_totals": 0,
+    "daily_totals": 0,
+    "store_item_daily": 0,
+    "hourly_totals": 0,
+    "store_hourly": 0,
+    "store_running": 0,
+    "item_running": 0,
+}
 
 # Sales and returns as one list of moves: a return takes its money and units back, where and
 # when it happened.
@@ -100,23 +108,33 @@ GROUP BY 1, 2
 """
 
 
-async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int = 10,
-                        tz: str = "UTC") -> list[dict]:
+async def top_stores_in(
+    conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int = 10, tz: str = "UTC"
+) -> list[dict]:
     return [dict(r) for r in await conn.fetch(TOP_STORES_IN, first, last, tz, cnt)]
 
 
-async def top_items_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int = 10,
-                       tz: str = "UTC", store_id: int | None = None) -> list[dict]:
+async def top_items_in(
+    conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int = 10, tz: str = "UTC", store_id: int | None = None
+) -> list[dict]:
     return [dict(r) for r in await conn.fetch(TOP_ITEMS_IN, first, last, tz, cnt, store_id)]
 
 
-async def store_page(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, cnt: int = 10,
-                     tz: str = "UTC") -> dict:
+async def store_page(
+    conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, cnt: int = 10, tz: str = "UTC"
+) -> dict:
     """GET /stores/{id}/report/ recounted (the `store` member left to the caller)."""
-    days = [{"day": r["day"].isoformat(), **{m: r[m] for m in MEASURES}}
-            for r in await conn.fetch(STORE_DAYS_IN, first, last, tz, store_id)]
-    return {"from": first.isoformat(), "to": last.isoformat(), **{m: sum(d[m] for d in days) for m in MEASURES},
-            "top_items": await top_items_in(conn, first, last, cnt, tz, store_id), "days": days}
+    days = [
+        {"day": r["day"].isoformat(), **{m: r[m] for m in MEASURES}}
+        for r in await conn.fetch(STORE_DAYS_IN, first, last, tz, store_id)
+    ]
+    return {
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        **{m: sum(d[m] for d in days) for m in MEASURES},
+        "top_items": await top_items_in(conn, first, last, cnt, tz, store_id),
+        "days": days,
+    }
 
 
 async def totals(conn: asyncpg.Connection, first: dt.date, last: dt.date, tz: str = "UTC") -> dict:
@@ -125,13 +143,16 @@ async def totals(conn: asyncpg.Connection, first: dt.date, last: dt.date, tz: st
     return {"from": first.isoformat(), "to": last.isoformat(), **{m: row[m] or 0 for m in MEASURES}}
 
 
-async def hours(conn: asyncpg.Connection, first: dt.date, last: dt.date, tz: str = "UTC",
-                store_id: int | None = None) -> dict:
+async def hours(
+    conn: asyncpg.Connection, first: dt.date, last: dt.date, tz: str = "UTC", store_id: int | None = None
+) -> dict:
     """GET /reports/hours/ recounted."""
     found = {(r["weekday"], r["hour"]): r for r in await conn.fetch(HOURS_IN, first, last, tz, store_id)}
-    cells = [{"weekday": w, "hour": h, **{m: found[w, h][m] if (w, h) in found else 0
-                                          for m in ("income", "units", "sales")}}
-             for w in range(1, 8) for h in range(24)]
+    cells = [
+        {"weekday": w, "hour": h, **{m: found[w, h][m] if (w, h) in found else 0 for m in ("income", "units", "sales")}}
+        for w in range(1, 8)
+        for h in range(24)
+    ]
     return {"from": first.isoformat(), "to": last.isoformat(), "store_id": store_id, "cells": cells}
 
 

@@ -3,6 +3,7 @@
 Each lives in a temporary directory on a free loopback port and is stopped, killed or
 restarted at will; the shared PostgreSQL and Redis of the machine are never touched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,21 +51,48 @@ class PgServer:
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
         self.port = free_port()
-        self.settings = {"max_connections": "200", "fsync": "off", "full_page_writes": "off",
-                         "shared_buffers": "64MB", **(settings or {})}
+        self.settings = {
+            "max_connections": "200",
+            "fsync": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "64MB",
+            **(settings or {}),
+        }
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
-        subprocess.run(as_postgres_user([pg_bin("initdb"), "-D", str(self.data), "-U", "postgres",
-                                         "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            as_postgres_user(
+                [
+                    pg_bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
 
     def _ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-        return subprocess.run(as_postgres_user([pg_bin("pg_ctl"), "-D", str(self.data), *args]),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            as_postgres_user([pg_bin("pg_ctl"), "-D", str(self.data), *args]),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start(self) -> None:
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} " + " ".join(
-            f"-c {name}={value}" for name, value in self.settings.items())
+            f"-c {name}={value}" for name, value in self.settings.items()
+        )
         result = self._ctl("-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {result.stderr}\n{tail(self.log)}")

@@ -1,4 +1,5 @@
 """/clear/ and /create/: admin token only; what they leave in the tables and the queue."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,21 @@ from tests.conftest import ADMIN_TOKEN
 from tests.recount import NO_DRIFT
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-ENDPOINTS = [("GET", "/clear/"), ("POST", "/clear/"), ("GET", "/create/"), ("POST", "/create/"),
-             ("GET", "/clear"), ("POST", "/create")]
+ENDPOINTS = [
+    ("GET", "/clear/"),
+    ("POST", "/clear/"),
+    ("GET", "/create/"),
+    ("POST", "/create/"),
+    ("GET", "/clear"),
+    ("POST", "/create"),
+]
 
 
 async def _counts(db) -> dict[str, int]:
-    return {t: await db.fetchval(f"SELECT count(*) FROM {t}")
-            for t in ("item", "store", "sales", "store_monthly", "item_totals", "daily_totals", "dead_letter")}
+    return {
+        t: await db.fetchval(f"SELECT count(*) FROM {t}")
+        for t in ("item", "store", "sales", "store_monthly", "item_totals", "daily_totals", "dead_letter")
+    }
 
 
 async def _call(client, method, path, **kwargs):
@@ -37,8 +46,13 @@ async def test_refused_without_the_admin_token(client, seed, db, redis_client, q
     for method, path in ENDPOINTS:
         status, body = await _call(client, method, path)
         assert status == 401 and list(body) == ["error"], (method, path)
-        for header in ({"Authorization": ""}, {"Authorization": "Bearer"}, {"Authorization": "Bearer "},
-                       {"Authorization": f"Basic {ADMIN_TOKEN}"}, {"Authorization": ADMIN_TOKEN}):
+        for header in (
+            {"Authorization": ""},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer "},
+            {"Authorization": f"Basic {ADMIN_TOKEN}"},
+            {"Authorization": ADMIN_TOKEN},
+        ):
             status, body = await _call(client, method, path, headers=header)
             assert status == 401 and list(body) == ["error"], (method, path, header)
         for token in ("wrong", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1], ADMIN_TOKEN.upper()):
@@ -78,9 +92,12 @@ async def test_create_defaults_are_the_seed(client, db, method):
     assert await db.fetchval("SELECT count(*) FROM item WHERE price <= 0") == 0
 
     now = dt.datetime.now(dt.UTC)
-    per_month = {r["month"]: r["n"] for r in await db.fetch("""
+    per_month = {
+        r["month"]: r["n"]
+        for r in await db.fetch("""
         SELECT date_trunc('month', sale_time AT TIME ZONE 'UTC')::date AS month, count(*) AS n
-        FROM sales GROUP BY 1 ORDER BY 1""")}
+        FROM sales GROUP BY 1 ORDER BY 1""")
+    }
     starts = month_starts(now, zoneinfo.ZoneInfo("UTC"))
     expected_months = [s.date() for s in starts]
     assert expected_months[-1] == now.date().replace(day=1)
@@ -92,16 +109,24 @@ async def test_create_defaults_are_the_seed(client, db, method):
         expected = 3600 * (following - start.date()).days / window_days
         assert abs(per_month[start.date()] - expected) < 0.3 * expected, (start, per_month, window_days)
     so_far = 3600 * 1.2 * now.day / window_days  # at most the weekend factor, and today whole
-    assert per_month.get(expected_months[-1], 0) < so_far + 6 * so_far ** 0.5 + 5, per_month
+    assert per_month.get(expected_months[-1], 0) < so_far + 6 * so_far**0.5 + 5, per_month
     assert await db.fetchval("SELECT count(*) FROM sales") == 3600
     assert await db.fetchval("SELECT min(sale_time) FROM sales") >= starts[0]
     assert await db.fetchval("SELECT max(sale_time) FROM sales") <= dt.datetime.now(dt.UTC)
     # at shop hours, 08:00-22:00 in the report time zone
-    assert await db.fetchval("SELECT count(*) FROM sales "
-                             "WHERE extract(hour FROM sale_time AT TIME ZONE 'UTC') NOT BETWEEN 8 AND 21") == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM sales WHERE extract(hour FROM sale_time AT TIME ZONE 'UTC') NOT BETWEEN 8 AND 21"
+        )
+        == 0
+    )
     # The price snapshot is the item's price; every id is distinct and within bigint.
-    assert await db.fetchval("SELECT count(*) FROM sales s JOIN item i ON i.id = s.item_id "
-                             "WHERE s.price <> i.price OR s.quantity <> 1") == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM sales s JOIN item i ON i.id = s.item_id WHERE s.price <> i.price OR s.quantity <> 1"
+        )
+        == 0
+    )
     assert await db.fetchval("SELECT count(DISTINCT id) FROM sales") == 3600
     assert await rollups.drift(db) == NO_DRIFT
 
@@ -145,13 +170,26 @@ async def test_create_counts_from_json_body(client, db):
 
 
 BAD_COUNTS = [
-    ("GET", "items=0", None), ("GET", "stores=0", None), ("GET", "sales=-1", None), ("GET", "items=abc", None),
-    ("GET", "items=100001", None), ("GET", "sales=10000001", None), ("GET", "items=1.5", None),
-    ("GET", "items=", None), ("GET", "items=2&items=3", None), ("GET", "colour=red", None),
+    ("GET", "items=0", None),
+    ("GET", "stores=0", None),
+    ("GET", "sales=-1", None),
+    ("GET", "items=abc", None),
+    ("GET", "items=100001", None),
+    ("GET", "sales=10000001", None),
+    ("GET", "items=1.5", None),
+    ("GET", "items=", None),
+    ("GET", "items=2&items=3", None),
+    ("GET", "colour=red", None),
     ("GET", "sales=99999999999999999999", None),
-    ("POST", "", b'{"items": 0}'), ("POST", "", b'{"items": "3"}'), ("POST", "", b'{"items": 2.5}'),
-    ("POST", "", b"[1, 2]"), ("POST", "", b"{not json"), ("POST", "", b'{"bogus": 1}'),
-    ("POST", "", b'{"sales": -5}'), ("POST", "", b'{"items": 1e400}'), ("POST", "", b"null"),
+    ("POST", "", b'{"items": 0}'),
+    ("POST", "", b'{"items": "3"}'),
+    ("POST", "", b'{"items": 2.5}'),
+    ("POST", "", b"[1, 2]"),
+    ("POST", "", b"{not json"),
+    ("POST", "", b'{"bogus": 1}'),
+    ("POST", "", b'{"sales": -5}'),
+    ("POST", "", b'{"items": 1e400}'),
+    ("POST", "", b"null"),
 ]
 
 
@@ -169,8 +207,9 @@ async def test_bad_counts_are_400_and_change_nothing(client, seed, db):
 async def test_clear_empties_tables_and_queue(client, seed, db, drain, redis_client, queue_keys, method):
     await seed(items=3, stores=2, sales=24)
     await db.execute("INSERT INTO dead_letter (sale_id, sale, reason) VALUES (1, '{}', 'test')")
-    response = await client.post("/sales/", json={"item_id": 1, "store_id": 1},
-                                 headers={"Idempotency-Key": "before-clear"})
+    response = await client.post(
+        "/sales/", json={"item_id": 1, "store_id": 1}, headers={"Idempotency-Key": "before-clear"}
+    )
     assert response.status == 202
     assert await redis_client.xlen(queue_keys.stream) == 1
 
@@ -207,8 +246,12 @@ async def test_sales_after_create_use_the_new_catalogue_at_once(client, seed, db
     assert response.status == 202
     sale_id = (await response.json())["id"]
     await drain()
-    assert await db.fetchval("SELECT s.price = i.price FROM sales s JOIN item i ON i.id = s.item_id "
-                             "WHERE s.id = $1", sale_id) is True
+    assert (
+        await db.fetchval(
+            "SELECT s.price = i.price FROM sales s JOIN item i ON i.id = s.item_id WHERE s.id = $1", sale_id
+        )
+        is True
+    )
 
 
 async def test_create_discards_queued_sales(client, seed, db, drain, redis_client, queue_keys):

@@ -1,5 +1,6 @@
 """Access control with AUTH_REQUIRED=true: every role against every route, revocation,
 store scope, throttling, and secrets never kept in clear."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,42 +22,76 @@ ALLOWED = "allowed"  # anything but 401/403: the request reached its handler
 
 # Expected answer per route and caller. A route missing here fails test_matrix_covers_every_route.
 ROLES = ("none", "forged", "revoked", "pos", "owner", "admin", "admin_token")
-READ = {"none": 401, "forged": 401, "revoked": 401, "pos": 403, "owner": ALLOWED, "admin": ALLOWED,
-        "admin_token": ALLOWED}
+READ = {
+    "none": 401,
+    "forged": 401,
+    "revoked": 401,
+    "pos": 403,
+    "owner": ALLOWED,
+    "admin": ALLOWED,
+    "admin_token": ALLOWED,
+}
 POST = {**READ, "pos": ALLOWED, "owner": 403}
 ADMIN = {**READ, "owner": 403}
 OPEN = dict.fromkeys(ROLES, ALLOWED)
 MATRIX = {
-    ("GET", "/"): READ, ("GET", "/items/"): READ, ("GET", "/stores/"): READ,
-    ("GET", "/items/top/"): READ, ("GET", "/stores/top/"): READ, ("GET", "/stores/{id}/report/"): READ,
-    ("GET", "/reports/summary/"): READ, ("GET", "/reports/daily/"): READ,
+    ("GET", "/"): READ,
+    ("GET", "/items/"): READ,
+    ("GET", "/stores/"): READ,
+    ("GET", "/items/top/"): READ,
+    ("GET", "/stores/top/"): READ,
+    ("GET", "/stores/{id}/report/"): READ,
+    ("GET", "/reports/summary/"): READ,
+    ("GET", "/reports/daily/"): READ,
     ("GET", "/reports/trend/"): READ,
-    ("GET", "/reports/totals/"): READ, ("GET", "/reports/hours/"): READ,
-    ("POST", "/sales/"): POST, ("POST", "/sales/batch/"): POST,
-    ("POST", "/sales/{id}/returns/"): POST, ("POST", "/returns/batch/"): POST,
-    ("GET", "/clear/"): ADMIN, ("POST", "/clear/"): ADMIN,
-    ("GET", "/create/"): ADMIN, ("POST", "/create/"): ADMIN,
-    ("GET", "/admin/keys/"): ADMIN, ("POST", "/admin/keys/"): ADMIN,
+    ("GET", "/reports/totals/"): READ,
+    ("GET", "/reports/hours/"): READ,
+    ("POST", "/sales/"): POST,
+    ("POST", "/sales/batch/"): POST,
+    ("POST", "/sales/{id}/returns/"): POST,
+    ("POST", "/returns/batch/"): POST,
+    ("GET", "/clear/"): ADMIN,
+    ("POST", "/clear/"): ADMIN,
+    ("GET", "/create/"): ADMIN,
+    ("POST", "/create/"): ADMIN,
+    ("GET", "/admin/keys/"): ADMIN,
+    ("POST", "/admin/keys/"): ADMIN,
     ("DELETE", "/admin/keys/{prefix}"): ADMIN,
-    ("GET", "/health"): OPEN, ("GET", "/metrics"): READ, ("GET", "/openapi.json"): READ,
+    ("GET", "/health"): OPEN,
+    ("GET", "/metrics"): READ,
+    ("GET", "/openapi.json"): READ,
 }
 DESTRUCTIVE = {"/clear/", "/create/"}
 NO_SALE = 10**15  # returns of a sale that does not exist: past the access check, a 404 (or 409)
-BODIES = {"/sales/": {"item_id": 1, "store_id": 1}, "/sales/batch/": [{"item_id": 1, "store_id": 1}],
-          "/sales/{id}/returns/": {"quantity": 1}, "/returns/batch/": [{"sale_id": NO_SALE, "quantity": 1}],
-          "/admin/keys/": {"kind": "owner", "label": "from the matrix test"}, "/create/": {"sales": 10}}
+BODIES = {
+    "/sales/": {"item_id": 1, "store_id": 1},
+    "/sales/batch/": [{"item_id": 1, "store_id": 1}],
+    "/sales/{id}/returns/": {"quantity": 1},
+    "/returns/batch/": [{"sale_id": NO_SALE, "quantity": 1}],
+    "/admin/keys/": {"kind": "owner", "label": "from the matrix test"},
+    "/create/": {"sales": 10},
+}
 
 
 @pytest.fixture
 async def keyring(db, seed):
     await seed(items=3, stores=3, sales=30)
-    issued = {kind: await keys.issue(db, kind, 1 if kind == "pos" else None, f"test {kind}")
-              for kind in ("pos", "owner", "admin")}
+    issued = {
+        kind: await keys.issue(db, kind, 1 if kind == "pos" else None, f"test {kind}")
+        for kind in ("pos", "owner", "admin")
+    }
     revoked = await keys.issue(db, "owner", None, "revoked")
     await keys.revoke(db, revoked.prefix)
     forged = issued["owner"].key[:-4] + "AAAA"
-    return {"none": None, "forged": forged, "revoked": revoked.key, "pos": issued["pos"].key,
-            "owner": issued["owner"].key, "admin": issued["admin"].key, "admin_token": ADMIN_TOKEN}
+    return {
+        "none": None,
+        "forged": forged,
+        "revoked": revoked.key,
+        "pos": issued["pos"].key,
+        "owner": issued["owner"].key,
+        "admin": issued["admin"].key,
+        "admin_token": ADMIN_TOKEN,
+    }
 
 
 @pytest.fixture
@@ -84,7 +119,8 @@ async def test_access_matrix(auth_client, keyring, role):
         if path in DESTRUCTIVE and expected[role] == ALLOWED:
             continue  # run by test_admin_may_recreate_data, not in a loop that needs the data
         url = path.replace("{prefix}", "sk_owner_nosuchkey").replace(
-            "{id}", str(NO_SALE) if path.startswith("/sales/") else "1")
+            "{id}", str(NO_SALE) if path.startswith("/sales/") else "1"
+        )
         body = BODIES.get(path)
         response = await auth_client.request(method, url, json=body, headers=_bearer(keyring[role]))
         if expected == ALLOWED or expected[role] == ALLOWED:
@@ -109,8 +145,11 @@ async def test_pos_key_posts_for_its_store_only(auth_client, keyring, redis_clie
     other = await auth_client.post("/sales/", json={"item_id": 1, "store_id": 2}, headers=pos)
     assert other.status == 403
     assert "store 2" in (await other.json())["error"]
-    batch = await auth_client.post("/sales/batch/", headers=pos, json=[
-        {"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 3}, {"item_id": 3, "store_id": 1}])
+    batch = await auth_client.post(
+        "/sales/batch/",
+        headers=pos,
+        json=[{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 3}, {"item_id": 3, "store_id": 1}],
+    )
     assert batch.status == 403
     assert "store 3" in (await batch.json())["error"]
     assert await redis_client.get(queue_keys.depth) == b"1"  # only the first sale was queued
@@ -142,14 +181,16 @@ async def test_revocation_reaches_another_api_process_within_5_seconds(aiohttp_c
 
 
 async def test_new_key_works_at_once_through_the_admin_endpoint(auth_client, keyring):
-    issued = await auth_client.post("/admin/keys/", json={"kind": "pos", "store_id": 2, "label": "till 9"},
-                                    headers=_bearer(keyring["admin"]))
+    issued = await auth_client.post(
+        "/admin/keys/", json={"kind": "pos", "store_id": 2, "label": "till 9"}, headers=_bearer(keyring["admin"])
+    )
     assert issued.status == 201
     body = await issued.json()
     assert body["kind"] == "pos" and body["store_id"] == 2 and body["key"].startswith(body["prefix"] + ".")
     started = time.monotonic()
-    while (await auth_client.post("/sales/", json={"item_id": 1, "store_id": 2},
-                                  headers=_bearer(body["key"]))).status != 202:
+    while (
+        await auth_client.post("/sales/", json={"item_id": 1, "store_id": 2}, headers=_bearer(body["key"]))
+    ).status != 202:
         assert time.monotonic() - started < 5
         await asyncio.sleep(0.05)
     listed = await (await auth_client.get("/admin/keys/", headers=_bearer(keyring["admin"]))).json()
@@ -177,8 +218,14 @@ async def test_repeated_bad_keys_are_slowed_down_and_counted(auth_client, keyrin
 async def test_secrets_never_kept_in_clear(settings, database_url, db, redis_client, seed, aiohttp_client, caplog):
     await seed(items=2, stores=2)
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.redis_url}
-    cli = subprocess.run([sys.executable, "-m", "shared.keys", "issue", "--kind", "pos", "--store", "2"],
-                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "shared.keys", "issue", "--kind", "pos", "--store", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     key = cli.stdout.strip()
     secret = key.split(".", 1)[1]
     assert len(secret) >= 40 and secret not in cli.stderr
@@ -194,6 +241,7 @@ async def test_secrets_never_kept_in_clear(settings, database_url, db, redis_cli
     for redis_key in [k async for k in redis_client.scan_iter(count=1000)]:
         assert secret.encode() not in redis_key
     assert secret not in caplog.text
-    listed = subprocess.run([sys.executable, "-m", "shared.keys", "list"], env=env, capture_output=True,
-                            text=True, timeout=60, check=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "shared.keys", "list"], env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert key.split(".")[0] in listed.stdout and secret not in listed.stdout

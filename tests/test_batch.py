@@ -1,4 +1,5 @@
 """POST /sales/batch/: all sales accepted in order, or none."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,8 +12,12 @@ UTC = dt.UTC
 
 
 async def _stored(db):
-    return [dict(r) for r in await db.fetch(
-        "SELECT id, item_id, store_id, quantity, sale_time, idempotency_key FROM sales ORDER BY id")]
+    return [
+        dict(r)
+        for r in await db.fetch(
+            "SELECT id, item_id, store_id, quantity, sale_time, idempotency_key FROM sales ORDER BY id"
+        )
+    ]
 
 
 @pytest.mark.parametrize("wrap", [False, True], ids=["array", "object"])
@@ -43,8 +48,12 @@ async def test_batch_is_202_with_every_sale_in_order(client, seed, db, drain, re
     for sale, answer in zip(sales, answers):
         row = rows[answer["id"]]
         assert (row["item_id"], row["store_id"], row["quantity"], row["price"], row["idempotency_key"]) == (
-            sale["item_id"], sale["store_id"], sale.get("quantity", 1), prices[sale["item_id"]],
-            sale.get("idempotency_key"))
+            sale["item_id"],
+            sale["store_id"],
+            sale.get("quantity", 1),
+            prices[sale["item_id"]],
+            sale.get("idempotency_key"),
+        )
         assert row["sale_time"] == dt.datetime.fromisoformat(answer["sale_time"])
     assert await redis_client.xlen(queue_keys.stream) == 0
 
@@ -74,8 +83,12 @@ BAD_SALES = [
 async def test_one_bad_sale_is_422_by_index_and_nothing_is_queued(client, seed, db, drain, redis_client, queue_keys):
     await seed()
     for bad, message in BAD_SALES:
-        sales = [{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 2, "idempotency_key": "k-1"},
-                 bad, {"item_id": 3, "store_id": 3}]
+        sales = [
+            {"item_id": 1, "store_id": 1},
+            {"item_id": 2, "store_id": 2, "idempotency_key": "k-1"},
+            bad,
+            {"item_id": 3, "store_id": 3},
+        ]
         response = await client.post("/sales/batch/", json=sales)
         assert response.status == 422, bad
         body = await response.json()
@@ -99,8 +112,12 @@ async def test_one_bad_sale_is_422_by_index_and_nothing_is_queued(client, seed, 
 
 async def test_every_bad_sale_is_listed_by_index(client, seed, redis_client, queue_keys):
     await seed()
-    sales = [{"item_id": 1, "store_id": 1}, {"item_id": 99, "store_id": 55},
-             {"item_id": 1, "store_id": 1}, {"item_id": 1, "store_id": 77}]
+    sales = [
+        {"item_id": 1, "store_id": 1},
+        {"item_id": 99, "store_id": 55},
+        {"item_id": 1, "store_id": 1},
+        {"item_id": 1, "store_id": 77},
+    ]
     response = await client.post("/sales/batch/", json=sales)
     assert response.status == 422
     body = await response.json()
@@ -119,8 +136,16 @@ async def test_every_bad_sale_is_listed_by_index(client, seed, redis_client, que
 
 
 MALFORMED = [
-    b"", b"[", b"{", b'{"sales": [}', b"null", b"42", b'"sales"', b'{"sale": [{"item_id": 1, "store_id": 1}]}',
-    b'{"sales": [{"item_id": 1, "store_id": 1}], "extra": 1}', b'{"sales": {"item_id": 1, "store_id": 1}}',
+    b"",
+    b"[",
+    b"{",
+    b'{"sales": [}',
+    b"null",
+    b"42",
+    b'"sales"',
+    b'{"sale": [{"item_id": 1, "store_id": 1}]}',
+    b'{"sales": [{"item_id": 1, "store_id": 1}], "extra": 1}',
+    b'{"sales": {"item_id": 1, "store_id": 1}}',
 ]
 
 
@@ -164,8 +189,9 @@ async def test_body_over_one_mib_is_413(client, seed, redis_client, queue_keys):
 
 async def test_idempotency_key_header_on_batch_is_400(client, seed, redis_client, queue_keys):
     await seed()
-    response = await client.post("/sales/batch/", json=[{"item_id": 1, "store_id": 1}],
-                                 headers={"Idempotency-Key": "batch-1"})
+    response = await client.post(
+        "/sales/batch/", json=[{"item_id": 1, "store_id": 1}], headers={"Idempotency-Key": "batch-1"}
+    )
     assert response.status == 400
     assert "idempotency_key" in (await response.json())["error"]
     assert await redis_client.xlen(queue_keys.stream) == 0
@@ -173,8 +199,9 @@ async def test_idempotency_key_header_on_batch_is_400(client, seed, redis_client
 
 async def test_reposted_batch_returns_same_ids_and_stores_nothing_new(client, seed, db, drain):
     await seed()
-    sales = [{"item_id": i % 5 + 1, "store_id": i % 4 + 1, "idempotency_key": f"pos-{i % 4 + 1}-{i}"}
-             for i in range(20)]
+    sales = [
+        {"item_id": i % 5 + 1, "store_id": i % 4 + 1, "idempotency_key": f"pos-{i % 4 + 1}-{i}"} for i in range(20)
+    ]
     first = await client.post("/sales/batch/", json=sales)
     assert first.status == 202
     first_answers = await first.json()
@@ -202,8 +229,9 @@ async def test_batch_key_matches_an_earlier_single_sale(client, seed, db, drain)
     await seed()
     single = await client.post("/sales/", json={"item_id": 2, "store_id": 3}, headers={"Idempotency-Key": "abc"})
     single_answer = await single.json()
-    response = await client.post("/sales/batch/", json=[
-        {"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 3, "idempotency_key": "abc"}])
+    response = await client.post(
+        "/sales/batch/", json=[{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 3, "idempotency_key": "abc"}]
+    )
     answers = await response.json()
     assert answers[1] == single_answer
     await drain()
@@ -221,15 +249,27 @@ async def test_same_key_twice_in_one_batch_is_one_sale(client, seed, db, drain):
     assert sorted(r["id"] for r in await _stored(db)) == sorted({answers[0]["id"], answers[1]["id"]})
 
 
-_field_values = st.one_of(st.integers(-2, 2**31 + 1), st.text(max_size=3), st.none(), st.booleans(),
-                          st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00", "1999-12-31T23:00:00Z",
-                                           "2999-01-01T00:00:00Z"]))
+_field_values = st.one_of(
+    st.integers(-2, 2**31 + 1),
+    st.text(max_size=3),
+    st.none(),
+    st.booleans(),
+    st.sampled_from(
+        ["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00", "1999-12-31T23:00:00Z", "2999-01-01T00:00:00Z"]
+    ),
+)
 _sale = st.fixed_dictionaries(  # mostly good sales, and a field that may spoil one
     {"item_id": st.integers(1, 20), "store_id": st.integers(1, 20)},
-    optional={"quantity": st.integers(0, 10_001), "idempotency_key": st.text(max_size=3),
-              "sale_time": st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00"]), "extra": st.none()})
-_anything = st.dictionaries(st.sampled_from(["item_id", "store_id", "quantity", "sale_time", "idempotency_key"]),
-                            _field_values)
+    optional={
+        "quantity": st.integers(0, 10_001),
+        "idempotency_key": st.text(max_size=3),
+        "sale_time": st.sampled_from(["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00"]),
+        "extra": st.none(),
+    },
+)
+_anything = st.dictionaries(
+    st.sampled_from(["item_id", "store_id", "quantity", "sale_time", "idempotency_key"]), _field_values
+)
 _sales = st.lists(st.one_of(_sale, _sale, _sale, _anything), max_size=4)
 
 

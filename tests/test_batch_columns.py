@@ -1,4 +1,5 @@
 """A batch's sums, computed with numpy, against the same sums computed one sale at a time."""
+
 from __future__ import annotations
 
 import collections
@@ -8,10 +9,20 @@ from hypothesis import given, strategies as st
 from shared.rollups import ROLLUPS
 from worker.batch_columns import BatchColumns
 
-_rows = st.lists(st.tuples(
-    st.integers(1, 2**62), st.integers(946_684_800_000_000, 2_000_000_000_000_000), st.integers(1, 5),
-    st.integers(1, 4), st.integers(0, 2**31 - 1), st.integers(1, 10_000), st.one_of(st.none(), st.text(max_size=4)),
-    st.integers(946_684_800_000_000, 2_000_000_000_000_000)), min_size=1, max_size=60)
+_rows = st.lists(
+    st.tuples(
+        st.integers(1, 2**62),
+        st.integers(946_684_800_000_000, 2_000_000_000_000_000),
+        st.integers(1, 5),
+        st.integers(1, 4),
+        st.integers(0, 2**31 - 1),
+        st.integers(1, 10_000),
+        st.one_of(st.none(), st.text(max_size=4)),
+        st.integers(946_684_800_000_000, 2_000_000_000_000_000),
+    ),
+    min_size=1,
+    max_size=60,
+)
 
 
 @given(_rows)

@@ -1,4 +1,5 @@
 """Every report answers CSV too, with a header row and the same values as its JSON."""
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,10 @@ async def test_csv_matches_json(client, seed, drain, path, columns):
     as_json = await (await client.get(path)).json()
     assert as_json, "the report must have rows for this comparison to mean something"
     sep = "&" if "?" in path else "?"
-    for response in (await client.get(f"{path}{sep}format=csv"),
-                     await client.get(path, headers={"Accept": "text/csv"})):
+    for response in (
+        await client.get(f"{path}{sep}format=csv"),
+        await client.get(path, headers={"Accept": "text/csv"}),
+    ):
         assert response.status == 200
         assert response.content_type == "text/csv"
         table = list(csv.reader(io.StringIO(await response.text())))
@@ -60,15 +63,19 @@ async def test_unknown_format_is_400(client, seed):
 async def test_summary_compares_with_previous_month(client, seed, db):
     await seed(items=3, stores=2, sales=1200, now=dt.datetime(2026, 11, 27, tzinfo=dt.UTC))
     summary = await (await client.get("/reports/summary/?mm=10&year=2026")).json()
-    sums = f"SELECT sum(s.income)::bigint AS income, sum(s.units)::bigint AS units, sum(s.sales)::bigint AS sales " \
-           f"FROM {ACTIVITY} WHERE s.moment >= $1 AND s.moment < $2"  # net of (seeded) returns
-    recount = await db.fetchrow(sums, dt.datetime(2026, 10, 1, tzinfo=dt.UTC),
-                                dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
-    before = await db.fetchrow(sums, dt.datetime(2026, 9, 1, tzinfo=dt.UTC),
-                               dt.datetime(2026, 10, 1, tzinfo=dt.UTC))
+    sums = (
+        f"SELECT sum(s.income)::bigint AS income, sum(s.units)::bigint AS units, sum(s.sales)::bigint AS sales "
+        f"FROM {ACTIVITY} WHERE s.moment >= $1 AND s.moment < $2"
+    )  # net of (seeded) returns
+    recount = await db.fetchrow(sums, dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    before = await db.fetchrow(sums, dt.datetime(2026, 9, 1, tzinfo=dt.UTC), dt.datetime(2026, 10, 1, tzinfo=dt.UTC))
     assert (summary["month"], summary["previous_month"]) == ("2026-10", "2026-09")
-    assert ((summary["income"], summary["units"], summary["sales"])
-            == (recount["income"], recount["units"], recount["sales"]))
+    assert (summary["income"], summary["units"], summary["sales"]) == (
+        recount["income"],
+        recount["units"],
+        recount["sales"],
+    )
     assert summary["previous_income"] == before["income"]
     assert summary["income_change_pct"] == round(
-        float((recount["income"] - before["income"]) * 100 / before["income"]), 1)
+        float((recount["income"] - before["income"]) * 100 / before["income"]), 1
+    )

@@ -1,4 +1,5 @@
 """The owners' page in a real headless Chromium (Debian's), driven by Playwright."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,8 +13,15 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(os.environ.get("TEST_ARTIFACTS", "artifacts"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -33,7 +41,8 @@ def _fmt(n: int) -> str:
 
 async def _table(page, selector: str) -> list[list[str]]:
     return await page.eval_on_selector_all(
-        f"{selector} tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))")
+        f"{selector} tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.textContent.trim()))"
+    )
 
 
 async def test_dashboard_shows_the_api_numbers_and_follows_new_sales(client, seed, drain, browser):
@@ -48,10 +57,12 @@ async def test_dashboard_shows_the_api_numbers_and_follows_new_sales(client, see
     assert await page.text_content("#kpi-units") == _fmt(summary["units"])
     stores = await (await client.get(f"/stores/top/?cnt=10&mm={int(summary['month'][5:])}")).json()
     assert await _table(page, "#stores-table") == [
-        [str(i + 1), s["address"], _fmt(s["income"])] for i, s in enumerate(stores)]
+        [str(i + 1), s["address"], _fmt(s["income"])] for i, s in enumerate(stores)
+    ]
     items = await (await client.get("/items/top/?cnt=10")).json()
     assert await _table(page, "#items-table") == [
-        [str(i + 1), it["name"], _fmt(it["sales_amount"])] for i, it in enumerate(items)]
+        [str(i + 1), it["name"], _fmt(it["sales_amount"])] for i, it in enumerate(items)
+    ]
     # bars carry the same numbers as the table
     bar_values = await page.eval_on_selector_all("#stores-chart .bar-value", "els => els.map(e => e.textContent)")
     assert bar_values == [_fmt(s["income"]) for s in stores]
@@ -68,7 +79,8 @@ async def test_dashboard_shows_the_api_numbers_and_follows_new_sales(client, see
     await page.wait_for_function(
         "want => JSON.stringify(Array.from(document.querySelectorAll('#stores-table tbody tr'))"
         ".map(r => Array.from(r.cells).map(c => c.textContent.trim()))) === JSON.stringify(want)",
-        arg=want)
+        arg=want,
+    )
     assert want != [[str(i + 1), s["address"], _fmt(s["income"])] for i, s in enumerate(stores)]
 
     # back to this month; a new sale shows up without a reload
@@ -79,7 +91,8 @@ async def test_dashboard_shows_the_api_numbers_and_follows_new_sales(client, see
     assert response.status == 202
     await drain()
     await page.wait_for_function(
-        f"document.getElementById('kpi-units').textContent === '{_fmt(before + 5)}'", timeout=15_000)
+        f"document.getElementById('kpi-units').textContent === '{_fmt(before + 5)}'", timeout=15_000
+    )
     assert await page.evaluate("window.__noReload") is True
     assert "Updated" in await page.text_content("#status")
 
@@ -169,8 +182,7 @@ async def _api(client, url: str):
 async def _shown(page, view: str, store: int | None = None, cnt: int = 10) -> tuple[str, str]:
     """Waits until the page has drawn `view` (and `store`); the period it shows."""
     prefix = f"{view}|{store or ''}|"
-    await page.wait_for_function(
-        "p => (document.getElementById('main').dataset.shown || '').startsWith(p)", arg=prefix)
+    await page.wait_for_function("p => (document.getElementById('main').dataset.shown || '').startsWith(p)", arg=prefix)
     _, _, first, last, shown_cnt = (await page.get_attribute("#main", "data-shown")).split("|")
     assert shown_cnt == str(cnt)
     return first, last
@@ -184,23 +196,39 @@ async def _wait_period(page, view: str, first: str, last: str, store: int | None
 async def _assert_trend(page, prefix: str, trend: list[dict]) -> None:
     assert len(trend) == 12
     assert await _table(page, f"#{prefix}trend-table") == [
-        [f"{SHORT_MONTHS[int(t['month'][5:]) - 1]} {t['month'][:4]}", _fmt(t["income"]),
-         _fmt(t["income_year_before"]), _pct(t["income_change_pct"])] for t in trend]
+        [
+            f"{SHORT_MONTHS[int(t['month'][5:]) - 1]} {t['month'][:4]}",
+            _fmt(t["income"]),
+            _fmt(t["income_year_before"]),
+            _pct(t["income_change_pct"]),
+        ]
+        for t in trend
+    ]
     bars = await page.eval_on_selector_all(
         f"#{prefix}trend-chart g.trend-month",
         "gs => gs.map(g => [g.dataset.month, g.querySelector('.bar-now').dataset.value,"
-        " g.querySelector('.bar-before').dataset.value, g.querySelector('.pct').textContent])")
-    assert bars == [[t["month"], str(t["income"]), str(t["income_year_before"]), _pct(t["income_change_pct"])]
-                    for t in trend]
+        " g.querySelector('.bar-before').dataset.value, g.querySelector('.pct').textContent])",
+    )
+    assert bars == [
+        [t["month"], str(t["income"]), str(t["income_year_before"]), _pct(t["income_change_pct"])] for t in trend
+    ]
 
 
 async def _assert_heat_map(page, container: str, hours: dict) -> None:
     cells = await page.eval_on_selector_all(
-        f"{container} td", "tds => tds.map(td => [td.dataset.weekday, td.dataset.hour, td.dataset.sales, td.title])")
+        f"{container} td", "tds => tds.map(td => [td.dataset.weekday, td.dataset.hour, td.dataset.sales, td.title])"
+    )
     assert len(hours["cells"]) == 168
-    assert cells == [[str(c["weekday"]), str(c["hour"]), str(c["sales"]),
-                      f"{WEEKDAYS[c['weekday'] - 1]} {c['hour']:02d}:00–{c['hour']:02d}:59: {_fmt(c['sales'])} sales, "
-                      f"{_fmt(c['units'])} units, income {_fmt(c['income'])}"] for c in hours["cells"]]
+    assert cells == [
+        [
+            str(c["weekday"]),
+            str(c["hour"]),
+            str(c["sales"]),
+            f"{WEEKDAYS[c['weekday'] - 1]} {c['hour']:02d}:00–{c['hour']:02d}:59: {_fmt(c['sales'])} sales, "
+            f"{_fmt(c['units'])} units, income {_fmt(c['income'])}",
+        ]
+        for c in hours["cells"]
+    ]
     assert sum(c["sales"] for c in hours["cells"]) > 0
     most = max(c["sales"] for c in hours["cells"])
     assert await page.text_content(f"{container} .heat-max") == f"{_fmt(most)} sales in an hour"
@@ -209,9 +237,12 @@ async def _assert_heat_map(page, container: str, hours: dict) -> None:
 async def _return_some(client, db, drain, count: int, store_id: int | None = None) -> list[int]:
     """Returns one unit of `count` sales (of `store_id`, when given), through the API (the seeder
     returned some sales already: not those)."""
-    rows = await db.fetch("SELECT id FROM sales s WHERE ($1::int IS NULL OR store_id = $1)"
-                          " AND NOT EXISTS (SELECT 1 FROM returns r WHERE r.sale_id = s.id) ORDER BY id LIMIT $2",
-                          store_id, count)
+    rows = await db.fetch(
+        "SELECT id FROM sales s WHERE ($1::int IS NULL OR store_id = $1)"
+        " AND NOT EXISTS (SELECT 1 FROM returns r WHERE r.sale_id = s.id) ORDER BY id LIMIT $2",
+        store_id,
+        count,
+    )
     assert len(rows) == count
     for row in rows:
         response = await client.post(f"/sales/{row['id']}/returns/", json={"quantity": 1})
@@ -225,8 +256,15 @@ async def _sales_a_year_before(client, drain, store_id: int = 1) -> None:
     only), so that the trend has a year before to compare with."""
     now = dt.datetime.now(dt.UTC)
     for days, quantity in ((365, 3), (395, 2)):
-        response = await client.post("/sales/", json={"item_id": 1, "store_id": store_id, "quantity": quantity,
-                                                      "sale_time": (now - dt.timedelta(days=days)).isoformat()})
+        response = await client.post(
+            "/sales/",
+            json={
+                "item_id": 1,
+                "store_id": store_id,
+                "quantity": quantity,
+                "sale_time": (now - dt.timedelta(days=days)).isoformat(),
+            },
+        )
         assert response.status == 202, await response.text()
     await drain()
 
@@ -253,18 +291,24 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     stores = await _api(client, f"/stores/top/?{q}&cnt=10")
     assert len(stores) == 5
     assert await _table(page, "#stores-table") == _ranked(stores, "address", "income")
-    assert await page.eval_on_selector_all("#stores-chart .bar-value", "els => els.map(e => e.textContent)") == \
-        [_fmt(s["income"]) for s in stores]
+    assert await page.eval_on_selector_all("#stores-chart .bar-value", "els => els.map(e => e.textContent)") == [
+        _fmt(s["income"]) for s in stores
+    ]
     items = await _api(client, f"/items/top/?{q}&cnt=10")
     assert await _table(page, "#period-items-table") == _ranked(items, "name", "sales_amount")
-    assert await _table(page, "#items-table") == _ranked(await _api(client, "/items/top/?cnt=10"),
-                                                         "name", "sales_amount")
+    assert await _table(page, "#items-table") == _ranked(
+        await _api(client, "/items/top/?cnt=10"), "name", "sales_amount"
+    )
     totals = await _api(client, f"/reports/totals/?{q}")
     assert totals["returns"] == returned + 3 and totals["refunds"] > 0
     for key in ("income", "units", "sales", "returns", "refunds"):
         assert await page.text_content(f"#kpi-{key}") == _fmt(totals[key]), key
-    daily = [d for mm in {(today - dt.timedelta(days=29)).replace(day=1), today.replace(day=1)}
-             for d in await _api(client, f"/reports/daily/?mm={mm.month}&year={mm.year}") if first <= d["day"] <= last]
+    daily = [
+        d
+        for mm in {(today - dt.timedelta(days=29)).replace(day=1), today.replace(day=1)}
+        for d in await _api(client, f"/reports/daily/?mm={mm.month}&year={mm.year}")
+        if first <= d["day"] <= last
+    ]
     assert await _table(page, "#daily-table") == sorted([d["day"], _fmt(d["income"]), _fmt(d["units"])] for d in daily)
     await _assert_heat_map(page, "#hours-map", await _api(client, f"/reports/hours/?{q}"))
     trend = await _api(client, "/reports/trend/?months=12")
@@ -285,7 +329,8 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     totals = await _api(client, f"/reports/totals/?{q}")
     assert await page.text_content("#kpi-units") == _fmt(totals["units"])
     assert await page.evaluate(
-        "document.activeElement.closest('#stores-table') && document.activeElement.dataset.store") == str(top)
+        "document.activeElement.closest('#stores-table') && document.activeElement.dataset.store"
+    ) == str(top)
 
     # a custom range, typed into the two date fields
     await page.select_option("#period", "custom")
@@ -294,10 +339,12 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     await page.fill("#from", first)
     await _wait_period(page, "chain", first, last)
     q = f"from={first}&to={last}"
-    assert await _table(page, "#stores-table") == _ranked(await _api(client, f"/stores/top/?{q}&cnt=10"),
-                                                          "address", "income")
-    assert await _table(page, "#period-items-table") == _ranked(await _api(client, f"/items/top/?{q}&cnt=10"),
-                                                                "name", "sales_amount")
+    assert await _table(page, "#stores-table") == _ranked(
+        await _api(client, f"/stores/top/?{q}&cnt=10"), "address", "income"
+    )
+    assert await _table(page, "#period-items-table") == _ranked(
+        await _api(client, f"/items/top/?{q}&cnt=10"), "name", "sales_amount"
+    )
     totals = await _api(client, f"/reports/totals/?{q}")
     assert await page.text_content("#kpi-income") == _fmt(totals["income"])
     for key in ("returns", "refunds"):
@@ -314,7 +361,8 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     first, last = str(month), str(today.replace(day=1) - dt.timedelta(days=1))
     await _wait_period(page, "chain", first, last)
     assert await _table(page, "#stores-table") == _ranked(
-        await _api(client, f"/stores/top/?cnt=10&mm={month.month}&year={month.year}"), "address", "income")
+        await _api(client, f"/stores/top/?cnt=10&mm={month.month}&year={month.year}"), "address", "income"
+    )
     summary = await _api(client, f"/reports/summary/?mm={month.month}&year={month.year}")
     assert await page.text_content("#kpi-income") == _fmt(summary["income"])
     assert await page.is_visible("#month") and not await page.is_visible("#from")
@@ -333,8 +381,10 @@ async def test_store_page_shows_the_store_report(client, seed, db, drain, browse
     today = dt.date.fromisoformat((await _api(client, "/reports/totals/"))["to"])  # today in the report zone
     first, last = str(today - dt.timedelta(days=29)), str(today)
     store_id = (await _api(client, f"/stores/top/?from={first}&to={last}&cnt=1"))[0]["id"]
-    returned = {q: (await _api(client, f"/stores/{store_id}/report/?{q}"))["returns"]  # the seeder's
-                for q in (f"from={first}&to={last}", f"from={today - dt.timedelta(days=6)}&to={today}")}
+    returned = {
+        q: (await _api(client, f"/stores/{store_id}/report/?{q}"))["returns"]  # the seeder's
+        for q in (f"from={first}&to={last}", f"from={today - dt.timedelta(days=6)}&to={today}")
+    }
     await _return_some(client, db, drain, 2, store_id)
     await _sales_a_year_before(client, drain, store_id)
     base = str(client.make_url("/"))
@@ -358,13 +408,16 @@ async def test_store_page_shows_the_store_report(client, seed, db, drain, browse
         assert await page.text_content(f"#store-{key}") == _fmt(report[key]), key
     assert await _table(page, "#store-items-table") == _ranked(report["top_items"], "name", "sales_amount")
     assert await _table(page, "#store-daily-table") == [
-        [d["day"], *(_fmt(d[k]) for k in ("income", "units", "sales", "returns", "refunds"))] for d in report["days"]]
+        [d["day"], *(_fmt(d[k]) for k in ("income", "units", "sales", "returns", "refunds"))] for d in report["days"]
+    ]
     bars = await page.eval_on_selector_all("#store-daily-chart rect title", "ts => ts.map(t => t.textContent)")
-    assert len(bars) == len(report["days"]) and all(b.startswith(f"{d['day']}: income {_fmt(d['income'])},")
-                                                    for b, d in zip(bars, report["days"]))
+    assert len(bars) == len(report["days"]) and all(
+        b.startswith(f"{d['day']}: income {_fmt(d['income'])},") for b, d in zip(bars, report["days"])
+    )
     await _assert_trend(page, "store-", await _api(client, f"/reports/trend/?months=12&store_id={store_id}"))
-    await _assert_heat_map(page, "#store-hours-map",
-                           await _api(client, f"/reports/hours/?from={first}&to={last}&store_id={store_id}"))
+    await _assert_heat_map(
+        page, "#store-hours-map", await _api(client, f"/reports/hours/?from={first}&to={last}&store_id={store_id}")
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "store-page-wide.png"), full_page=True)
 

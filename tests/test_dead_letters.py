@@ -1,4 +1,5 @@
 """worker.dead_letters: list and replay sales the worker could never write."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _run(database_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DATABASE_URL": database_url}
-    return subprocess.run([sys.executable, "-m", "worker.dead_letters", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "worker.dead_letters", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def _post(client, **sale):
@@ -76,9 +83,10 @@ async def test_dead_letter_lists_replays_exactly_once(client, seed, db, drain, d
 
 
 async def test_undecodable_entry_stays_with_reason(db, database_url):
-    await db.execute("INSERT INTO dead_letter (sale_id, sale, reason) "
-                     "VALUES (NULL, $1::jsonb, 'undecodable queue entry')",
-                     json.dumps({"stream_entry": "1-0", "fields_hex": {"d": "c1c1"}}))
+    await db.execute(
+        "INSERT INTO dead_letter (sale_id, sale, reason) VALUES (NULL, $1::jsonb, 'undecodable queue entry')",
+        json.dumps({"stream_entry": "1-0", "fields_hex": {"d": "c1c1"}}),
+    )
     result = _run(database_url, "replay")
     assert result.returncode == 1
     reason = await db.fetchval("SELECT reason FROM dead_letter")
@@ -89,8 +97,19 @@ async def test_bad_rows_are_isolated_and_the_rest_of_the_batch_is_written(seed, 
     """worker.writer.write_batch: bad rows found by bisection, everything else written once."""
     await seed(items=3, stores=2)
     base = 10_000_000
-    rows = [(base + n, 1_700_000_000_000_000 + n, 99 if n in (3, 50, 51, 199) else 1 + n % 3,
-             1 + n % 2, 100, 1, None, 1_700_000_000_000_000) for n in range(200)]
+    rows = [
+        (
+            base + n,
+            1_700_000_000_000_000 + n,
+            99 if n in (3, 50, 51, 199) else 1 + n % 3,
+            1 + n % 2,
+            100,
+            1,
+            None,
+            1_700_000_000_000_000,
+        )
+        for n in range(200)
+    ]
     pool = await create_pool(database_url, max_size=1, prepare=writer.prepare_connection)
     async with pool.acquire() as conn:
         first = await writer.write_batch(conn, rows)

@@ -8,6 +8,7 @@
 - Idempotency-Key headers of any size and content; bodies over 1 MiB (413); connections that
   drop mid-body; none of it gives a 5xx or stops the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,16 +23,22 @@ from hypothesis import HealthCheck, event, example, given, settings, strategies 
 
 ITEMS, STORES = 5, 4
 SALE_KEYS = {"item_id", "store_id", "quantity", "sale_time", "idempotency_key"}
-HYPOTHESIS = settings(max_examples=150, deadline=None,
-                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                             HealthCheck.data_too_large])
+HYPOTHESIS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 # ---------------------------------------------------------------- strategies
 
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                | st.text(max_size=30))
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=5)
-                           | st.dictionaries(st.text(max_size=15), inner, max_size=5), max_leaves=20)
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=15), inner, max_size=5),
+    max_leaves=20,
+)
 
 # Valid values of each field, and flaws: (field, value or MISSING, status the flaw alone causes).
 MISSING = object()
@@ -42,33 +49,92 @@ _TOO_OLD = _NOW - dt.timedelta(days=401)
 valid_fields = {
     "quantity": st.integers(1, 10_000),
     "sale_time": st.one_of(
-        st.sampled_from([_RECENT.astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(),
-                         _RECENT.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                         (_RECENT + dt.timedelta(microseconds=123456)).astimezone(
-                             dt.timezone(dt.timedelta(hours=-7))).isoformat(), None]),
-        st.datetimes(min_value=(_NOW - dt.timedelta(days=399)).replace(tzinfo=None),
-                     max_value=(_NOW - dt.timedelta(minutes=1)).replace(tzinfo=None),
-                     timezones=st.just(dt.UTC)).map(dt.datetime.isoformat)),
-    "idempotency_key": st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_categories=("Cc",)),
-                                                    min_size=1, max_size=64)),
+        st.sampled_from(
+            [
+                _RECENT.astimezone(dt.timezone(dt.timedelta(hours=3))).isoformat(),
+                _RECENT.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                (_RECENT + dt.timedelta(microseconds=123456))
+                .astimezone(dt.timezone(dt.timedelta(hours=-7)))
+                .isoformat(),
+                None,
+            ]
+        ),
+        st.datetimes(
+            min_value=(_NOW - dt.timedelta(days=399)).replace(tzinfo=None),
+            max_value=(_NOW - dt.timedelta(minutes=1)).replace(tzinfo=None),
+            timezones=st.just(dt.UTC),
+        ).map(dt.datetime.isoformat),
+    ),
+    "idempotency_key": st.one_of(
+        st.none(), st.text(st.characters(codec="utf-8", exclude_categories=("Cc",)), min_size=1, max_size=64)
+    ),
 }
-BAD_IDS = [0, -1, 2**31, 2**63, -(2**63), 10**30, "1", "1 OR 1=1", "1; DROP TABLE sales; --", "",
-           "\N{ARABIC-INDIC DIGIT ONE}", True, False, None, 1.0, 1.5, [1], {"id": 1}, 1e300, MISSING]
+BAD_IDS = [
+    0,
+    -1,
+    2**31,
+    2**63,
+    -(2**63),
+    10**30,
+    "1",
+    "1 OR 1=1",
+    "1; DROP TABLE sales; --",
+    "",
+    "\N{ARABIC-INDIC DIGIT ONE}",
+    True,
+    False,
+    None,
+    1.0,
+    1.5,
+    [1],
+    {"id": 1},
+    1e300,
+    MISSING,
+]
 flaws = st.one_of(
     st.tuples(st.sampled_from(["item_id", "store_id"]), st.sampled_from(BAD_IDS), st.just(400)),
     st.tuples(st.just("item_id"), st.integers(ITEMS + 1, 2**31 - 1), st.just(422)),
     st.tuples(st.just("store_id"), st.integers(STORES + 1, 2**31 - 1), st.just(422)),
-    st.tuples(st.just("quantity"), st.sampled_from([0, -1, 10_001, 2**31, 2**64, "2", None, 2.0, True, [], {}]),
-              st.just(400)),
-    st.tuples(st.just("sale_time"), st.sampled_from([
-        "2999-01-01T00:00:00+00:00", "1999-12-31T23:59:59+00:00", "2026-03-01T09:30:00", "2026-03-01", "yesterday",
-        "", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59-23:59",
-        "'; DROP TABLE sales; --", 1_700_000_000, 1.5, True, [], {}]), st.just(400)),
-    st.tuples(st.just("sale_time"), st.sampled_from([
-        "2000-01-01T00:00:00+00:00", "2010-06-01T12:00:00Z", _TOO_OLD.isoformat()]), st.just(422)),
-    st.tuples(st.just("idempotency_key"), st.one_of(
-        st.sampled_from(["", "a\x00b", "tab\there", "\x7f", "line\nbreak", 7, [], {}, True]),
-        st.text(min_size=65, max_size=200)), st.just(400)),
+    st.tuples(
+        st.just("quantity"), st.sampled_from([0, -1, 10_001, 2**31, 2**64, "2", None, 2.0, True, [], {}]), st.just(400)
+    ),
+    st.tuples(
+        st.just("sale_time"),
+        st.sampled_from(
+            [
+                "2999-01-01T00:00:00+00:00",
+                "1999-12-31T23:59:59+00:00",
+                "2026-03-01T09:30:00",
+                "2026-03-01",
+                "yesterday",
+                "",
+                "2026-13-01T00:00:00Z",
+                "2026-02-30T00:00:00Z",
+                "0001-01-01T00:00:00Z",
+                "9999-12-31T23:59:59-23:59",
+                "'; DROP TABLE sales; --",
+                1_700_000_000,
+                1.5,
+                True,
+                [],
+                {},
+            ]
+        ),
+        st.just(400),
+    ),
+    st.tuples(
+        st.just("sale_time"),
+        st.sampled_from(["2000-01-01T00:00:00+00:00", "2010-06-01T12:00:00Z", _TOO_OLD.isoformat()]),
+        st.just(422),
+    ),
+    st.tuples(
+        st.just("idempotency_key"),
+        st.one_of(
+            st.sampled_from(["", "a\x00b", "tab\there", "\x7f", "line\nbreak", 7, [], {}, True]),
+            st.text(min_size=65, max_size=200),
+        ),
+        st.just(400),
+    ),
     st.tuples(st.text(max_size=12).filter(lambda k: k not in SALE_KEYS), json_scalars, st.just(400)),
 )
 
@@ -125,11 +191,15 @@ async def _check_stored(db, drain, posted: list[dict], answers: list[dict]):
     await drain()
     for sale, answer in zip(posted, answers, strict=True):
         assert (answer["item_id"], answer["store_id"]) == (sale["item_id"], sale["store_id"])
-        row = await db.fetchrow("SELECT item_id, store_id, quantity, sale_time, idempotency_key FROM sales "
-                                "WHERE id = $1", answer["id"])
+        row = await db.fetchrow(
+            "SELECT item_id, store_id, quantity, sale_time, idempotency_key FROM sales WHERE id = $1", answer["id"]
+        )
         assert row is not None, f"accepted sale {answer} was not stored"
         assert (row["item_id"], row["store_id"], row["quantity"]) == (
-            sale["item_id"], sale["store_id"], sale.get("quantity", 1))
+            sale["item_id"],
+            sale["store_id"],
+            sale.get("quantity", 1),
+        )
         assert row["sale_time"] == dt.datetime.fromisoformat(answer["sale_time"])
         if sale.get("sale_time") is not None:
             assert row["sale_time"] == dt.datetime.fromisoformat(sale["sale_time"].replace("Z", "+00:00"))
@@ -155,7 +225,8 @@ async def _refused_and_nothing_queued(response, before, db, redis_client, queue_
 @example(case=(b'{"item_id": 1e2, "store_id": 1}', None))
 @example(case=(b'{"item_id": 1, "store_id": 1}' + b" " * 1000 + b"garbage", None))
 async def test_any_sale_body_is_accepted_and_stored_or_refused_with_nothing_queued(
-        client, seed, db, drain, redis_client, queue_keys, case):
+    client, seed, db, drain, redis_client, queue_keys, case
+):
     if not await db.fetchval("SELECT count(*) FROM item"):
         await seed(items=ITEMS, stores=STORES)
     body, expected = case
@@ -211,11 +282,12 @@ def batch_bodies(draw):
 @given(case=batch_bodies())
 @example(case=(b'{"sales": [{"item_id": 1, "store_id": 1}], "sales": []}', None, None))
 @example(case=(b'{"sales": null}', None, 400))
-@example(case=(b'[null]', None, 422))
-@example(case=(b'[[]]', None, 422))
+@example(case=(b"[null]", None, 422))
+@example(case=(b"[[]]", None, 422))
 @example(case=(b'{"sales": {"item_id": 1, "store_id": 1}}', None, 400))
 async def test_any_batch_body_is_all_accepted_or_refused_with_nothing_queued(
-        client, seed, db, drain, redis_client, queue_keys, case):
+    client, seed, db, drain, redis_client, queue_keys, case
+):
     if not await db.fetchval("SELECT count(*) FROM item"):
         await seed(items=ITEMS, stores=STORES)
     body, sales, expected = case
@@ -251,9 +323,39 @@ async def test_batch_over_the_limit_is_413_and_queues_nothing(client, seed, db, 
 SQL = ["1 OR 1=1", "1; DROP TABLE sales; --", "1' OR '1'='1", "1)--", "$1", "10 UNION SELECT 1"]
 query_values = st.one_of(
     st.integers(-3, 15).map(str),
-    st.sampled_from(["", "10", "1000", "1001", "0", "-0", "+5", " 5", "5 ", "05", "0x10", "1e3", "3.0", "٣",
-                     "\N{FULLWIDTH DIGIT FIVE}", "9" * 40, str(2**63), str(2**64), "-" + "9" * 30,
-                     "json", "csv", "CSV", "xml", "9999", "10000", "1", "2000", "2026", *SQL]),
+    st.sampled_from(
+        [
+            "",
+            "10",
+            "1000",
+            "1001",
+            "0",
+            "-0",
+            "+5",
+            " 5",
+            "5 ",
+            "05",
+            "0x10",
+            "1e3",
+            "3.0",
+            "٣",
+            "\N{FULLWIDTH DIGIT FIVE}",
+            "9" * 40,
+            str(2**63),
+            str(2**64),
+            "-" + "9" * 30,
+            "json",
+            "csv",
+            "CSV",
+            "xml",
+            "9999",
+            "10000",
+            "1",
+            "2000",
+            "2026",
+            *SQL,
+        ]
+    ),
     st.text(max_size=20),
 )
 query_names = st.sampled_from(["cnt", "mm", "year", "gg", "format", "CNT", "", "cnt[]", "mm;", "x"])
@@ -261,9 +363,21 @@ PATHS = {
     "/items/top/": ("TopItem", {"id", "name", "sales_amount"}),
     "/stores/top/": ("TopStore", {"id", "address", "income"}),
     "/reports/daily/": ("Day", {"day", "income", "units", "sales"}),
-    "/reports/summary/": ("MonthSummary", {"month", "income", "units", "sales", "previous_month", "previous_income",
-                                           "previous_units", "previous_sales", "income_change_pct",
-                                           "units_change_pct"}),
+    "/reports/summary/": (
+        "MonthSummary",
+        {
+            "month",
+            "income",
+            "units",
+            "sales",
+            "previous_month",
+            "previous_income",
+            "previous_units",
+            "previous_sales",
+            "income_change_pct",
+            "units_change_pct",
+        },
+    ),
 }
 
 
@@ -309,16 +423,33 @@ async def test_report_query_strings_answer_200_or_400(client, seed, path, params
         _check_shape(path, await response.json())
 
 
-@pytest.mark.parametrize("query", [
-    "cnt=%ff", "cnt=%", "cnt=%zz", "cnt=%00", "cnt=1%00", "mm=%C0%AF", "cnt=1&&&", "&=&=", "=5", "cnt==5",
-    "mm=1;year=2026", "cnt=" + "%41" * 2000, "a" * 8000, "cnt=10#frag", "cnt=%E2%80%AE10",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "cnt=%ff",
+        "cnt=%",
+        "cnt=%zz",
+        "cnt=%00",
+        "cnt=1%00",
+        "mm=%C0%AF",
+        "cnt=1&&&",
+        "&=&=",
+        "=5",
+        "cnt==5",
+        "mm=1;year=2026",
+        "cnt=" + "%41" * 2000,
+        "a" * 8000,
+        "cnt=10#frag",
+        "cnt=%E2%80%AE10",
+    ],
+)
 async def test_raw_query_strings_never_5xx(client, seed, query):
     """Sent byte for byte (no client-side encoding) over a raw socket."""
     await seed(items=ITEMS, stores=STORES)
     for path in sorted(PATHS):
-        status, head, body = await _raw_request(client, f"GET {path}?{query} HTTP/1.1\r\nHost: x\r\n"
-                                                        "Connection: close\r\n\r\n".encode())
+        status, head, body = await _raw_request(
+            client, f"GET {path}?{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
         assert status in (200, 400), (path, status, body[:300])
         if status == 400 and b"application/json" in head:
             assert "error" in json.loads(body)
@@ -331,8 +462,9 @@ async def _raw_request(client, data: bytes, timeout: float = 10) -> tuple[int, b
         writer.write(data)
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        length = [int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
-                  if line.startswith(b"content-length:")]
+        length = [
+            int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")
+        ]
         if length:  # the server may linger on the connection to drain an unread body
             body = await asyncio.wait_for(reader.readexactly(length[0]), timeout)
         else:
@@ -346,10 +478,13 @@ async def _raw_request(client, data: bytes, timeout: float = 10) -> tuple[int, b
 
 
 @HYPOTHESIS
-@given(key=st.one_of(st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
-                             max_size=100),
-                     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=60, max_size=70),
-                     st.integers(100, 9000).map(lambda n: "k" * n)))
+@given(
+    key=st.one_of(
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=100),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=60, max_size=70),
+        st.integers(100, 9000).map(lambda n: "k" * n),
+    )
+)
 async def test_any_idempotency_key_header_is_202_or_4xx(client, seed, db, drain, redis_client, queue_keys, key):
     if not await db.fetchval("SELECT count(*) FROM item"):
         await seed(items=ITEMS, stores=STORES)
@@ -360,8 +495,9 @@ async def test_any_idempotency_key_header_is_202_or_4xx(client, seed, db, drain,
     event(f"status {response.status}")
     if response.status == 202:
         assert 1 <= len(unique) <= 64
-        await _check_stored(db, drain, [{"item_id": 1, "store_id": 2, "idempotency_key": unique}],
-                            [await response.json()])
+        await _check_stored(
+            db, drain, [{"item_id": 1, "store_id": 2, "idempotency_key": unique}], [await response.json()]
+        )
     else:
         assert response.status == 400, await response.text()
         if len(unique) + len("Idempotency-Key: ") <= 8190:  # longer: refused by the HTTP parser itself
@@ -370,17 +506,31 @@ async def test_any_idempotency_key_header_is_202_or_4xx(client, seed, db, drain,
         assert not 1 <= len(unique) <= 64 or unique.strip() != unique
 
 
-@pytest.mark.parametrize("raw_key", [
-    b"\xff\xfe", b"caf\xc3", b"\xc3\xa9t\xc3\xa9", b"\xed\xa0\x80", b"a\x01b", b"a\x7fb", b"\x80" * 64, b"k" * 65,
-])
+@pytest.mark.parametrize(
+    "raw_key",
+    [
+        b"\xff\xfe",
+        b"caf\xc3",
+        b"\xc3\xa9t\xc3\xa9",
+        b"\xed\xa0\x80",
+        b"a\x01b",
+        b"a\x7fb",
+        b"\x80" * 64,
+        b"k" * 65,
+    ],
+)
 async def test_raw_idempotency_key_bytes_never_5xx(client, seed, db, redis_client, queue_keys, raw_key):
     """Header bytes that are not UTF-8 (or are control characters), sent over a raw socket."""
     await seed(items=ITEMS, stores=STORES)
     before = await _state(db, redis_client, queue_keys)
     body = b'{"item_id": 1, "store_id": 1}'
-    status, head, answer = await _raw_request(client, (
-        b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        b"Idempotency-Key: " + raw_key + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body))
+    status, head, answer = await _raw_request(
+        client,
+        (
+            b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Idempotency-Key: " + raw_key + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        ),
+    )
     assert status in (202, 400), (status, answer[:300])
     if status == 400:
         assert await _state(db, redis_client, queue_keys) == before
@@ -405,6 +555,7 @@ async def test_body_over_one_mib_is_413_with_json_error(client, seed, db, redis_
     async def chunks():  # no Content-Length: chunked, so the limit is found while reading
         for _ in range(40):
             yield b" " * 32 * 1024
+
     response = await client.post(path, data=chunks(), headers={"Content-Type": "application/json"})
     assert response.status == 413
     await _refused_and_nothing_queued(response, before, db, redis_client, queue_keys)
@@ -412,38 +563,49 @@ async def test_body_over_one_mib_is_413_with_json_error(client, seed, db, redis_
 
 async def test_content_length_over_one_mib_is_413_before_the_body_arrives(client, seed):
     await seed(items=ITEMS, stores=STORES)
-    status, _, body = await _raw_request(client, b"POST /sales/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-                                                 b"Content-Type: application/json\r\n"
-                                                 b"Content-Length: 2000000000\r\n\r\n{")
+    status, _, body = await _raw_request(
+        client,
+        b"POST /sales/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: 2000000000\r\n\r\n{",
+    )
     assert status == 413
     assert "error" in json.loads(body)
 
 
 @pytest.mark.parametrize("path", ["/sales/", "/sales/batch/"])
-async def test_connection_dropped_mid_body_leaves_the_server_answering(client, seed, db, redis_client,
-                                                                       queue_keys, path):
+async def test_connection_dropped_mid_body_leaves_the_server_answering(
+    client, seed, db, redis_client, queue_keys, path
+):
     await seed(items=ITEMS, stores=STORES)
     before = await _state(db, redis_client, queue_keys)
     half = b'{"item_id": 1, "store_id": 1, "idempotency_key": "' + b"x" * 440
     for _ in range(20):
         _reader, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     "Content-Length: 1000\r\n\r\n".encode() + half)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n".encode()
+            + half
+        )
         await writer.drain()
         writer.close()
         await writer.wait_closed()
     # and a socket reset (RST) instead of a clean close, mid-headers and mid-body
     import socket
     import struct
-    for payload in (b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Le",
-                    b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + half):
+
+    for payload in (
+        b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Le",
+        b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + half,
+    ):
         sock = socket.create_connection((client.host, client.port))
         sock.sendall(payload)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
     await asyncio.sleep(0.2)
-    response = await client.post(path, json=[{"item_id": 1, "store_id": 1}] if "batch" in path
-                                 else {"item_id": 1, "store_id": 1})
+    response = await client.post(
+        path, json=[{"item_id": 1, "store_id": 1}] if "batch" in path else {"item_id": 1, "store_id": 1}
+    )
     assert response.status == 202
     assert (await client.get("/health")).status == 200
     xlen, count = await _state(db, redis_client, queue_keys)
@@ -451,9 +613,19 @@ async def test_connection_dropped_mid_body_leaves_the_server_answering(client, s
 
 
 RAW_AUTHORIZATION = [
-    b"Bearer \xff\xfe", b"Bearer caf\xc3", b"Bearer \xed\xa0\x80", b"Basic \xff\xff", b"Basic !!!!",
-    b"Basic " + base64.b64encode(b"user:\xff\xfe"), b"Basic " + base64.b64encode(b"\xff"),
-    b"Bearer " + b"k" * 8000, b"Bearer a\x01b", b"\x80\x80", b"Bearer", b"Bearer  ", b"bearer test-admin-token\xff",
+    b"Bearer \xff\xfe",
+    b"Bearer caf\xc3",
+    b"Bearer \xed\xa0\x80",
+    b"Basic \xff\xff",
+    b"Basic !!!!",
+    b"Basic " + base64.b64encode(b"user:\xff\xfe"),
+    b"Basic " + base64.b64encode(b"\xff"),
+    b"Bearer " + b"k" * 8000,
+    b"Bearer a\x01b",
+    b"\x80\x80",
+    b"Bearer",
+    b"Bearer  ",
+    b"bearer test-admin-token\xff",
 ]
 
 
@@ -466,11 +638,21 @@ async def test_odd_authorization_headers_never_5xx(aiohttp_client, settings, see
     await seed(items=ITEMS, stores=STORES)
     app_client = await aiohttp_client(create_app(dataclasses.replace(settings, auth_required=auth_required)))
     for raw_value, request_line in itertools.product(
-            RAW_AUTHORIZATION, (b"GET /clear/ HTTP/1.1", b"GET /items/ HTTP/1.1", b"POST /sales/ HTTP/1.1")):
+        RAW_AUTHORIZATION, (b"GET /clear/ HTTP/1.1", b"GET /items/ HTTP/1.1", b"POST /sales/ HTTP/1.1")
+    ):
         body = b'{"item_id": 1, "store_id": 1}' if request_line.startswith(b"POST") else b""
-        status, head, answer = await _raw_request(app_client, (
-            request_line + b"\r\nHost: x\r\nConnection: close\r\nAuthorization: " + raw_value +
-            b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body))
+        status, head, answer = await _raw_request(
+            app_client,
+            (
+                request_line
+                + b"\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+                + raw_value
+                + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            ),
+        )
         assert status < 500, (raw_value, request_line, status, answer[:300])
         if b"/clear/" in request_line or auth_required:
             assert status in (400, 401, 403), (raw_value, request_line, status, answer[:300])

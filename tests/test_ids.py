@@ -1,4 +1,5 @@
 """Sale ids reserved in blocks: enough in hand to ride out an outage, and no storm of retries."""
+
 from __future__ import annotations
 
 import asyncio

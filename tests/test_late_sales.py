@@ -1,5 +1,6 @@
 """Sales that arrive late cost a bounded number of rows, whatever their sale_time (issue 21), and
 sales the API will not store are refused up front with 422 and nothing queued."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +27,12 @@ async def _post(client, path, body, status=202):
 
 async def _assert_reports_match_recount(client, db, first: dt.date, last: dt.date) -> None:
     q = f"from={first}&to={last}"
-    assert (await (await client.get(f"/stores/top/?{q}&cnt=1000")).json()) == \
-        await recount.top_stores_in(db, first, last, 1000)
-    assert (await (await client.get(f"/items/top/?{q}&cnt=1000")).json()) == \
-        await recount.top_items_in(db, first, last, 1000)
+    assert (await (await client.get(f"/stores/top/?{q}&cnt=1000")).json()) == await recount.top_stores_in(
+        db, first, last, 1000
+    )
+    assert (await (await client.get(f"/items/top/?{q}&cnt=1000")).json()) == await recount.top_items_in(
+        db, first, last, 1000
+    )
     assert (await (await client.get(f"/reports/totals/?{q}")).json()) == await recount.totals(db, first, last)
     page = await (await client.get(f"/stores/1/report/?{q}&cnt=5")).json()
     assert page == {"store": {"id": 1, "address": "store-1"}, **await recount.store_page(db, 1, first, last, 5)}
@@ -57,21 +60,33 @@ async def test_a_sale_within_the_window_adds_to_its_days_and_an_older_one_to_one
     await _post(client, "/sales/", {"item_id": 2, "store_id": 2, "quantity": 5, "sale_time": old.isoformat()})
     await drain()
     assert await _rows(db, RUNNING_TABLES) == running + 2 * 4
-    assert [tuple(r) for r in await db.fetch("SELECT day, store_id, units FROM store_running_late")] == \
-        [(old.date(), 2, 5)]
-    assert [tuple(r) for r in await db.fetch("SELECT day, item_id, units FROM item_running_late")] == \
-        [(old.date(), 2, 5)]
+    assert [tuple(r) for r in await db.fetch("SELECT day, store_id, units FROM store_running_late")] == [
+        (old.date(), 2, 5)
+    ]
+    assert [tuple(r) for r in await db.fetch("SELECT day, item_id, units FROM item_running_late")] == [
+        (old.date(), 2, 5)
+    ]
     # and a return of it today (returns follow the same rule, by return_time)
-    sale = await _post(client, "/sales/", {"item_id": 3, "store_id": 3, "quantity": 2,
-                                            "sale_time": (now - dt.timedelta(days=30)).isoformat()})
+    sale = await _post(
+        client,
+        "/sales/",
+        {"item_id": 3, "store_id": 3, "quantity": 2, "sale_time": (now - dt.timedelta(days=30)).isoformat()},
+    )
     await drain()
-    await _post(client, f"/sales/{sale['id']}/returns/", {"quantity": 1,
-                                                          "return_time": (now - dt.timedelta(days=20)).isoformat()})
+    await _post(
+        client,
+        f"/sales/{sale['id']}/returns/",
+        {"quantity": 1, "return_time": (now - dt.timedelta(days=20)).isoformat()},
+    )
     await drain()
     assert await rollups.drift(db) == NO_DRIFT
     today = now.date()
-    for first, last in ((old.date(), old.date()), (today - dt.timedelta(days=364), today),
-                        (today - dt.timedelta(days=31), today - dt.timedelta(days=2)), (dt.date(1, 1, 1), today)):
+    for first, last in (
+        (old.date(), old.date()),
+        (today - dt.timedelta(days=364), today),
+        (today - dt.timedelta(days=31), today - dt.timedelta(days=2)),
+        (dt.date(1, 1, 1), today),
+    ):
         await _assert_reports_match_recount(client, db, first, last)
 
 
@@ -84,8 +99,9 @@ async def test_drift_sees_a_late_row_that_is_wrong(client, seed, db, drain):
     await db.execute("UPDATE item_running_late SET units = units + 1")
     assert (await rollups.drift(db))["item_running"] > 0
     await db.execute("UPDATE item_running_late SET units = units - 1")
-    await db.execute("INSERT INTO store_running_late (day, store_id, income, units, sales) "
-                     "VALUES (current_date - 90, 2, 1, 1, 1)")
+    await db.execute(
+        "INSERT INTO store_running_late (day, store_id, income, units, sales) VALUES (current_date - 90, 2, 1, 1, 1)"
+    )
     assert (await rollups.drift(db))["store_running"] > 0
 
 
@@ -107,8 +123,9 @@ async def test_the_rebuild_keeps_days_before_its_horizon_as_late_rows(aiohttp_cl
 # ---------------------------------------------------------------- refused up front
 
 
-async def test_a_sale_older_than_the_limit_is_422_naming_the_limit_and_its_time(client, seed, db, redis_client,
-                                                                                 queue_keys):
+async def test_a_sale_older_than_the_limit_is_422_naming_the_limit_and_its_time(
+    client, seed, db, redis_client, queue_keys
+):
     await seed(items=3, stores=2)
     too_old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=401)).replace(microsecond=0)
     body = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": too_old.isoformat()}, 422)
@@ -116,34 +133,49 @@ async def test_a_sale_older_than_the_limit_is_422_naming_the_limit_and_its_time(
     assert "MAX_SALE_AGE_DAYS" in body["error"] and "400 days" in body["error"]
     assert too_old.isoformat() in body["error"]
 
-    batch = [{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 2, "sale_time": "2000-01-02T00:00:00Z"},
-             {"item_id": 99, "store_id": 1, "sale_time": "2001-01-02T00:00:00Z"}]
+    batch = [
+        {"item_id": 1, "store_id": 1},
+        {"item_id": 2, "store_id": 2, "sale_time": "2000-01-02T00:00:00Z"},
+        {"item_id": 99, "store_id": 1, "sale_time": "2001-01-02T00:00:00Z"},
+    ]
     body = await _post(client, "/sales/batch/", batch, 422)
     assert [e["index"] for e in body["errors"]] == [1, 2]
     assert "2000-01-02T00:00:00+00:00 is more than 400 days ago" in body["errors"][0]["error"]
     assert body["errors"][1]["error"].startswith("unknown item_id 99; sale_time 2001-01-02")
     assert await redis_client.xlen(queue_keys.stream) == 0
     # a sale within the limit is taken
-    await _post(client, "/sales/", {"item_id": 1, "store_id": 1,
-                                    "sale_time": (too_old + dt.timedelta(days=2)).isoformat()})
+    await _post(
+        client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": (too_old + dt.timedelta(days=2)).isoformat()}
+    )
 
 
 async def test_a_return_older_than_the_limit_is_422(client, aiohttp_client, settings, seed, drain):
     strict = await aiohttp_client(create_app(dataclasses.replace(settings, max_sale_age_days=30)))
     await seed(items=3, stores=2)
     now = dt.datetime.now(dt.UTC)
-    sale = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "quantity": 2,
-                                           "sale_time": (now - dt.timedelta(days=40)).isoformat()})
+    sale = await _post(
+        client,
+        "/sales/",
+        {"item_id": 1, "store_id": 1, "quantity": 2, "sale_time": (now - dt.timedelta(days=40)).isoformat()},
+    )
     await drain()
-    body = await _post(strict, f"/sales/{sale['id']}/returns/",
-                       {"quantity": 1, "return_time": (now - dt.timedelta(days=31)).isoformat()}, 422)
+    body = await _post(
+        strict,
+        f"/sales/{sale['id']}/returns/",
+        {"quantity": 1, "return_time": (now - dt.timedelta(days=31)).isoformat()},
+        422,
+    )
     assert body["error"].startswith("return_time ") and "more than 30 days ago" in body["error"]
-    await _post(strict, f"/sales/{sale['id']}/returns/",
-                {"quantity": 1, "return_time": (now - dt.timedelta(days=29)).isoformat()})
+    await _post(
+        strict,
+        f"/sales/{sale['id']}/returns/",
+        {"quantity": 1, "return_time": (now - dt.timedelta(days=29)).isoformat()},
+    )
 
 
-async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(client, seed, db, redis_client, queue_keys,
-                                                                    database_url, tmp_path):
+async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(
+    client, seed, db, redis_client, queue_keys, database_url, tmp_path
+):
     now = dt.datetime.now(dt.UTC)
     await seed(items=3, stores=2, sales=400)
     await retention.run(database_url, keep_months=3, directory=None, echo=lambda *_: None)

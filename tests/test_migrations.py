@@ -1,4 +1,5 @@
 """Migrations: applied once however many processes start together; the report zone re-cuts rollups."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,9 +36,13 @@ async def test_concurrent_migrate_on_an_empty_database_applies_each_migration_on
         for table in ("item", "store", "sales", "store_monthly", "item_totals", "daily_totals", "dead_letter"):
             assert await connections[0].fetchval("SELECT to_regclass($1) IS NOT NULL", table), table
         # Nobody holds the migration lock afterwards, and running again applies nothing.
-        assert await connections[0].fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())") == 0
+        assert (
+            await connections[0].fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            == 0
+        )
         assert await asyncio.gather(*(migrate(conn, "UTC") for conn in connections)) == [[]] * 5
         assert await connections[0].fetchval("SELECT count(*) FROM schema_migrations") == len(versions)
     finally:
@@ -62,8 +67,13 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
     mid_march = dt.datetime(2025, 3, 15, 12, 0, tzinfo=dt.UTC)
     conn = await asyncpg.connect(database_url)
     try:
-        await _write(conn, [(start, _us(late_march), 1, 1, price, 2, None, _us(late_march)),
-                            (start + 1, _us(mid_march), 1, 2, price, 1, None, _us(mid_march))])
+        await _write(
+            conn,
+            [
+                (start, _us(late_march), 1, 1, price, 2, None, _us(late_march)),
+                (start + 1, _us(mid_march), 1, 2, price, 1, None, _us(mid_march)),
+            ],
+        )
     finally:
         await conn.close()
 
@@ -101,8 +111,10 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
 
 async def test_seeding_leaves_the_sales_constraints_as_migrated(db, seed):
     # the seeder drops the primary and foreign keys of sales while it loads, and adds them back
-    query = ("SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
-             "WHERE conrelid = 'sales'::regclass ORDER BY conname")
+    query = (
+        "SELECT conname, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+        "WHERE conrelid = 'sales'::regclass ORDER BY conname"
+    )
     before = [tuple(r) for r in await db.fetch(query)]
     await seed(items=3, stores=2, sales=500)
     assert [tuple(r) for r in await db.fetch(query)] == before

@@ -1,4 +1,5 @@
 """The ISO text of a moment, built from a per-second cache, is exactly datetime.isoformat's."""
+
 from __future__ import annotations
 
 from hypothesis import given, strategies as st

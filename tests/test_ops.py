@@ -1,4 +1,5 @@
 """/health, /metrics, /openapi.json, and JSON errors for unknown paths and methods."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,11 @@ def _families(text: str) -> dict:
 
 def _value(families: dict, name: str, sample: str | None = None, **labels) -> float:
     family = families[name]
-    values = [s.value for s in family.samples
-              if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items())]
+    values = [
+        s.value
+        for s in family.samples
+        if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     assert len(values) == 1, (name, labels, family.samples)
     return values[0]
 
@@ -55,11 +59,23 @@ async def test_metrics_are_prometheus_text(client, seed, drain, db):
     assert response.content_type == "text/plain"
     text = await response.text()
     families = _families(text)  # parses, or raises
-    for name in ("http_requests", "http_request_duration_seconds", "queue_depth_sales", "queue_oldest_age_seconds",
-                 "worker_batch_size_sales", "worker_dead_letters", "dead_letters_pending"):
+    for name in (
+        "http_requests",
+        "http_request_duration_seconds",
+        "queue_depth_sales",
+        "queue_oldest_age_seconds",
+        "worker_batch_size_sales",
+        "worker_dead_letters",
+        "dead_letters_pending",
+    ):
         assert name in families, name
-    for sample in ("http_requests_total", "http_request_duration_seconds_bucket", "worker_dead_letters_total",
-                   "worker_batch_size_sales_bucket", "worker_batch_size_sales_count"):
+    for sample in (
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "worker_dead_letters_total",
+        "worker_batch_size_sales_bucket",
+        "worker_batch_size_sales_count",
+    ):
         assert f"\n{sample}" in text, sample
     assert _value(families, "http_requests", "http_requests_total", method="GET", route="/items/", status="200") >= 1
     assert _value(families, "queue_depth_sales") == 0
@@ -74,8 +90,9 @@ def test_request_tally_gives_what_direct_observation_gives():
     from api import metrics
 
     seconds = [0.0001, 0.0005, 0.0005001, 0.003, 0.02, 9.99, 10, 42.0]
-    reference = Histogram("reference_seconds", "", ["method", "route"], buckets=metrics.LATENCY_BUCKETS,
-                          registry=CollectorRegistry())
+    reference = Histogram(
+        "reference_seconds", "", ["method", "route"], buckets=metrics.LATENCY_BUCKETS, registry=CollectorRegistry()
+    )
     accepted_before = metrics.SALES_ACCEPTED._value.get()
     for value in seconds:
         reference.labels("PUT", "/tally-test").observe(value)
@@ -85,14 +102,18 @@ def test_request_tally_gives_what_direct_observation_gives():
     assert metrics.SALES_ACCEPTED._value.get() - accepted_before == 2 * len(seconds)
 
     def samples(histogram, prefix):
-        return {(s.name.removeprefix(prefix), s.labels.get("le")): s.value
-                for s in histogram.collect()[0].samples
-                if s.labels.get("route") == "/tally-test" and not s.name.endswith("_created")}
+        return {
+            (s.name.removeprefix(prefix), s.labels.get("le")): s.value
+            for s in histogram.collect()[0].samples
+            if s.labels.get("route") == "/tally-test" and not s.name.endswith("_created")
+        }
 
     assert samples(metrics.HTTP_LATENCY, "http_request_duration_seconds") == samples(reference, "reference_seconds")
-    counted = [s.value for s in metrics.HTTP_REQUESTS.collect()[0].samples
-               if s.name == "http_requests_total"
-               and s.labels == {"method": "PUT", "route": "/tally-test", "status": "204"}]
+    counted = [
+        s.value
+        for s in metrics.HTTP_REQUESTS.collect()[0].samples
+        if s.name == "http_requests_total" and s.labels == {"method": "PUT", "route": "/tally-test", "status": "204"}
+    ]
     assert counted == [len(seconds)]
 
 
@@ -173,10 +194,17 @@ async def test_every_documented_operation_is_routed(client):
 
 
 UNROUTED = [
-    ("GET", "/nope", 404), ("GET", "/items/top/extra", 404), ("GET", "/sales//", 404),
-    ("GET", "/%ff%fe", 404), ("GET", "/" + "a" * 2000, 404), ("POST", "/items/top/", 405),
-    ("DELETE", "/items/", 405), ("GET", "/sales/", 405), ("PUT", "/sales/batch/", 405),
-    ("PATCH", "/clear/", 405), ("POST", "/health", 405),
+    ("GET", "/nope", 404),
+    ("GET", "/items/top/extra", 404),
+    ("GET", "/sales//", 404),
+    ("GET", "/%ff%fe", 404),
+    ("GET", "/" + "a" * 2000, 404),
+    ("POST", "/items/top/", 405),
+    ("DELETE", "/items/", 405),
+    ("GET", "/sales/", 405),
+    ("PUT", "/sales/batch/", 405),
+    ("PATCH", "/clear/", 405),
+    ("POST", "/health", 405),
 ]
 
 

@@ -1,6 +1,7 @@
 """Years of sales: monthly partitions made on demand, retention that archives and drops old
 months while reports and reconciliation keep their totals, and the upgrade of a database
 migrated before partitioning. Runs on Citus too (TEST_CITUS=1)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,10 @@ async def _write(database_url: str, rows) -> writer.BatchResult:
 
 async def _reports(db) -> dict:
     months = [r["month"] for r in await db.fetch("SELECT DISTINCT month FROM store_monthly ORDER BY 1")]
-    return {"items": await reports.top_items(db, 1000),
-            **{m.isoformat(): await reports.top_stores(db, m, 1000) for m in months}}
+    return {
+        "items": await reports.top_items(db, 1000),
+        **{m.isoformat(): await reports.top_stores(db, m, 1000) for m in months},
+    }
 
 
 async def test_a_sale_from_a_month_without_partition_gets_one(db, seed, database_url):
@@ -53,8 +56,7 @@ async def test_a_sale_from_a_month_without_partition_gets_one(db, seed, database
     old = dt.datetime(2019, 3, 15, 12, tzinfo=dt.UTC)
     now_us = _us(dt.datetime.now(dt.UTC))
     price = await db.fetchval("SELECT price FROM item WHERE id = 1")
-    rows = [(start, _us(old), 1, 1, price, 2, "till-1-0001", now_us),
-            (start + 1, now_us, 1, 2, price, 1, None, now_us)]
+    rows = [(start, _us(old), 1, 1, price, 2, "till-1-0001", now_us), (start + 1, now_us, 1, 2, price, 1, None, now_us)]
     assert "sales_2019_03" not in await _partition_names(db)
     result = await _write(database_url, rows)
     assert (result.written, result.dead) == (2, 0)
@@ -79,8 +81,10 @@ async def test_a_key_reused_with_another_sale_time_is_stored_once(db, seed, data
     assert reason == f"idempotency key 'pos-key-7' already belongs to sale {start}"
     # and within one batch, the lower id wins
     [block] = await reserve_blocks(db, 1)
-    twins = [(block, now_us, 2, 1, 100, 1, "pos-key-8", now_us),
-             (block + 1, now_us - 1, 2, 1, 100, 1, "pos-key-8", now_us)]
+    twins = [
+        (block, now_us, 2, 1, 100, 1, "pos-key-8", now_us),
+        (block + 1, now_us - 1, 2, 1, 100, 1, "pos-key-8", now_us),
+    ]
     result = await _write(database_url, twins)
     assert (result.written, result.dead) == (1, 1)
     assert await db.fetchval("SELECT id FROM sales WHERE idempotency_key = 'pos-key-8'") == block
@@ -112,8 +116,9 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     for result in done:
         data = (tmp_path / f"{result['partition']}.csv.gz").read_bytes()
         assert hashlib.sha256(data).hexdigest() == result["sha256"]
-        assert (tmp_path / f"{result['partition']}.csv.gz.sha256").read_text() == \
-            f"{result['sha256']}  {result['partition']}.csv.gz\n"
+        assert (
+            tmp_path / f"{result['partition']}.csv.gz.sha256"
+        ).read_text() == f"{result['sha256']}  {result['partition']}.csv.gz\n"
         rows = list(csv.DictReader(io.StringIO(gzip.decompress(data).decode())))
         assert len(rows) == expected[result["partition"]] == result["sales"]
         month = dt.date.fromisoformat(result["month"] + "-01")
@@ -132,20 +137,25 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     price = await db.fetchval("SELECT price FROM item WHERE id = 2")
     archived_sale = await _first_archived_row(tmp_path, done[0]["partition"])
     current = (late + 1, _us(now), 2, 3, price, 1, None, _us(now))
-    result = await _write(database_url, [(late, _us(oldest) + 5, 2, 3, price, 3, "late-key", _us(now)),
-                                         archived_sale, current])
+    result = await _write(
+        database_url, [(late, _us(oldest) + 5, 2, 3, price, 3, "late-key", _us(now)), archived_sale, current]
+    )
     assert (result.written, result.dead) == (1, 2)
     assert not set(expected) & set(await _partition_names(db))
     reasons = await db.fetch("SELECT sale_id, reason FROM dead_letter ORDER BY sale_id")
     month = f"{oldest.astimezone(dt.UTC):%Y-%m}"
-    assert [(r["sale_id"], r["reason"]) for r in reasons] == sorted([
-        (late, writer.archived_reason(dt.date.fromisoformat(month + "-01"))),
-        (archived_sale[0], writer.archived_reason(dt.date.fromisoformat(done[0]["month"] + "-01")))])
+    assert [(r["sale_id"], r["reason"]) for r in reasons] == sorted(
+        [
+            (late, writer.archived_reason(dt.date.fromisoformat(month + "-01"))),
+            (archived_sale[0], writer.archived_reason(dt.date.fromisoformat(done[0]["month"] + "-01"))),
+        ]
+    )
     assert (await _write(database_url, [current])).duplicates == 1
     assert await rollups.drift(db) == NO_DRIFT
     after = await reports.top_items(db, 1000)
-    assert {r["id"]: r["sales_amount"] for r in after}[2] == \
-        {r["id"]: r["sales_amount"] for r in before["items"]}[2] + 1
+    assert {r["id"]: r["sales_amount"] for r in after}[2] == {r["id"]: r["sales_amount"] for r in before["items"]}[
+        2
+    ] + 1
     # the repair rebuilds from raw sales plus the archived part, the same rollups
     async with db.transaction():
         await rollups.rebuild(db)
@@ -171,9 +181,16 @@ async def _first_archived_row(directory, partition: str) -> tuple:
     """The first sale of an archive file, as the worker's row."""
     with gzip.open(directory / f"{partition}.csv.gz", "rt") as file:
         row = next(csv.DictReader(file))
-    return (int(row["id"]), _us(dt.datetime.fromisoformat(row["sale_time"])), int(row["item_id"]),
-            int(row["store_id"]), int(row["price"]), int(row["quantity"]), row["idempotency_key"] or None,
-            _us(dt.datetime.fromisoformat(row["accepted_at"])))
+    return (
+        int(row["id"]),
+        _us(dt.datetime.fromisoformat(row["sale_time"])),
+        int(row["item_id"]),
+        int(row["store_id"]),
+        int(row["price"]),
+        int(row["quantity"]),
+        row["idempotency_key"] or None,
+        _us(dt.datetime.fromisoformat(row["accepted_at"])),
+    )
 
 
 async def test_an_archive_file_is_never_overwritten_with_other_rows(db, seed, database_url, tmp_path):
@@ -206,9 +223,10 @@ async def test_two_sessions_making_the_same_partition_at_once(db, database_url):
             await asyncio.sleep(0.3)
             assert not waiting.done()  # behind the first one's lock
         assert await waiting == "sales_2031_05"
-        assert await db.fetchval(
-            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'sales_2031_05'") \
+        assert (
+            await db.fetchval("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'sales_2031_05'")
             == "FOR VALUES FROM ('2031-05-01 00:00:00+00') TO ('2031-06-01 00:00:00+00')"
+        )
     finally:
         await first.close()
         await second.close()
@@ -230,8 +248,9 @@ async def test_retention_without_archive_and_dry_run(db, seed, database_url, tmp
 
 
 def test_retention_cli_refuses_to_drop_the_current_month():
-    result = subprocess.run([sys.executable, "-m", "shared.retention", "--keep-months", "0"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.retention", "--keep-months", "0"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "--keep-months must be at least 1" in result.stderr
 
@@ -241,13 +260,16 @@ async def test_a_database_migrated_before_partitioning_upgrades_in_place(templat
 
     if CITUS:  # a Citus database is made differently; tests/citus covers its upgrade
         import pytest
+
         pytest.skip("covered by tests/citus/test_citus.py")
     name = f"sales_upgrade_{int(time.time() * 1000)}"
     url = await create_database(name)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-                           "applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         for version, label, path in migration_files():
             if version < 5:
                 await conn.execute(path.read_text())
@@ -257,15 +279,21 @@ async def test_a_database_migrated_before_partitioning_upgrades_in_place(templat
         await conn.execute(
             "INSERT INTO sales (sale_time, item_id, store_id, price, quantity, idempotency_key) "
             "SELECT now() - g * interval '5 days', 1 + g % 4, 1 + g % 3, 100 * (1 + g % 4), 1 + g % 2, "
-            "CASE WHEN g % 3 = 0 THEN 'key-' || g END FROM generate_series(1, 150) g")
+            "CASE WHEN g % 3 = 0 THEN 'key-' || g END FROM generate_series(1, 150) g"
+        )
         old_rows = [tuple(r) for r in await conn.fetch("SELECT * FROM sales ORDER BY id")]
         await conn.execute(  # the rollups as the old worker kept them
             "INSERT INTO store_monthly SELECT date_trunc('month', sale_time AT TIME ZONE 'UTC')::date, store_id, "
-            "sum(price * quantity), sum(quantity), count(*) FROM sales GROUP BY 1, 2")
-        await conn.execute("INSERT INTO item_totals SELECT item_id, sum(price * quantity), sum(quantity), count(*) "
-                           "FROM sales GROUP BY 1")
-        await conn.execute("INSERT INTO daily_totals SELECT (sale_time AT TIME ZONE 'UTC')::date, "
-                           "sum(price * quantity), sum(quantity), count(*) FROM sales GROUP BY 1")
+            "sum(price * quantity), sum(quantity), count(*) FROM sales GROUP BY 1, 2"
+        )
+        await conn.execute(
+            "INSERT INTO item_totals SELECT item_id, sum(price * quantity), sum(quantity), count(*) "
+            "FROM sales GROUP BY 1"
+        )
+        await conn.execute(
+            "INSERT INTO daily_totals SELECT (sale_time AT TIME ZONE 'UTC')::date, "
+            "sum(price * quantity), sum(quantity), count(*) FROM sales GROUP BY 1"
+        )
 
         assert await migrate(conn, "UTC") == [v for v, _, _ in migration_files() if v >= 5]
 

@@ -1,4 +1,5 @@
 """The real processes: `python -m api` (2 processes on one port) and `python -m worker`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,15 @@ def _free_port() -> int:
 async def _start(args: list[str], env: dict[str, str], log: pathlib.Path) -> asyncio.subprocess.Process:
     with open(log, "wb") as out:
         # Its own session, so that a failed test can kill the API's forked processes too.
-        return await asyncio.create_subprocess_exec(sys.executable, *args, cwd=ROOT, env=env, stdout=out,
-                                                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 async def _wait_healthy(session: aiohttp.ClientSession, base: str, procs, logs, timeout: float) -> None:
@@ -77,8 +85,9 @@ async def test_api_and_worker_processes_end_to_end(seed, db, database_url):
 
             deadline = time.monotonic() + 5
             while await db.fetchval("SELECT count(*) FROM sales WHERE id = ANY($1::bigint[])", ids) < 200:
-                assert time.monotonic() < deadline, "accepted sales did not reach PostgreSQL in time:\n" + \
-                    logs[1].read_text()[-3000:]
+                assert time.monotonic() < deadline, (
+                    "accepted sales did not reach PostgreSQL in time:\n" + logs[1].read_text()[-3000:]
+                )
                 await asyncio.sleep(0.05)
             assert await db.fetchval("SELECT count(*) FROM sales") == 200
             assert sorted(r["id"] for r in await db.fetch("SELECT id FROM sales")) == sorted(ids)

@@ -1,4 +1,5 @@
 """REDIS_SENTINELS and the replica rule: what the environment gives the API and the worker."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,12 +19,15 @@ from shared.settings import Settings, parse_sentinels
 from worker.settings import arq_redis_settings
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("", ()),
-    ("s1:26379", (("s1", 26379),)),
-    (" s1:26379 , 10.0.0.2:26380,", (("s1", 26379), ("10.0.0.2", 26380))),
-    ("[::1]:26379,redis-sentinel-2:26379", (("::1", 26379), ("redis-sentinel-2", 26379))),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("", ()),
+        ("s1:26379", (("s1", 26379),)),
+        (" s1:26379 , 10.0.0.2:26380,", (("s1", 26379), ("10.0.0.2", 26380))),
+        ("[::1]:26379,redis-sentinel-2:26379", (("::1", 26379), ("redis-sentinel-2", 26379))),
+    ],
+)
 def test_sentinels_are_parsed(raw, expected):
     assert parse_sentinels(raw) == expected
 
@@ -54,21 +58,29 @@ def test_sentinels_expect_one_replica_unless_told():
     assert Settings.from_env({"REDIS_MIN_REPLICAS_ACKED": "1"}).replicas_to_confirm == 1
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"REDIS_MIN_REPLICAS_ACKED": "one"}, "REDIS_MIN_REPLICAS_ACKED must be an integer"),
-    ({"REDIS_MIN_REPLICAS_ACKED": "-1"}, "REDIS_MIN_REPLICAS_ACKED must be 0 or more"),
-    ({"REDIS_REPLICA_WAIT_MS": "0"}, "REDIS_REPLICA_WAIT_MS must be at least 1"),
-    ({"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": " "}, "REDIS_SENTINEL_MASTER"),
-    ({"REDIS_SENTINELS": "s1:26379", "REDIS_URL": "unix:///run/redis.sock"}, "unix"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"REDIS_MIN_REPLICAS_ACKED": "one"}, "REDIS_MIN_REPLICAS_ACKED must be an integer"),
+        ({"REDIS_MIN_REPLICAS_ACKED": "-1"}, "REDIS_MIN_REPLICAS_ACKED must be 0 or more"),
+        ({"REDIS_REPLICA_WAIT_MS": "0"}, "REDIS_REPLICA_WAIT_MS must be at least 1"),
+        ({"REDIS_SENTINELS": "s1:26379", "REDIS_SENTINEL_MASTER": " "}, "REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINELS": "s1:26379", "REDIS_URL": "unix:///run/redis.sock"}, "unix"),
+    ],
+)
 def test_bad_replica_settings_are_refused(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
 
 
 async def test_the_url_db_and_password_apply_to_the_primary_found_by_sentinel():
-    settings = Settings.from_env({"REDIS_URL": "redis://app:secret@ignored-host:1/4",
-                                  "REDIS_SENTINELS": "s1:26379,s2:26380", "REDIS_SENTINEL_MASTER": "sales"})
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://app:secret@ignored-host:1/4",
+            "REDIS_SENTINELS": "s1:26379,s2:26380",
+            "REDIS_SENTINEL_MASTER": "sales",
+        }
+    )
     client = connect_from_settings(settings, socket_timeout=0.8)
     pool = client.connection_pool
     assert isinstance(client, PrimaryViaSentinels)
@@ -77,19 +89,27 @@ async def test_the_url_db_and_password_apply_to_the_primary_found_by_sentinel():
     kwargs = pool.connection_kwargs
     assert (kwargs["db"], kwargs["username"], kwargs["password"], kwargs["socket_timeout"]) == (4, "app", "secret", 0.8)
     assert "host" not in kwargs
-    sentinels = [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-                 for s in pool.sentinel_manager.sentinels]
+    sentinels = [
+        (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+        for s in pool.sentinel_manager.sentinels
+    ]
     assert sentinels == [("s1", 26379), ("s2", 26380)]
     assert all(s.connection_pool.connection_kwargs["socket_timeout"] for s in pool.sentinel_manager.sentinels)
     await client.aclose()
 
     arq = arq_redis_settings(settings)
     assert (arq.host, arq.sentinel, arq.sentinel_master, arq.database, arq.password) == (
-        [("s1", 26379), ("s2", 26380)], True, "sales", 4, "secret")
+        [("s1", 26379), ("s2", 26380)],
+        True,
+        "sales",
+        4,
+        "secret",
+    )
 
 
 # The replica rule on the shared Redis, which has no replica: WAIT can never be satisfied, so
 # every flush is refused after the wait (the failover itself: tests/fault/test_failover.py).
+
 
 async def test_a_flush_no_replica_confirmed_is_refused_and_a_keyed_retry_adds_nothing(redis_client, queue_keys):
     assert (await redis_client.info("replication"))["connected_slaves"] == 0
@@ -117,8 +137,10 @@ async def test_post_unconfirmed_by_replicas_is_503_json_with_retry_after(aiohttp
     await seed()
     app = create_app(dataclasses.replace(settings, redis_min_replicas_acked=1, redis_replica_wait_ms=50))
     client = await aiohttp_client(app)
-    for path, body in (("/sales/", {"item_id": 1, "store_id": 1, "idempotency_key": "r-1"}),
-                       ("/sales/batch/", [{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 1}])):
+    for path, body in (
+        ("/sales/", {"item_id": 1, "store_id": 1, "idempotency_key": "r-1"}),
+        ("/sales/batch/", [{"item_id": 1, "store_id": 1}, {"item_id": 2, "store_id": 1}]),
+    ):
         started = time.monotonic()
         response = await client.post(path, json=body)
         assert time.monotonic() - started < 1.5

@@ -1,4 +1,5 @@
 """Reports answered from memory: never older than the request, dropped when the data changes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -106,6 +107,7 @@ async def test_memory_is_bounded_by_rows(database_url):
         async def compute():
             calls.append(key)
             return list(range(count))
+
         return compute
 
     try:
@@ -132,9 +134,11 @@ async def test_a_worker_commit_keeps_the_reports_it_does_not_touch(client, db, s
     await seed(items=3, stores=3, sales=600)
     today = dt.datetime.now(dt.UTC).date()
     last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
-    urls = {"last_month": f"/stores/top/?mm={last_month.month}&year={last_month.year}",
-            "quiet_store": f"/stores/3/report/?from={today}&to={today}",
-            "today": f"/reports/totals/?from={today}&to={today}"}
+    urls = {
+        "last_month": f"/stores/top/?mm={last_month.month}&year={last_month.year}",
+        "quiet_store": f"/stores/3/report/?from={today}&to={today}",
+        "today": f"/reports/totals/?from={today}&to={today}",
+    }
     before = {name: await (await client.get(url)).json() for name, url in urls.items()}
     # Changed behind the cache's back (no NOTIFY): only a result kept in memory still shows the old figure.
     async with db.transaction():
@@ -142,9 +146,12 @@ async def test_a_worker_commit_keeps_the_reports_it_does_not_touch(client, db, s
             await db.execute("ALTER TABLE store_monthly DISABLE TRIGGER store_monthly_changed")
             await db.execute("ALTER TABLE daily_totals DISABLE TRIGGER daily_totals_changed")
         await db.execute("UPDATE store_monthly SET income = income + 1000000 WHERE month = $1", last_month)
-        await db.execute("INSERT INTO daily_totals AS d (day, store_id, income, units, sales) "
-                         "VALUES ($1, 3, 1000000, 0, 0) "
-                         "ON CONFLICT (day, store_id) DO UPDATE SET income = d.income + 1000000", today)
+        await db.execute(
+            "INSERT INTO daily_totals AS d (day, store_id, income, units, sales) "
+            "VALUES ($1, 3, 1000000, 0, 0) "
+            "ON CONFLICT (day, store_id) DO UPDATE SET income = d.income + 1000000",
+            today,
+        )
         if not CITUS:
             await db.execute("ALTER TABLE store_monthly ENABLE ALWAYS TRIGGER store_monthly_changed")
             await db.execute("ALTER TABLE daily_totals ENABLE ALWAYS TRIGGER daily_totals_changed")
@@ -170,6 +177,7 @@ def _counting(calls: list[str], key: str):
     async def compute():
         calls.append(key)
         return [key]
+
     return compute
 
 
@@ -178,11 +186,17 @@ async def test_a_change_drops_the_results_whose_days_and_store_it_touches(databa
     await cache.start()
     tokyo_today = dt.date(2026, 12, 5)
     # 2026-12-04 16:00 UTC is 2026-12-05 01:00 in Tokyo
-    change = report_changes.payload(_us(dt.datetime(2026, 12, 4, 16, tzinfo=dt.UTC)),
-                                    _us(dt.datetime(2026, 12, 4, 16, 30, tzinfo=dt.UTC)), [1, 2])
-    scopes = {"last_month": Scope(dt.date(2026, 11, 1), dt.date(2026, 11, 30)),
-              "today": Scope(tokyo_today, tokyo_today), "store_1": Scope(tokyo_today, tokyo_today, 1),
-              "store_3": Scope(tokyo_today, tokyo_today, 3), "all_time": EVERYTHING, "catalogue": CATALOGUE_ONLY}
+    change = report_changes.payload(
+        _us(dt.datetime(2026, 12, 4, 16, tzinfo=dt.UTC)), _us(dt.datetime(2026, 12, 4, 16, 30, tzinfo=dt.UTC)), [1, 2]
+    )
+    scopes = {
+        "last_month": Scope(dt.date(2026, 11, 1), dt.date(2026, 11, 30)),
+        "today": Scope(tokyo_today, tokyo_today),
+        "store_1": Scope(tokyo_today, tokyo_today, 1),
+        "store_3": Scope(tokyo_today, tokyo_today, 3),
+        "all_time": EVERYTHING,
+        "catalogue": CATALOGUE_ONLY,
+    }
     calls: list[str] = []
 
     async def get_all() -> None:
@@ -193,9 +207,11 @@ async def test_a_change_drops_the_results_whose_days_and_store_it_touches(databa
         await _wait_listening(cache)
         await get_all()
         assert len(calls) == len(scopes)
-        for payload, dropped in [(change, ["today", "store_1", "all_time"]),
-                                 ("", list(scopes)),
-                                 ("not json", list(scopes))]:
+        for payload, dropped in [
+            (change, ["today", "store_1", "all_time"]),
+            ("", list(scopes)),
+            ("not json", list(scopes)),
+        ]:
             calls.clear()
             await db.execute("SELECT pg_notify('reports_changed', $1)", payload)
             await get_all()
@@ -220,6 +236,7 @@ async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(dat
             calls.append(key)
             await release.wait()
             return [key]
+
         return compute
 
     try:
@@ -229,8 +246,7 @@ async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(dat
         untouched = asyncio.ensure_future(cache.get("past", slow("past"), past_scope))
         while len(calls) < 2:
             await asyncio.sleep(0.01)
-        await db.execute("SELECT pg_notify('reports_changed', $1)",
-                         report_changes.payload(_us(today), _us(today), [5]))
+        await db.execute("SELECT pg_notify('reports_changed', $1)", report_changes.payload(_us(today), _us(today), [5]))
         await cache.get("sync", _counting([], "sync"), CATALOGUE_ONLY)  # the change has been heard of
         release.set()
         assert await touched == ["today"] and await untouched == ["past"]

@@ -1,4 +1,5 @@
 """GET /items/, /stores/, /items/top/, /stores/top/: exact answers, compared with a recount."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,10 +41,13 @@ def _month_start(moment: dt.datetime, tz: str = "UTC") -> dt.date:
 
 async def _insert_catalogue(db):
     # Inserted out of id order, so only ORDER BY id can give the expected answer.
-    await db.executemany("INSERT INTO item (id, name, price) VALUES ($1, $2, $3)",
-                         [(3, "Хлеб «Бородинский»", 89), (1, "item-1", 618), (2, "item \"two\"", 0)])
-    await db.executemany("INSERT INTO store (id, address) VALUES ($1, $2)",
-                         [(7, "Москва, ул. Ленина, 1"), (2, "store-2")])
+    await db.executemany(
+        "INSERT INTO item (id, name, price) VALUES ($1, $2, $3)",
+        [(3, "Хлеб «Бородинский»", 89), (1, "item-1", 618), (2, 'item "two"', 0)],
+    )
+    await db.executemany(
+        "INSERT INTO store (id, address) VALUES ($1, $2)", [(7, "Москва, ул. Ленина, 1"), (2, "store-2")]
+    )
 
 
 @pytest.mark.parametrize("path", ["/items/", "/items"])
@@ -51,7 +55,7 @@ async def test_items_are_all_items_by_id(client, db, path):
     await _insert_catalogue(db)
     assert await _get_json(client, path) == [
         {"id": 1, "name": "item-1", "price": 618},
-        {"id": 2, "name": "item \"two\"", "price": 0},
+        {"id": 2, "name": 'item "two"', "price": 0},
         {"id": 3, "name": "Хлеб «Бородинский»", "price": 89},
     ]
 
@@ -110,9 +114,25 @@ async def test_top_items_cnt_1000_is_the_upper_bound(client, seed, db):
     assert await _get_json(client, "/items/top/?cnt=1000") == expected
 
 
-BAD_CNT = ["0", "1001", "abc", "-1", "1.5", "", "99999999999999999999999", "2147483648",
-           "1e3", "0x10", " 5", "5 ", "+5", "\N{FULLWIDTH DIGIT ONE}", "1;DROP TABLE item", "1' OR '1'='1",
-           "10)%20UNION%20SELECT%201--"]
+BAD_CNT = [
+    "0",
+    "1001",
+    "abc",
+    "-1",
+    "1.5",
+    "",
+    "99999999999999999999999",
+    "2147483648",
+    "1e3",
+    "0x10",
+    " 5",
+    "5 ",
+    "+5",
+    "\N{FULLWIDTH DIGIT ONE}",
+    "1;DROP TABLE item",
+    "1' OR '1'='1",
+    "10)%20UNION%20SELECT%201--",
+]
 
 
 @pytest.mark.parametrize("path", ["/items/top/", "/stores/top/"])
@@ -260,10 +280,23 @@ async def test_mm_picks_the_most_recent_begun_month_over_http(aiohttp_client, se
 
 
 BAD_MONTH_QUERIES = [
-    ("mm=0", "mm"), ("mm=13", "mm"), ("mm=abc", "mm"), ("mm=-1", "mm"), ("mm=", "mm"), ("mm=1.0", "mm"),
-    ("mm=1&mm=2", "mm"), ("mm=999999999999999999", "mm"), ("mm=1%20OR%201=1", "mm"),
-    ("year=0", "year"), ("year=10000", "year"), ("year=abc", "year"), ("gg=-2025", "gg"), ("gg=", "gg"),
-    ("gg=2025&year=2024", "disagree"), ("mm=3&year=2026&gg=2025", "disagree"), ("year=2025&year=2026", "year"),
+    ("mm=0", "mm"),
+    ("mm=13", "mm"),
+    ("mm=abc", "mm"),
+    ("mm=-1", "mm"),
+    ("mm=", "mm"),
+    ("mm=1.0", "mm"),
+    ("mm=1&mm=2", "mm"),
+    ("mm=999999999999999999", "mm"),
+    ("mm=1%20OR%201=1", "mm"),
+    ("year=0", "year"),
+    ("year=10000", "year"),
+    ("year=abc", "year"),
+    ("gg=-2025", "gg"),
+    ("gg=", "gg"),
+    ("gg=2025&year=2024", "disagree"),
+    ("mm=3&year=2026&gg=2025", "disagree"),
+    ("year=2025&year=2026", "year"),
 ]
 
 
@@ -281,8 +314,9 @@ async def test_months_are_cut_in_report_timezone(aiohttp_client, settings, seed,
     await seed(items=1, stores=2)
     price = await db.fetchval("SELECT price FROM item WHERE id = 1")
     # 2025-03-31 20:00 UTC is 2025-04-01 05:00 in Tokyo; 14:59:59 UTC is still 31 March there.
-    tokyo = await aiohttp_client(create_app(dataclasses.replace(settings, report_timezone="Asia/Tokyo",
-                                                                max_sale_age_days=TEN_YEARS)))
+    tokyo = await aiohttp_client(
+        create_app(dataclasses.replace(settings, report_timezone="Asia/Tokyo", max_sale_age_days=TEN_YEARS))
+    )
     await _post_sale(tokyo, item_id=1, store_id=1, quantity=2, sale_time="2025-03-31T20:00:00+00:00")
     await _post_sale(tokyo, item_id=1, store_id=2, quantity=1, sale_time="2025-03-31T14:59:59+00:00")
     await drain()
@@ -316,8 +350,10 @@ async def test_price_change_during_a_catalogue_reload_is_not_lost(client, seed, 
         await locker.execute("LOCK TABLE store IN ACCESS EXCLUSIVE MODE")
         reload = asyncio.create_task(catalogue.reload())  # reads item, then waits on store
         deadline = time.monotonic() + 5
-        while not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                    "AND wait_event_type = 'Lock' AND query LIKE '%FROM store%'"):
+        while not await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE '%FROM store%'"
+        ):
             assert time.monotonic() < deadline, "the reload never reached the store table"
             await asyncio.sleep(0.01)
         await edit_by_hand(db, "UPDATE item SET price = 777 WHERE id = 1")  # notifies while the reload runs

@@ -1,5 +1,6 @@
 """Returns: what the API accepts and refuses, what the worker writes, and every report net of
 them, compared with a recount of raw sales and returns."""
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,14 @@ async def test_a_return_is_written_once_and_every_report_counts_it_net(client, s
     before = await _get(client, "/stores/1/report/")
     await drain()
     row = await db.fetchrow("SELECT * FROM returns WHERE sale_id = $1", sale["id"])
-    assert (row["id"], row["sale_id"], row["store_id"], row["item_id"], row["price"], row["quantity"]) == \
-        (answer["id"], sale["id"], 1, 2, price, 2)
+    assert (row["id"], row["sale_id"], row["store_id"], row["item_id"], row["price"], row["quantity"]) == (
+        answer["id"],
+        sale["id"],
+        1,
+        2,
+        price,
+        2,
+    )
     assert await db.fetchval("SELECT returned FROM sale_returned WHERE sale_id = $1", sale["id"]) == 2
     after = await _get(client, "/stores/1/report/")
     assert after["income"] == before["income"] - 2 * price
@@ -89,8 +96,9 @@ async def test_two_returns_racing_for_the_last_units(client, seed, db, drain):
     await seed(items=2, stores=2, sales=10)
     sale = await _sale(client, item_id=1, store_id=1, quantity=4)
     await drain()
-    answers = await asyncio.gather(*(client.post(f"/sales/{sale['id']}/returns/", json={"quantity": 3})
-                                     for _ in range(5)))
+    answers = await asyncio.gather(
+        *(client.post(f"/sales/{sale['id']}/returns/", json={"quantity": 3}) for _ in range(5))
+    )
     assert sorted(a.status for a in answers) == [202, 422, 422, 422, 422]
     await drain()
     assert await db.fetchval("SELECT sum(quantity) FROM returns WHERE sale_id = $1", sale["id"]) == 3
@@ -117,30 +125,40 @@ async def test_a_sale_still_queued_answers_409_with_retry_after(aiohttp_client, 
     assert response.status == 409
     assert response.headers["Retry-After"] == "2"
     assert (await response.json()) == {
-        "error": f"sale {sale['id']} is not written yet (it is still queued); retry shortly"}
+        "error": f"sale {sale['id']} is not written yet (it is still queued); retry shortly"
+    }
     await drain()
     await _return(client, sale["id"], quantity=1)  # the retry
 
 
 async def test_what_cannot_be_returned(client, seed, db, drain, redis_client, queue_keys):
     await seed(items=2, stores=2, sales=10)
-    sale = await _sale(client, item_id=1, store_id=1, quantity=2,
-                       sale_time=(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat())
+    sale = await _sale(
+        client,
+        item_id=1,
+        store_id=1,
+        quantity=2,
+        sale_time=(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(),
+    )
     await drain()
     no_sale = await _return(client, 10**15, status=404, quantity=1)
     assert no_sale == {"error": f"no such sale: {10**15}"}
     before = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
     assert (await _return(client, sale["id"], status=422, quantity=1, return_time=before))["error"].startswith(
-        f"return_time is before sale {sale['id']} was made")
+        f"return_time is before sale {sale['id']} was made"
+    )
     assert await _return(client, sale["id"], status=422, quantity=1, store_id=99) == {"error": "unknown store_id 99"}
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
     for body, error in (
-            ({"quantity": 0}, "Expected `int` >= 1 - at `$.quantity`"),
-            ({}, "Object missing required field `quantity`"),
-            ({"quantity": 1, "price": 5}, "unknown field `price`"),
-            ({"quantity": 1, "return_time": future}, "return_time is in the future"),
-            ({"quantity": 1, "return_time": "2026-01-01T10:00:00"}, "return_time must carry a UTC offset, "
-                                                                     "e.g. 2026-09-01T12:30:00+03:00")):
+        ({"quantity": 0}, "Expected `int` >= 1 - at `$.quantity`"),
+        ({}, "Object missing required field `quantity`"),
+        ({"quantity": 1, "price": 5}, "unknown field `price`"),
+        ({"quantity": 1, "return_time": future}, "return_time is in the future"),
+        (
+            {"quantity": 1, "return_time": "2026-01-01T10:00:00"},
+            "return_time must carry a UTC offset, e.g. 2026-09-01T12:30:00+03:00",
+        ),
+    ):
         assert await _return(client, sale["id"], status=400, **body) == {"error": error}
     response = await client.post("/sales/abc/returns/", json={"quantity": 1})
     assert response.status == 404 and "error" in await response.json()
@@ -156,8 +174,9 @@ async def test_a_returned_key_gives_the_same_return(client, seed, db, drain):
     first = await _return(client, sale["id"], quantity=1, idempotency_key="ret-1")
     again = await _return(client, sale["id"], quantity=1, idempotency_key="ret-1")
     assert again == first
-    header = await client.post(f"/sales/{sale['id']}/returns/", json={"quantity": 1},
-                               headers={"Idempotency-Key": "ret-1"})
+    header = await client.post(
+        f"/sales/{sale['id']}/returns/", json={"quantity": 1}, headers={"Idempotency-Key": "ret-1"}
+    )
     assert header.status == 202 and await header.json() == first
     await drain()
     assert await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = $1", sale["id"]) == 1
@@ -183,36 +202,61 @@ async def test_a_batch_of_returns_is_all_or_nothing(client, seed, db, drain, red
     await seed(items=3, stores=2, sales=10)
     sales = [await _sale(client, item_id=i, store_id=1, quantity=2) for i in (1, 2, 3)]
     await drain()
-    response = await client.post("/returns/batch/", json=[
-        {"sale_id": sales[0]["id"], "quantity": 1, "idempotency_key": "a"},
-        {"sale_id": sales[1]["id"], "quantity": 3},
-        {"sale_id": 10**15, "quantity": 1}])
+    response = await client.post(
+        "/returns/batch/",
+        json=[
+            {"sale_id": sales[0]["id"], "quantity": 1, "idempotency_key": "a"},
+            {"sale_id": sales[1]["id"], "quantity": 3},
+            {"sale_id": 10**15, "quantity": 1},
+        ],
+    )
     assert response.status == 422
-    assert await response.json() == {"error": "2 returns cannot be accepted; none was", "errors": [
-        {"index": 1, "error": f"sale {sales[1]['id']} has 2 unit(s) left to return, not 3", "remaining": 2},
-        {"index": 2, "error": f"no such sale: {10**15}"}]}
+    assert await response.json() == {
+        "error": "2 returns cannot be accepted; none was",
+        "errors": [
+            {"index": 1, "error": f"sale {sales[1]['id']} has 2 unit(s) left to return, not 3", "remaining": 2},
+            {"index": 2, "error": f"no such sale: {10**15}"},
+        ],
+    }
     assert await redis_client.get(queue_keys.depth) in (None, b"0")
-    response = await client.post("/returns/batch/", json={"returns": [
-        {"sale_id": sales[0]["id"], "quantity": 1, "idempotency_key": "a"},
-        {"sale_id": sales[0]["id"], "quantity": 1},
-        {"sale_id": sales[2]["id"], "quantity": 2}]})
+    response = await client.post(
+        "/returns/batch/",
+        json={
+            "returns": [
+                {"sale_id": sales[0]["id"], "quantity": 1, "idempotency_key": "a"},
+                {"sale_id": sales[0]["id"], "quantity": 1},
+                {"sale_id": sales[2]["id"], "quantity": 2},
+            ]
+        },
+    )
     assert response.status == 202, await response.text()
     answers = await response.json()
-    assert [(a["sale_id"], a["quantity"]) for a in answers] == [(sales[0]["id"], 1), (sales[0]["id"], 1),
-                                                                (sales[2]["id"], 2)]
+    assert [(a["sale_id"], a["quantity"]) for a in answers] == [
+        (sales[0]["id"], 1),
+        (sales[0]["id"], 1),
+        (sales[2]["id"], 2),
+    ]
     # more of sale 0 than is left, counting the two returns of this very batch
     response = await client.post("/returns/batch/", json=[{"sale_id": sales[0]["id"], "quantity": 1}])
     assert response.status == 422 and (await response.json())["errors"][0]["remaining"] == 0
-    for body, error in (([], "a batch holds at least one return"),
-                        ([{"quantity": 1}], "missing required field `sale_id`"),
-                        ([{"sale_id": 1, "quantity": 1, "idempotency_key": "k"},
-                          {"sale_id": 2, "quantity": 1, "idempotency_key": "k"}],
-                         "two returns of the batch share an idempotency_key")):
+    for body, error in (
+        ([], "a batch holds at least one return"),
+        ([{"quantity": 1}], "missing required field `sale_id`"),
+        (
+            [
+                {"sale_id": 1, "quantity": 1, "idempotency_key": "k"},
+                {"sale_id": 2, "quantity": 1, "idempotency_key": "k"},
+            ],
+            "two returns of the batch share an idempotency_key",
+        ),
+    ):
         response = await client.post("/returns/batch/", json=body)
         assert response.status == 400 and error in str(await response.json())
     await drain()
-    assert await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = ANY($1::bigint[])",
-                             [s["id"] for s in sales]) == 3
+    assert (
+        await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = ANY($1::bigint[])", [s["id"] for s in sales])
+        == 3
+    )
     assert await rollups.drift(db) == NO_DRIFT
 
 
@@ -256,17 +300,21 @@ async def test_totals_and_hours_match_a_recount(aiohttp_client, settings, seed, 
     await seed(items=6, stores=3, sales=2000, tz=tz)
     zone = zoneinfo.ZoneInfo(tz)
     midnight = dt.datetime.combine(dt.datetime.now(zone).date() - dt.timedelta(days=3), dt.time(), zone)
-    sale = await _sale(client, item_id=3, store_id=2, quantity=4,
-                       sale_time=(midnight - dt.timedelta(hours=5)).isoformat())
+    sale = await _sale(
+        client, item_id=3, store_id=2, quantity=4, sale_time=(midnight - dt.timedelta(hours=5)).isoformat()
+    )
     await drain()
     # returns a second either side of local midnight
     for moment in (midnight - dt.timedelta(seconds=1), midnight):
         await _return(client, sale["id"], quantity=1, return_time=moment.isoformat())
     await drain()
     today = dt.datetime.now(zone).date()
-    for first, last in ((today.replace(day=1), today), (today - dt.timedelta(days=3), today),
-                        (today - dt.timedelta(days=4), today - dt.timedelta(days=4)),
-                        (today - dt.timedelta(days=364), today)):
+    for first, last in (
+        (today.replace(day=1), today),
+        (today - dt.timedelta(days=3), today),
+        (today - dt.timedelta(days=4), today - dt.timedelta(days=4)),
+        (today - dt.timedelta(days=364), today),
+    ):
         q = f"from={first}&to={last}"
         assert await _get(client, f"/reports/totals/?{q}") == await recount.totals(db, first, last, tz)
         assert await _get(client, f"/reports/hours/?{q}") == await recount.hours(db, first, last, tz)
@@ -283,8 +331,12 @@ async def test_totals_and_hours_default_to_this_month_and_refuse_bad_input(clien
     assert len(hours["cells"]) == 168
     response = await client.get("/reports/hours/?from=2026-01-01&to=2026-01-31&format=csv")
     assert response.status == 200 and (await response.text()).startswith("weekday,hour,income,units,sales\r\n1,0,")
-    for url, status in (("/reports/hours/?store_id=99", 404), ("/reports/hours/?from=2026-01-05", 400),
-                        ("/reports/totals/?from=2026-02-01&to=2026-01-01", 400), ("/reports/hours/?store_id=x", 400)):
+    for url, status in (
+        ("/reports/hours/?store_id=99", 404),
+        ("/reports/hours/?from=2026-01-05", 400),
+        ("/reports/totals/?from=2026-02-01&to=2026-01-01", 400),
+        ("/reports/hours/?store_id=x", 400),
+    ):
         response = await client.get(url)
         assert response.status == status and "error" in await response.json()
 
@@ -333,12 +385,15 @@ async def test_a_keyed_retry_after_the_return_was_written_gets_the_same_return(c
     first = await _return(client, sale["id"], quantity=1, idempotency_key="lost-answer")
     await drain()
     assert await _return(client, sale["id"], quantity=1, idempotency_key="lost-answer") == first
-    batch = await client.post("/returns/batch/", json=[{"sale_id": sale["id"], "quantity": 1,
-                                                        "idempotency_key": "lost-answer"}])
+    batch = await client.post(
+        "/returns/batch/", json=[{"sale_id": sale["id"], "quantity": 1, "idempotency_key": "lost-answer"}]
+    )
     assert batch.status == 202 and (await batch.json())[0] == first
     # a new key asks for units no longer there: refused by the queueing script, with what is left
     assert await _return(client, sale["id"], status=422, quantity=1, idempotency_key="another") == {
-        "error": f"sale {sale['id']} has 0 unit(s) left to return, not 1", "remaining": 0}
+        "error": f"sale {sale['id']} has 0 unit(s) left to return, not 1",
+        "remaining": 0,
+    }
     await drain()
     assert await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = $1", sale["id"]) == 1
 
@@ -376,7 +431,9 @@ async def test_a_replayed_return_counts_against_what_is_left(client, seed, db, d
     [outcome] = await dead_letters.replay(db)
     assert outcome.written == 1
     assert await _return(client, sale["id"], status=422, quantity=2) == {
-        "error": f"sale {sale['id']} has 1 unit(s) left to return, not 2", "remaining": 1}
+        "error": f"sale {sale['id']} has 1 unit(s) left to return, not 2",
+        "remaining": 1,
+    }
     # the same check in the queueing script, for a keyed return (which skips the API's own)
     assert (await _return(client, sale["id"], status=422, quantity=2, idempotency_key="k"))["remaining"] == 1
     await _return(client, sale["id"], quantity=1)

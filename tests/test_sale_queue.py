@@ -1,4 +1,5 @@
 """The group commit itself: every put() is answered, whatever the timing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,10 +38,18 @@ async def test_concurrent_puts_all_answered_once(redis_client, queue_keys):
     assert await redis_client.get(queue_keys.depth) == b"500"
 
 
-@pytest.mark.parametrize("args", [
-    ("SET", "k", "é"), ("SET", b"k", b"\x00\xff"), ("INCRBY", "k", 2**70), ("SET", "k", 0.1),
-    ("SET", "k", memoryview(b"view")), ("CLIENT SETNAME", "name"), ("EVALSHA", "f" * 40, 2, "a", "b", *range(3000)),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "k", "é"),
+        ("SET", b"k", b"\x00\xff"),
+        ("INCRBY", "k", 2**70),
+        ("SET", "k", 0.1),
+        ("SET", "k", memoryview(b"view")),
+        ("CLIENT SETNAME", "name"),
+        ("EVALSHA", "f" * 40, 2, "a", "b", *range(3000)),
+    ],
+)
 def test_commands_are_encoded_as_redis_py_encodes_them(args):
     ours, theirs = HiredisPackingConnection(), Connection()
     assert b"".join(ours.pack_command(*args)) == b"".join(map(bytes, theirs.pack_command(*args)))

@@ -1,4 +1,5 @@
 """POST /sales/: the answer, the stored row, and every kind of bad input."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ async def test_without_trailing_slash_too(client, seed):
 
 async def test_quantity_and_past_sale_time_are_kept(client, seed, db, drain):
     await seed()
-    response = await client.post("/sales/", json={
-        "item_id": 1, "store_id": 1, "quantity": 7, "sale_time": "2026-03-01T09:30:00+03:00"})
+    response = await client.post(
+        "/sales/", json={"item_id": 1, "store_id": 1, "quantity": 7, "sale_time": "2026-03-01T09:30:00+03:00"}
+    )
     assert response.status == 202
     body = await response.json()
     assert body["sale_time"] == "2026-03-01T06:30:00+00:00"
@@ -46,25 +48,28 @@ async def test_quantity_and_past_sale_time_are_kept(client, seed, db, drain):
     assert row["sale_time"] == dt.datetime(2026, 3, 1, 6, 30, tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize("body, fragment", [
-    (b'{"item_id": 1, "store_id": 1', "malformed JSON"),
-    (b"", "malformed JSON"),
-    (b"[1, 2]", "Expected `object`"),
-    (b'{"item_id": 1}', "store_id"),
-    (b'{"item_id": "1", "store_id": 1}', "item_id"),
-    (b'{"item_id": 1.5, "store_id": 1}', "item_id"),
-    (b'{"item_id": true, "store_id": 1}', "item_id"),
-    (b'{"item_id": 0, "store_id": 1}', "item_id"),
-    (b'{"item_id": 1, "store_id": 99999999999}', "store_id"),
-    (b'{"item_id": 1, "store_id": 1, "quantity": 0}', "quantity"),
-    (b'{"item_id": 1, "store_id": 1, "quantity": 10001}', "quantity"),
-    (b'{"item_id": 1, "store_id": 1, "extra": 1}', "unknown field `extra`"),
-    (b'{"item_id": 1, "store_id": 1, "sale_time": "yesterday"}', "sale_time"),
-    (b'{"item_id": 1, "store_id": 1, "sale_time": "2026-01-01T10:00:00"}', "UTC offset"),
-    (b'{"item_id": 1, "store_id": 1, "sale_time": "2999-01-01T10:00:00+00:00"}', "future"),
-    (b'{"item_id": 1, "store_id": 1, "idempotency_key": ""}', "idempotency_key"),
-    (b'{"item_id": 1, "store_id": 1, "idempotency_key": "' + b"k" * 65 + b'"}', "idempotency_key"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b'{"item_id": 1, "store_id": 1', "malformed JSON"),
+        (b"", "malformed JSON"),
+        (b"[1, 2]", "Expected `object`"),
+        (b'{"item_id": 1}', "store_id"),
+        (b'{"item_id": "1", "store_id": 1}', "item_id"),
+        (b'{"item_id": 1.5, "store_id": 1}', "item_id"),
+        (b'{"item_id": true, "store_id": 1}', "item_id"),
+        (b'{"item_id": 0, "store_id": 1}', "item_id"),
+        (b'{"item_id": 1, "store_id": 99999999999}', "store_id"),
+        (b'{"item_id": 1, "store_id": 1, "quantity": 0}', "quantity"),
+        (b'{"item_id": 1, "store_id": 1, "quantity": 10001}', "quantity"),
+        (b'{"item_id": 1, "store_id": 1, "extra": 1}', "unknown field `extra`"),
+        (b'{"item_id": 1, "store_id": 1, "sale_time": "yesterday"}', "sale_time"),
+        (b'{"item_id": 1, "store_id": 1, "sale_time": "2026-01-01T10:00:00"}', "UTC offset"),
+        (b'{"item_id": 1, "store_id": 1, "sale_time": "2999-01-01T10:00:00+00:00"}', "future"),
+        (b'{"item_id": 1, "store_id": 1, "idempotency_key": ""}', "idempotency_key"),
+        (b'{"item_id": 1, "store_id": 1, "idempotency_key": "' + b"k" * 65 + b'"}', "idempotency_key"),
+    ],
+)
 async def test_bad_input_is_400_and_queues_nothing(client, seed, redis_client, queue_keys, body, fragment):
     await seed()
     response = await client.post("/sales/", data=body)
@@ -74,10 +79,13 @@ async def test_bad_input_is_400_and_queues_nothing(client, seed, redis_client, q
     assert await redis_client.xlen(queue_keys.stream) == 0
 
 
-@pytest.mark.parametrize("sale, message", [
-    ({"item_id": 99, "store_id": 1}, "unknown item_id 99"),
-    ({"item_id": 1, "store_id": 55}, "unknown store_id 55"),
-])
+@pytest.mark.parametrize(
+    "sale, message",
+    [
+        ({"item_id": 99, "store_id": 1}, "unknown item_id 99"),
+        ({"item_id": 1, "store_id": 55}, "unknown store_id 55"),
+    ],
+)
 async def test_unknown_item_or_store_is_422_naming_it(client, seed, redis_client, queue_keys, sale, message):
     await seed()
     response = await client.post("/sales/", json=sale)
@@ -88,8 +96,9 @@ async def test_unknown_item_or_store_is_422_naming_it(client, seed, redis_client
 
 async def test_body_over_one_mib_is_413(client, seed):
     await seed()
-    response = await client.post("/sales/",
-                                 data=b'{"item_id": 1, "store_id": 1, "pad": "' + b"x" * (1024 * 1024) + b'"}')
+    response = await client.post(
+        "/sales/", data=b'{"item_id": 1, "store_id": 1, "pad": "' + b"x" * (1024 * 1024) + b'"}'
+    )
     assert response.status == 413
     assert "error" in await response.json()
 
@@ -108,8 +117,9 @@ async def test_same_idempotency_key_returns_same_sale_and_stores_once(client, se
     bodies = [await a.json() for a in answers]
     assert {a.status for a in answers} == {202}
     assert all(b == bodies[0] for b in bodies)
-    header = await client.post("/sales/", json={"item_id": 1, "store_id": 2},
-                               headers={"Idempotency-Key": "pos-7-000123"})
+    header = await client.post(
+        "/sales/", json={"item_id": 1, "store_id": 2}, headers={"Idempotency-Key": "pos-7-000123"}
+    )
     assert await header.json() == bodies[0]
     await drain()
     assert await db.fetchval("SELECT count(*) FROM sales") == 1
@@ -118,8 +128,9 @@ async def test_same_idempotency_key_returns_same_sale_and_stores_once(client, se
 
 async def test_header_and_body_keys_must_agree(client, seed):
     await seed()
-    response = await client.post("/sales/", json={"item_id": 1, "store_id": 1, "idempotency_key": "a"},
-                                 headers={"Idempotency-Key": "b"})
+    response = await client.post(
+        "/sales/", json={"item_id": 1, "store_id": 1, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"}
+    )
     assert response.status == 400
 
 
@@ -155,8 +166,9 @@ async def test_body_that_trickles_in_is_cut_off_with_408(client, seed, monkeypat
     await seed()
     monkeypatch.setattr(validation, "BODY_TIMEOUT_SECONDS", 0.5)
     reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(b"POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 40\r\n\r\n{\"item_id\": 1")
+    writer.write(
+        b'POST /sales/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n{"item_id": 1'
+    )
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), 5)
     writer.close()

@@ -7,6 +7,7 @@ The server runs as a real process on a private database seeded so that ids 1..5 
 /clear/ and /create/ are fuzzed without the admin token (401/403); one small test below
 calls them with it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,12 +43,19 @@ from tests.conftest import ADMIN_TOKEN, REDIS_URL, _db_url, create_database, dro
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance, response_headers_conformance, negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
+]
 
 # Invalid input is refused with a 4xx the document lists: 413 is how a batch over the limit is refused.
-CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": ["400", "401", "403", "404", "405", "413", "422"]}}})
+CONFIG = schemathesis.Config.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "403", "404", "405", "413", "422"]}}}
+)
 schema = schemathesis.openapi.from_dict(spec(), config=CONFIG)
 
 
@@ -83,8 +91,14 @@ def server(template_db):
     env = process_env(database_url, prefix, port, processes=1)
     log = pathlib.Path(tempfile.mkdtemp(prefix="sales-fuzz-")) / "api.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "api"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     srv = Server(f"http://127.0.0.1:{port}", database_url, prefix, log, proc)
     try:
         deadline = time.monotonic() + 20
@@ -115,8 +129,7 @@ def server(template_db):
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=EXAMPLES, deadline=None,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_operation_conforms_to_the_document(case, server):
     assert server.proc.poll() is None, f"the API died:\n{server.log_tail()}"
     response = case.call(base_url=server.base_url, session=server.session, timeout=30)
@@ -136,7 +149,8 @@ def _beyond_http_parser_limits(request) -> bool:
     target = url.path + ("?" + url.query if url.query else "")
     request_line = len(f"{request.method} {target} HTTP/1.1")
     return request_line > HTTP_LINE_LIMIT or any(
-        len(name) + len(value) + 2 > HTTP_LINE_LIMIT for name, value in request.headers.items())
+        len(name) + len(value) + 2 > HTTP_LINE_LIMIT for name, value in request.headers.items()
+    )
 
 
 def test_served_document_is_the_one_fuzzed(server):
@@ -168,20 +182,24 @@ def test_admin_routes_with_the_token_answer_as_documented(server):
     """/create/ with small counts and /clear/, with the admin token, checked against the document."""
     auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     create_get, create_post = schema["/create/"]["GET"], schema["/create/"]["POST"]
-    for case in (create_get.Case(query={"items": 5, "stores": 5, "sales": 100}, headers=auth),
-                 create_post.Case(body={"items": 5, "stores": 5, "sales": 50}, headers=auth,
-                                  media_type="application/json")):
+    for case in (
+        create_get.Case(query={"items": 5, "stores": 5, "sales": 100}, headers=auth),
+        create_post.Case(body={"items": 5, "stores": 5, "sales": 50}, headers=auth, media_type="application/json"),
+    ):
         response = case.call_and_validate(base_url=server.base_url, checks=CHECKS, timeout=60)
         assert response.status_code == 200
         assert response.json() == {"status": "created", "items": 5, "stores": 5, "sales": response.json()["sales"]}
-    for case in (create_get.Case(query={"items": 0}, headers=auth),
-                 create_get.Case(query={"sales": 10_000_001}, headers=auth),
-                 create_post.Case(body={"items": 0}, headers=auth, media_type="application/json")):
+    for case in (
+        create_get.Case(query={"items": 0}, headers=auth),
+        create_get.Case(query={"sales": 10_000_001}, headers=auth),
+        create_post.Case(body={"items": 0}, headers=auth, media_type="application/json"),
+    ):
         response = case.call_and_validate(base_url=server.base_url, checks=CHECKS, timeout=60)
         assert response.status_code == 400
     clear = schema["/clear/"]["POST"].Case(headers=auth)
     assert clear.call_and_validate(base_url=server.base_url, checks=CHECKS, timeout=60).status_code == 200
     # leave the seeded data in place for anything after this test
-    response = requests.get(f"{server.base_url}/create/", params={"items": 5, "stores": 5, "sales": 60},
-                            headers=auth, timeout=60)
+    response = requests.get(
+        f"{server.base_url}/create/", params={"items": 5, "stores": 5, "sales": 60}, headers=auth, timeout=60
+    )
     assert response.status_code == 200

@@ -1,4 +1,5 @@
 """The demo sale times: every day of the last 12 months alike, at shop hours, up to now."""
+
 from __future__ import annotations
 
 import collections
@@ -54,14 +55,17 @@ def test_weekends_sell_more_than_weekdays():
     weekends = statistics.mean(per_day[d] for d in full_days if d.weekday() >= 5)
     assert weekends / weekdays == pytest.approx(WEEKEND_FACTOR, rel=0.05)
     # and flatter: the busiest hour holds a smaller part of a weekend day than of a weekday
-    by_hour = {weekend: collections.Counter(t.hour for t in local if (t.weekday() >= 5) == weekend)
-               for weekend in (False, True)}
+    by_hour = {
+        weekend: collections.Counter(t.hour for t in local if (t.weekday() >= 5) == weekend)
+        for weekend in (False, True)
+    }
     peak_share = {weekend: max(c.values()) / sum(c.values()) for weekend, c in by_hour.items()}
     assert peak_share[True] < 0.85 * peak_share[False], peak_share
 
 
-@pytest.mark.parametrize("now", [dt.datetime(2026, 12, 2, 15, 45, tzinfo=UTC),
-                                 dt.datetime(2026, 11, 13, 19, 30, tzinfo=UTC)])
+@pytest.mark.parametrize(
+    "now", [dt.datetime(2026, 12, 2, 15, 45, tzinfo=UTC), dt.datetime(2026, 11, 13, 19, 30, tzinfo=UTC)]
+)
 def test_the_current_month_gets_the_days_so_far_not_a_whole_share(now):
     """On 2 December the daily chart is no tall bar: a day of December sells like any other."""
     _, local, _ = _generate(now, "UTC")
@@ -74,7 +78,7 @@ def test_the_current_month_gets_the_days_so_far_not_a_whole_share(now):
     assert this_month_weekday == pytest.approx(earlier_weekday, rel=0.1)
     # today is cut at now: it holds the share of the hours gone by, none of the rest
     today = sum(1 for t in local if t.date() == now.date())
-    hours_gone = sum(WEEKDAY_HOURS[:now.hour]) + WEEKDAY_HOURS[now.hour] * now.minute / 60
+    hours_gone = sum(WEEKDAY_HOURS[: now.hour]) + WEEKDAY_HOURS[now.hour] * now.minute / 60
     expected_today = earlier_weekday * hours_gone / sum(WEEKDAY_HOURS)
     assert now.weekday() < 5 and today == pytest.approx(expected_today, rel=0.2)
     # the months before share the rest by their days
@@ -82,7 +86,8 @@ def test_the_current_month_gets_the_days_so_far_not_a_whole_share(now):
     for month in month_starts(now, zoneinfo.ZoneInfo("UTC"))[:-1]:
         days = ((month + dt.timedelta(days=32)).replace(day=1) - month).days
         assert per_month[month.date()] / days == pytest.approx(
-            statistics.mean(per_day[d] for d in earlier), rel=0.06), month
+            statistics.mean(per_day[d] for d in earlier), rel=0.06
+        ), month
 
 
 def test_before_opening_on_the_first_of_the_month_nothing_is_this_month():
@@ -119,12 +124,15 @@ async def test_seeded_sales_are_at_shop_hours_in_postgresql_too(seed, db):
     """What PostgreSQL makes of the stored times in the report time zone, across both DST changes."""
     now = dt.datetime(2026, 11, 20, 18, tzinfo=UTC)
     await seed(items=2, stores=2, sales=20_000, tz="America/New_York", now=now)
-    hours = await db.fetch("SELECT extract(hour FROM sale_time AT TIME ZONE 'America/New_York')::int AS hour, "
-                           "count(*) AS n FROM sales GROUP BY 1 ORDER BY 1")
+    hours = await db.fetch(
+        "SELECT extract(hour FROM sale_time AT TIME ZONE 'America/New_York')::int AS hour, "
+        "count(*) AS n FROM sales GROUP BY 1 ORDER BY 1"
+    )
     assert [r["hour"] for r in hours] == list(OPEN_HOURS)
     assert await db.fetchval("SELECT count(*) FROM sales") == 20_000
-    assert await db.fetchval("SELECT min(sale_time) FROM sales") >= \
-        dt.datetime(2025, 12, 1, 8, tzinfo=zoneinfo.ZoneInfo("America/New_York"))
+    assert await db.fetchval("SELECT min(sale_time) FROM sales") >= dt.datetime(
+        2025, 12, 1, 8, tzinfo=zoneinfo.ZoneInfo("America/New_York")
+    )
     assert await db.fetchval("SELECT max(sale_time) FROM sales") < now
 
 
@@ -136,11 +144,18 @@ async def test_seeded_returns_and_every_rollup_match_a_recount(seed, db, tz):
     await seed(items=30, stores=4, sales=30_000, tz=tz, now=now)
     returns = await db.fetchval("SELECT count(*) FROM returns")
     assert 0.015 * 30_000 < returns < 0.025 * 30_000
-    assert await db.fetchval("SELECT count(*) FROM returns r JOIN sales s ON s.id = r.sale_id "
-                             "WHERE r.return_time < s.sale_time OR r.item_id <> s.item_id OR r.price <> s.price "
-                             "OR r.return_time > $1", now) == 0
-    in_own_store = await db.fetchval("SELECT count(*) FROM returns r JOIN sales s ON s.id = r.sale_id "
-                                     "WHERE r.store_id = s.store_id")
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM returns r JOIN sales s ON s.id = r.sale_id "
+            "WHERE r.return_time < s.sale_time OR r.item_id <> s.item_id OR r.price <> s.price "
+            "OR r.return_time > $1",
+            now,
+        )
+        == 0
+    )
+    in_own_store = await db.fetchval(
+        "SELECT count(*) FROM returns r JOIN sales s ON s.id = r.sale_id WHERE r.store_id = s.store_id"
+    )
     assert in_own_store > 0.85 * returns
     assert await db.fetchval("SELECT count(*) FROM sale_returned") == returns
     assert await db.fetchval("SELECT count(*) FROM hourly_totals") > 0

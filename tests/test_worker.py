@@ -1,5 +1,6 @@
 """The worker: sales written once whatever the redeliveries, bad rows dead-lettered, dead consumers' entries
 taken over."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,13 +31,15 @@ async def _stored_ids(db) -> list[int]:
 
 
 async def _snapshot(db):
-    return ([tuple(r) for r in await db.fetch("SELECT * FROM sales ORDER BY id")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM store_monthly ORDER BY 1, 2")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM item_totals ORDER BY 1")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM daily_totals ORDER BY 1, 2")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM store_item_daily ORDER BY 1, 2, 3")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM store_running ORDER BY 1, 2")],
-            [tuple(r) for r in await db.fetch("SELECT * FROM item_running ORDER BY 1, 2")])
+    return (
+        [tuple(r) for r in await db.fetch("SELECT * FROM sales ORDER BY id")],
+        [tuple(r) for r in await db.fetch("SELECT * FROM store_monthly ORDER BY 1, 2")],
+        [tuple(r) for r in await db.fetch("SELECT * FROM item_totals ORDER BY 1")],
+        [tuple(r) for r in await db.fetch("SELECT * FROM daily_totals ORDER BY 1, 2")],
+        [tuple(r) for r in await db.fetch("SELECT * FROM store_item_daily ORDER BY 1, 2, 3")],
+        [tuple(r) for r in await db.fetch("SELECT * FROM store_running ORDER BY 1, 2")],
+        [tuple(r) for r in await db.fetch("SELECT * FROM item_running ORDER BY 1, 2")],
+    )
 
 
 @pytest.fixture
@@ -48,8 +51,9 @@ async def worker_pool(settings):
 
 async def test_drain_writes_queued_sales(client, seed, db, drain, redis_client, queue_keys):
     await seed(items=4, stores=3)
-    answers = await _post_batch(client, [{"item_id": i % 4 + 1, "store_id": i % 3 + 1, "quantity": i + 1}
-                                         for i in range(10)])
+    answers = await _post_batch(
+        client, [{"item_id": i % 4 + 1, "store_id": i % 3 + 1, "quantity": i + 1} for i in range(10)]
+    )
     single = await client.post("/sales/", json={"item_id": 2, "store_id": 2})
     answers.append(await single.json())
     assert await _stored_ids(db) == []
@@ -69,8 +73,19 @@ async def test_write_batch_twice_stores_each_sale_once(seed, db, worker_pool):
     prices = {r["id"]: r["price"] for r in await db.fetch("SELECT id, price FROM item")}
     [start] = await reserve_blocks(db, 1)
     now_us = int(time.time() * 1_000_000)
-    rows = [(start + i, now_us - i * 86_400_000_000, i % 3 + 1, i % 2 + 1, prices[i % 3 + 1], i + 1,
-             f"k-{i}" if i % 2 else None, now_us) for i in range(40)]
+    rows = [
+        (
+            start + i,
+            now_us - i * 86_400_000_000,
+            i % 3 + 1,
+            i % 2 + 1,
+            prices[i % 3 + 1],
+            i + 1,
+            f"k-{i}" if i % 2 else None,
+            now_us,
+        )
+        for i in range(40)
+    ]
 
     async with worker_pool.acquire() as conn:
         first = await writer.write_batch(conn, rows)
@@ -93,8 +108,9 @@ async def test_write_batch_twice_stores_each_sale_once(seed, db, worker_pool):
 
 async def test_readded_stream_entry_is_stored_once(client, seed, db, drain, redis_client, queue_keys):
     await seed(items=3, stores=3)
-    answers = await _post_batch(client, [{"item_id": i % 3 + 1, "store_id": 3 - i % 3, "quantity": 2}
-                                         for i in range(6)])
+    answers = await _post_batch(
+        client, [{"item_id": i % 3 + 1, "store_id": 3 - i % 3, "quantity": 2} for i in range(6)]
+    )
     [(_, fields)] = await redis_client.xrange(queue_keys.stream)
     await drain()
     snapshot = await _snapshot(db)
@@ -114,14 +130,16 @@ async def test_readded_stream_entry_is_stored_once(client, seed, db, drain, redi
     assert int(stats[b"duplicates"]) == 12 and int(stats[b"sales_written"]) == 6
 
 
-async def test_entry_written_but_not_acknowledged_is_not_counted_again(client, seed, db, drain, redis_client,
-                                                                       queue_keys, worker_pool):
+async def test_entry_written_but_not_acknowledged_is_not_counted_again(
+    client, seed, db, drain, redis_client, queue_keys, worker_pool
+):
     """A worker that committed a batch and died before XACK: the next one redelivers it."""
     await seed(items=2, stores=2)
     await _post_batch(client, [{"item_id": 1, "store_id": 2, "quantity": 3}, {"item_id": 2, "store_id": 1}])
     await redis_client.xgroup_create(queue_keys.stream, GROUP, id="0", mkstream=True)
     [[_, [(_, fields)]]] = await redis_client.xreadgroup(GROUP, "crashed", {queue_keys.stream: ">"})
     from worker.consumer import _rows_decoder
+
     async with worker_pool.acquire() as conn:
         result = await writer.write_batch(conn, _rows_decoder.decode(fields[b"d"]))
     assert result.written == 2
@@ -135,13 +153,17 @@ async def test_entry_written_but_not_acknowledged_is_not_counted_again(client, s
 
 
 async def test_row_whose_item_was_deleted_goes_to_dead_letter_and_the_rest_is_stored(
-        client, seed, db, drain, redis_client, queue_keys):
+    client, seed, db, drain, redis_client, queue_keys
+):
     await seed(items=3, stores=2)
-    answers = await _post_batch(client, [
-        {"item_id": 1, "store_id": 1, "quantity": 2},
-        {"item_id": 2, "store_id": 2, "quantity": 4},
-        {"item_id": 3, "store_id": 2},
-    ])
+    answers = await _post_batch(
+        client,
+        [
+            {"item_id": 1, "store_id": 1, "quantity": 2},
+            {"item_id": 2, "store_id": 2, "quantity": 4},
+            {"item_id": 3, "store_id": 2},
+        ],
+    )
     assert await redis_client.xlen(queue_keys.stream) == 1  # one entry, so one batch
     await db.execute("DELETE FROM item WHERE id = 2")
 
@@ -187,8 +209,7 @@ async def _wait_for(predicate, timeout: float, what: str):
         await asyncio.sleep(0.02)
 
 
-async def test_entries_of_a_dead_consumer_are_taken_over_once(client, seed, db, redis_client, queue_keys,
-                                                              worker_pool):
+async def test_entries_of_a_dead_consumer_are_taken_over_once(client, seed, db, redis_client, queue_keys, worker_pool):
     await seed(items=3, stores=3)
     answers = []
     for i in range(3):  # three entries
@@ -241,19 +262,33 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
     edge_us = int(month_start.timestamp()) * 1_000_000
     times = [edge_us + delta for delta in (-1_000_000, -1, 0, 1, 999_999, 1_000_000)] * 4
     now_us = int(time.time() * 1_000_000)
-    rows = [(start + i, t, i % 3 + 1, i % 2 + 1, prices[i % 3 + 1], i % 5 + 1, f"key-é-{i}" if i % 7 == 0 else None,
-             now_us - i) for i, t in enumerate(times)]
+    rows = [
+        (
+            start + i,
+            t,
+            i % 3 + 1,
+            i % 2 + 1,
+            prices[i % 3 + 1],
+            i % 5 + 1,
+            f"key-é-{i}" if i % 7 == 0 else None,
+            now_us - i,
+        )
+        for i, t in enumerate(times)
+    ]
     async with worker_pool.acquire() as conn:
         result = await writer.write_batch(conn, rows)
     assert (result.written, result.duplicates, result.dead) == (len(rows), 0, 0)
-    stored = await db.fetch("SELECT id, (extract(epoch FROM sale_time) * 1000000)::bigint AS t, item_id, store_id, "
-                            "price, quantity, idempotency_key, "
-                            "(extract(epoch FROM accepted_at) * 1000000)::bigint AS a "
-                            "FROM sales ORDER BY id")
+    stored = await db.fetch(
+        "SELECT id, (extract(epoch FROM sale_time) * 1000000)::bigint AS t, item_id, store_id, "
+        "price, quantity, idempotency_key, "
+        "(extract(epoch FROM accepted_at) * 1000000)::bigint AS a "
+        "FROM sales ORDER BY id"
+    )
     assert [tuple(r) for r in stored] == rows
     assert await rollups.drift(db) == NO_DRIFT
-    days = {r["day"]: r["sales"]
-            for r in await db.fetch("SELECT day, sum(sales) AS sales FROM daily_totals GROUP BY day")}
+    days = {
+        r["day"]: r["sales"] for r in await db.fetch("SELECT day, sum(sales) AS sales FROM daily_totals GROUP BY day")
+    }
     assert days == {dt.date(2026, 2, 28): 8, dt.date(2026, 3, 1): 16}
 
 
@@ -262,13 +297,17 @@ def test_entries_are_cut_into_transactions_by_their_sale_counts():
 
     entries = [(f"{i}-0".encode(), {b"n": str(n).encode(), b"d": b""}) for i, n in enumerate([3, 4, 9, 1, 1, 2])]
     assert [[e[0] for e in chunk] for chunk in _chunks(entries, 7)] == [
-        [b"0-0", b"1-0"], [b"2-0"], [b"3-0", b"4-0", b"5-0"]]  # the 9-sale entry alone
+        [b"0-0", b"1-0"],
+        [b"2-0"],
+        [b"3-0", b"4-0", b"5-0"],
+    ]  # the 9-sale entry alone
     assert _chunks([], 7) == []
     assert len(_chunks([*entries, (b"6-0", {}), (b"7-0", {b"n": b"x"})], 7)[-1]) == 5  # purged / malformed: 0
 
 
-async def test_a_read_bigger_than_a_transaction_is_written_in_several(client, seed, db, redis_client, queue_keys,
-                                                                       worker_pool, monkeypatch):
+async def test_a_read_bigger_than_a_transaction_is_written_in_several(
+    client, seed, db, redis_client, queue_keys, worker_pool, monkeypatch
+):
     from worker import consumer as consumer_module
 
     await seed(items=3, stores=3)

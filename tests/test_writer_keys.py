@@ -1,5 +1,6 @@
 """The worker checks the foreign keys of a batch once per distinct id, not once per row:
 integrity must be exactly what PostgreSQL's own per-row checks give."""
+
 from __future__ import annotations
 
 import time
@@ -46,8 +47,11 @@ async def test_missing_parent_takes_the_checked_path(db, seed, database_url):
     assert "item" in reason
 
 
-@pytest.mark.skipif(CITUS, reason="the batch-wide foreign key lock is the single-node path; "
-                    "on Citus the worker nodes check each row (worker.writer)")
+@pytest.mark.skipif(
+    CITUS,
+    reason="the batch-wide foreign key lock is the single-node path; "
+    "on Citus the worker nodes check each row (worker.writer)",
+)
 async def test_referenced_item_cannot_be_deleted_while_a_batch_holds_it(db, seed, database_url):
     await seed(items=2, stores=1)
     conn = await asyncpg.connect(database_url, server_settings=writer.SESSION_SETTINGS)

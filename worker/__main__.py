@@ -1,4 +1,5 @@
 """`python -m worker`: the arq worker (`arq worker.settings.WorkerSettings`, but surviving Redis outages)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,9 @@ from shared.settings import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
     try:
         Settings.from_env()  # a configuration mistake is one clear line, not a traceback at import
     except ValueError as exc:

@@ -5,6 +5,7 @@ The worker's usual batch (all new sales) is written with these: the rows go stra
 a few hundred rows instead of one per sale. Sums are exact: int64, or Python integers for a
 batch whose income could pass 2**63 (prices and quantities at their limits).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,14 +41,22 @@ class BatchColumns:
         """The whole batch as binary COPY data for shared.sales_copy.COLUMNS."""
         unkeyed = np.ones(len(self), dtype=bool)
         unkeyed[self._keyed] = False
-        return b"".join([
-            sales_copy.HEADER,
-            sales_copy.unkeyed_rows(self.ids[unkeyed], self.times_us[unkeyed], self.item_ids[unkeyed],
-                                    self.store_ids[unkeyed], self.prices[unkeyed], self.quantities[unkeyed],
-                                    self.accepted_us[unkeyed]),
-            *(sales_copy.keyed_row(*self.rows[i]) for i in self._keyed),
-            sales_copy.TRAILER,
-        ])
+        return b"".join(
+            [
+                sales_copy.HEADER,
+                sales_copy.unkeyed_rows(
+                    self.ids[unkeyed],
+                    self.times_us[unkeyed],
+                    self.item_ids[unkeyed],
+                    self.store_ids[unkeyed],
+                    self.prices[unkeyed],
+                    self.quantities[unkeyed],
+                    self.accepted_us[unkeyed],
+                ),
+                *(sales_copy.keyed_row(*self.rows[i]) for i in self._keyed),
+                sales_copy.TRAILER,
+            ]
+        )
 
     def sums_by(self, names: tuple[str, ...]) -> list[list[int]]:
         """Income, units and sales summed per distinct value of `names` (a Rollup's summed_by),

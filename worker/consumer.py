@@ -7,6 +7,7 @@ pending; entries pending on a consumer that stopped answering are taken over wit
 XAUTOCLAIM once idle for `reclaim_idle_ms`. Database trouble never drops a batch: it is
 retried with backoff, for as long as it takes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,9 +42,18 @@ TRANSIENT_REDIS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class StreamConsumer:
-    def __init__(self, client: redis.Redis, pool: asyncpg.Pool, keys: QueueKeys, name: str, *,
-                 batch_entries: int = 200, reclaim_idle_ms: int = 15_000, block_ms: int = 1000,
-                 linger_ms: int = 0):
+    def __init__(
+        self,
+        client: redis.Redis,
+        pool: asyncpg.Pool,
+        keys: QueueKeys,
+        name: str,
+        *,
+        batch_entries: int = 200,
+        reclaim_idle_ms: int = 15_000,
+        block_ms: int = 1000,
+        linger_ms: int = 0,
+    ):
         self._redis = client
         self._pool = pool
         self._keys = keys
@@ -123,14 +133,20 @@ class StreamConsumer:
 
     async def _read_new(self, count: int, block: bool) -> list:
         response = await self._redis.xreadgroup(
-            GROUP, self.name, {self._keys.stream: ">"}, count=count, block=self._block_ms if block else None)
+            GROUP, self.name, {self._keys.stream: ">"}, count=count, block=self._block_ms if block else None
+        )
         return response[0][1] if response else []
 
     async def _reclaim(self, min_idle_ms: int) -> list:
         try:
             response = await self._redis.xautoclaim(
-                self._keys.stream, GROUP, self.name, min_idle_time=min_idle_ms, start_id="0-0",
-                count=self._batch_entries)
+                self._keys.stream,
+                GROUP,
+                self.name,
+                min_idle_time=min_idle_ms,
+                start_id="0-0",
+                count=self._batch_entries,
+            )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 await self.ensure_group()
@@ -164,20 +180,24 @@ class StreamConsumer:
             await self._park_undecodable(entry_id, fields, error)
         result = writer.BatchResult()
         if rows:
-            result = await self._write_until_done(lambda conn: writer.write_batch(conn, rows, citus=self._citus),
-                                                  f"{len(rows)} sales", acks[::2])
+            result = await self._write_until_done(
+                lambda conn: writer.write_batch(conn, rows, citus=self._citus), f"{len(rows)} sales", acks[::2]
+            )
         if returns:  # their sales were stored before the API accepted them
-            returned = await self._write_until_done(lambda conn: return_writer.write_returns(conn, returns),
-                                                    f"{len(returns)} returns", acks[::2])
+            returned = await self._write_until_done(
+                lambda conn: return_writer.write_returns(conn, returns), f"{len(returns)} returns", acks[::2]
+            )
             await self._release_reservations(returned.dead_rows)
-            result = writer.BatchResult(result.written + returned.written, result.duplicates + returned.duplicates,
-                                        result.dead + returned.dead)
+            result = writer.BatchResult(
+                result.written + returned.written, result.duplicates + returned.duplicates, result.dead + returned.dead
+            )
         await self._acknowledge(acks)
         self.batches_written += 1
         await self._record(len(rows) + len(returns), result)
 
-    async def _write_until_done(self, write: Callable[[asyncpg.Connection], Awaitable[writer.BatchResult]],
-                                what: str, entry_ids: list) -> writer.BatchResult:
+    async def _write_until_done(
+        self, write: Callable[[asyncpg.Connection], Awaitable[writer.BatchResult]], what: str, entry_ids: list
+    ) -> writer.BatchResult:
         backoff = 0.1
         while True:
             try:
@@ -195,8 +215,9 @@ class StreamConsumer:
     async def _keep_claim(self, entry_ids: list) -> None:
         """Reset the idle time of entries we are still working on, so nobody takes them over."""
         with contextlib.suppress(*TRANSIENT_REDIS):
-            await self._redis.xclaim(self._keys.stream, GROUP, self.name, min_idle_time=0,
-                                     message_ids=entry_ids, justid=True)
+            await self._redis.xclaim(
+                self._keys.stream, GROUP, self.name, min_idle_time=0, message_ids=entry_ids, justid=True
+            )
 
     async def _release_reservations(self, dead_returns: list[tuple]) -> None:
         """Give back what returns filed in dead_letter had reserved of their sales in Redis, or
@@ -206,8 +227,9 @@ class StreamConsumer:
         if not dead_returns:
             return
         try:
-            await self._release_returned(keys=[self._keys.returned(row[1]) for row in dead_returns],
-                                         args=[row[6] for row in dead_returns])
+            await self._release_returned(
+                keys=[self._keys.returned(row[1]) for row in dead_returns], args=[row[6] for row in dead_returns]
+            )
         except TRANSIENT_REDIS as exc:
             log.warning("could not give back the reservations of %d dead returns (%s)", len(dead_returns), exc)
 
@@ -228,8 +250,12 @@ class StreamConsumer:
         log.error("entry %s cannot be decoded (%s); moved to dead_letter", entry_id, exc)
         raw = {k.decode(errors="replace"): v.hex() for k, v in fields.items()}
         async with self._pool.acquire() as conn:
-            await conn.execute(writer.INSERT_DEAD_LETTER, None, {"stream_entry": str(entry_id), "fields_hex": raw},
-                               f"undecodable queue entry: {exc}")
+            await conn.execute(
+                writer.INSERT_DEAD_LETTER,
+                None,
+                {"stream_entry": str(entry_id), "fields_hex": raw},
+                f"undecodable queue entry: {exc}",
+            )
 
     async def _bump_retries(self) -> None:
         with contextlib.suppress(*TRANSIENT_REDIS):

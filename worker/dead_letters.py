@@ -13,6 +13,7 @@ replays is marked `replayed_at`; one that still fails stays pending with the new
 Exit status: 0 when everything asked for was replayed (or there was nothing to do), 1 when
 some letters still fail, 2 on bad usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def rows_of(sale: dict) -> list[tuple]:
             return [tuple(r) for r in _rows_decoder.decode(bytes.fromhex(sale["fields_hex"]["d"]))]
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
             raise Unreplayable(f"undecodable queue entry: {exc}") from exc
-    moment, columns = (("return_time", return_writer.RETURN_COLUMNS) if is_return(sale)
-                       else ("sale_time", writer.COLUMNS))
+    moment, columns = (
+        ("return_time", return_writer.RETURN_COLUMNS) if is_return(sale) else ("sale_time", writer.COLUMNS)
+    )
     try:
         values = dict(sale)
         values[f"{moment}_us"] = _us(values.pop(moment))
@@ -105,8 +107,8 @@ async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None
         if last_second is not None:  # first, as every writer (shared.rollups.LOCK_RUNNING)
             await writer.lock_running(conn, last_second)
         letter = await conn.fetchrow(
-            "SELECT id, sale FROM dead_letter WHERE id = $1 AND replayed_at IS NULL FOR UPDATE SKIP LOCKED",
-            letter_id)
+            "SELECT id, sale FROM dead_letter WHERE id = $1 AND replayed_at IS NULL FOR UPDATE SKIP LOCKED", letter_id
+        )
         if letter is None:
             return None
         outcome = Outcome(letter_id, replayed=False)
@@ -139,8 +141,11 @@ async def replay_one(conn: asyncpg.Connection, letter_id: int) -> Outcome | None
         except _StillFailing:
             outcome.written = outcome.already_stored = 0
             outcome.reason = "; ".join(reasons)
-            await conn.execute("UPDATE dead_letter SET reason = $2, failed_at = now() WHERE id = $1",
-                               letter_id, f"replay failed: {outcome.reason}")
+            await conn.execute(
+                "UPDATE dead_letter SET reason = $2, failed_at = now() WHERE id = $1",
+                letter_id,
+                f"replay failed: {outcome.reason}",
+            )
         else:
             outcome.replayed = True
             await conn.execute("UPDATE dead_letter SET replayed_at = now() WHERE id = $1", letter_id)
@@ -163,7 +168,8 @@ async def replay(conn: asyncpg.Connection, letter_id: int | None = None) -> list
 async def pending(conn: asyncpg.Connection, include_replayed: bool = False) -> list[asyncpg.Record]:
     where = "" if include_replayed else "WHERE replayed_at IS NULL"
     return await conn.fetch(
-        f"SELECT id, sale_id, sale, reason, failed_at, replayed_at FROM dead_letter {where} ORDER BY id")
+        f"SELECT id, sale_id, sale, reason, failed_at, replayed_at FROM dead_letter {where} ORDER BY id"
+    )
 
 
 def _print_list(records: list[asyncpg.Record]) -> None:
@@ -175,8 +181,11 @@ def _print_list(records: list[asyncpg.Record]) -> None:
         failed = r["failed_at"].isoformat(timespec="seconds")
         replayed = r["replayed_at"].isoformat(timespec="seconds") if r["replayed_at"] else "-"
         sale = r["sale"]
-        shown = ("kind", "sale_id", "item_id", "store_id", "quantity", "return_time") if is_return(sale) else \
-            ("item_id", "store_id", "quantity", "sale_time")
+        shown = (
+            ("kind", "sale_id", "item_id", "store_id", "quantity", "return_time")
+            if is_return(sale)
+            else ("item_id", "store_id", "quantity", "sale_time")
+        )
         brief = {k: sale.get(k) for k in shown} if "fields_hex" not in sale else sale.get("stream_entry")
         print(f"{r['id']:>8}  {r['sale_id'] or '-'!s:>12}  {failed:<25}  {replayed:<25}  {r['reason']}")
         print(f"{'':>8}  {'':>12}  {'':<25}  {'':<25}  {brief}")

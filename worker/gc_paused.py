@@ -5,6 +5,7 @@ collector walks the young objects, now and then all of them: measured, 1.9 µs i
 per sale to decode a 100,000-sale batch and build its COPY data and sums. Tuples of ints and
 strings hold no reference cycles, so nothing is lost by collecting after instead.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ queueing it, and this catches what it cannot see (a reservation lost with a Redi
 A return that breaks a constraint goes to dead_letter with its reason, found by the same
 bisection as a bad sale (worker.writer).
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,14 +21,24 @@ from worker import writer
 
 # (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
 ReturnRow = tuple
-RETURN_COLUMNS = ["id", "sale_id", "return_time_us", "store_id", "item_id", "price", "quantity", "sold",
-                  "idempotency_key", "accepted_at_us"]
+RETURN_COLUMNS = [
+    "id",
+    "sale_id",
+    "return_time_us",
+    "store_id",
+    "item_id",
+    "price",
+    "quantity",
+    "sold",
+    "idempotency_key",
+    "accepted_at_us",
+]
 
 _FROM_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 INSERT_RETURNS = f"""
 INSERT INTO returns (id, sale_id, return_time, store_id, item_id, price, quantity, idempotency_key, accepted_at)
-SELECT id, sale_id, {_FROM_US.format('return_time_us')}, store_id, item_id, price, quantity, idempotency_key,
-       {_FROM_US.format('accepted_at_us')}
+SELECT id, sale_id, {_FROM_US.format("return_time_us")}, store_id, item_id, price, quantity, idempotency_key,
+       {_FROM_US.format("accepted_at_us")}
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::int[], $5::int[], $6::int[], $7::int[], $8::text[],
             $9::bigint[])
      AS r(id, sale_id, return_time_us, store_id, item_id, price, quantity, idempotency_key, accepted_at_us)
@@ -46,8 +57,9 @@ GROUP BY sale_id ORDER BY sale_id
 ON CONFLICT (sale_id) DO UPDATE SET returned = r.returned + EXCLUDED.returned
 """
 
-UPSERT_RETURN_SUMS = ([(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS]
-                      + running_upserts(returns=True))
+UPSERT_RETURN_SUMS = [(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
+    returns=True
+)
 
 
 def return_json(row: ReturnRow) -> dict:
@@ -89,8 +101,10 @@ async def insert_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> tup
                 lost.append((row, f"idempotency key {row[8]!r} already belongs to return {owner}"))
     if inserted:
         await conn.execute(ADD_RETURNED, [r[1] for r in inserted], [r[7] for r in inserted], [r[6] for r in inserted])
-        await conn.execute(report_changes.ANNOUNCE, report_changes.payload(
-            min(r[2] for r in inserted), max(r[2] for r in inserted), (r[3] for r in inserted)))
+        await conn.execute(
+            report_changes.ANNOUNCE,
+            report_changes.payload(min(r[2] for r in inserted), max(r[2] for r in inserted), (r[3] for r in inserted)),
+        )
         for summed_by, upsert in UPSERT_RETURN_SUMS:
             await conn.execute(upsert, *sums_by(inserted, summed_by))
     return len(inserted), lost
@@ -106,7 +120,8 @@ async def write_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> writ
             await writer.lock_running(conn, last_second(rows))
             inserted, lost = await insert_returns(conn, rows)
             filed = await writer.file_dead_letters(conn, lost, return_json)
-        return writer.BatchResult(written=inserted, duplicates=len(rows) - inserted - len(filed), dead=len(filed),
-                                  dead_rows=filed)
+        return writer.BatchResult(
+            written=inserted, duplicates=len(rows) - inserted - len(filed), dead=len(filed), dead_rows=filed
+        )
     except writer.PERMANENT_ERRORS:
         return await writer.write_row_by_row(conn, rows, insert_returns, return_json, last_second(rows))

@@ -5,6 +5,7 @@ periodic housekeeping as cron jobs; the sales themselves travel through a Redis 
 because one arq job per sale (or per small group) costs more Redis round trips than the
 sale is worth (docs/architecture.md).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,16 +40,25 @@ STALE_CONSUMER_IDLE_MS = 3600 * 1000
 async def startup(ctx: dict) -> None:
     settings: Settings = ctx.get("settings") or Settings.from_env()
     ctx["settings"] = settings
-    ctx["pg_pool"] = await create_pool(settings.database_url, min_size=1, max_size=2,
-                                       prepare=writer.prepare_connection,
-                                       server_settings=writer.SESSION_SETTINGS)
+    ctx["pg_pool"] = await create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        prepare=writer.prepare_connection,
+        server_settings=writer.SESSION_SETTINGS,
+    )
     ctx["stream_redis"] = connect_from_settings(settings, max_connections=8)
     keys = QueueKeys(settings.redis_key_prefix)
     name = f"{socket.gethostname()}-{os.getpid()}"
-    consumer = StreamConsumer(ctx["stream_redis"], ctx["pg_pool"], keys, name,
-                              batch_entries=settings.worker_batch_entries,
-                              reclaim_idle_ms=settings.worker_reclaim_idle_ms,
-                              linger_ms=settings.worker_linger_ms)
+    consumer = StreamConsumer(
+        ctx["stream_redis"],
+        ctx["pg_pool"],
+        keys,
+        name,
+        batch_entries=settings.worker_batch_entries,
+        reclaim_idle_ms=settings.worker_reclaim_idle_ms,
+        linger_ms=settings.worker_linger_ms,
+    )
     ctx["consumer"] = consumer
     ctx["consumer_task"] = asyncio.create_task(consumer.run(), name="stream-consumer")
     log.info("worker %s consuming %s", name, keys.stream)
@@ -60,8 +70,9 @@ async def shutdown(ctx: dict) -> None:
     try:
         await asyncio.wait_for(ctx["consumer_task"], SHUTDOWN_GRACE_SECONDS)
     except TimeoutError:
-        log.warning("batch in hand not finished in %d s; it stays pending and will be redelivered",
-                    SHUTDOWN_GRACE_SECONDS)
+        log.warning(
+            "batch in hand not finished in %d s; it stays pending and will be redelivered", SHUTDOWN_GRACE_SECONDS
+        )
     await ctx["stream_redis"].aclose()
     await ctx["pg_pool"].close()
 
@@ -89,8 +100,9 @@ def arq_redis_settings(settings: Settings) -> RedisSettings:
     direct = RedisSettings.from_dsn(settings.redis_url)
     if not settings.redis_sentinels:
         return direct
-    return dataclasses.replace(direct, host=list(settings.redis_sentinels), sentinel=True,
-                               sentinel_master=settings.redis_sentinel_master)
+    return dataclasses.replace(
+        direct, host=list(settings.redis_sentinels), sentinel=True, sentinel_master=settings.redis_sentinel_master
+    )
 
 
 class WorkerSettings:
@@ -98,7 +110,8 @@ class WorkerSettings:
     functions: ClassVar[list] = []
     cron_jobs: ClassVar[list[CronJob]] = [
         cron(forget_stopped_consumers, minute=set(range(0, 60, 10)), second=0, run_at_startup=False),
-        cron(make_partitions_ahead, minute=7, second=0, run_at_startup=True)]
+        cron(make_partitions_ahead, minute=7, second=0, run_at_startup=True),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     keep_result = 0

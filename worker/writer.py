@@ -17,6 +17,7 @@ batch takes the INSERT path, whose errors keep their class. The per-row foreign 
 are not skipped there (they run on the worker nodes, and session_replication_role = replica
 on the coordinator would also skip Citus's own triggers, TRUNCATE's among them).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,16 +44,20 @@ COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "id
 # (bench.citus). (On
 # plain PostgreSQL the setting is an inert placeholder; as a connection setting it survives
 # the pool's RESET ALL.)
-SESSION_SETTINGS = {"application_name": "sales-worker", "jit": "off", "work_mem": "64MB",
-                    "citus.max_cached_conns_per_worker": "16"}
+SESSION_SETTINGS = {
+    "application_name": "sales-worker",
+    "jit": "off",
+    "work_mem": "64MB",
+    "citus.max_cached_conns_per_worker": "16",
+}
 
 _FROM_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
 # The rows of a batch that are not stored yet (a stored one has the same id, store and time).
 INSERT_ROWS = f"""
 INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at)
-SELECT id, {_FROM_US.format('sale_time_us')}, item_id, store_id, price, quantity, idempotency_key,
-       {_FROM_US.format('accepted_at_us')}
+SELECT id, {_FROM_US.format("sale_time_us")}, item_id, store_id, price, quantity, idempotency_key,
+       {_FROM_US.format("accepted_at_us")}
 FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::text[], $8::bigint[])
      AS r(id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
 ORDER BY id
@@ -99,9 +104,11 @@ class RunningTotalsBehind(Exception):
     """The running totals stop before a day of the batch (their end moved under a concurrent
     rebuild in another time zone): retried, and the retry extends them first."""
 
+
 # A bad row delivered again (its batch's ack was lost) is already filed: not filed twice.
-INSERT_DEAD_LETTER = ("INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3) "
-                      "ON CONFLICT DO NOTHING RETURNING id")
+INSERT_DEAD_LETTER = (
+    "INSERT INTO dead_letter (sale_id, sale, reason) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING id"
+)
 
 # Errors that say "this data can never be written": integrity (23) and data (22) classes.
 PERMANENT_ERRORS = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
@@ -121,8 +128,9 @@ def row_json(row: tuple, columns: list[str] = COLUMNS) -> dict:
     for column in columns:
         if column.endswith("_us"):
             micros = values.pop(column)
-            values[column[:-3]] = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-                                   + dt.timedelta(microseconds=micros)).isoformat()
+            values[column[:-3]] = (
+                dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
+            ).isoformat()
     return values
 
 
@@ -142,7 +150,8 @@ async def is_citus(conn: asyncpg.Connection) -> bool:
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') "
         "AND EXISTS (SELECT 1 FROM pg_class WHERE relname = 'pg_dist_partition' "
         "AND relnamespace = 'pg_catalog'::regnamespace) "
-        "AND to_regclass('sales') IS NOT NULL")
+        "AND to_regclass('sales') IS NOT NULL"
+    )
 
 
 def changes_of(rows: list[Row]) -> str:
@@ -163,8 +172,10 @@ async def ensure_partitions(conn: asyncpg.Connection, batch: BatchColumns) -> se
 
 
 def archived_reason(month: dt.date) -> str:
-    return (f"month {month.isoformat()[:7]} is archived (python -m shared.retention): "
-            "its sales are no longer stored one by one")
+    return (
+        f"month {month.isoformat()[:7]} is archived (python -m shared.retention): "
+        "its sales are no longer stored one by one"
+    )
 
 
 def split_archived(rows: list[Row], archived: set[dt.date]) -> tuple[list[Row], list[tuple[Row, str]]]:
@@ -222,8 +233,9 @@ async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) 
     return len(batch)
 
 
-async def insert_rows(conn: asyncpg.Connection, rows: list[Row],
-                      batch_key_checks: bool = False) -> tuple[int, list[tuple[Row, str]]]:
+async def insert_rows(
+    conn: asyncpg.Connection, rows: list[Row], batch_key_checks: bool = False
+) -> tuple[int, list[tuple[Row, str]]]:
     """Inserted count, and the rows not stored because their idempotency key belongs to
     another sale, with the reason (inside the caller's transaction). Rows stored already are
     skipped; the rollups get the sums of the rows inserted."""
@@ -231,11 +243,16 @@ async def insert_rows(conn: asyncpg.Connection, rows: list[Row],
     keyed = [row for row in rows if row[6] is not None]
     if keyed:
         await conn.execute(CLAIM_KEYS, [r[3] for r in keyed], [r[6] for r in keyed], [r[0] for r in keyed])
-        owners = {(r["store_id"], r["idempotency_key"]): r["sale_id"] for r in await conn.fetch(
-            KEY_OWNERS, sorted({r[3] for r in keyed}), sorted({r[6] for r in keyed}))}
+        owners = {
+            (r["store_id"], r["idempotency_key"]): r["sale_id"]
+            for r in await conn.fetch(KEY_OWNERS, sorted({r[3] for r in keyed}), sorted({r[6] for r in keyed}))
+        }
         taken = {row[0]: owners[row[3], row[6]] for row in keyed if owners[row[3], row[6]] != row[0]}
-        lost = [(row, f"idempotency key {row[6]!r} already belongs to sale {taken[row[0]]}")
-                for row in keyed if row[0] in taken]
+        lost = [
+            (row, f"idempotency key {row[6]!r} already belongs to sale {taken[row[0]]}")
+            for row in keyed
+            if row[0] in taken
+        ]
         rows = [row for row in rows if row[0] not in taken]
     if not rows:
         return 0, lost
@@ -286,8 +303,9 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         return await write_row_by_row(conn, rows, insert_rows, row_json, _last_second(batch))
 
 
-async def _write_around_archived(conn: asyncpg.Connection, rows: list[Row], archived: set[dt.date],
-                                 citus: bool) -> BatchResult:
+async def _write_around_archived(
+    conn: asyncpg.Connection, rows: list[Row], archived: set[dt.date], citus: bool
+) -> BatchResult:
     """A batch with sales of archived months (a till that was offline for longer than the
     retention, or a batch delivered again after its month was archived): those go to
     dead_letter with the reason, the others are written as usual."""
@@ -304,8 +322,9 @@ async def _write_around_archived(conn: asyncpg.Connection, rows: list[Row], arch
 InsertRows = Callable[[asyncpg.Connection, list], Awaitable[tuple[int, list[tuple[tuple, str]]]]]
 
 
-async def write_row_by_row(conn: asyncpg.Connection, rows: list[tuple], insert: InsertRows,
-                           as_json: Callable[[tuple], dict], last_second: int) -> BatchResult:
+async def write_row_by_row(
+    conn: asyncpg.Connection, rows: list[tuple], insert: InsertRows, as_json: Callable[[tuple], dict], last_second: int
+) -> BatchResult:
     """The batch broke a constraint: find the rows that cannot be written by bisection
     (sales with insert_rows, returns with worker.return_writer.insert_returns).
 
@@ -326,8 +345,9 @@ async def write_row_by_row(conn: asyncpg.Connection, rows: list[tuple], insert: 
     return result
 
 
-async def _write_part(conn: asyncpg.Connection, rows: list[tuple], insert: InsertRows, result: BatchResult,
-                      dead: list[tuple[tuple, str]]) -> None:
+async def _write_part(
+    conn: asyncpg.Connection, rows: list[tuple], insert: InsertRows, result: BatchResult, dead: list[tuple[tuple, str]]
+) -> None:
     if not rows:
         return
     try:
@@ -346,8 +366,9 @@ async def _write_part(conn: asyncpg.Connection, rows: list[tuple], insert: Inser
     result.duplicates += len(rows) - inserted - len(lost)
 
 
-async def file_dead_letters(conn: asyncpg.Connection, dead: list[tuple[tuple, str]],
-                            as_json: Callable[[tuple], dict]) -> list[tuple]:
+async def file_dead_letters(
+    conn: asyncpg.Connection, dead: list[tuple[tuple, str]], as_json: Callable[[tuple], dict]
+) -> list[tuple]:
     """File the rows (rare: one statement each); returns those that were not filed already."""
     filed = []
     for row, reason in dead:

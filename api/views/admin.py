@@ -1,5 +1,6 @@
 """/clear/ and /create/: they destroy data, so their access rule is ADMIN (api/routes.py):
 ADMIN_TOKEN, or an admin key when AUTH_REQUIRED=true."""
+
 from __future__ import annotations
 
 import asyncpg
@@ -68,8 +69,13 @@ async def create(request: web.Request) -> web.Response:
     }
     try:
         async with request.app[PG_POOL].acquire() as conn:
-            result = await seeding.seed(conn, tz=request.app[SETTINGS].timezone, items=counts["items"],
-                                        stores=counts["stores"], sales=counts["sales"])
+            result = await seeding.seed(
+                conn,
+                tz=request.app[SETTINGS].timezone,
+                items=counts["items"],
+                stores=counts["stores"],
+                sales=counts["sales"],
+            )
     except (OSError, asyncpg.PostgresConnectionError) as exc:
         raise ServiceUnavailable(f"the database is unavailable: {exc}") from exc
     await _after_data_replaced(request)

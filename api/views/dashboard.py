@@ -1,4 +1,5 @@
 """GET /: the owners' home page."""
+
 from __future__ import annotations
 
 import pathlib

@@ -1,4 +1,5 @@
 """Key management for admins: list, issue (the secret is shown once), revoke."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,9 @@ async def issue_key(request: web.Request) -> web.Response:
     try:
         wanted = msgspec.json.decode(await read_body(request), type=KeyRequest)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-        raise BadRequest('body must be {"kind": "pos"|"owner"|"admin", "store_id": N, "label": "..."}: '
-                         f"{exc}") from exc
+        raise BadRequest(
+            f'body must be {{"kind": "pos"|"owner"|"admin", "store_id": N, "label": "..."}}: {exc}'
+        ) from exc
     if len(wanted.label) > 200:
         raise BadRequest("label is at most 200 characters")
     async with request.app[PG_POOL].acquire() as conn:

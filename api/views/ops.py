@@ -1,4 +1,5 @@
 """/health, /metrics and /openapi.json: for operators and tools."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,8 @@ async def _pg_ping(pool):
 
 async def health(request: web.Request) -> web.Response:
     postgres, redis_state = await asyncio.gather(
-        _check(_pg_ping(request.app[PG_POOL])), _check(request.app[REDIS].ping()))
+        _check(_pg_ping(request.app[PG_POOL])), _check(request.app[REDIS].ping())
+    )
     body: dict[str, str | int] = {"status": "ok", "postgres": postgres, "redis": redis_state}
     if redis_state == "ok":
         depth = await request.app[REDIS].get(request.app[QUEUE_KEYS].depth)

@@ -1,4 +1,5 @@
 """The catalogue and the reports, as JSON or CSV."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -84,8 +85,16 @@ async def top_items(request: web.Request) -> web.Response:
     if store_id is not None:
         await _store(request, store_id)
     first, last = period or (dt.date.min, dt.date.max)
-    rows = await _cached(request, ("top_items_in", first, last, cnt, store_id), Scope(first, last, store_id),
-                         reports.top_items_in, first, last, cnt, store_id)
+    rows = await _cached(
+        request,
+        ("top_items_in", first, last, cnt, store_id),
+        Scope(first, last, store_id),
+        reports.top_items_in,
+        first,
+        last,
+        cnt,
+        store_id,
+    )
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
     return table_response(rows, columns, name, as_csv)
 
@@ -97,12 +106,14 @@ async def top_stores(request: web.Request) -> web.Response:
     columns = ["id", "address", "income"]
     if period is not None:
         first, last = period
-        rows = await _cached(request, ("top_stores_in", first, last, cnt), Scope(first, last), reports.top_stores_in,
-                             first, last, cnt)
+        rows = await _cached(
+            request, ("top_stores_in", first, last, cnt), Scope(first, last), reports.top_stores_in, first, last, cnt
+        )
         return table_response(rows, columns, f"top-stores-{first}-{last}", as_csv)
     month = _month(request)
-    rows = await _cached(request, ("top_stores", month, cnt), _month_scope(month, month), reports.top_stores,
-                         month, cnt)
+    rows = await _cached(
+        request, ("top_stores", month, cnt), _month_scope(month, month), reports.top_stores, month, cnt
+    )
     return table_response(rows, columns, f"top-stores-{month:%Y-%m}", as_csv)
 
 
@@ -116,11 +127,20 @@ async def store_report(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     store = await _store(request, int(raw_id))
     first, last = period or _this_month_so_far(request)
-    page = await _cached(request, ("store_report", store["id"], first, last, cnt), Scope(first, last, store["id"]),
-                         reports.store_report, store, first, last, cnt)
+    page = await _cached(
+        request,
+        ("store_report", store["id"], first, last, cnt),
+        Scope(first, last, store["id"]),
+        reports.store_report,
+        store,
+        first,
+        last,
+        cnt,
+    )
     if as_csv:
-        return table_response(page["days"], ["day", *reports.PERIOD_MEASURES],
-                              f"store-{store['id']}-{first}-{last}", as_csv)
+        return table_response(
+            page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store['id']}-{first}-{last}", as_csv
+        )
     return json_response(page)
 
 
@@ -146,8 +166,9 @@ async def hours(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     if store_id is not None:
         await _store(request, store_id)
-    answer = await _cached(request, ("hours", first, last, store_id), Scope(first, last, store_id), reports.hours,
-                           first, last, store_id)
+    answer = await _cached(
+        request, ("hours", first, last, store_id), Scope(first, last, store_id), reports.hours, first, last, store_id
+    )
     if as_csv:
         name = "hours" + (f"-store-{store_id}" if store_id else "") + f"-{first}-{last}"
         return table_response(answer["cells"], ["weekday", "hour", "income", "units", "sales"], name, as_csv)
@@ -157,8 +178,13 @@ async def hours(request: web.Request) -> web.Response:
 async def month_summary(request: web.Request) -> web.Response:
     month = _month(request)
     as_csv = wants_csv(request)
-    summary = await _cached(request, ("summary", month), _month_scope(reports.previous_month(month) or month, month),
-                            reports.month_summary, month)
+    summary = await _cached(
+        request,
+        ("summary", month),
+        _month_scope(reports.previous_month(month) or month, month),
+        reports.month_summary,
+        month,
+    )
     if as_csv:
         return table_response([summary], list(summary), f"summary-{month:%Y-%m}", as_csv)
     return json_response(summary)
@@ -180,8 +206,16 @@ async def trend(request: web.Request) -> web.Response:
         await _store(request, store_id)
     last = reports.report_month(None, None, request.app[SETTINGS].timezone)
     first = reports.months_back(reports.months_back(last, months - 1), 12)  # a year before the first month
-    rows = await _cached(request, ("trend", last, months, store_id), _month_scope(first, last, store_id),
-                         reports.trend, last, months, store_id)
+    rows = await _cached(
+        request,
+        ("trend", last, months, store_id),
+        _month_scope(first, last, store_id),
+        reports.trend,
+        last,
+        months,
+        store_id,
+    )
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
-    return table_response(rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"],
-                          name, as_csv)
+    return table_response(
+        rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"], name, as_csv
+    )

@@ -1,4 +1,5 @@
 """POST /sales/{id}/returns/ and POST /returns/batch/."""
+
 from __future__ import annotations
 
 from aiohttp import web
@@ -29,9 +30,12 @@ def _refusal(exc: ReturnRefused, batch: bool) -> web.Response:
     if not batch:
         [(_, message, extra)] = exc.errors.values()
         return json_error(status, message, headers=headers, **extra)
-    return json_error(status, f"{len(exc.errors)} returns cannot be accepted; none was", headers=headers,
-                      errors=[{"index": i, "error": message, **extra}
-                              for i, (_, message, extra) in sorted(exc.errors.items())])
+    return json_error(
+        status,
+        f"{len(exc.errors)} returns cannot be accepted; none was",
+        headers=headers,
+        errors=[{"index": i, "error": message, **extra} for i, (_, message, extra) in sorted(exc.errors.items())],
+    )
 
 
 async def post_return(request: web.Request) -> web.Response:
@@ -65,8 +69,11 @@ async def post_returns_batch(request: web.Request) -> web.Response:
     if len(set(keys)) < len(keys):
         raise BadRequest("two returns of the batch share an idempotency_key")
     if errors:
-        return json_error(400, f"{len(errors)} of {len(raw)} returns are invalid; none was accepted",
-                          errors=[{"index": i, "error": message} for i, message in sorted(errors.items())])
+        return json_error(
+            400,
+            f"{len(errors)} of {len(raw)} returns are invalid; none was accepted",
+            errors=[{"index": i, "error": message} for i, message in sorted(errors.items())],
+        )
     try:
         stored = await request.app[RETURNS].accept([(r.sale_id, r) for r in returns], accepted_us, pos_store(request))
     except ReturnRefused as exc:

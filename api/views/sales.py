@@ -1,4 +1,5 @@
 """POST /sales/ and POST /sales/batch/."""
+
 from __future__ import annotations
 
 import msgspec
@@ -81,5 +82,7 @@ async def post_batch(request: web.Request) -> web.Response:
         else:
             return json_response(sale_answers(stored), status=202)
     return json_error(
-        422, f"{len(errors)} of {count} sales are invalid; none was accepted",
-        errors=[{"index": i, "error": message} for i, message in sorted(errors.items())])
+        422,
+        f"{len(errors)} of {count} sales are invalid; none was accepted",
+        errors=[{"index": i, "error": message} for i, message in sorted(errors.items())],
+    )

@@ -2,6 +2,7 @@
 
 DATABASE_URL selects the database; the seed's schema is created there if missing.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,7 @@ from bench.baseline.app import create_app, create_schema
 
 
 def _serve(database_url: str, host: str, port: int, pool_size: int) -> None:
-    web.run_app(create_app(database_url, pool_size), host=host, port=port, reuse_port=True,
-                access_log=None, print=None)
+    web.run_app(create_app(database_url, pool_size), host=host, port=port, reuse_port=True, access_log=None, print=None)
 
 
 async def _prepare(database_url: str) -> None:

@@ -1,4 +1,5 @@
 """The baseline: what a user would write from the seed's README, without tricks."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -134,15 +135,22 @@ async def post_sale(request: web.Request) -> web.Response:
         if type(item_id) is not int or type(store_id) is not int:
             raise ValueError
     except (ValueError, KeyError, TypeError):
-        return _error(400, "body must be {\"item_id\": int, \"store_id\": int}")
+        return _error(400, 'body must be {"item_id": int, "store_id": int}')
     try:
         row = await request.app[POOL].fetchrow(INSERT_SALE, item_id, store_id)
     except asyncpg.ForeignKeyViolationError:
         return _error(422, f"unknown item_id {item_id} or store_id {store_id}")
     except asyncpg.DataError:
         return _error(400, "id out of range")
-    return web.json_response({"id": row["id"], "sale_time": row["sale_time"].isoformat(),
-                              "item_id": row["item_id"], "store_id": row["store_id"]}, status=201)
+    return web.json_response(
+        {
+            "id": row["id"],
+            "sale_time": row["sale_time"].isoformat(),
+            "item_id": row["item_id"],
+            "store_id": row["store_id"],
+        },
+        status=201,
+    )
 
 
 async def list_items(request: web.Request) -> web.Response:
@@ -175,8 +183,10 @@ def _period(request: web.Request) -> tuple[dt.datetime, dt.datetime] | None:
     first, last = request.query.get("from"), request.query.get("to")
     if first is None and last is None:
         return None
-    return (dt.datetime.fromisoformat(first),  # ValueError / TypeError -> 400
-            dt.datetime.fromisoformat(last) + dt.timedelta(days=1))
+    return (
+        dt.datetime.fromisoformat(first),  # ValueError / TypeError -> 400
+        dt.datetime.fromisoformat(last) + dt.timedelta(days=1),
+    )
 
 
 async def top_stores(request: web.Request) -> web.Response:
@@ -202,12 +212,21 @@ async def store_report(request: web.Request) -> web.Response:
     store = await pool.fetchrow("SELECT id, address FROM store WHERE id = $1", store_id)
     if store is None:
         return _error(404, f"no store with id {store_id}")
-    days = [{"day": r["day"].isoformat(), **{m: r[m] for m in MEASURES}}
-            for r in await pool.fetch(STORE_DAYS, store_id, start, end)]
+    days = [
+        {"day": r["day"].isoformat(), **{m: r[m] for m in MEASURES}}
+        for r in await pool.fetch(STORE_DAYS, store_id, start, end)
+    ]
     top = await pool.fetch(TOP_ITEMS_IN, start, end, cnt, store_id)
-    return web.json_response({
-        "store": dict(store), "from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
-        **{m: sum(d[m] for d in days) for m in MEASURES}, "top_items": [dict(r) for r in top], "days": days})
+    return web.json_response(
+        {
+            "store": dict(store),
+            "from": start.date().isoformat(),
+            "to": (end - dt.timedelta(days=1)).date().isoformat(),
+            **{m: sum(d[m] for d in days) for m in MEASURES},
+            "top_items": [dict(r) for r in top],
+            "days": days,
+        }
+    )
 
 
 async def totals(request: web.Request) -> web.Response:
@@ -216,8 +235,9 @@ async def totals(request: web.Request) -> web.Response:
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc))
     row = await request.app[POOL].fetchrow(TOTALS, start, end)
-    return web.json_response({"from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
-                              **dict(row)})
+    return web.json_response(
+        {"from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(), **dict(row)}
+    )
 
 
 async def hours(request: web.Request) -> web.Response:
@@ -227,11 +247,19 @@ async def hours(request: web.Request) -> web.Response:
     except (ValueError, TypeError) as exc:
         return _error(400, str(exc))
     found = {(r["weekday"], r["hour"]): r for r in await request.app[POOL].fetch(HOURS, start, end, store_id)}
-    cells = [{"weekday": w, "hour": h, **{m: found[w, h][m] if (w, h) in found else 0
-                                          for m in ("income", "units", "sales")}}
-             for w in range(1, 8) for h in range(24)]
-    return web.json_response({"from": start.date().isoformat(), "to": (end - dt.timedelta(days=1)).date().isoformat(),
-                              "store_id": store_id, "cells": cells})
+    cells = [
+        {"weekday": w, "hour": h, **{m: found[w, h][m] if (w, h) in found else 0 for m in ("income", "units", "sales")}}
+        for w in range(1, 8)
+        for h in range(24)
+    ]
+    return web.json_response(
+        {
+            "from": start.date().isoformat(),
+            "to": (end - dt.timedelta(days=1)).date().isoformat(),
+            "store_id": store_id,
+            "cells": cells,
+        }
+    )
 
 
 async def count_sales(request: web.Request) -> web.Response:
@@ -253,10 +281,14 @@ def create_app(database_url: str, pool_size: int = 10) -> web.Application:
     app["pool_size"] = pool_size
     app.cleanup_ctx.append(_pool_ctx)
     for path, method, handler in (
-        ("/items", "GET", list_items), ("/stores", "GET", list_stores),
-        ("/items/top", "GET", top_items), ("/stores/top", "GET", top_stores),
-        ("/sales", "POST", post_sale), ("/sales/count", "GET", count_sales),
-        ("/stores/{id}/report", "GET", store_report), ("/reports/totals", "GET", totals),
+        ("/items", "GET", list_items),
+        ("/stores", "GET", list_stores),
+        ("/items/top", "GET", top_items),
+        ("/stores/top", "GET", top_stores),
+        ("/sales", "POST", post_sale),
+        ("/sales/count", "GET", count_sales),
+        ("/stores/{id}/report", "GET", store_report),
+        ("/reports/totals", "GET", totals),
         ("/reports/hours", "GET", hours),
     ):
         app.router.add_route(method, path, handler)

@@ -8,6 +8,7 @@ Used by the Citus test suite (tests/citus) and the Citus benchmark (bench/citus.
 Citus is built from ../shared/vendor/citus by scripts/build-citus.sh when the machine's
 PostgreSQL has no citus.so (about 3 minutes, once per machine).
 """
+
 from __future__ import annotations
 
 import asyncio

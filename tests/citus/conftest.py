@@ -7,6 +7,7 @@ The cluster is built from ../shared/vendor/citus when citus.so is missing (scrip
 about 3 minutes once per machine), started once per session, and deleted at the end.
 The machinery of the fault scenarios (processes, load, audit) is shared with tests/fault.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -58,14 +59,19 @@ async def sales_per_node(database_url: str) -> dict[int, int]:
     """Rows of sales held by each node (by port), counted on every shard placement."""
     conn = await asyncpg.connect(database_url, timeout=30)
     try:
-        partitions = [r["relname"] for r in await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'sales'::regclass")]
+        partitions = [
+            r["relname"]
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'sales'::regclass"
+            )
+        ]
         per_node: dict[int, int] = {}
         for partition in partitions:
             for row in await conn.fetch(
-                    "SELECT nodeport, success, result FROM run_command_on_placements($1, 'SELECT count(*) FROM %s')",
-                    partition):
+                "SELECT nodeport, success, result FROM run_command_on_placements($1, 'SELECT count(*) FROM %s')",
+                partition,
+            ):
                 assert row["success"], row["result"]
                 per_node[row["nodeport"]] = per_node.get(row["nodeport"], 0) + int(row["result"])
         return per_node

@@ -2,6 +2,7 @@
 end, a 10,000-sale run with the worker killed once, and a worker node stopped for 20 s under
 load. Each run ends with the audit by id (every 202 stored exactly once, nothing else), rollup
 drift 0, and the sales spread over both worker nodes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -57,8 +58,15 @@ async def _post_batches(base_url: str, result: LoadResult, *, batches: int, size
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         for b in range(batches):
             keys = [f"{prefix}-{b}-{n}" for n in range(size)]
-            body = [{"item_id": rng.randint(1, ITEMS), "store_id": rng.randint(1, STORES),
-                     "quantity": rng.randint(1, 5), "idempotency_key": key} for key in keys]
+            body = [
+                {
+                    "item_id": rng.randint(1, ITEMS),
+                    "store_id": rng.randint(1, STORES),
+                    "quantity": rng.randint(1, 5),
+                    "idempotency_key": key,
+                }
+                for key in keys
+            ]
             for _ in range(2 if b % 3 == 0 else 1):
                 async with session.post(base_url + "/sales/batch/", json=body) as response:
                     assert response.status == 202, await response.text()
@@ -75,13 +83,20 @@ async def test_the_schema_is_distributed_as_designed(database_url):
         rows = await conn.fetch(
             "SELECT logicalrelid::regclass::text AS name, partmethod::text AS method, colocationid, "
             "CASE WHEN partmethod = 'h' THEN column_to_column_name(logicalrelid, partkey) END AS column "
-            "FROM pg_dist_partition")
+            "FROM pg_dist_partition"
+        )
         tables = {r["name"]: r for r in rows}
         for name in ("store", "item", "report_settings"):
             assert tables[name]["method"] == "n", name
         sales_group = tables["sales"]["colocationid"]
-        for name in ("sales", "sale_keys", "store_monthly", "daily_totals", "store_monthly_archived",
-                     "daily_totals_archived"):
+        for name in (
+            "sales",
+            "sale_keys",
+            "store_monthly",
+            "daily_totals",
+            "store_monthly_archived",
+            "daily_totals_archived",
+        ):
             assert (tables[name]["method"], tables[name]["column"]) == ("h", "store_id"), name
             assert tables[name]["colocationid"] == sales_group, name
         assert (tables["item_totals"]["method"], tables["item_totals"]["column"]) == ("h", "item_id")
@@ -89,15 +104,22 @@ async def test_the_schema_is_distributed_as_designed(database_url):
             assert name not in tables  # ordinary tables on the coordinator
         # every monthly partition is distributed with its parent, those made later too
         await conn.execute("SELECT sales_partition('2020-02-01')")
-        partitions = await conn.fetch("SELECT inhrelid::regclass::text AS name FROM pg_inherits "
-                                      "WHERE inhparent = 'sales'::regclass")
+        partitions = await conn.fetch(
+            "SELECT inhrelid::regclass::text AS name FROM pg_inherits WHERE inhparent = 'sales'::regclass"
+        )
         assert len(partitions) >= 4
-        distributed = {r["name"] for r in await conn.fetch(
-            "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition WHERE colocationid = $1", sales_group)}
+        distributed = {
+            r["name"]
+            for r in await conn.fetch(
+                "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition WHERE colocationid = $1",
+                sales_group,
+            )
+        }
         assert {p["name"] for p in partitions} <= distributed
         triggers = await conn.fetchval(
             "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = ANY("
-            "ARRAY['item', 'store', 'store_monthly', 'item_totals', 'daily_totals']::regclass[])")
+            "ARRAY['item', 'store', 'store_monthly', 'item_totals', 'daily_totals']::regclass[])"
+        )
         assert triggers == 0
         # migrating again changes nothing
         assert await migrate(conn, "UTC") == []
@@ -142,12 +164,12 @@ async def test_single_and_batch_sales_end_to_end(make_stack, redis_client, datab
     batches = LoadResult()
     singles, _ = await asyncio.gather(
         run_load(stack.base_url, count=1500, rate=300, prefix="single"),
-        _post_batches(stack.base_url, batches, batches=60, size=50, prefix="batch"))
+        _post_batches(stack.base_url, batches, batches=60, size=50, prefix="batch"),
+    )
     accepted = list(singles.accepted.values()) + list(batches.accepted.values())
     drained = await wait_stored(database_url, accepted, timeout=90)
     await wait_queue_empty(redis_client, timeout=60)
-    combined = LoadResult(posted=singles.posted + batches.posted,
-                          accepted={**singles.accepted, **batches.accepted})
+    combined = LoadResult(posted=singles.posted + batches.posted, accepted={**singles.accepted, **batches.accepted})
     for part in (singles, batches):
         for key, ids in part.answers.items():
             combined.answers[key] |= ids
@@ -155,8 +177,13 @@ async def test_single_and_batch_sales_end_to_end(make_stack, redis_client, datab
     assert len(combined.accepted) == combined.posted == 1500 + 60 * 50
     await _reports_equal_recount(stack.base_url, database_url)
     per_node = await _spread(database_url, citus_cluster)
-    record(**singles.summary(), **result, batch_sales=batches.posted, stored_after_load_s=round(drained, 1),
-           sales_per_worker_node=per_node)
+    record(
+        **singles.summary(),
+        **result,
+        batch_sales=batches.posted,
+        stored_after_load_s=round(drained, 1),
+        sales_per_worker_node=per_node,
+    )
 
 
 async def test_10000_sales_with_the_worker_killed_once(make_stack, redis_client, database_url, citus_cluster, record):
@@ -176,8 +203,13 @@ async def test_10000_sales_with_the_worker_killed_once(make_stack, redis_client,
     assert len(load.accepted) == load.posted == 10_000
     await _reports_equal_recount(stack.base_url, database_url)
     per_node = await _spread(database_url, citus_cluster)
-    record(**load.summary(), **result, stored_after_kill_s=round(time.monotonic() - killed_at, 1),
-           stored_after_load_s=round(drained, 1), sales_per_worker_node=per_node)
+    record(
+        **load.summary(),
+        **result,
+        stored_after_kill_s=round(time.monotonic() - killed_at, 1),
+        stored_after_load_s=round(drained, 1),
+        sales_per_worker_node=per_node,
+    )
 
 
 async def test_a_worker_node_stopped_20s_under_load(make_stack, redis_client, database_url, citus_cluster, record):
@@ -186,8 +218,9 @@ async def test_a_worker_node_stopped_20s_under_load(make_stack, redis_client, da
     await stack.start_api()
     await stack.start_worker(redis_client)
     live = LoadResult()
-    load_task = asyncio.create_task(run_load(stack.base_url, count=8000, rate=200, prefix="nodedown",
-                                             deadline_s=150, result=live))
+    load_task = asyncio.create_task(
+        run_load(stack.base_url, count=8000, rate=200, prefix="nodedown", deadline_s=150, result=live)
+    )
     await asyncio.sleep(6)
     node = citus_cluster.workers[0]
     await asyncio.to_thread(node.stop, "fast")
@@ -206,9 +239,15 @@ async def test_a_worker_node_stopped_20s_under_load(make_stack, redis_client, da
     assert during and all(s == 202 for s in during), f"answers while a worker node was down: {set(during)}"
     await _reports_equal_recount(stack.base_url, database_url)
     per_node = await _spread(database_url, citus_cluster)
-    record(**load.summary(), **result, accepted_while_node_down=len(during),
-           backlog_at_node_return=len(backlog), backlog_written_after_node_back_s=round(backlog_written, 1),
-           stored_after_load_s=round(drained, 1), sales_per_worker_node=per_node)
+    record(
+        **load.summary(),
+        **result,
+        accepted_while_node_down=len(during),
+        backlog_at_node_return=len(backlog),
+        backlog_written_after_node_back_s=round(backlog_written, 1),
+        stored_after_load_s=round(drained, 1),
+        sales_per_worker_node=per_node,
+    )
 
 
 async def test_a_database_migrated_before_citus_support_upgrades_in_place(citus_cluster):
@@ -218,8 +257,10 @@ async def test_a_database_migrated_before_citus_support_upgrades_in_place(citus_
     url = await citus_cluster.create_database(name)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
-                           "applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         for version, label, path in migration_files():
             if version < 5:
                 await conn.execute(path.read_text())
@@ -229,21 +270,27 @@ async def test_a_database_migrated_before_citus_support_upgrades_in_place(citus_
         await conn.execute(
             "INSERT INTO sales (sale_time, item_id, store_id, price, quantity, idempotency_key) "
             "SELECT now() - g * interval '3 days', 1 + g % 4, 1 + g % 6, 100 * (1 + g % 4), 1 + g % 2, "
-            "CASE WHEN g % 3 = 0 THEN 'key-' || g END FROM generate_series(1, 200) g")
+            "CASE WHEN g % 3 = 0 THEN 'key-' || g END FROM generate_series(1, 200) g"
+        )
         old_rows = [tuple(r) for r in await conn.fetch("SELECT * FROM sales ORDER BY id")]
         await conn.execute(
             "INSERT INTO store_monthly SELECT date_trunc('month', sale_time AT TIME ZONE 'UTC')::date, store_id, "
-            "sum(price * quantity), sum(quantity), count(*) FROM sales GROUP BY 1, 2")
-        await conn.execute("INSERT INTO item_totals SELECT item_id, sum(price * quantity), sum(quantity), count(*) "
-                           "FROM sales GROUP BY 1")
+            "sum(price * quantity), sum(quantity), count(*) FROM sales GROUP BY 1, 2"
+        )
+        await conn.execute(
+            "INSERT INTO item_totals SELECT item_id, sum(price * quantity), sum(quantity), count(*) "
+            "FROM sales GROUP BY 1"
+        )
 
         assert await migrate(conn, "UTC") == [v for v, _, _ in migration_files() if v >= 5]
 
         assert [tuple(r) for r in await conn.fetch("SELECT * FROM sales ORDER BY id")] == old_rows
         assert await conn.fetchval("SELECT count(*) FROM sale_keys") == 66
         assert await rollups.drift(conn) == NO_DRIFT
-        assert await conn.fetchval(
-            "SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = 'sales'::regclass") == "h"
+        assert (
+            await conn.fetchval("SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = 'sales'::regclass")
+            == "h"
+        )
     finally:
         await conn.close()
         await citus_cluster.drop_database(name)

@@ -9,6 +9,7 @@ port in a temporary directory, and stopped, killed or restarted by the tests at 
 
 Every loop is bounded in count and time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -57,6 +58,7 @@ def pytest_collection_modifyitems(config, items):
 # Throwaway PostgreSQL
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def pg_server():
     server = PgServer()
@@ -90,6 +92,7 @@ async def database_url(pg_server):
 # Throwaway Redis with AOF (appendfsync always)
 # ---------------------------------------------------------------------------------------------
 
+
 class RedisServer:
     def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="fault-redis-"))
@@ -104,10 +107,30 @@ class RedisServer:
 
     def start(self, timeout: float = 30) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.log),
-             "--daemonize", "no", *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                str(self.log),
+                "--daemonize",
+                "no",
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -157,9 +180,13 @@ async def redis_client(redis_server):
     from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
     # The test's own client survives the server restarts the tests cause.
-    client = aioredis.Redis.from_url(redis_server.url, socket_timeout=5, socket_connect_timeout=2,
-                                     retry=Retry(ExponentialBackoff(cap=1), 5),
-                                     retry_on_error=[RedisConnectionError, RedisTimeoutError])
+    client = aioredis.Redis.from_url(
+        redis_server.url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        retry=Retry(ExponentialBackoff(cap=1), 5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
     yield client
     with contextlib.suppress(Exception):
         await client.aclose()
@@ -168,6 +195,7 @@ async def redis_client(redis_server):
 # ---------------------------------------------------------------------------------------------
 # The product's processes
 # ---------------------------------------------------------------------------------------------
+
 
 class Proc:
     """A product process in its own session, so that a kill reaches its children too."""
@@ -185,8 +213,14 @@ class Proc:
     def start(self) -> None:
         self.starts += 1
         with open(self.log, "wb") as handle:
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT, env=self.env,
-                                         stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                cwd=ROOT,
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def pid(self) -> int:
@@ -245,9 +279,17 @@ class Stack:
         self.port = free_port()
         self.log_dir = log_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PROMETHEUS_"))}
-        env.update(DATABASE_URL=database_url, REDIS_URL=redis_server.url, HOST="127.0.0.1",
-                   PORT=str(self.port), API_PROCESSES="2", ADMIN_TOKEN="fault-admin",
-                   REDIS_KEY_PREFIX=KEY_PREFIX, LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+        env.update(
+            DATABASE_URL=database_url,
+            REDIS_URL=redis_server.url,
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            API_PROCESSES="2",
+            ADMIN_TOKEN="fault-admin",
+            REDIS_KEY_PREFIX=KEY_PREFIX,
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+        )
         env.update({k: str(v) for k, v in env_extra.items()})
         self.env = env
         self.api = Proc("api", "api", env, log_dir)
@@ -315,8 +357,10 @@ class Stack:
                 last_error = exc
             await asyncio.sleep(0.2)
         keys = await redis_client.keys("*")
-        raise RuntimeError(f"worker not consuming in {timeout} s ({last_error!r}, keys {keys}, "
-                           f"{self.redis_server.url})\n{_tail(worker.log)}")
+        raise RuntimeError(
+            f"worker not consuming in {timeout} s ({last_error!r}, keys {keys}, "
+            f"{self.redis_server.url})\n{_tail(worker.log)}"
+        )
 
     def cleanup(self) -> None:
         self.api.cleanup()
@@ -363,18 +407,19 @@ def pytest_runtest_makereport(item, call):
 # Load generator
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class LoadResult:
-    posted: int = 0                                   # distinct sales (idempotency keys) tried
-    attempts: int = 0                                 # HTTP requests sent, retries included
-    accepted: dict[str, int] = dataclasses.field(default_factory=dict)   # key -> id answered 2xx
+    posted: int = 0  # distinct sales (idempotency keys) tried
+    attempts: int = 0  # HTTP requests sent, retries included
+    accepted: dict[str, int] = dataclasses.field(default_factory=dict)  # key -> id answered 2xx
     answers: dict[str, set[int]] = dataclasses.field(default_factory=lambda: collections.defaultdict(set))
     final: dict[str, object] = dataclasses.field(default_factory=dict)  # key -> last status / error
     statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     status_times: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (monotonic, status)
     answered_at: list[tuple[float, int]] = dataclasses.field(default_factory=list)  # (monotonic at answer, status)
-    error_bodies_without_error: int = 0               # 4xx/5xx answers that were not {"error": ...}
+    error_bodies_without_error: int = 0  # 4xx/5xx answers that were not {"error": ...}
     max_503_seconds: float = 0.0
     missing_retry_after: int = 0
     items_of: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -386,17 +431,33 @@ class LoadResult:
         return {k for k, v in self.final.items() if isinstance(v, str)}
 
     def summary(self) -> dict:
-        return {"posted": self.posted, "attempts": self.attempts, "accepted": len(self.accepted),
-                "statuses": dict(sorted(self.statuses.items())), "errors": dict(self.errors),
-                "unknown": len(self.unknown), "max_503_s": round(self.max_503_seconds, 3),
-                "seconds": round(self.elapsed, 1)}
+        return {
+            "posted": self.posted,
+            "attempts": self.attempts,
+            "accepted": len(self.accepted),
+            "statuses": dict(sorted(self.statuses.items())),
+            "errors": dict(self.errors),
+            "unknown": len(self.unknown),
+            "max_503_s": round(self.max_503_seconds, 3),
+            "seconds": round(self.elapsed, 1),
+        }
 
 
-async def run_load(base_url: str, *, count: int, concurrency: int = 24, prefix: str = "s",
-                   rate: float | None = None, retry: bool = True, deadline_s: float = 180,
-                   request_timeout: float = 10, force_close: bool = False,
-                   item_for=None, result: LoadResult | None = None,
-                   stop: asyncio.Event | None = None) -> LoadResult:
+async def run_load(
+    base_url: str,
+    *,
+    count: int,
+    concurrency: int = 24,
+    prefix: str = "s",
+    rate: float | None = None,
+    retry: bool = True,
+    deadline_s: float = 180,
+    request_timeout: float = 10,
+    force_close: bool = False,
+    item_for=None,
+    result: LoadResult | None = None,
+    stop: asyncio.Event | None = None,
+) -> LoadResult:
     """Post `count` sales from `concurrency` clients, each with its own idempotency key.
 
     With `retry`, a sale that got no answer, a 5xx or a 503 is posted again with the same key
@@ -484,12 +545,23 @@ class ReturnsResult:
     errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def summary(self) -> dict:
-        return {"returns_posted": self.posted, "returns_accepted": len(self.accepted),
-                "return_statuses": dict(sorted(self.statuses.items())), "return_errors": dict(self.errors)}
+        return {
+            "returns_posted": self.posted,
+            "returns_accepted": len(self.accepted),
+            "return_statuses": dict(sorted(self.statuses.items())),
+            "return_errors": dict(self.errors),
+        }
 
 
-async def run_returns(base_url: str, sales: LoadResult, *, every: int = 10, prefix: str = "r",
-                      deadline_s: float = 180, stop: asyncio.Event | None = None) -> ReturnsResult:
+async def run_returns(
+    base_url: str,
+    sales: LoadResult,
+    *,
+    every: int = 10,
+    prefix: str = "r",
+    deadline_s: float = 180,
+    stop: asyncio.Event | None = None,
+) -> ReturnsResult:
     """Return one unit of every `every`-th sale accepted so far (and of those accepted while it
     runs), each with its own idempotency key, retrying 409 (sale still queued), 5xx and lost
     answers with the same key, as a till would, until `stop` is set and all are answered."""
@@ -497,14 +569,16 @@ async def run_returns(base_url: str, sales: LoadResult, *, every: int = 10, pref
     started = time.monotonic()
     done: set[str] = set()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
         async def one(sale_key: str, sale_id: int) -> None:
             key = f"{prefix}-{sale_key}"
             result.sale_of[key] = sale_id
             result.posted += 1
             while time.monotonic() - started < deadline_s:
                 try:
-                    async with session.post(f"{base_url}/sales/{sale_id}/returns/",
-                                            json={"quantity": 1, "idempotency_key": key}) as response:
+                    async with session.post(
+                        f"{base_url}/sales/{sale_id}/returns/", json={"quantity": 1, "idempotency_key": key}
+                    ) as response:
                         status = response.status
                         payload = await response.json(content_type=None)
                         retry_after = response.headers.get("Retry-After")
@@ -541,15 +615,18 @@ async def audit_returns(database_url: str, result: ReturnsResult) -> dict:
         over = await conn.fetchval("SELECT count(*) FROM sale_returned WHERE returned > sold")
         mismatched = await conn.fetchval(
             "SELECT count(*) FROM sale_returned t FULL JOIN (SELECT sale_id, sum(quantity) AS q FROM returns "
-            "GROUP BY 1) r USING (sale_id) WHERE t.returned IS DISTINCT FROM r.q")
+            "GROUP BY 1) r USING (sale_id) WHERE t.returned IS DISTINCT FROM r.q"
+        )
     finally:
         await conn.close()
     stored = {r["id"]: (r["sale_id"], r["idempotency_key"]) for r in rows}
     assert len(stored) == len(rows), "a return id stored twice"
     expected = {return_id: (result.sale_of[key], key) for key, return_id in result.accepted.items()}
-    assert stored == expected, (f"returns stored {len(stored)}, answered 202 {len(expected)}; missing "
-                                f"{sorted(set(expected) - set(stored))[:5]}, "
-                                f"extra {sorted(set(stored) - set(expected))[:5]}")
+    assert stored == expected, (
+        f"returns stored {len(stored)}, answered 202 {len(expected)}; missing "
+        f"{sorted(set(expected) - set(stored))[:5]}, "
+        f"extra {sorted(set(stored) - set(expected))[:5]}"
+    )
     assert over == 0 and mismatched == 0, (over, mismatched)
     return {"returns_stored": len(stored)}
 
@@ -557,6 +634,7 @@ async def audit_returns(database_url: str, result: ReturnsResult) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Waiting and the audit
 # ---------------------------------------------------------------------------------------------
+
 
 async def wait_stored(database_url: str, ids, timeout: float = 120) -> float:
     """Seconds until every id is in `sales` (raises AssertionError after `timeout`)."""
@@ -616,8 +694,9 @@ async def audit(database_url: str, load: LoadResult, *, dead_keys: set[str] = fr
     assert not missing, f"{len(missing)} sales answered 2xx are not stored: {sorted(missing)[:10]}"
     key_of = {r["id"]: r["idempotency_key"] for r in rows}
     extra = stored - expected
-    assert not extra, (f"{len(extra)} rows in sales were never answered 2xx: "
-                       f"{[(i, key_of[i]) for i in sorted(extra)[:10]]}")
+    assert not extra, (
+        f"{len(extra)} rows in sales were never answered 2xx: {[(i, key_of[i]) for i in sorted(extra)[:10]]}"
+    )
     for key, sale_id in load.accepted.items():
         if key not in dead_keys:
             assert key_of[sale_id] == key
@@ -644,8 +723,10 @@ def record(request):
 
 
 async def metric_value(base_url: str, name: str) -> float | None:
-    async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-                session.get(base_url + "/metrics") as response):
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.get(base_url + "/metrics") as response,
+    ):
         text = await response.text()
     for line in text.splitlines():
         if line.startswith((name + " ", name + "{")):

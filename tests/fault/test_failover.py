@@ -12,6 +12,7 @@ Two replicas, not one: a 202 needs one replica's confirmation (REDIS_MIN_REPLICA
 default with Sentinel), so after losing a machine the promoted primary still needs a replica to
 answer 202 (docs/guarantees.md, "Redis with replicas").
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,11 @@ async def wait_replicas(primary_port: int, count: int, timeout: float = 60) -> N
         with contextlib.suppress(Exception):
             async with aioredis.Redis(port=primary_port, socket_timeout=1) as client:
                 info = await client.info("replication")
-            online = [k for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
-                      and v.get("state") == "online"]
+            online = [
+                k
+                for k, v in info.items()
+                if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+            ]
             if info.get("role") == "master" and len(online) >= count:
                 return
         await asyncio.sleep(0.2)
@@ -60,8 +64,9 @@ async def wait_replicas(primary_port: int, count: int, timeout: float = 60) -> N
 class SentinelServer:
     """`redis-server sentinel.conf --sentinel` on a free port; it rewrites its own config file."""
 
-    def __init__(self, master_port: int, *, quorum: int = 2, down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 3000) -> None:
+    def __init__(
+        self, master_port: int, *, quorum: int = 2, down_after_ms: int = 1000, failover_timeout_ms: int = 3000
+    ) -> None:
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="fault-sentinel-"))
         self.port = free_port()
         self.log = self.dir / "sentinel.log"
@@ -71,12 +76,17 @@ class SentinelServer:
             f"sentinel monitor {MASTER} 127.0.0.1 {master_port} {quorum}\n"
             f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
             f"sentinel failover-timeout {MASTER} {failover_timeout_ms}\n"
-            f"sentinel parallel-syncs {MASTER} 1\n")
+            f"sentinel parallel-syncs {MASTER} 1\n"
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["redis-server", str(self.conf), "--sentinel"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def client(self) -> aioredis.Redis:
         return aioredis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
@@ -93,8 +103,10 @@ class SentinelRedis:
 
     def __init__(self, *, replicas: int = 2, sentinels: int = 3) -> None:
         self.primary = RedisServer(REPLICATION_ARGS)
-        self.replicas = [RedisServer((*REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.primary.port)))
-                         for _ in range(replicas)]
+        self.replicas = [
+            RedisServer((*REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.primary.port)))
+            for _ in range(replicas)
+        ]
         self.sentinels = [SentinelServer(self.primary.port) for _ in range(sentinels)]
 
     @property
@@ -120,8 +132,9 @@ class SentinelRedis:
                     async with sentinel.client() as client:
                         states.append(await client.sentinel_master(MASTER))
             if len(states) == len(self.sentinels) and all(
-                    s["num-slaves"] == len(self.replicas) and s["num-other-sentinels"] == len(self.sentinels) - 1
-                    for s in states):
+                s["num-slaves"] == len(self.replicas) and s["num-other-sentinels"] == len(self.sentinels) - 1
+                for s in states
+            ):
                 return
             await asyncio.sleep(0.2)
         raise RuntimeError(f"sentinels not ready in {timeout} s\n{_tail(self.sentinels[0].log)}")
@@ -150,19 +163,28 @@ class SentinelRedis:
                 primary_port = await self.primary_port()
                 async with aioredis.Redis(port=server.port, socket_timeout=1) as client:
                     info = await client.info("replication")
-                if (info.get("role") == "slave" and info.get("master_port") == primary_port
-                        and info.get("master_link_status") == "up"):
+                if (
+                    info.get("role") == "slave"
+                    and info.get("master_port") == primary_port
+                    and info.get("master_link_status") == "up"
+                ):
                     return primary_port
             await asyncio.sleep(0.2)
         raise RuntimeError(f"{server.port} did not become a replica of {primary_port}: {info}")
 
     def client(self) -> aioredis.Redis:
         """The test's own client: it follows the primary through the sentinels, and retries."""
-        sentinel = Sentinel([("127.0.0.1", s.port) for s in self.sentinels],
-                            sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1})
-        return sentinel.master_for(MASTER, socket_timeout=5, socket_connect_timeout=1,
-                                   retry=Retry(ExponentialBackoff(cap=1), 10),
-                                   retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        sentinel = Sentinel(
+            [("127.0.0.1", s.port) for s in self.sentinels],
+            sentinel_kwargs={"socket_timeout": 1, "socket_connect_timeout": 1},
+        )
+        return sentinel.master_for(
+            MASTER,
+            socket_timeout=5,
+            socket_connect_timeout=1,
+            retry=Retry(ExponentialBackoff(cap=1), 10),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
 
     def destroy(self) -> None:
         for sentinel in self.sentinels:
@@ -191,12 +213,17 @@ def _merged(*loads: LoadResult) -> LoadResult:
     return merged
 
 
-async def test_primary_sigkill_fails_over_to_a_replica_without_restarts(make_stack, sentinel_redis, database_url,
-                                                                        record):
+async def test_primary_sigkill_fails_over_to_a_replica_without_restarts(
+    make_stack, sentinel_redis, database_url, record
+):
     ha = sentinel_redis
     # REDIS_URL names the first primary, which dies: only its DB number is used with sentinels.
-    stack = make_stack(REDIS_URL=ha.primary.url, REDIS_SENTINELS=ha.sentinels_env, REDIS_SENTINEL_MASTER=MASTER,
-                       WORKER_RECLAIM_IDLE_MS=3000)
+    stack = make_stack(
+        REDIS_URL=ha.primary.url,
+        REDIS_SENTINELS=ha.sentinels_env,
+        REDIS_SENTINEL_MASTER=MASTER,
+        WORKER_RECLAIM_IDLE_MS=3000,
+    )
     client = ha.client()
     try:
         await stack.start_api()
@@ -204,8 +231,9 @@ async def test_primary_sigkill_fails_over_to_a_replica_without_restarts(make_sta
         api_pid, worker_pid = stack.api.pid, stack.worker.pid
 
         live = LoadResult()
-        load_task = asyncio.create_task(run_load(stack.base_url, count=4500, rate=150, prefix="failover",
-                                                 deadline_s=150, result=live))
+        load_task = asyncio.create_task(
+            run_load(stack.base_url, count=4500, rate=150, prefix="failover", deadline_s=150, result=live)
+        )
         await asyncio.sleep(6)
         old_primary = ha.primary.port
         ha.primary.kill()  # SIGKILL: returns once the process is gone
@@ -218,16 +246,22 @@ async def test_primary_sigkill_fails_over_to_a_replica_without_restarts(make_sta
                 port = await ha.primary_port()
                 if port not in (None, old_primary):
                     promoted_port, promoted_after = port, time.monotonic() - killed_at
-            answered = [answered for (sent, status), (answered, _) in zip(live.status_times, live.answered_at)
-                        if status == 202 and sent > killed_at]
+            answered = [
+                answered
+                for (sent, status), (answered, _) in zip(live.status_times, live.answered_at)
+                if status == 202 and sent > killed_at
+            ]
             if answered:
                 first_202_after = min(answered) - killed_at
             await asyncio.sleep(0.1)
         assert promoted_port is not None, f"no replica promoted in 60 s\n{_tail(ha.sentinels[0].log)}"
         assert first_202_after is not None, f"no 202 within 60 s of the kill\n{stack.logs()}"
         # every answer to a request sent after the kill and answered before the first 202
-        outage = [(answered, status) for (sent, _), (answered, status) in zip(live.status_times, live.answered_at)
-                  if sent > killed_at and answered < killed_at + first_202_after]
+        outage = [
+            (answered, status)
+            for (sent, _), (answered, status) in zip(live.status_times, live.answered_at)
+            if sent > killed_at and answered < killed_at + first_202_after
+        ]
         load = await load_task
 
         # The old primary comes back with its AOF; Sentinel makes it a replica of the new one
@@ -267,10 +301,17 @@ async def test_primary_sigkill_fails_over_to_a_replica_without_restarts(make_sta
     assert stream_left == 0
     assert again == result
     assert arq_poll_failures_later == arq_poll_failures, "arq's pool did not follow the failover"
-    record(**load.summary(), kill_to_first_202_s=round(first_202_after, 2),
-           kill_to_promotion_seen_s=round(promoted_after, 2), answers_during_outage=len(outage),
-           old_primary_rejoined_as_replica_s=round(rejoined_after, 1), posted_after_rejoin=after.posted,
-           accepted_after_rejoin=len(after.accepted), arq_poll_failures=arq_poll_failures, **result)
+    record(
+        **load.summary(),
+        kill_to_first_202_s=round(first_202_after, 2),
+        kill_to_promotion_seen_s=round(promoted_after, 2),
+        answers_during_outage=len(outage),
+        old_primary_rejoined_as_replica_s=round(rejoined_after, 1),
+        posted_after_rejoin=after.posted,
+        accepted_after_rejoin=len(after.accepted),
+        arq_poll_failures=arq_poll_failures,
+        **result,
+    )
 
 
 async def test_replica_lost_answers_503_then_retries_get_the_same_sale(make_stack, database_url, record):
@@ -289,8 +330,9 @@ async def test_replica_lost_answers_503_then_retries_get_the_same_sale(make_stac
         await stack.start_api()
         await stack.start_worker(client)
         live = LoadResult()
-        load_task = asyncio.create_task(run_load(stack.base_url, count=3000, rate=150, prefix="wait",
-                                                 deadline_s=120, result=live))
+        load_task = asyncio.create_task(
+            run_load(stack.base_url, count=3000, rate=150, prefix="wait", deadline_s=120, result=live)
+        )
         await asyncio.sleep(5)
         replica.proc.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
@@ -309,11 +351,16 @@ async def test_replica_lost_answers_503_then_retries_get_the_same_sale(make_stac
             server.destroy()
     # sent and answered while the replica was stopped (a request sent then may wait behind earlier
     # flushes, each up to REDIS_REPLICA_WAIT_MS, and be confirmed after the resume: rightly a 202)
-    while_stopped = [(sent, answered, status) for (sent, status), (answered, _)
-                     in zip(load.status_times, load.answered_at) if stopped_at + 0.5 < sent and answered < resumed_at]
+    while_stopped = [
+        (sent, answered, status)
+        for (sent, status), (answered, _) in zip(load.status_times, load.answered_at)
+        if stopped_at + 0.5 < sent and answered < resumed_at
+    ]
     assert while_stopped and {status for _, _, status in while_stopped} == {503}, [
         (round(sent - stopped_at, 3), round(answered - stopped_at, 3), status)
-        for sent, answered, status in while_stopped if status != 503]
+        for sent, answered, status in while_stopped
+        if status != 503
+    ]
     assert len(load.accepted) == load.posted, load.summary()
     assert load.missing_retry_after == 0 and load.error_bodies_without_error == 0 and not load.errors
     assert load.max_503_seconds < 1.5, load.max_503_seconds

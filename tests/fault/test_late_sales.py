@@ -8,6 +8,7 @@ queued) and the oldest batch the rule accepts costs what any batch does; with a 
 a fresh sale posted right after it is in the reports within 1 s, and every report equals a
 recount.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,15 @@ GROWTH_LIMIT = 50 * 1024 * 1024
 
 
 def _batch(moment: dt.datetime, prefix: str) -> list[dict]:
-    return [{"item_id": FIRST_ITEM + n, "store_id": 1 + n % STORES, "sale_time": moment.isoformat(),
-             "idempotency_key": f"{prefix}-{n}"} for n in range(BATCH)]
+    return [
+        {
+            "item_id": FIRST_ITEM + n,
+            "store_id": 1 + n % STORES,
+            "sale_time": moment.isoformat(),
+            "idempotency_key": f"{prefix}-{n}",
+        }
+        for n in range(BATCH)
+    ]
 
 
 async def _units_today(session: aiohttp.ClientSession, base_url: str) -> int:
@@ -48,8 +56,10 @@ async def _units_today(session: aiohttp.ClientSession, base_url: str) -> int:
 async def _fresh_sale_seen_after(session: aiohttp.ClientSession, base_url: str, timeout: float = 10) -> float:
     """Post a sale of now; seconds from its 202 until /reports/totals/ counts it."""
     before = await _units_today(session, base_url)
-    async with session.post(f"{base_url}/sales/", json={"item_id": FRESH_ITEM, "store_id": 1, "quantity": 7,
-                                                          "idempotency_key": uuid.uuid4().hex}) as response:
+    async with session.post(
+        f"{base_url}/sales/",
+        json={"item_id": FRESH_ITEM, "store_id": 1, "quantity": 7, "idempotency_key": uuid.uuid4().hex},
+    ) as response:
         assert response.status == 202, await response.text()
     answered = time.monotonic()
     while time.monotonic() - answered < timeout:
@@ -71,8 +81,12 @@ async def _footprint(conn: asyncpg.Connection) -> tuple[int, int]:
 
 async def _reports_equal_a_recount(session, base_url: str, conn, day: dt.date) -> None:
     today = dt.datetime.now(dt.UTC).date()
-    for first, last in ((day, day), (day.replace(day=1), today), (today - dt.timedelta(days=6), today),
-                        (dt.date(1, 1, 1), today)):
+    for first, last in (
+        (day, day),
+        (day.replace(day=1), today),
+        (today - dt.timedelta(days=6), today),
+        (dt.date(1, 1, 1), today),
+    ):
         q = f"from={first}&to={last}"
         async with session.get(f"{base_url}/items/top/?{q}&cnt=1000") as response:
             assert await response.json() == await recount.top_items_in(conn, first, last, 1000), q
@@ -83,14 +97,19 @@ async def _reports_equal_a_recount(session, base_url: str, conn, day: dt.date) -
 
 
 @pytest.mark.parametrize("max_age_days", [None, 10_000], ids=["default-limit", "limit-past-2000"])
-async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(make_stack, redis_client, database_url,
-                                                                          record, max_age_days):
+async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(
+    make_stack, redis_client, database_url, record, max_age_days
+):
     env = {} if max_age_days is None else {"MAX_SALE_AGE_DAYS": max_age_days}
     stack = make_stack(**env)
     conn = await asyncpg.connect(database_url, timeout=30)
     try:
-        await conn.execute("INSERT INTO item (id, name, price) SELECT n, 'item-' || n, 100 + n % 900 "
-                           "FROM generate_series($1::int, $2::int) n", FIRST_ITEM, FIRST_ITEM + BATCH - 1)
+        await conn.execute(
+            "INSERT INTO item (id, name, price) SELECT n, 'item-' || n, 100 + n % 900 "
+            "FROM generate_series($1::int, $2::int) n",
+            FIRST_ITEM,
+            FIRST_ITEM + BATCH - 1,
+        )
         await stack.start_api()
         await stack.start_worker(redis_client)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
@@ -104,8 +123,10 @@ async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(make_st
             if max_age_days is None:  # refused up front, each sale saying why, nothing queued
                 assert status == 422, answer
                 assert len(answer["errors"]) == BATCH
-                assert all("MAX_SALE_AGE_DAYS" in e["error"] and "2000-01-02T12:00:00+00:00" in e["error"]
-                           for e in answer["errors"])
+                assert all(
+                    "MAX_SALE_AGE_DAYS" in e["error"] and "2000-01-02T12:00:00+00:00" in e["error"]
+                    for e in answer["errors"]
+                )
                 assert int(await redis_client.get(KEYS.depth) or 0) <= 1  # the fresh sale's, until its ack
                 oldest = dt.datetime.now(dt.UTC) - dt.timedelta(days=399)  # the oldest it takes
                 async with session.post(f"{base}/sales/batch/", json=_batch(oldest, "old")) as response:
@@ -123,7 +144,12 @@ async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(make_st
             assert fresh_seen < 1.0, fresh_seen
             assert await rollups.drift(conn) == NO_DRIFT
             await _reports_equal_a_recount(session, base, conn, day)
-        record(batch_day=day, growth_bytes=size_after - size_before, rollup_rows_added=rows_after - rows_before,
-               fresh_sale_seen_s=round(fresh_seen, 3), batch_written_within_s=round(written, 2))
+        record(
+            batch_day=day,
+            growth_bytes=size_after - size_before,
+            rollup_rows_added=rows_after - rows_before,
+            fresh_sale_seen_s=round(fresh_seen, 3),
+            batch_written_within_s=round(written, 2),
+        )
     finally:
         await conn.close()

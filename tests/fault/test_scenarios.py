@@ -4,6 +4,7 @@ Each one posts a real load from concurrent clients, breaks something, and ends w
 every sale answered 2xx is in `sales` exactly once (by id), nothing else is, and every rollup
 equals a recount of the raw rows. Run with `python -m pytest -m slow tests/fault`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,6 +55,7 @@ async def _consumer_of(client, pid: int) -> str:
 
 # 1 -------------------------------------------------------------------------------------------
 
+
 async def test_worker_sigkill_mid_batch_twice(make_stack, redis_client, database_url, record):
     """SIGKILL the worker twice while a batch is inside its transaction; the new worker takes
     the dead one's entries over (XAUTOCLAIM after WORKER_RECLAIM_IDLE_MS, default 15 s)."""
@@ -82,7 +84,8 @@ async def test_worker_sigkill_mid_batch_twice(make_stack, redis_client, database
             while time.monotonic() < deadline:
                 waiting = await blocker.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sales-worker' "
-                    "AND wait_event_type = 'Lock'")
+                    "AND wait_event_type = 'Lock'"
+                )
                 if waiting and await _pending_of(redis_client, {name}):
                     break
                 await asyncio.sleep(0.1)
@@ -110,19 +113,27 @@ async def test_worker_sigkill_mid_batch_twice(make_stack, redis_client, database
     result |= await audit_returns(database_url, returned)
     assert len(load.accepted) == load.posted
     assert len(returned.accepted) == returned.posted >= load.posted // 10
-    record(**load.summary(), **returned.summary(), **result, pending_entries_at_kills=lost_entries,
-           lost_batch_rewritten_after_restart_s=round(recovered, 1), drained_after_load_s=round(drained, 1))
+    record(
+        **load.summary(),
+        **returned.summary(),
+        **result,
+        pending_entries_at_kills=lost_entries,
+        lost_batch_rewritten_after_restart_s=round(recovered, 1),
+        drained_after_load_s=round(drained, 1),
+    )
 
 
 # 2 -------------------------------------------------------------------------------------------
+
 
 async def test_postgres_down_30s_under_load(make_stack, redis_client, database_url, pg_server, record):
     stack = make_stack()
     await stack.start_api()
     await stack.start_worker(redis_client)
     live = LoadResult()
-    load_task = asyncio.create_task(run_load(stack.base_url, count=9000, rate=150, prefix="pgdown",
-                                             deadline_s=150, result=live))
+    load_task = asyncio.create_task(
+        run_load(stack.base_url, count=9000, rate=150, prefix="pgdown", deadline_s=150, result=live)
+    )
     load_done = asyncio.Event()
     load_task.add_done_callback(lambda _: load_done.set())
     returns_task = asyncio.create_task(run_returns(stack.base_url, live, every=20, stop=load_done, deadline_s=240))
@@ -150,15 +161,23 @@ async def test_postgres_down_30s_under_load(make_stack, redis_client, database_u
     assert len(returned.accepted) == returned.posted >= load.posted // 20
     assert during and all(s == 202 for s in during), f"answers while PostgreSQL was down: {set(during)}"
     assert load.statuses.get(500, 0) == 0
-    assert health and all(s == 503 and b["postgres"].startswith("down") and b["redis"] == "ok"
-                          for s, b in health), health[:3]
-    record(**load.summary(), **returned.summary(), **result, accepted_while_pg_down=len(during),
-           health_while_down=health[0][1].get("error"),
-           backlog_at_pg_return=len(backlog), backlog_written_after_pg_back_s=round(caught_up_backlog, 1),
-           caught_up_after_load_end_s=round(caught_up, 1))
+    assert health and all(s == 503 and b["postgres"].startswith("down") and b["redis"] == "ok" for s, b in health), (
+        health[:3]
+    )
+    record(
+        **load.summary(),
+        **returned.summary(),
+        **result,
+        accepted_while_pg_down=len(during),
+        health_while_down=health[0][1].get("error"),
+        backlog_at_pg_return=len(backlog),
+        backlog_written_after_pg_back_s=round(caught_up_backlog, 1),
+        caught_up_after_load_end_s=round(caught_up, 1),
+    )
 
 
 # 3 -------------------------------------------------------------------------------------------
+
 
 async def test_redis_down_answers_503_fast_and_recovers(make_stack, redis_client, redis_server, database_url, record):
     stack = make_stack()
@@ -183,8 +202,9 @@ async def test_redis_down_answers_503_fast_and_recovers(make_stack, redis_client
     accepting = None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while time.monotonic() - back_at < 30:
-            async with session.post(stack.base_url + "/sales/", json={"item_id": 1, "store_id": 1,
-                                                                      "idempotency_key": "probe"}) as response:
+            async with session.post(
+                stack.base_url + "/sales/", json={"item_id": 1, "store_id": 1, "idempotency_key": "probe"}
+            ) as response:
                 if response.status == 202:
                     accepting = time.monotonic() - back_at
                     probe_id = (await response.json())["id"]
@@ -210,12 +230,20 @@ async def test_redis_down_answers_503_fast_and_recovers(make_stack, redis_client
     await wait_queue_empty(redis_client, timeout=60)
     result = await audit(database_url, merged)
     assert len(merged.accepted) == merged.posted
-    record(posted=before.posted + down.posted + after.posted, accepted=len(merged.accepted),
-           while_down=down.summary(), max_503_s=round(down.max_503_seconds, 3), reports=reports,
-           same_api_accepting_after_s=round(accepting, 2), worker_survived=worker_survived, **result)
+    record(
+        posted=before.posted + down.posted + after.posted,
+        accepted=len(merged.accepted),
+        while_down=down.summary(),
+        max_503_s=round(down.max_503_seconds, 3),
+        reports=reports,
+        same_api_accepting_after_s=round(accepting, 2),
+        worker_survived=worker_survived,
+        **result,
+    )
 
 
 # 4 -------------------------------------------------------------------------------------------
+
 
 async def test_redis_restart_keeps_queued_sales(make_stack, redis_client, redis_server, database_url, record):
     stack = make_stack()
@@ -232,20 +260,28 @@ async def test_redis_restart_keeps_queued_sales(make_stack, redis_client, redis_
     await wait_queue_empty(redis_client, timeout=60)
     result = await audit(database_url, load)
     assert depth_before == depth_after == 3000
-    record(**load.summary(), **result, queued_before_kill=depth_before, queued_after_restart=depth_after,
-           stream_entries=entries_after, written_after_worker_start_s=round(time.monotonic() - started, 1),
-           wait_stored_s=round(written, 1))
+    record(
+        **load.summary(),
+        **result,
+        queued_before_kill=depth_before,
+        queued_after_restart=depth_after,
+        stream_entries=entries_after,
+        written_after_worker_start_s=round(time.monotonic() - started, 1),
+        wait_stored_s=round(written, 1),
+    )
 
 
 # 5 -------------------------------------------------------------------------------------------
+
 
 async def test_unwritable_row_goes_to_dead_letter_and_replays(make_stack, redis_client, database_url, record):
     conn = await asyncpg.connect(database_url)
     doomed = await conn.fetchval("INSERT INTO item (name, price) VALUES ('doomed', 777) RETURNING id")
     stack = make_stack()
     await stack.start_api()  # no worker: sales stay queued
-    load = await run_load(stack.base_url, count=2000, prefix="dl",
-                          item_for=lambda n: doomed if n % 100 == 0 else 1 + n % 20)
+    load = await run_load(
+        stack.base_url, count=2000, prefix="dl", item_for=lambda n: doomed if n % 100 == 0 else 1 + n % 20
+    )
     assert len(load.accepted) == 2000, load.summary()
     dead_keys = {k for k, item in load.items_of.items() if item == doomed}
     await conn.execute("DELETE FROM item WHERE id = $1", doomed)  # after acceptance
@@ -262,31 +298,56 @@ async def test_unwritable_row_goes_to_dead_letter_and_replays(make_stack, redis_
     assert dead_total == len(dead_keys) and dead_pending == len(dead_keys), (dead_total, dead_pending)
 
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": stack.env["REDIS_URL"]}
-    listed = subprocess.run([sys.executable, "-m", "worker.dead_letters", "list"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "worker.dead_letters", "list"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0, listed.stderr
     for key in dead_keys:
         assert str(load.accepted[key]) in listed.stdout
-    failing = subprocess.run([sys.executable, "-m", "worker.dead_letters", "replay"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=60)
+    failing = subprocess.run(
+        [sys.executable, "-m", "worker.dead_letters", "replay"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert failing.returncode == 1, failing.stdout + failing.stderr  # the item is still missing
     assert await conn.fetchval("SELECT count(*) FROM dead_letter WHERE replayed_at IS NULL") == len(dead_keys)
 
     await conn.execute("INSERT INTO item (id, name, price) VALUES ($1, 'doomed', 777)", doomed)
-    replayed = subprocess.run([sys.executable, "-m", "worker.dead_letters", "replay"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+    replayed = subprocess.run(
+        [sys.executable, "-m", "worker.dead_letters", "replay"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert await conn.fetchval("SELECT count(*) FROM dead_letter WHERE replayed_at IS NULL") == 0
     after = await audit(database_url, load)  # now every accepted sale is stored, once
     pending_after = await metric_value(stack.base_url, "dead_letters_pending")
     assert pending_after == 0
     await conn.close()
-    record(**load.summary(), dead_letters=len(dead_keys), stored_before_replay=result["stored"],
-           stored_after_replay=after["stored"], settled_s=round(settled, 1), reasons=sorted(reasons)[:1],
-           metrics={"worker_dead_letters_total": dead_total, "dead_letters_pending": dead_pending})
+    record(
+        **load.summary(),
+        dead_letters=len(dead_keys),
+        stored_before_replay=result["stored"],
+        stored_after_replay=after["stored"],
+        settled_s=round(settled, 1),
+        reasons=sorted(reasons)[:1],
+        metrics={"worker_dead_letters_total": dead_total, "dead_letters_pending": dead_pending},
+    )
 
 
 # 6 -------------------------------------------------------------------------------------------
+
 
 async def test_overload_answers_503_and_memory_stays_bounded(make_stack, redis_client, database_url, record):
     limit = 1000
@@ -305,28 +366,39 @@ async def test_overload_answers_503_and_memory_stays_bounded(make_stack, redis_c
     await stack.start_worker(redis_client)
     written = await wait_stored(database_url, fill.accepted.values(), timeout=60)
     await wait_queue_empty(redis_client, timeout=60)
-    async with (aiohttp.ClientSession() as session,
-                session.post(stack.base_url + "/sales/",
-                             json={"item_id": 1, "store_id": 1, "idempotency_key": "again"}) as response):
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.base_url + "/sales/", json={"item_id": 1, "store_id": 1, "idempotency_key": "again"}
+        ) as response,
+    ):
         assert response.status == 202
         fill.accepted["again"] = (await response.json())["id"]
     await wait_stored(database_url, fill.accepted.values(), timeout=30)
     result = await audit(database_url, fill)
-    record(posted=fill.posted + flood.posted, accepted=len(fill.accepted) - 1, queue_max_depth=limit,
-           rejected_503=fill.statuses[503] + flood.statuses[503],
-           max_503_s=round(max(fill.max_503_seconds, flood.max_503_seconds), 3),
-           api_rss_mib={"start": rss_start // 1024, "full": rss_full // 1024, "after_8000_more": rss_flood // 1024},
-           written_after_worker_start_s=round(time.monotonic() - started, 1), wait_s=round(written, 1), **result)
+    record(
+        posted=fill.posted + flood.posted,
+        accepted=len(fill.accepted) - 1,
+        queue_max_depth=limit,
+        rejected_503=fill.statuses[503] + flood.statuses[503],
+        max_503_s=round(max(fill.max_503_seconds, flood.max_503_seconds), 3),
+        api_rss_mib={"start": rss_start // 1024, "full": rss_full // 1024, "after_8000_more": rss_flood // 1024},
+        written_after_worker_start_s=round(time.monotonic() - started, 1),
+        wait_s=round(written, 1),
+        **result,
+    )
 
 
 # 7 -------------------------------------------------------------------------------------------
+
 
 async def test_sigterm_to_api_and_worker_loses_nothing(make_stack, redis_client, database_url, record):
     stack = make_stack()
     await stack.start_api()
     await stack.start_worker(redis_client)
-    load_task = asyncio.create_task(run_load(stack.base_url, count=5000, rate=200, prefix="term",
-                                             force_close=True, deadline_s=150))
+    load_task = asyncio.create_task(
+        run_load(stack.base_url, count=5000, rate=200, prefix="term", force_close=True, deadline_s=150)
+    )
     await asyncio.sleep(5)
     stopping = time.monotonic()
     api_exit = await asyncio.to_thread(stack.api.sigterm, 60)
@@ -353,12 +425,21 @@ async def test_sigterm_to_api_and_worker_loses_nothing(make_stack, redis_client,
     unanswered = {k: v for k, v in load.errors.items() if k != "ClientConnectorError"}
     assert len(load.accepted) == load.posted
     assert load.statuses.get(500, 0) == 0
-    record(**load.summary(), **result, api_exit=api_exit, api_stop_s=round(api_stop_s, 1),
-           api_down_s=round(api_gap_s, 1), worker_exit=worker_exit, worker_stop_s=round(worker_stop_s, 1),
-           entries_left_pending_by_stopped_worker=left_pending, connections_reset=unanswered)
+    record(
+        **load.summary(),
+        **result,
+        api_exit=api_exit,
+        api_stop_s=round(api_stop_s, 1),
+        api_down_s=round(api_gap_s, 1),
+        worker_exit=worker_exit,
+        worker_stop_s=round(worker_stop_s, 1),
+        entries_left_pending_by_stopped_worker=left_pending,
+        connections_reset=unanswered,
+    )
 
 
 # 8 -------------------------------------------------------------------------------------------
+
 
 async def test_client_retries_with_same_keys_store_once(make_stack, redis_client, database_url, record):
     stack = make_stack()
@@ -371,8 +452,9 @@ async def test_client_retries_with_same_keys_store_once(make_stack, redis_client
     async def attempt(session, body, timeout=None):
         nonlocal timeouts
         try:
-            async with session.post(stack.base_url + "/sales/", json=body,
-                                    timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None) as response:
+            async with session.post(
+                stack.base_url + "/sales/", json=body, timeout=aiohttp.ClientTimeout(total=timeout) if timeout else None
+            ) as response:
                 load.statuses[response.status] += 1
                 if response.status == 202:
                     sale_id = (await response.json())["id"]
@@ -408,6 +490,12 @@ async def test_client_retries_with_same_keys_store_once(make_stack, redis_client
     result = await audit(database_url, load)
     assert len(load.accepted) == keys
     assert result["stored"] == keys
-    record(keys=keys, requests=sum(load.statuses.values()) + timeouts, answered_2xx=load.statuses[202],
-           client_timeouts=timeouts, distinct_ids_answered=len({i for v in load.answers.values() for i in v}),
-           seconds=round(elapsed, 1), **result)
+    record(
+        keys=keys,
+        requests=sum(load.statuses.values()) + timeouts,
+        answered_2xx=load.statuses[202],
+        client_timeouts=timeouts,
+        distinct_ids_answered=len({i for v in load.answers.values() for i in v}),
+        seconds=round(elapsed, 1),
+        **result,
+    )

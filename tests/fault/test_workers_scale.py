@@ -7,6 +7,7 @@ consumer group's pending list (XPENDING) every 50 ms, so each worker's share is 
 
     python -m pytest -m slow tests/fault/test_workers_scale.py -s
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 # Short enough that the killed worker's batch is taken over well within the load, long
 # enough that a live worker's batch (100 ms linger + a transaction) is never taken from it.
 RECLAIM_IDLE_MS = 5000
-RATE = 200      # sales/s, each from its own client request with its own idempotency key
-COUNT = 8000    # 40 s of load
+RATE = 200  # sales/s, each from its own client request with its own idempotency key
+COUNT = 8000  # 40 s of load
 
 
 def _name(raw) -> str:
@@ -97,7 +98,8 @@ async def _kill_mid_batch(stack_worker, name: str, redis_client, database_url: s
         while time.monotonic() < deadline:
             waiting = await blocker.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sales-worker' "
-                "AND wait_event_type = 'Lock'")
+                "AND wait_event_type = 'Lock'"
+            )
             held = await _pending_of(redis_client, name)
             if waiting and held:
                 break
@@ -117,8 +119,7 @@ async def test_three_workers_one_killed_one_added_under_load(make_stack, redis_c
     workers = [stack.worker, await stack.add_worker(redis_client), await stack.add_worker(redis_client)]
     sampler = PendingSampler(redis_client)
     sampling = asyncio.create_task(sampler.run())
-    load_task = asyncio.create_task(run_load(stack.base_url, count=COUNT, rate=RATE, prefix="scale",
-                                             deadline_s=150))
+    load_task = asyncio.create_task(run_load(stack.base_url, count=COUNT, rate=RATE, prefix="scale", deadline_s=150))
     await asyncio.sleep(8)
     names = {w.name: await _consumer_of(redis_client, w.pid) for w in workers}
     victim = workers[1]
@@ -159,7 +160,15 @@ async def test_three_workers_one_killed_one_added_under_load(make_stack, redis_c
     assert entries_by_worker[victim.name] >= held_at_kill > 0, entries_by_worker
     for worker in alive:
         assert by_worker[worker.name] >= 0.10, f"{worker.name} took {by_worker[worker.name]:.1%}: {by_worker}"
-    record(**load.summary(), **result, workers=len(names), entries_held_at_kill=held_at_kill,
-           taken_over_after_kill_s=round(taken_over_after, 1), taken_over_by=takers,
-           entry_share_by_worker=by_worker, entries_by_worker=entries_by_worker,
-           pending_samples=sampler.samples, drained_after_load_s=round(drained, 1))
+    record(
+        **load.summary(),
+        **result,
+        workers=len(names),
+        entries_held_at_kill=held_at_kill,
+        taken_over_after_kill_s=round(taken_over_after, 1),
+        taken_over_by=takers,
+        entry_share_by_worker=by_worker,
+        entries_by_worker=entries_by_worker,
+        pending_samples=sampler.samples,
+        drained_after_load_s=round(drained, 1),
+    )

@@ -10,6 +10,7 @@ and promtool test rules in deploy/prometheus/alerts_test.yml covers them.)
 
     python -m pytest -m slow tests/ops/test_prometheus.py
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,8 +40,12 @@ def _prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if found is None and shutil.which("apt-get"):
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
-                           capture_output=True, timeout=600, check=False)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
         found = shutil.which("prometheus")
     if found is None:
         pytest.skip("the prometheus binary is missing and `apt-get install prometheus` did not provide it")
@@ -58,9 +63,17 @@ class Prometheus:
         self.log = self.dir / "prometheus.log"
         with open(self.log, "wb") as handle:
             self.proc = subprocess.Popen(
-                [binary, f"--config.file={self.config_file}", f"--storage.tsdb.path={self.dir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    binary,
+                    f"--config.file={self.config_file}",
+                    f"--storage.tsdb.path={self.dir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def url(self) -> str:
@@ -118,17 +131,25 @@ def _test_config(api_port: int, key_file: pathlib.Path) -> dict:
 
 
 def _issue_owner_key(stack) -> str:
-    issued = subprocess.run([sys.executable, "-m", "shared.keys", "issue", "--kind", "owner", "--label", "prometheus"],
-                            cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60)
+    issued = subprocess.run(
+        [sys.executable, "-m", "shared.keys", "issue", "--kind", "owner", "--label", "prometheus"],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert issued.returncode == 0, issued.stderr
     return issued.stdout.splitlines()[0].strip()
 
 
 def _alert_state(prom: Prometheus, name: str):
     """A check: the alert's state ("pending", "firing"), or None while it is inactive."""
+
     async def check(session):
         data = await prom.get(session, "/api/v1/alerts")
         return next((a["state"] for a in data["alerts"] if a["labels"]["alertname"] == name), None)
+
     return check
 
 
@@ -154,6 +175,7 @@ async def test_prometheus_scrapes_with_owner_key_and_evaluates_rules(make_stack,
                 targets = (await prom.get(session, "/api/v1/targets"))["activeTargets"]
                 target = next((t for t in targets if t["labels"]["job"] == "sales-api"), None)
                 return target if target and target["health"] == "up" else None
+
             # the API loads new keys within 5 s
             target = await prom.until(session, "the sales-api target up", target_up, timeout=30)
             assert target["lastError"] == ""
@@ -161,24 +183,30 @@ async def test_prometheus_scrapes_with_owner_key_and_evaluates_rules(make_stack,
 
             posted = 7
             for n in range(posted):
-                async with session.post(stack.base_url + "/sales/", headers={"Authorization": f"Bearer {ADMIN}"},
-                                        json={"item_id": 1 + n, "store_id": 1,
-                                              "idempotency_key": f"prom-{n}"}) as response:
+                async with session.post(
+                    stack.base_url + "/sales/",
+                    headers={"Authorization": f"Bearer {ADMIN}"},
+                    json={"item_id": 1 + n, "store_id": 1, "idempotency_key": f"prom-{n}"},
+                ) as response:
                     assert response.status == 202, await response.text()
 
             async def recorded_depth(session):
                 result = await _query(prom, session, "job:queue_depth_sales:max")
                 return result if result and float(result[0]["value"][1]) == posted else None
+
             depth = await prom.until(session, "job:queue_depth_sales:max == 7", recorded_depth)
             assert depth[0]["metric"] == {"__name__": "job:queue_depth_sales:max", "job": "sales-api"}
-            assert await prom.until(session, "NoWorkerConsuming active",
-                                    _alert_state(prom, "NoWorkerConsuming")) in {"pending", "firing"}
+            assert await prom.until(session, "NoWorkerConsuming active", _alert_state(prom, "NoWorkerConsuming")) in {
+                "pending",
+                "firing",
+            }
             assert await _alert_state(prom, "PostgresUnavailable")(session) is None
 
             await asyncio.to_thread(pg_server.stop, "fast")
             try:
-                state = await prom.until(session, "PostgresUnavailable active",
-                                         _alert_state(prom, "PostgresUnavailable"))
+                state = await prom.until(
+                    session, "PostgresUnavailable active", _alert_state(prom, "PostgresUnavailable")
+                )
                 assert state in {"pending", "firing"}
                 assert [float(r["value"][1]) for r in await _query(prom, session, 'up{job="sales-api"}')] == [1.0]
             finally:
@@ -186,6 +214,7 @@ async def test_prometheus_scrapes_with_owner_key_and_evaluates_rules(make_stack,
 
             async def cleared(session):
                 return await _alert_state(prom, "PostgresUnavailable")(session) is None
+
             await prom.until(session, "PostgresUnavailable cleared after PostgreSQL returned", cleared, timeout=60)
         finally:
             prom.stop()

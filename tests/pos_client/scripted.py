@@ -1,6 +1,7 @@
 """A transport that answers from a script, for the client's pure unit tests (no HTTP at all:
 these tests are about what the client does with an answer, which a real API cannot be made
 to give on cue)."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,21 @@ from pos_client.transport import Answer, TransportError
 
 
 def answer(status: int, body=None, **headers) -> Answer:
-    return Answer(status, {k.lower().replace("_", "-"): v for k, v in headers.items()},
-                  json.dumps(body).encode() if body is not None else b"")
+    return Answer(
+        status,
+        {k.lower().replace("_", "-"): v for k, v in headers.items()},
+        json.dumps(body).encode() if body is not None else b"",
+    )
 
 
 def accepted(batch: list[dict], first_id: int = 1) -> Answer:
-    return answer(202, [{"id": first_id + i, "sale_time": s["sale_time"], "item_id": s["item_id"],
-                         "store_id": s["store_id"]} for i, s in enumerate(batch)])
+    return answer(
+        202,
+        [
+            {"id": first_id + i, "sale_time": s["sale_time"], "item_id": s["item_id"], "store_id": s["store_id"]}
+            for i, s in enumerate(batch)
+        ],
+    )
 
 
 class ScriptedTransport:

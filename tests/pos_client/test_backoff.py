@@ -1,4 +1,5 @@
 """Backoff with jitter, Retry-After honoured: the numbers, and the client living by them."""
+
 from __future__ import annotations
 
 import email.utils
@@ -16,7 +17,7 @@ from tests.pos_client.scripted import ScriptedTransport, accepted, answer
 def test_delays_double_up_to_the_cap_each_in_the_upper_half():
     backoff = Backoff(base=0.5, cap=30, rng=random.Random(1).random)
     delays = [backoff.next_delay() for _ in range(12)]
-    ceilings = [min(30, 0.5 * 2 ** i) for i in range(12)]
+    ceilings = [min(30, 0.5 * 2**i) for i in range(12)]
     for delay, ceiling in zip(delays, ceilings):
         assert ceiling / 2 <= delay <= ceiling
     assert max(delays) <= 30
@@ -41,9 +42,19 @@ def test_retry_after_is_never_cut_short_and_spread_a_little():
     assert len(set(delays)) == 3
 
 
-@pytest.mark.parametrize("header, seconds", [
-    ("5", 5.0), (" 2 ", 2.0), ("0", 0.0), ("999999", 3600.0), (None, None), ("soon", None), ("-3", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "header, seconds",
+    [
+        ("5", 5.0),
+        (" 2 ", 2.0),
+        ("0", 0.0),
+        ("999999", 3600.0),
+        (None, None),
+        ("soon", None),
+        ("-3", None),
+        ("", None),
+    ],
+)
 def test_parse_retry_after_seconds(header, seconds):
     assert parse_retry_after(header) == seconds
 
@@ -61,8 +72,9 @@ def test_client_waits_for_retry_after_then_sends(tmp_path):
         return next(answers, None) or accepted(batch)
 
     server = ScriptedTransport(respond)
-    client = SalesClient("http://x", store_id=1, spool=str(tmp_path / "s.db"), transport=server,
-                         flush_interval=0.05, backoff_base=0.05)
+    client = SalesClient(
+        "http://x", store_id=1, spool=str(tmp_path / "s.db"), transport=server, flush_interval=0.05, backoff_base=0.05
+    )
     client.record(item_id=1)
     assert client.flush(timeout=10)
     (first, _), (second, _) = server.requests
@@ -80,8 +92,15 @@ def test_client_backs_off_while_the_server_is_unreachable(tmp_path):
         return accepted(batch)
 
     server = ScriptedTransport(respond)
-    client = SalesClient("http://x", store_id=1, spool=str(tmp_path / "s.db"), transport=server,
-                         flush_interval=0.05, backoff_base=0.1, backoff_cap=0.8)
+    client = SalesClient(
+        "http://x",
+        store_id=1,
+        spool=str(tmp_path / "s.db"),
+        transport=server,
+        flush_interval=0.05,
+        backoff_base=0.1,
+        backoff_cap=0.8,
+    )
     client.record(item_id=1)
     assert not client.flush(timeout=0.5)
     assert client.status().online is False and "ConnectionRefusedError" in client.status().last_error

@@ -1,6 +1,7 @@
 """The client against the real API (in this process, on a loopback port) on the real
 PostgreSQL and Redis: stored once whatever is lost on the way, bad sales set aside, keys
 refused. The client is synchronous: its blocking calls run in a thread beside the server's loop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,11 @@ def base_url(client) -> str:
 
 
 async def stored_rows(db, keys_: list[str]) -> list:
-    return await db.fetch("SELECT id, store_id, item_id, quantity, sale_time, idempotency_key FROM sales "
-                          "WHERE idempotency_key = ANY($1::text[]) ORDER BY id", keys_)
+    return await db.fetch(
+        "SELECT id, store_id, item_id, quantity, sale_time, idempotency_key FROM sales "
+        "WHERE idempotency_key = ANY($1::text[]) ORDER BY id",
+        keys_,
+    )
 
 
 async def flush(client: SalesClient, timeout: float = 20) -> bool:
@@ -65,16 +69,26 @@ async def test_sales_are_stored_once_with_their_ids_and_times(shop, client, drai
     assert len(rows) == 30
     for row in rows:
         sale = ledger[row["idempotency_key"]]
-        assert ((row["id"], row["store_id"], row["item_id"], row["quantity"])
-                == (sale.server_id, 2, sale.item_id, sale.quantity))
+        assert (row["id"], row["store_id"], row["item_id"], row["quantity"]) == (
+            sale.server_id,
+            2,
+            sale.item_id,
+            sale.quantity,
+        )
         assert row["sale_time"].isoformat(timespec="microseconds") == sale.sale_time
     await close(till)
 
 
 async def test_lost_answers_mean_the_same_sales_again_stored_once(shop, client, drain, db, tmp_path):
     transport = LosesAnswers(base_url(client), lose=2)
-    till = SalesClient(base_url(client), store_id=1, spool=str(tmp_path / "s.db"), transport=transport,
-                       flush_interval=0.05, backoff_base=0.05)
+    till = SalesClient(
+        base_url(client),
+        store_id=1,
+        spool=str(tmp_path / "s.db"),
+        transport=transport,
+        flush_interval=0.05,
+        backoff_base=0.05,
+    )
     recorded = till.record_many([(1, 1), (2, 2), (3, 3)])
     assert await flush(till)
     assert transport.sent == 3  # twice taken with no answer, then answered
@@ -87,8 +101,14 @@ async def test_lost_answers_mean_the_same_sales_again_stored_once(shop, client, 
 
 async def test_till_dies_after_the_server_took_a_batch_and_starts_again(shop, client, drain, db, tmp_path):
     spool = str(tmp_path / "s.db")
-    dying = SalesClient(base_url(client), store_id=3, spool=spool, transport=LosesAnswers(base_url(client), lose=99),
-                        flush_interval=0.05, backoff_base=5)
+    dying = SalesClient(
+        base_url(client),
+        store_id=3,
+        spool=spool,
+        transport=LosesAnswers(base_url(client), lose=99),
+        flush_interval=0.05,
+        backoff_base=5,
+    )
     recorded = dying.record_many([(1 + i % 5, 1) for i in range(50)])
     while dying._transport.sent < 1:
         await asyncio.sleep(0.02)
@@ -112,8 +132,13 @@ async def test_unknown_item_is_set_aside_listed_and_not_retried(shop, client, dr
     assert "unknown item_id 999" in status.last_error
     [aside] = till.set_aside()
     assert aside.item_id == 999 and aside.reason == "unknown item_id 999"
-    listing = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "pos_client", "status", "--spool", spool],
-                                      check=False, capture_output=True, text=True)
+    listing = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pos_client", "status", "--spool", spool],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert "set aside: 1" in listing.stdout and "unknown item_id 999" in listing.stdout, listing.stdout
     till.record(item_id=3)
     assert await flush(till)

@@ -1,4 +1,5 @@
 """The spool: durable at once, one store, one client, a crash between send and mark resends."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,13 @@ from tests.pos_client.scripted import ScriptedTransport, accepted, unreachable
 
 
 def offline_client(path, transport=None, **kwargs) -> SalesClient:
-    return SalesClient("http://127.0.0.1:9", store_id=kwargs.pop("store_id", 3), spool=str(path),
-                       transport=transport or ScriptedTransport(unreachable), **kwargs)
+    return SalesClient(
+        "http://127.0.0.1:9",
+        store_id=kwargs.pop("store_id", 3),
+        spool=str(path),
+        transport=transport or ScriptedTransport(unreachable),
+        **kwargs,
+    )
 
 
 def test_a_recorded_sale_is_committed_when_record_returns(tmp_path):
@@ -27,7 +33,8 @@ def test_a_recorded_sale_is_committed_when_record_returns(tmp_path):
     # another connection (as after a crash of this process) sees it: it is committed, not buffered
     other = sqlite3.connect(tmp_path / "spool.db")
     assert other.execute("SELECT idempotency_key, item_id, quantity, state FROM sale").fetchall() == [
-        (sale.idempotency_key, 24, 2, "pending")]
+        (sale.idempotency_key, 24, 2, "pending")
+    ]
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     other.close()
     assert client._spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at every commit
@@ -56,16 +63,19 @@ def test_keys_are_ulids_made_once_per_sale(tmp_path):
     client.close()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"item_id": 0}, "item_id must be an integer from 1"),
-    ({"item_id": "24"}, "item_id must be an integer"),
-    ({"item_id": True}, "item_id must be an integer"),
-    ({"item_id": 1, "quantity": 0}, "quantity must be an integer from 1 to 10000"),
-    ({"item_id": 1, "quantity": 10_001}, "quantity must be an integer from 1 to 10000"),
-    ({"item_id": 1, "sale_time": dt.datetime(2026, 1, 1)}, "timezone-aware"),
-    ({"item_id": 1, "sale_time": "2026-01-01T00:00:00Z"}, "timezone-aware datetime"),
-    ({"item_id": 1, "sale_time": dt.datetime(1999, 12, 31, tzinfo=dt.UTC)}, "before 2000"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"item_id": 0}, "item_id must be an integer from 1"),
+        ({"item_id": "24"}, "item_id must be an integer"),
+        ({"item_id": True}, "item_id must be an integer"),
+        ({"item_id": 1, "quantity": 0}, "quantity must be an integer from 1 to 10000"),
+        ({"item_id": 1, "quantity": 10_001}, "quantity must be an integer from 1 to 10000"),
+        ({"item_id": 1, "sale_time": dt.datetime(2026, 1, 1)}, "timezone-aware"),
+        ({"item_id": 1, "sale_time": "2026-01-01T00:00:00Z"}, "timezone-aware datetime"),
+        ({"item_id": 1, "sale_time": dt.datetime(1999, 12, 31, tzinfo=dt.UTC)}, "before 2000"),
+    ],
+)
 def test_a_sale_the_server_would_always_refuse_is_not_recorded(tmp_path, kwargs, message):
     client = offline_client(tmp_path / "spool.db")
     with pytest.raises(InvalidSale, match=message):
@@ -95,7 +105,7 @@ def test_crash_between_send_and_mark_sends_the_same_sales_again(tmp_path):
 
     spool = Spool(str(path), 3)
     taken = spool.pending(1000)  # what the sender read and POSTed ...
-    spool.close()                # ... and then the till lost power: nothing marked
+    spool.close()  # ... and then the till lost power: nothing marked
     assert [s.idempotency_key for s in taken] == [s.idempotency_key for s in recorded]
 
     server = ScriptedTransport(lambda batch: accepted(batch, 100))
@@ -125,10 +135,18 @@ def test_sent_sales_are_kept_as_ledger_then_pruned(tmp_path):
 
 
 def test_status_cli_on_an_empty_or_missing_spool(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pos_client", "status", "--spool", str(tmp_path / "none.db")],
-                            check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pos_client", "status", "--spool", str(tmp_path / "none.db")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "no spool at" in result.stderr
     offline_client(tmp_path / "spool.db").close()
-    result = subprocess.run([sys.executable, "-m", "pos_client", "status", "--spool", str(tmp_path / "spool.db")],
-                            check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pos_client", "status", "--spool", str(tmp_path / "spool.db")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and "pending:   0" in result.stdout

@@ -1,4 +1,5 @@
 """What each answer means for a batch, and a refused batch split so the good sales go through."""
+
 from __future__ import annotations
 
 from pos_client import SalesClient
@@ -25,8 +26,19 @@ def test_accepted_with_an_unreadable_answer_is_sent_again():
 
 def test_422_by_index_sets_aside_the_bad_and_sends_the_rest_at_once():
     batch = sales(5)
-    verdict = judge(batch, answer(422, {"error": "2 of 5 sales are invalid; none was accepted", "errors": [
-        {"index": 1, "error": "unknown item_id 11"}, {"index": 3, "error": "sale_time is before 2000-01-01"}]}))
+    verdict = judge(
+        batch,
+        answer(
+            422,
+            {
+                "error": "2 of 5 sales are invalid; none was accepted",
+                "errors": [
+                    {"index": 1, "error": "unknown item_id 11"},
+                    {"index": 3, "error": "sale_time is before 2000-01-01"},
+                ],
+            },
+        ),
+    )
     assert verdict.refused == [(2, "unknown item_id 11"), (4, "sale_time is before 2000-01-01")]
     assert verdict.send_again == [[batch[0], batch[2], batch[4]]]
     assert not verdict.retry
@@ -34,8 +46,9 @@ def test_422_by_index_sets_aside_the_bad_and_sends_the_rest_at_once():
 
 def test_422_for_a_clock_ahead_holds_the_sale_instead_of_refusing_it():
     batch = sales(2)
-    verdict = judge(batch, answer(422, {"error": "1 of 2",
-                                        "errors": [{"index": 0, "error": "sale_time is in the future"}]}))
+    verdict = judge(
+        batch, answer(422, {"error": "1 of 2", "errors": [{"index": 0, "error": "sale_time is in the future"}]})
+    )
     assert verdict.held == [batch[0]] and verdict.refused == [] and verdict.send_again == [[batch[1]]]
 
 
@@ -64,14 +77,14 @@ def test_5xx_and_429_are_tried_again_later_as_the_server_says():
 def test_client_isolates_a_bad_sale_the_server_does_not_name(tmp_path):
     """A server that refuses a whole batch without saying which sale: 1 bad sale of 64 costs
     2 * log2(64) extra requests, and the 63 good ones are stored."""
+
     def respond(batch):
         if any(s["item_id"] == 99 for s in batch):
             return answer(422, {"error": "a sale is invalid"})
         return accepted(batch)
 
     server = ScriptedTransport(respond)
-    client = SalesClient("http://x", store_id=1, spool=str(tmp_path / "s.db"), transport=server,
-                         flush_interval=0.05)
+    client = SalesClient("http://x", store_id=1, spool=str(tmp_path / "s.db"), transport=server, flush_interval=0.05)
     client.record_many([(1 + i % 5, 1) for i in range(40)] + [(99, 1)] + [(2, 1)] * 23)
     assert client.flush(timeout=10)
     status = client.status()
@@ -97,8 +110,9 @@ def test_client_sends_a_backlog_in_batches_of_at_most_1000(tmp_path):
 
 def test_a_refused_key_stops_sending_and_says_so(tmp_path):
     server = ScriptedTransport(lambda batch: answer(401, {"error": "unknown or revoked key"}))
-    client = SalesClient("http://x", key="sk_pos_x.y", store_id=1, spool=str(tmp_path / "s.db"),
-                         transport=server, flush_interval=0.05)
+    client = SalesClient(
+        "http://x", key="sk_pos_x.y", store_id=1, spool=str(tmp_path / "s.db"), transport=server, flush_interval=0.05
+    )
     client.record(item_id=1)
     assert not client.flush(timeout=10)
     status = client.status()

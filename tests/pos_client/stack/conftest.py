@@ -1,5 +1,6 @@
 """Tills as separate processes against the product as separate processes, on throwaway
 PostgreSQL and Redis servers: the fault suite's fixtures, imported (tests/fault/conftest.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,9 +49,15 @@ class TillProcess:
         self.starts += 1
         self.done = None
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pos_client.till", str(self.plan_path)], cwd=ROOT,
-                                         stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pos_client.till", str(self.plan_path)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
         self._reader.start()
 

@@ -2,6 +2,7 @@
 stopped for 20 s, a till killed in the middle of a flush, an unknown item, a revoked key. Each
 ends with the audit: every sale a till recorded is in `sales` exactly once, under its key and
 with the id the till was answered, and the reports' totals equal the tills' ledgers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -70,8 +71,14 @@ async def audit(stack, redis_client, database_url, tills, owner_key=ADMIN, befor
 
 async def spool_status(path: str) -> subprocess.CompletedProcess:
     """`python -m pos_client status --spool PATH`, as whoever looks after the till would run it."""
-    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "pos_client", "status", "--spool", path],
-                                   check=False, capture_output=True, text=True, timeout=30)
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pos_client", "status", "--spool", path],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 async def wait_health(stack, timeout: float = 90) -> None:
@@ -101,8 +108,18 @@ async def start(make_stack, redis_client, **env):
 
 async def test_api_stopped_20s_while_tills_keep_selling(make_stack, redis_client, database_url, tills, record):
     stack = await start(make_stack, redis_client)
-    group = [tills(f"till{n}", url=stack.base_url, store_id=1 + n, day_seconds=45, baskets_per_day=45 * 6, seed=n,
-                   flush_timeout=90) for n in range(3)]
+    group = [
+        tills(
+            f"till{n}",
+            url=stack.base_url,
+            store_id=1 + n,
+            day_seconds=45,
+            baskets_per_day=45 * 6,
+            seed=n,
+            flush_timeout=90,
+        )
+        for n in range(3)
+    ]
     for till in group:
         till.start()
     await asyncio.sleep(8)
@@ -118,15 +135,21 @@ async def test_api_stopped_20s_while_tills_keep_selling(make_stack, redis_client
         assert till.done["flushed"] and till.done["pending"] == 0
     result = await audit(stack, redis_client, database_url, group)
     assert all(n > 0 for n in pending_during.values()), pending_during  # they did keep selling
-    record(sent_before_stop=sent_before, pending_after_20s=pending_during, api_back_after_s=round(back_after, 1),
-           promised=sum(len(t.promised) for t in group), **result)
+    record(
+        sent_before_stop=sent_before,
+        pending_after_20s=pending_during,
+        api_back_after_s=round(back_after, 1),
+        promised=sum(len(t.promised) for t in group),
+        **result,
+    )
 
 
 async def test_till_killed_mid_flush_restarts_from_its_spool(make_stack, redis_client, database_url, tills, record):
     stack = await start(make_stack, redis_client)
     # Offline for its first 8 s (a backlog of about 1,000 sales), then catching up 50 a batch.
-    till = tills("killed", url=stack.base_url, store_id=4, day_seconds=20, baskets_per_day=20 * 50,
-                 offline=[[0, 8]], seed=4)
+    till = tills(
+        "killed", url=stack.base_url, store_id=4, day_seconds=20, baskets_per_day=20 * 50, offline=[[0, 8]], seed=4
+    )
     calm = tills("calm", url=stack.base_url, store_id=5, day_seconds=20, baskets_per_day=20 * 5, seed=5)
     till.start(batch_size=50)
     calm.start()
@@ -149,11 +172,20 @@ async def test_till_killed_mid_flush_restarts_from_its_spool(make_stack, redis_c
     record(sent_at_kill=at_kill.sent, pending_at_kill=at_kill.pending, promised=len(till.promised), **result)
 
 
-async def test_unknown_item_is_set_aside_and_listed_never_retried(make_stack, redis_client, database_url, tills,
-                                                                  record):
+async def test_unknown_item_is_set_aside_and_listed_never_retried(
+    make_stack, redis_client, database_url, tills, record
+):
     stack = await start(make_stack, redis_client)
-    till = tills("unknown", url=stack.base_url, store_id=6, day_seconds=12, baskets_per_day=12 * 8,
-                 unknown_item=9999, unknown_every=10, seed=6)
+    till = tills(
+        "unknown",
+        url=stack.base_url,
+        store_id=6,
+        day_seconds=12,
+        baskets_per_day=12 * 8,
+        unknown_item=9999,
+        unknown_every=10,
+        seed=6,
+    )
     till.start()
     assert till.wait(timeout=90) == 0, till.log()
     result = await audit(stack, redis_client, database_url, [till])
@@ -167,21 +199,34 @@ async def test_unknown_item_is_set_aside_and_listed_never_retried(make_stack, re
     rows = re.findall(r"^\s+(\d+)\s+\S+\s+9999\s+1\s+unknown item_id 9999$", listing.stdout, re.MULTILINE)
     assert sorted(map(int, rows)) == [s.seq for s in refused]
     # never retried: each 422 the API gave set at least one sale aside
-    answered_422 = await metric_value(stack.base_url,
-                                      'http_requests_total{method="POST",route="/sales/batch/",status="422"}')
+    answered_422 = await metric_value(
+        stack.base_url, 'http_requests_total{method="POST",route="/sales/batch/",status="422"}'
+    )
     assert answered_422 is not None and answered_422 <= len(refused)
     record(answered_422=answered_422, **result)
 
 
-async def test_revoked_key_stops_the_till_until_it_gets_a_new_one(make_stack, redis_client, database_url, tills,
-                                                                  record):
+async def test_revoked_key_stops_the_till_until_it_gets_a_new_one(
+    make_stack, redis_client, database_url, tills, record
+):
     conn = await asyncpg.connect(database_url)
     issued = {store: await keys.issue(conn, "pos", store, f"till of store {store}") for store in (7, 8)}
     owner = await keys.issue(conn, "owner", None, "audit")
     await conn.close()
     stack = await start(make_stack, redis_client, AUTH_REQUIRED="true")
-    group = [tills(f"store{store}", url=stack.base_url, key=issued[store].key, store_id=store, day_seconds=15,
-                   baskets_per_day=15 * 6, seed=store, flush_timeout=15) for store in (7, 8)]
+    group = [
+        tills(
+            f"store{store}",
+            url=stack.base_url,
+            key=issued[store].key,
+            store_id=store,
+            day_seconds=15,
+            baskets_per_day=15 * 6,
+            seed=store,
+            flush_timeout=15,
+        )
+        for store in (7, 8)
+    ]
     for till in group:
         till.start()
     await asyncio.sleep(4)
@@ -212,16 +257,41 @@ async def test_simulator_reconciles_a_day_with_auth_on(make_stack, redis_client,
     """`python -m pos_client.simulate` end to end: keys issued with the admin token, outages,
     a till killed and restarted, reconciled with the reports and the database."""
     stack = await start(make_stack, redis_client, AUTH_REQUIRED="true")
-    command = [sys.executable, "-m", "pos_client.simulate", "--url", stack.base_url, "--stores", "2", "--tills", "2",
-               "--day-seconds", "15", "--baskets", "150", "--kill", "1", "--offline-share", "1",
-               "--admin-token", ADMIN, "--database-url", database_url, "--spool-dir", str(tmp_path), "--seed", "3"]
-    result = await asyncio.to_thread(subprocess.run, command, check=False, capture_output=True, text=True,
-                                     timeout=180, cwd=ROOT)
+    command = [
+        sys.executable,
+        "-m",
+        "pos_client.simulate",
+        "--url",
+        stack.base_url,
+        "--stores",
+        "2",
+        "--tills",
+        "2",
+        "--day-seconds",
+        "15",
+        "--baskets",
+        "150",
+        "--kill",
+        "1",
+        "--offline-share",
+        "1",
+        "--admin-token",
+        ADMIN,
+        "--database-url",
+        database_url,
+        "--spool-dir",
+        str(tmp_path),
+        "--seed",
+        "3",
+    ]
+    result = await asyncio.to_thread(
+        subprocess.run, command, check=False, capture_output=True, text=True, timeout=180, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Result: OK" in result.stdout
     killed = re.search(r"killed and restarted 1 tills, with ([\d,]+) sales pending", result.stdout)
     assert killed and int(killed.group(1).replace(",", "")) > 0
     assert re.search(r"database: ([\d,]+) rows for \1 sales sent, 0 missing, each stored once", result.stdout)
-    summary = result.stdout[result.stdout.index("Trading day"):]
+    summary = result.stdout[result.stdout.index("Trading day") :]
     assert len(summary.splitlines()) <= 15  # one screen
     record(summary=summary)
