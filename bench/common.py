@@ -29,6 +29,9 @@ import redis as redis_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+# Where the product's processes (and its seeding CLI) run from: another checkout to measure an
+# earlier revision with this checkout's scripts (bench.reports_under_ingest --before).
+PRODUCT_ROOT = ROOT
 PYTHON = sys.executable
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -256,7 +259,7 @@ class Service:
         )
         full_env = {**os.environ, **env}
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=full_env, stdout=self.logfile, stderr=subprocess.STDOUT, start_new_session=True
+            args, cwd=PRODUCT_ROOT, env=full_env, stdout=self.logfile, stderr=subprocess.STDOUT, start_new_session=True
         )
         on_exit(self.stop)
         log(f"started {name} (pid {self.proc.pid}, log {self.logfile.name})")
@@ -352,7 +355,7 @@ def seed_product(database_url: str, items: int, stores: int, sales: int) -> floa
     ]
     log(f"seeding product: {' '.join(cmd[1:])}")
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(cmd, cwd=PRODUCT_ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - started
 
 
