@@ -216,13 +216,23 @@ def upsert_late_sql(running: Running, returns: bool = False) -> str:
     )
 
 
-def running_upserts(returns: bool = False) -> list[tuple[tuple[str, ...], str]]:
-    """(what the batch is summed by, the upsert) of every running table and its late twin."""
-    return [
-        (running.summed_by, upsert(running, returns))
-        for running in RUNNING
-        for upsert in (upsert_running_sql, upsert_late_sql)
-    ]
+def running_upserts(returns: bool = False, late: bool = True) -> list[tuple[tuple[str, ...], str]]:
+    """(what the batch is summed by, the upsert) of every running table, and of its late twin
+    unless not `late` (a batch that cannot hold a late sale: `may_hold_late`)."""
+    upserts = (upsert_running_sql, upsert_late_sql) if late else (upsert_running_sql,)
+    return [(running.summed_by, upsert(running, returns)) for running in RUNNING for upsert in upserts]
+
+
+_DAY_US = 86_400 * 1_000_000
+
+
+def may_hold_late(oldest_us: int, now_us: int) -> bool:
+    """Whether a batch whose oldest sale (or return) is at `oldest_us` may hold one older than
+    the running window. running_through is at most tomorrow (a sale stamped seconds ahead at
+    midnight) and a zone moves a day by less than one, so a moment within RUNNING_WINDOW_DAYS - 2
+    days of now is never late: almost every batch then skips the late upserts (each sends the
+    batch's sums to PostgreSQL once more: at 100,000-sale batches, megabytes)."""
+    return oldest_us < now_us - (RUNNING_WINDOW_DAYS - 2) * _DAY_US
 
 
 def _local_day(second_param: str) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import zoneinfo
+
+import pytest
 
 from api.app import create_app
 from shared import retention, rollups
@@ -189,3 +192,20 @@ async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(
     assert await db.fetchval("SELECT count(*) FROM dead_letter") == 0
     kept = dt.datetime.combine(first_kept, dt.time(12), dt.UTC)
     await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": kept.isoformat()})
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12", "UTC", "Australia/Lord_Howe"])
+def test_a_batch_the_worker_deems_recent_holds_no_late_sale_in_any_zone(zone):
+    """The worker skips the late upserts for a batch `may_hold_late` calls recent: in any zone, no
+    moment of such a batch falls before running_through - RUNNING_WINDOW_DAYS, with
+    running_through as far ahead as it gets (tomorrow, by a sale stamped seconds ahead)."""
+    tz = zoneinfo.ZoneInfo(zone)
+    now = dt.datetime.now(dt.UTC)
+    now_us = int(now.timestamp() * 1_000_000)
+    through = now.astimezone(tz).date() + dt.timedelta(days=1)
+    for hours_back in range(0, 24 * rollups.RUNNING_WINDOW_DAYS, 1):
+        moment = now - dt.timedelta(hours=hours_back)
+        moment_us = int(moment.timestamp() * 1_000_000)
+        if not rollups.may_hold_late(moment_us, now_us):
+            assert moment.astimezone(tz).date() >= through - dt.timedelta(days=rollups.RUNNING_WINDOW_DAYS), moment
+    assert rollups.may_hold_late(now_us - 8 * 86_400_000_000, now_us)

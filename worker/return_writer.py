@@ -12,11 +12,12 @@ bisection as a bad sale (worker.writer).
 from __future__ import annotations
 
 import collections
+import time
 
 import asyncpg
 
 from shared import report_changes
-from shared.rollups import EXTEND_RUNNING, ROLLUPS, running_upserts, upsert_returns_sql
+from shared.rollups import EXTEND_RUNNING, ROLLUPS, may_hold_late, running_upserts, upsert_returns_sql
 from worker import writer
 
 # (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
@@ -59,6 +60,9 @@ ON CONFLICT (sale_id) DO UPDATE SET returned = r.returned + EXCLUDED.returned
 
 UPSERT_RETURN_SUMS = [(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
     returns=True
+)
+UPSERT_RECENT_RETURN_SUMS = [(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
+    returns=True, late=False
 )
 
 
@@ -105,7 +109,8 @@ async def insert_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> tup
             report_changes.ANNOUNCE,
             report_changes.payload(min(r[2] for r in inserted), max(r[2] for r in inserted), (r[3] for r in inserted)),
         )
-        for summed_by, upsert in UPSERT_RETURN_SUMS:
+        late = may_hold_late(min(r[2] for r in inserted), time.time_ns() // 1000)
+        for summed_by, upsert in UPSERT_RETURN_SUMS if late else UPSERT_RECENT_RETURN_SUMS:
             await conn.execute(upsert, *sums_by(inserted, summed_by))
     return len(inserted), lost
 

@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from shared import partitions, report_changes, sales_copy
 from shared.db import set_codecs
-from shared.rollups import EXTEND_RUNNING, LOCK_RUNNING, ROLLUPS, RUNNING_COVERS, running_upserts, upsert_partials_sql
+from shared.rollups import (
+    EXTEND_RUNNING,
+    LOCK_RUNNING,
+    ROLLUPS,
+    RUNNING_COVERS,
+    may_hold_late,
+    running_upserts,
+    upsert_partials_sql,
+)
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
 
@@ -98,6 +107,10 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
 
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in.
 UPSERT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS] + running_upserts()
+# The same for a batch with no sale older than a few days (almost all): no late upserts.
+UPSERT_RECENT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
+    late=False
+)
 
 
 class RunningTotalsBehind(Exception):
@@ -203,8 +216,12 @@ async def lock_running(conn: asyncpg.Connection, last_second: int) -> None:
 
 
 async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
+    late = may_hold_late(int(batch.times_us.min()), time.time_ns() // 1000)
     with gc_paused():
-        sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in UPSERT_BATCH_SUMS]
+        sums = [
+            (upsert, batch.sums_by(summed_by))
+            for summed_by, upsert in (UPSERT_BATCH_SUMS if late else UPSERT_RECENT_BATCH_SUMS)
+        ]
     for upsert, arrays in sums:
         await conn.execute(upsert, *arrays)
 
