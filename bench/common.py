@@ -248,6 +248,37 @@ def count_sales(url: str) -> int:
 # Processes
 
 
+class CpuCap:
+    """A cgroup of its own capped at `percent` of one core (cgroup v1 cpu controller, as root):
+    a process run in it is measured as if on a small machine of its own. `command(args)` runs
+    `args` in it (the process joins before it execs, so nothing runs uncapped); `remove()` once
+    the process has gone."""
+
+    ROOT = Path("/sys/fs/cgroup/cpu")
+
+    def __init__(self, name: str, percent: int):
+        if not (self.ROOT / "cpu.cfs_quota_us").exists():
+            raise RuntimeError(f"no cgroup v1 cpu controller at {self.ROOT} (needed to cap a process's CPU)")
+        self.path = self.ROOT / f"bench_{name}_{os.getpid()}"
+        self.path.mkdir()
+        (self.path / "cpu.cfs_period_us").write_text("100000")
+        (self.path / "cpu.cfs_quota_us").write_text(str(percent * 1000))
+        on_exit(self.remove)
+
+    def command(self, args: list[str]) -> list[str]:
+        return ["sh", "-c", f'echo $$ > {self.path}/cgroup.procs && exec "$@"', "sh", *args]
+
+    def remove(self) -> None:
+        for _ in range(50):  # the group can go only once its processes have
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
 class Service:
     """A process group we started (the launcher and the processes it forks)."""
 

@@ -44,7 +44,13 @@ from shared.queue import QueuedSale, QueueKeys, sale_encoder
 
 KEYS = QueueKeys(common.REDIS_PREFIX)
 WORKER_APP = "sales-worker"  # application_name of the worker's sessions (worker/writer.py)
-EMPTY = ["sales", "sale_keys", "dead_letter", *(r.table for r in rollups.ROLLUPS)]
+EMPTY = [
+    "sales",
+    "sale_keys",
+    "dead_letter",
+    *(r.table for r in rollups.ROLLUPS),
+    *(table for r in rollups.RUNNING for table in (r.table, r.late)),
+]
 _TARGET = re.compile(r"^\s*(?:INSERT\s+INTO|COPY|UPDATE)\s+\"?(\w+)", re.I)
 
 
@@ -90,6 +96,7 @@ async def reset(url: str, entries: list[dict]) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f"TRUNCATE {', '.join(EMPTY)}")
+        await conn.execute("UPDATE report_settings SET running_through = NULL")
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -199,7 +206,11 @@ async def drain(url: str, k: int, sales: int, args) -> dict:
     tx = gate.transaction()
     await tx.start()
     await gate.execute("LOCK TABLE item IN EXCLUSIVE MODE")  # conflicts with FOR KEY SHARE only
-    workers = [common.Service(f"worker{i + 1}", [common.PYTHON, "-m", "worker"], env, None) for i in range(k)]
+    command = [common.PYTHON, "-m", "worker"]
+    caps = [common.CpuCap(f"worker{i + 1}", args.cap) for i in range(k)] if args.cap else []
+    workers = [
+        common.Service(f"worker{i + 1}", caps[i].command(command) if caps else command, env, None) for i in range(k)
+    ]
     deadline = time.monotonic() + 120
     while await _waiting_on_gate(url) < k:
         dead = [w for w in workers if w.proc.poll() is not None]
@@ -235,6 +246,8 @@ async def drain(url: str, k: int, sales: int, args) -> dict:
     backend_cpu = cpu_seconds(backends) - backend_cpu_before  # a backend opened meanwhile counts whole
     for worker in workers:
         worker.stop()
+    for cap in caps:
+        cap.remove()
     await gate.close()
 
     conn = await asyncpg.connect(url)
@@ -300,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-ms", type=float, default=10, help="pg_stat_activity sampling interval")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a drain may take at most")
     parser.add_argument("--repeat", type=int, default=3, help="drains per configuration (the median is shown)")
+    parser.add_argument(
+        "--cap",
+        type=int,
+        metavar="PERCENT",
+        help="each worker in a cgroup of its own capped at PERCENT of one core (15: 0.15 core), "
+        "as if each were a small machine of its own (root, cgroup v1 cpu controller)",
+    )
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.workers.split(",")]
 
@@ -325,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     common.header(
         f"Worker drain rate by number of workers ({args.sales:,} sales queued, "
         f"{args.sales_per_entry} per stream entry, {batch_entries * args.sales_per_entry:,} "
-        f"per transaction; catalogue {args.items:,} items, {args.stores:,} stores)"
+        f"per transaction; catalogue {args.items:,} items, {args.stores:,} stores"
+        + (f"; each worker capped at {args.cap / 100:g} core" if args.cap else "")
+        + ")"
     )
     one = results[0]["rate"]
     events = sorted({e for r in results for e in r["sampler"].by_event})
