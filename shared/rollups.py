@@ -218,21 +218,9 @@ def upsert_late_sql(running: Running, returns: bool = False) -> str:
 
 def running_upserts(returns: bool = False, late: bool = True) -> list[tuple[tuple[str, ...], str]]:
     """(what the batch is summed by, the upsert) of every running table, and of its late twin
-    unless not `late` (a batch that cannot hold a late sale: `may_hold_late`)."""
+    unless not `late` (a batch with no late sale: MAY_HOLD_LATE)."""
     upserts = (upsert_running_sql, upsert_late_sql) if late else (upsert_running_sql,)
     return [(running.summed_by, upsert(running, returns)) for running in RUNNING for upsert in upserts]
-
-
-_DAY_US = 86_400 * 1_000_000
-
-
-def may_hold_late(oldest_us: int, now_us: int) -> bool:
-    """Whether a batch whose oldest sale (or return) is at `oldest_us` may hold one older than
-    the running window. running_through is at most tomorrow (a sale stamped seconds ahead at
-    midnight) and a zone moves a day by less than one, so a moment within RUNNING_WINDOW_DAYS - 2
-    days of now is never late: almost every batch then skips the late upserts (each sends the
-    batch's sums to PostgreSQL once more: at 100,000-sale batches, megabytes)."""
-    return oldest_us < now_us - (RUNNING_WINDOW_DAYS - 2) * _DAY_US
 
 
 def _local_day(second_param: str) -> str:
@@ -254,6 +242,14 @@ EXTEND_RUNNING = (
 )
 LOCK_RUNNING = f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK})"
 RUNNING_COVERS = f"SELECT coalesce(running_through >= {_local_day('$1')}, false) FROM report_settings"
+# In the batch's transaction, before its rollups ($1: its earliest moment, Unix seconds): whether
+# any of it may be late. Almost never: the batch then skips the late upserts, each of which would
+# send its sums to PostgreSQL once more (megabytes at 100,000-sale batches) only to filter them
+# all out. A day of margin: where a zone's clocks go back at midnight, a later moment can fall on
+# the day before. Asked of the database, not of a clock: a backlog written days late is exact too.
+MAY_HOLD_LATE = (
+    f"SELECT coalesce({_local_day('$1')} <= running_through - {RUNNING_WINDOW_DAYS}, true) FROM report_settings"
+)
 # Taken first by whatever replaces the running totals wholesale, in the same order as writers
 # (this lock, then tables), so that none of them deadlocks with a writer.
 LOCK_RUNNING_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({RUNNING_LOCK})"

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import zoneinfo
-
-import pytest
 
 from api.app import create_app
 from shared import retention, rollups
@@ -194,18 +191,31 @@ async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(
     await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": kept.isoformat()})
 
 
-@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12", "UTC", "Australia/Lord_Howe"])
-def test_a_batch_the_worker_deems_recent_holds_no_late_sale_in_any_zone(zone):
-    """The worker skips the late upserts for a batch `may_hold_late` calls recent: in any zone, no
-    moment of such a batch falls before running_through - RUNNING_WINDOW_DAYS, with
-    running_through as far ahead as it gets (tomorrow, by a sale stamped seconds ahead)."""
-    tz = zoneinfo.ZoneInfo(zone)
+async def test_the_window_edge_six_seven_and_eight_days_late(client, seed, db, drain):
+    """A sale 7 days late still goes into the running rows (8 of them), one 8 days late into a
+    late row; one batch holding both, or only sales up to 6 days late (no late upsert at all)."""
+    await seed(items=3, stores=2, sales=100)
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1})  # running_through: today
+    await drain()
+    await db.execute("INSERT INTO item (id, name, price) VALUES (40, 'new', 100)")
+    await db.execute("INSERT INTO store (id, address) VALUES (50, 'new store'), (51, 'other new store')")
+    await client.get("/items/")
     now = dt.datetime.now(dt.UTC)
-    now_us = int(now.timestamp() * 1_000_000)
-    through = now.astimezone(tz).date() + dt.timedelta(days=1)
-    for hours_back in range(0, 24 * rollups.RUNNING_WINDOW_DAYS, 1):
-        moment = now - dt.timedelta(hours=hours_back)
-        moment_us = int(moment.timestamp() * 1_000_000)
-        if not rollups.may_hold_late(moment_us, now_us):
-            assert moment.astimezone(tz).date() >= through - dt.timedelta(days=rollups.RUNNING_WINDOW_DAYS), moment
-    assert rollups.may_hold_late(now_us - 8 * 86_400_000_000, now_us)
+    today = now.date()
+    await _post(
+        client,
+        "/sales/batch/",
+        [{"item_id": 40, "store_id": 50, "sale_time": (now - dt.timedelta(days=d)).isoformat()} for d in (6, 7, 8)],
+    )
+    await _post(
+        client, "/sales/batch/", [{"item_id": 1, "store_id": 51, "sale_time": (now - dt.timedelta(days=6)).isoformat()}]
+    )
+    await drain()
+    assert await db.fetchval("SELECT min(day) FROM store_running WHERE store_id = 50") == today - dt.timedelta(days=7)
+    assert await db.fetchval("SELECT count(*) FROM store_running WHERE store_id = 50") == 8
+    assert [tuple(r) for r in await db.fetch("SELECT day, sales FROM store_running_late WHERE store_id = 50")] == [
+        (today - dt.timedelta(days=8), 1)
+    ]
+    assert await db.fetchval("SELECT count(*) FROM store_running WHERE store_id = 51") == 7
+    assert await db.fetchval("SELECT count(*) FROM store_running_late WHERE store_id = 51") == 0
+    assert await rollups.drift(db) == NO_DRIFT

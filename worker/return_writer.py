@@ -12,12 +12,11 @@ bisection as a bad sale (worker.writer).
 from __future__ import annotations
 
 import collections
-import time
 
 import asyncpg
 
 from shared import report_changes
-from shared.rollups import EXTEND_RUNNING, ROLLUPS, may_hold_late, running_upserts, upsert_returns_sql
+from shared.rollups import EXTEND_RUNNING, MAY_HOLD_LATE, ROLLUPS, running_upserts, upsert_returns_sql
 from worker import writer
 
 # (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
@@ -109,7 +108,7 @@ async def insert_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> tup
             report_changes.ANNOUNCE,
             report_changes.payload(min(r[2] for r in inserted), max(r[2] for r in inserted), (r[3] for r in inserted)),
         )
-        late = may_hold_late(min(r[2] for r in inserted), time.time_ns() // 1000)
+        late = await conn.fetchval(MAY_HOLD_LATE, min(r[2] for r in inserted) // 1_000_000)
         for summed_by, upsert in UPSERT_RETURN_SUMS if late else UPSERT_RECENT_RETURN_SUMS:
             await conn.execute(upsert, *sums_by(inserted, summed_by))
     return len(inserted), lost

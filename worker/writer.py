@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -32,9 +31,9 @@ from shared.db import set_codecs
 from shared.rollups import (
     EXTEND_RUNNING,
     LOCK_RUNNING,
+    MAY_HOLD_LATE,
     ROLLUPS,
     RUNNING_COVERS,
-    may_hold_late,
     running_upserts,
     upsert_partials_sql,
 )
@@ -216,7 +215,7 @@ async def lock_running(conn: asyncpg.Connection, last_second: int) -> None:
 
 
 async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
-    late = may_hold_late(int(batch.times_us.min()), time.time_ns() // 1000)
+    late = await conn.fetchval(MAY_HOLD_LATE, int(batch.times_us.min()) // 1_000_000)
     with gc_paused():
         sums = [
             (upsert, batch.sums_by(summed_by))
