@@ -44,6 +44,22 @@ def test_422_by_index_sets_aside_the_bad_and_sends_the_rest_at_once():
     assert not verdict.retry
 
 
+def test_a_sale_older_than_the_servers_limit_is_set_aside_not_held():
+    """A till whose clock fell back: the server's 422 names MAX_SALE_AGE_DAYS; the sale is set aside
+    with that reason (not held as a clock running ahead), the others go on."""
+    batch = sales(2)
+    reason = (
+        "sale_time 2000-01-02T10:00:00+00:00 is more than 400 days ago, the most this server accepts "
+        "(MAX_SALE_AGE_DAYS); the oldest accepted now is 2025-10-31T10:00:00+00:00"
+    )
+    verdict = judge(
+        batch, answer(422, {"error": "1 of 2 sales are invalid", "errors": [{"index": 0, "error": reason}]})
+    )
+    assert verdict.refused == [(1, reason)]
+    assert not verdict.held
+    assert verdict.send_again == [[batch[1]]]
+
+
 def test_422_for_a_clock_ahead_holds_the_sale_instead_of_refusing_it():
     batch = sales(2)
     verdict = judge(
