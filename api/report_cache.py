@@ -38,7 +38,12 @@ from shared import report_changes
 log = logging.getLogger(__name__)
 
 CHANNELS = (report_changes.CHANNEL, "catalogue_changed")
-LISTENING_QUERY = "SELECT count(*) FROM pg_listening_channels()"
+# The round trip before answering from memory: the channels listened on, and the zone the rollups
+# are cut in now (announced moments are cut into its days: REPORT_TIMEZONE may be another one, if
+# the rollups were rebuilt in another zone since this process started).
+LISTENING_QUERY = (
+    "SELECT count(*) AS listening, (SELECT timezone FROM report_settings) AS timezone FROM pg_listening_channels()"
+)
 SYNC_TIMEOUT_SECONDS = 2.0
 
 
@@ -72,6 +77,10 @@ class Change:
         )
 
 
+_DAY_US = 86_400 * 1_000_000
+_ONE_DAY = dt.timedelta(days=1)
+
+
 def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
     """The change a `reports_changed` payload announces; None for "anything may have changed"
     (an empty payload, or one this process cannot read)."""
@@ -79,12 +88,17 @@ def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
         return None
     try:
         said = json.loads(payload)
-        first, last = (from_us(int(said[k])).astimezone(timezone).date() for k in ("from_us", "to_us"))
+        from_moment, to_moment = (int(said[k]) for k in ("from_us", "to_us"))
+        first, last = (from_us(us).astimezone(timezone) for us in (from_moment, to_moment))
         stores = None if said["stores"] is None else frozenset(int(s) for s in said["stores"])
     except (ValueError, TypeError, KeyError, OverflowError):
         log.warning("report cache: unreadable change %r; dropping everything", payload[:200])
         return None
-    return Change(first, last, stores)
+    if to_moment - from_moment > _DAY_US or first.utcoffset() != last.utcoffset():
+        # The clocks may have gone back across a midnight in between: a moment after the first
+        # can fall on the day before it, one before the last on the day after. A day more each side.
+        return Change(first.date() - _ONE_DAY, last.date() + _ONE_DAY, stores)
+    return Change(first.date(), last.date(), stores)
 
 
 def _rows(value: Any) -> int:
@@ -210,8 +224,11 @@ class ReportCache:
             if conn is not None:
                 # Any query would do; this one also notices a session that stopped listening
                 # (a transaction-mode pooler in between would make it lose its LISTENs).
-                listening = await conn.fetchval(LISTENING_QUERY, timeout=SYNC_TIMEOUT_SECONDS)
+                row = await conn.fetchrow(LISTENING_QUERY, timeout=SYNC_TIMEOUT_SECONDS)
+                listening = row["listening"] if row else 0
                 ok = conn is self._conn and listening == len(CHANNELS)
+                if ok and row and row["timezone"] != self._timezone.key:
+                    self._timezone = zoneinfo.ZoneInfo(row["timezone"])
                 if not ok and conn is self._conn:
                     broken = f"listening on {listening} of {len(CHANNELS)} channels"
         except DB_ERRORS as exc:

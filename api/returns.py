@@ -33,7 +33,7 @@ from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
 from api.sale_queue import script_then_wait
-from api.sale_times import SaleTimeLimits
+from api.sale_times import SaleTimeLimits, remembered
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
 from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys
@@ -156,6 +156,7 @@ class ReturnsIntake:
         stored = cast(dict[int, StoredSale], sales)  # read only for sales _check found stored
         await self._catalogue.knows(set(), {ret.store_id for _, ret in returns if ret.store_id is not None})
         errors: dict[int, tuple[int, str, dict]] = {}
+        retries: dict[int, str] = {}  # index -> its idempotency key in Redis, of keyed returns dated too far back
         for index, (sale_id, ret) in enumerate(returns):
             problem = self._check(sale_id, ret, sales.get(sale_id), accepted_us)
             if problem is None and only_store is not None and (ret.store_id or stored[sale_id].store_id) != only_store:
@@ -165,8 +166,17 @@ class ReturnsIntake:
                     f"{ret.store_id or stored[sale_id].store_id}",
                     {},
                 )
+            return_us = _return_us(ret, stored[sale_id], accepted_us) if problem is None else 0
+            if problem is None and (too_old := self._times.too_old("return_time", return_us, accepted_us)):
+                problem = (422, too_old, {})
+                if ret.idempotency_key:
+                    store_id = ret.store_id or stored[sale_id].store_id
+                    retries[index] = self._keys.return_idempotency(store_id, ret.idempotency_key)
             if problem is not None:
                 errors[index] = problem
+        for index, known in zip(retries, await remembered(self._redis, list(retries.values()))):
+            if known:  # accepted before under this key: the queueing script answers that return
+                del errors[index]
         if errors:
             raise ReturnRefused(errors)
         try:
@@ -208,8 +218,6 @@ class ReturnsIntake:
         return_us = _return_us(ret, sale, accepted_us)
         if return_us < sale.sale_time_us:
             return 422, f"return_time is before sale {sale_id} was made ({iso_utc(sale.sale_time_us)})", {}
-        if too_old := self._times.too_old("return_time", return_us, accepted_us):
-            return 422, too_old, {}
         remaining = sale.quantity - sale.returned
         # a keyed return may be the retry of one stored already, which took its units: the
         # script answers that one, or checks what is left itself

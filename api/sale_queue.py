@@ -61,11 +61,11 @@ class SaleQueue:
         replicas: int = 0,
         replica_wait_ms: int = 500,
     ):
-        self._client = client
+        self._client = self.client = client
         self._script = client.register_script(ENQUEUE_SCRIPT)
         self._replicas = replicas
         self._replica_wait_ms = replica_wait_ms
-        self._keys = keys
+        self._keys = self.keys = keys
         self._max_depth = max_depth
         self._idempotency_ttl = idempotency_ttl
         self._waiting: collections.deque[tuple[list[QueuedSale], asyncio.Future]] = collections.deque()

@@ -245,8 +245,9 @@ RUNNING_COVERS = f"SELECT coalesce(running_through >= {_local_day('$1')}, false)
 # In the batch's transaction, before its rollups ($1: its earliest moment, Unix seconds): whether
 # any of it may be late. Almost never: the batch then skips the late upserts, each of which would
 # send its sums to PostgreSQL once more (megabytes at 100,000-sale batches) only to filter them
-# all out. A day of margin: where a zone's clocks go back at midnight, a later moment can fall on
-# the day before. Asked of the database, not of a clock: a backlog written days late is exact too.
+# all out. A day of margin: where a zone's clocks go back across a midnight (a change just after
+# it), a later moment can fall on the day before. Asked of the database, not of a clock: a
+# backlog written days after its sales were accepted is decided exactly too.
 MAY_HOLD_LATE = (
     f"SELECT coalesce({_local_day('$1')} <= running_through - {RUNNING_WINDOW_DAYS}, true) FROM report_settings"
 )

@@ -219,3 +219,53 @@ async def test_the_window_edge_six_seven_and_eight_days_late(client, seed, db, d
     assert await db.fetchval("SELECT count(*) FROM store_running WHERE store_id = 51") == 7
     assert await db.fetchval("SELECT count(*) FROM store_running_late WHERE store_id = 51") == 0
     assert await rollups.drift(db) == NO_DRIFT
+
+
+async def test_a_keyed_retry_of_an_accepted_sale_is_answered_though_it_grew_too_old(
+    client, aiohttp_client, settings, seed, drain, redis_client, queue_keys
+):
+    """A till's answer was lost; by its retry the sale is past the limit (here: a server with a
+    stricter one). The retry gets the sale accepted then, not a 422 that would make the till set
+    aside a sale that counts; a new sale of that time is still refused."""
+    strict = await aiohttp_client(create_app(dataclasses.replace(settings, max_sale_age_days=300)))
+    await seed(items=3, stores=2)
+    moment = (dt.datetime.now(dt.UTC) - dt.timedelta(days=350)).isoformat()
+    first = await _post(client, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": moment, "idempotency_key": "k1"})
+    again = await _post(
+        strict, "/sales/batch/", [{"item_id": 1, "store_id": 1, "sale_time": moment, "idempotency_key": "k1"}]
+    )
+    assert again == [first]
+    body = await _post(
+        strict, "/sales/", {"item_id": 1, "store_id": 1, "sale_time": moment, "idempotency_key": "k2"}, 422
+    )
+    assert "more than 300 days ago" in body["error"]
+    assert await redis_client.xlen(queue_keys.stream) == 1
+
+    # the same for a return
+    await drain()
+    sale = await _post(client, "/sales/", {"item_id": 2, "store_id": 2, "quantity": 3, "sale_time": moment})
+    await drain()
+    returned = (dt.datetime.now(dt.UTC) - dt.timedelta(days=340)).isoformat()
+    ret = await _post(
+        client, f"/sales/{sale['id']}/returns/", {"quantity": 1, "return_time": returned, "idempotency_key": "r1"}
+    )
+    again = await _post(
+        strict, f"/sales/{sale['id']}/returns/", {"quantity": 1, "return_time": returned, "idempotency_key": "r1"}
+    )
+    assert again == ret
+    body = await _post(
+        strict, f"/sales/{sale['id']}/returns/", {"quantity": 1, "return_time": returned, "idempotency_key": "r2"}, 422
+    )
+    assert body["error"].startswith("return_time ") and "more than 300 days ago" in body["error"]
+
+
+async def test_the_window_edge_is_decided_by_the_database(db, seed, client, drain):
+    """MAY_HOLD_LATE: a batch whose earliest sale is 6 days before running_through cannot hold a
+    late one (its late upserts are skipped); 7 days, with the day of margin, may; 8 days does."""
+    await seed(items=3, stores=2, sales=100)
+    await _post(client, "/sales/", {"item_id": 1, "store_id": 1})
+    await drain()
+    now = dt.datetime.now(dt.UTC)
+    for days, may in ((0, False), (6, False), (7, True), (8, True), (400, True)):
+        second = int((now - dt.timedelta(days=days)).timestamp())
+        assert await db.fetchval(rollups.MAY_HOLD_LATE, second) is may, days

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import zoneinfo
 
 from api import reports
+from api.app import create_app
 from api.appkeys import REPORT_CACHE
-from api.report_cache import CATALOGUE_ONLY, EVERYTHING, ReportCache, Scope
-from shared import report_changes
+from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Change, ReportCache, Scope, parse_change
+from shared import report_changes, rollups
 from tests.conftest import CITUS, edit_by_hand
 
 
@@ -182,7 +184,8 @@ def _counting(calls: list[str], key: str):
 
 
 async def test_a_change_drops_the_results_whose_days_and_store_it_touches(database_url, db):
-    cache = ReportCache(database_url, zoneinfo.ZoneInfo("Asia/Tokyo"))
+    await rollups.ensure_timezone(db, "Asia/Tokyo")  # the zone announced moments are cut in
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))  # and the cache learns it
     await cache.start()
     tokyo_today = dt.date(2026, 12, 5)
     # 2026-12-04 16:00 UTC is 2026-12-05 01:00 in Tokyo
@@ -268,3 +271,32 @@ async def _wait_listening(cache: ReportCache) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the report cache is not listening")
+
+
+async def test_announced_moments_are_cut_in_the_zone_the_rollups_are_cut_in(aiohttp_client, settings, seed, db, drain):
+    """The API started with REPORT_TIMEZONE=Europe/Berlin, then the rollups were rebuilt in UTC
+    (another process, another setting): a sale at 23:30 UTC yesterday counts on yesterday, and
+    must drop yesterday's cached report, not Berlin's day of that moment (today)."""
+    berlin = await aiohttp_client(create_app(dataclasses.replace(settings, report_timezone="Europe/Berlin")))
+    await seed(items=3, stores=2, tz="Europe/Berlin")
+    await rollups.ensure_timezone(db, "UTC")
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    url = f"/reports/totals/?from={yesterday}&to={yesterday}"
+    assert (await (await berlin.get(url)).json())["units"] == 0
+    moment = dt.datetime.combine(yesterday, dt.time(23, 30), dt.UTC).isoformat()
+    response = await berlin.post("/sales/", json={"item_id": 1, "store_id": 1, "quantity": 9, "sale_time": moment})
+    assert response.status == 202
+    await drain()
+    assert (await (await berlin.get(url)).json())["units"] == 9
+
+
+def test_a_change_across_a_shift_of_the_clocks_reaches_a_day_further_each_side():
+    """Announced moments on both sides of a clock change: a moment between them may fall on a
+    day the first and last do not (clocks going back across midnight)."""
+    zone = zoneinfo.ZoneInfo("Europe/Berlin")
+    before = dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC)  # 02:30 CEST
+    after = dt.datetime(2026, 10, 25, 1, 30, tzinfo=dt.UTC)  # 02:30 CET
+    change = parse_change(report_changes.payload(_us(before), _us(after), [1]), zone)
+    assert change == Change(dt.date(2026, 10, 24), dt.date(2026, 10, 26), frozenset({1}))
+    same = parse_change(report_changes.payload(_us(after), _us(after), []), zone)
+    assert same == Change(dt.date(2026, 10, 25), dt.date(2026, 10, 25), frozenset())
