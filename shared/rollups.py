@@ -185,35 +185,32 @@ RUNNING_LOCK = 370222
 _RECENT = f"p.local_time::date >= (SELECT running_through FROM report_settings) - {RUNNING_WINDOW_DAYS}"
 
 
-def upsert_running_sql(running: Running, returns: bool = False) -> str:
-    """Add a batch's recent sums (PARTIAL_SALES parameters, or PARTIAL_RETURNS) to every row
-    from the sale's (or return's) day on: at most RUNNING_WINDOW_DAYS + 1 rows per key."""
+def _upsert_by_day(table: str, key: str, returns: bool, day: str, source: str, where: str) -> str:
+    """Add a batch's sums (PARTIAL_SALES parameters, or PARTIAL_RETURNS: `p`, joined to `source`)
+    to `table`'s rows of (`day`, `key`), those of `where` only."""
     measures = MEASURES if returns else SALE_MEASURES
     additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
     return (
-        f"INSERT INTO {running.table} AS r (day, {running.key}, {', '.join(measures)}) "
-        f"SELECT p.local_time::date + g.n, p.{running.key}, {', '.join(f'sum(p.{m})' for m in measures)} "
-        f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p CROSS JOIN generate_series(0, "
-        f"(SELECT running_through FROM report_settings) - p.local_time::date) AS g(n) "
-        f"WHERE {_RECENT} "
-        f"GROUP BY 1, 2 ORDER BY 1, 2 "
-        f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
+        f"INSERT INTO {table} AS r (day, {key}, {', '.join(measures)}) "
+        f"SELECT {day}, p.{key}, {', '.join(f'sum(p.{m})' for m in measures)} "
+        f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p {source} WHERE {where} "
+        f"GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (day, {key}) DO UPDATE SET {additions}"
     )
+
+
+def upsert_running_sql(running: Running, returns: bool = False) -> str:
+    """Add a batch's recent sums to every row from the sale's (or return's) day on: at most
+    RUNNING_WINDOW_DAYS + 1 rows per key."""
+    every_day_since = (
+        "CROSS JOIN generate_series(0, (SELECT running_through FROM report_settings) - p.local_time::date) AS g(n)"
+    )
+    return _upsert_by_day(running.table, running.key, returns, "p.local_time::date + g.n", every_day_since, _RECENT)
 
 
 def upsert_late_sql(running: Running, returns: bool = False) -> str:
-    """Add a batch's older sums (same parameters) to the late rows of their days: one row per
-    key and day, however far back the day is."""
-    measures = MEASURES if returns else SALE_MEASURES
-    additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
-    return (
-        f"INSERT INTO {running.late} AS r (day, {running.key}, {', '.join(measures)}) "
-        f"SELECT p.local_time::date, p.{running.key}, {', '.join(f'sum(p.{m})' for m in measures)} "
-        f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p "
-        f"WHERE NOT ({_RECENT}) "
-        f"GROUP BY 1, 2 ORDER BY 1, 2 "
-        f"ON CONFLICT (day, {running.key}) DO UPDATE SET {additions}"
-    )
+    """Add a batch's older sums to the late rows of their days: one row per key and day, however
+    far back the day is."""
+    return _upsert_by_day(running.late, running.key, returns, "p.local_time::date", "", f"NOT ({_RECENT})")
 
 
 def running_upserts(returns: bool = False, late: bool = True) -> list[tuple[tuple[str, ...], str]]:
