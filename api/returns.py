@@ -32,8 +32,8 @@ from api.catalogue import Catalogue
 from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
-from api.sale_queue import script_then_wait
-from api.sale_times import SaleTimeLimits, remembered
+from api.sale_queue import remembered, script_then_wait
+from api.sale_times import SaleTimeLimits
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
 from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys
@@ -166,12 +166,13 @@ class ReturnsIntake:
                     f"{ret.store_id or stored[sale_id].store_id}",
                     {},
                 )
-            return_us = _return_us(ret, stored[sale_id], accepted_us) if problem is None else 0
-            if problem is None and (too_old := self._times.too_old("return_time", return_us, accepted_us)):
-                problem = (422, too_old, {})
-                if ret.idempotency_key:
-                    store_id = ret.store_id or stored[sale_id].store_id
-                    retries[index] = self._keys.return_idempotency(store_id, ret.idempotency_key)
+            if problem is None:
+                return_us = _return_us(ret, stored[sale_id], accepted_us)
+                if too_old := self._times.too_old("return_time", return_us, accepted_us):
+                    problem = (422, too_old, {})
+                    if ret.idempotency_key:
+                        store_id = ret.store_id or stored[sale_id].store_id
+                        retries[index] = self._keys.return_idempotency(store_id, ret.idempotency_key)
             if problem is not None:
                 errors[index] = problem
         for index, known in zip(retries, await remembered(self._redis, list(retries.values()))):

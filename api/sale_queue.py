@@ -25,6 +25,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from api import metrics
+from api.errors import ServiceUnavailable
 from shared.queue import ENQUEUE_SCRIPT, QueuedSale, QueueKeys, encoded_back_to_back, sale_decoder, sale_encoder
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,11 @@ class SaleQueue:
         replicas: int = 0,
         replica_wait_ms: int = 500,
     ):
-        self._client = self.client = client
+        self._client = client
         self._script = client.register_script(ENQUEUE_SCRIPT)
         self._replicas = replicas
         self._replica_wait_ms = replica_wait_ms
-        self._keys = self.keys = keys
+        self._keys = keys
         self._max_depth = max_depth
         self._idempotency_ttl = idempotency_ttl
         self._waiting: collections.deque[tuple[list[QueuedSale], asyncio.Future]] = collections.deque()
@@ -73,6 +74,10 @@ class SaleQueue:
         self._active = 0  # flushers running; counted inside them, not by done-callbacks (those run late)
         self._flushers: set[asyncio.Task] = set()
         self._full_until = 0.0
+
+    async def remembered(self, sales: list[tuple[int, str]]) -> list[bool]:
+        """Whether each (store_id, idempotency key) is remembered: a sale was accepted under it."""
+        return await remembered(self._client, [self._keys.idempotency(store_id, key) for store_id, key in sales])
 
     def looks_full(self) -> bool:
         """Redis said "full" a moment ago. A request can then be refused before its body is
@@ -196,3 +201,17 @@ def _as_stored(sales: list[QueuedSale], keyed_answers: list[bytes]) -> list[Queu
         found = next(earlier) if sale.idempotency_key else None
         stored.append(sale_decoder.decode(found) if found else sale)
     return stored
+
+
+async def remembered(client: redis.Redis, keys: list[str]) -> list[bool]:
+    """Whether each idempotency key (its Redis key, as the queueing scripts set it) is
+    remembered: something was accepted under it. A refusal for the time of a sale or return is
+    waived for such a retry, and the script answers what was accepted then: a till whose answer
+    was lost, and that retries after the sale grew too old (or its month was archived), must not
+    be told 422 for a sale that counts."""
+    if not keys:
+        return []
+    try:
+        return [value is not None for value in await client.mget(keys)]
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc

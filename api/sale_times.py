@@ -9,11 +9,7 @@ already counts): refused here rather than answered 202 and then filed in dead_le
 
 from __future__ import annotations
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
 from api.catalogue import Catalogue
-from api.errors import ServiceUnavailable
 from api.moments import iso_utc
 from shared import partitions
 
@@ -48,16 +44,3 @@ class SaleTimeLimits:
                 "(python -m shared.retention): a sale of that month can no longer be stored"
             )
         return None
-
-
-async def remembered(client: redis.Redis, keys: list[str]) -> list[bool]:
-    """Whether each idempotency key (its Redis key) is remembered: something was accepted under
-    it. A refusal for the sale's time is waived for such a retry, and the queueing script
-    answers what was accepted then: a till whose answer was lost, and that retries after the
-    sale grew too old (or its month was archived), must not be told 422 for a sale that counts."""
-    if not keys:
-        return []
-    try:
-        return [value is not None for value in await client.mget(keys)]
-    except (RedisError, OSError, TimeoutError) as exc:
-        raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc

@@ -10,7 +10,7 @@ from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
 from api.sale_queue import QueueFull, QueueUnavailable, ReplicasBehind, SaleQueue
-from api.sale_times import SaleTimeLimits, remembered
+from api.sale_times import SaleTimeLimits
 from api.validation import SaleIn
 from shared.queue import QueuedSale
 
@@ -79,9 +79,8 @@ class SalesIntake:
             for index, sale in sales.items()
             if sale.sale_time is not None and (reason := self.times.refusal(to_us(sale.sale_time), accepted_us))
         }
-        retries = [index for index in errors if sales[index].idempotency_key]
-        keys = [self.queue.keys.idempotency(sales[i].store_id, sales[i].idempotency_key or "") for i in retries]
-        for index, known in zip(retries, await remembered(self.queue.client, keys)):
+        retries = {i: (sales[i].store_id, key) for i in errors if (key := sales[i].idempotency_key)}
+        for index, known in zip(retries, await self.queue.remembered(list(retries.values()))):
             if known:  # accepted before under this key: the queue answers that sale
                 del errors[index]
         item_ids = {s.item_id for s in sales.values()}
