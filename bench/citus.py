@@ -224,7 +224,7 @@ async def _statements(url: str, items: int, stores: int, runs: int, settings: di
                 "sales", source=memoryview(batch.copy_data()), columns=sales_copy.COLUMNS, format="binary"
             )
             lap("COPY 1,000 sales")
-            for summed_by, upsert in writer.UPSERT_BATCH_SUMS:
+            for summed_by, upsert in writer.UPSERT_BATCH_SUMS[False]:
                 await conn.execute(upsert, *batch.sums_by(summed_by))
                 lap(f"upsert {upsert.split()[2]} (INSERT ... SELECT FROM unnest ... ON CONFLICT)")
             await transaction.commit()

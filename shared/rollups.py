@@ -213,11 +213,15 @@ def upsert_late_sql(running: Running, returns: bool = False) -> str:
     return _upsert_by_day(running.late, running.key, returns, "p.local_time::date", "", f"NOT ({_RECENT})")
 
 
-def running_upserts(returns: bool = False, late: bool = True) -> list[tuple[tuple[str, ...], str]]:
-    """(what the batch is summed by, the upsert) of every running table, and of its late twin
-    unless not `late` (a batch with no late sale: MAY_HOLD_LATE)."""
-    upserts = (upsert_running_sql, upsert_late_sql) if late else (upsert_running_sql,)
-    return [(running.summed_by, upsert(running, returns)) for running in RUNNING for upsert in upserts]
+def batch_upserts(returns: bool = False, late: bool = True) -> list[tuple[tuple[str, ...], str]]:
+    """(what a batch of sales, or of returns, is summed by; the upsert) of every rollup and
+    running table, and of the running tables' late twins unless not `late` (a batch that holds
+    no late sale: MAY_HOLD_LATE)."""
+    upsert_sums = upsert_returns_sql if returns else upsert_partials_sql
+    running_upserts = (upsert_running_sql, upsert_late_sql) if late else (upsert_running_sql,)
+    return [(rollup.summed_by, upsert_sums(rollup)) for rollup in ROLLUPS] + [
+        (running.summed_by, upsert(running, returns)) for running in RUNNING for upsert in running_upserts
+    ]
 
 
 def _local_day(second_param: str) -> str:

@@ -16,7 +16,7 @@ import collections
 import asyncpg
 
 from shared import report_changes
-from shared.rollups import EXTEND_RUNNING, MAY_HOLD_LATE, ROLLUPS, running_upserts, upsert_returns_sql
+from shared.rollups import EXTEND_RUNNING, MAY_HOLD_LATE, batch_upserts
 from worker import writer
 
 # (id, sale_id, return_time_us, store_id, item_id, price, quantity, sold, idempotency_key, accepted_at_us)
@@ -57,12 +57,8 @@ GROUP BY sale_id ORDER BY sale_id
 ON CONFLICT (sale_id) DO UPDATE SET returned = r.returned + EXCLUDED.returned
 """
 
-UPSERT_RETURN_SUMS = [(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
-    returns=True
-)
-UPSERT_RECENT_RETURN_SUMS = [(rollup.summed_by, upsert_returns_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
-    returns=True, late=False
-)
+# By whether the batch may hold a late return (MAY_HOLD_LATE), as worker.writer's.
+UPSERT_RETURN_SUMS = {late: batch_upserts(returns=True, late=late) for late in (False, True)}
 
 
 def return_json(row: ReturnRow) -> dict:
@@ -104,12 +100,12 @@ async def insert_returns(conn: asyncpg.Connection, rows: list[ReturnRow]) -> tup
                 lost.append((row, f"idempotency key {row[8]!r} already belongs to return {owner}"))
     if inserted:
         await conn.execute(ADD_RETURNED, [r[1] for r in inserted], [r[7] for r in inserted], [r[6] for r in inserted])
+        earliest = min(r[2] for r in inserted)
         await conn.execute(
             report_changes.ANNOUNCE,
-            report_changes.payload(min(r[2] for r in inserted), max(r[2] for r in inserted), (r[3] for r in inserted)),
+            report_changes.payload(earliest, max(r[2] for r in inserted), (r[3] for r in inserted)),
         )
-        late = await conn.fetchval(MAY_HOLD_LATE, min(r[2] for r in inserted) // 1_000_000)
-        for summed_by, upsert in UPSERT_RETURN_SUMS if late else UPSERT_RECENT_RETURN_SUMS:
+        for summed_by, upsert in UPSERT_RETURN_SUMS[await conn.fetchval(MAY_HOLD_LATE, earliest // 1_000_000)]:
             await conn.execute(upsert, *sums_by(inserted, summed_by))
     return len(inserted), lost
 

@@ -28,15 +28,7 @@ import asyncpg
 
 from shared import partitions, report_changes, sales_copy
 from shared.db import set_codecs
-from shared.rollups import (
-    EXTEND_RUNNING,
-    LOCK_RUNNING,
-    MAY_HOLD_LATE,
-    ROLLUPS,
-    RUNNING_COVERS,
-    running_upserts,
-    upsert_partials_sql,
-)
+from shared.rollups import EXTEND_RUNNING, LOCK_RUNNING, MAY_HOLD_LATE, RUNNING_COVERS, batch_upserts
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
 
@@ -104,12 +96,9 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
        pg_notify('reports_changed', $3), set_config('sales.reports_announced', 'on', true)
 """
 
-# The new batch's rollups: binary COPY cannot return rows, and needs not: all went in.
-UPSERT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS] + running_upserts()
-# The same for a batch with no sale older than a few days (almost all): no late upserts.
-UPSERT_RECENT_BATCH_SUMS = [(rollup.summed_by, upsert_partials_sql(rollup)) for rollup in ROLLUPS] + running_upserts(
-    late=False
-)
+# The new batch's rollups: binary COPY cannot return rows, and needs not: all went in. By
+# whether the batch may hold a late sale (MAY_HOLD_LATE; almost never: no late upserts then).
+UPSERT_BATCH_SUMS = {late: batch_upserts(late=late) for late in (False, True)}
 
 
 class RunningTotalsBehind(Exception):
@@ -215,12 +204,9 @@ async def lock_running(conn: asyncpg.Connection, last_second: int) -> None:
 
 
 async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
-    late = await conn.fetchval(MAY_HOLD_LATE, int(batch.times_us.min()) // 1_000_000)
+    upserts = UPSERT_BATCH_SUMS[await conn.fetchval(MAY_HOLD_LATE, int(batch.times_us.min()) // 1_000_000)]
     with gc_paused():
-        sums = [
-            (upsert, batch.sums_by(summed_by))
-            for summed_by, upsert in (UPSERT_BATCH_SUMS if late else UPSERT_RECENT_BATCH_SUMS)
-        ]
+        sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in upserts]
     for upsert, arrays in sums:
         await conn.execute(upsert, *arrays)
 
