@@ -24,7 +24,6 @@ from api.sale_times import SaleTimeLimits
 from api.sales import SalesIntake
 from shared.db import create_pool
 from shared.migrate import migrate
-from shared.queue import QueueKeys
 from shared.redis_client import connect_from_settings
 from shared.settings import Settings
 
@@ -65,7 +64,7 @@ async def redis_ctx(app: web.Application):
     replica_wait = settings.redis_replica_wait_ms / 1000 if settings.replicas_to_confirm else 0
     client = connect_from_settings(settings, socket_timeout=0.8 + replica_wait)
     app[REDIS] = client
-    app[QUEUE_KEYS] = QueueKeys(settings.redis_key_prefix)
+    app[QUEUE_KEYS] = settings.queue_keys
     yield
     await client.aclose()
 

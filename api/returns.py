@@ -36,7 +36,7 @@ from api.sale_queue import remembered, script_then_wait
 from api.sale_times import SaleTimeLimits
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
-from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys
+from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys, depth_and_oldest, script_keys
 
 SALE = "SELECT id, item_id, store_id, price, quantity, sale_time FROM sales WHERE id = ANY($1::bigint[])"
 RETURNED = "SELECT sale_id, returned FROM sale_returned WHERE sale_id = ANY($1::bigint[])"
@@ -140,7 +140,7 @@ class ReturnsIntake:
         self._keys = keys
         self._ids = ids
         self._catalogue = catalogue
-        self._max_depth = max_depth
+        self._max_depth = keys.max_depth_per_partition(max_depth)
         self._ttl = idempotency_ttl
         self._replicas = replicas
         self._replica_wait_ms = replica_wait_ms
@@ -255,16 +255,13 @@ class ReturnsIntake:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _queue_clock_and_oldest(self) -> tuple[int, int | None]:
-        """Redis's clock and the moment its oldest stream entry was queued (ms; None if empty):
-        entry ids are those moments, on the same clock."""
+        """Redis's clock and the moment the oldest entry of any partition was queued (ms; None
+        if all are empty): entry ids are those moments, on the same clock."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.time()
-                pipe.xrange(self._keys.stream, count=1)
-                (seconds, micros), oldest = await pipe.execute()
+            (seconds, micros), _, oldest = await depth_and_oldest(self._redis, self._keys, with_time=True)
         except (TimeoutError, RedisError, OSError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
-        return seconds * 1000 + micros // 1000, int(oldest[0][0].split(b"-")[0]) if oldest else None
+        return seconds * 1000 + micros // 1000, int(oldest.split(b"-")[0]) if oldest else None
 
     async def _read_sales(self, sale_ids: list[int]) -> dict[int, StoredSale | DeadLettered | NotWrittenYet]:
         async with self._pool.acquire() as conn:
@@ -284,6 +281,7 @@ class ReturnsIntake:
         }
 
     async def _enqueue(self, queued: list[QueuedReturn], sales: dict[int, StoredSale]) -> list[QueuedReturn]:
+        places: dict[int, int] = {}  # partition -> its place among the script's KEYS (1-based)
         args: list = [self._max_depth, self._ttl, len(queued)]
         for ret in queued:
             idem = self._keys.return_idempotency(ret.store_id, ret.idempotency_key) if ret.idempotency_key else ""
@@ -294,9 +292,11 @@ class ReturnsIntake:
                 ret.sold,
                 sales[ret.sale_id].returned,
                 _encoder.encode(ret),
+                places.setdefault(self._keys.partition_of(ret.store_id), len(places) + 1),
             )
+        keys = script_keys([self._keys.partition(partition) for partition in places])
         try:
-            answer, confirmed = await self._run_script(args)
+            answer, confirmed = await self._run_script(keys, args)
         except (TimeoutError, RedisError, OSError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
         if answer[0] == 0:
@@ -317,10 +317,8 @@ class ReturnsIntake:
             raise ServiceUnavailable(REPLICAS_BEHIND)
         return [_decoder.decode(earlier) if earlier else ret for ret, earlier in zip(queued, answer[1:])]
 
-    async def _run_script(self, args: list) -> tuple[list, int]:
+    async def _run_script(self, keys: list[str], args: list) -> tuple[list, int]:
         """The script (and, with replicas, WAIT in the same round trip): (answer, replicas that confirmed)."""
         if not self._replicas:
-            return await self._script(keys=[self._keys.stream, self._keys.depth], args=args), 0
-        return await script_then_wait(
-            self._redis, self._script, self._keys, args, self._replicas, self._replica_wait_ms
-        )
+            return await self._script(keys=keys, args=args), 0
+        return await script_then_wait(self._redis, self._script, keys, args, self._replicas, self._replica_wait_ms)

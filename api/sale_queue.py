@@ -2,7 +2,8 @@
 
 Requests hand their sales to `SaleQueue.put`; while Redis round trips are in flight, the
 sales of every request that arrives meanwhile wait and go together in the next one (one
-stream entry). A request gets its answer only after Redis has acknowledged its sales.
+stream entry per queue partition they fall in; shared.queue). A request gets its answer only
+after Redis has acknowledged its sales.
 
 Up to `max_in_flight` round trips run at once: on a busy machine a round trip's latency is
 mostly waiting for the CPU, and a single one in flight capped a process at about
@@ -26,7 +27,15 @@ from redis.exceptions import NoScriptError, RedisError
 
 from api import metrics
 from api.errors import ServiceUnavailable
-from shared.queue import ENQUEUE_SCRIPT, QueuedSale, QueueKeys, encoded_back_to_back, sale_decoder, sale_encoder
+from shared.queue import (
+    ENQUEUE_SCRIPT,
+    QueuedSale,
+    QueueKeys,
+    encoded_back_to_back,
+    sale_decoder,
+    sale_encoder,
+    script_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +76,24 @@ class SaleQueue:
         self._replicas = replicas
         self._replica_wait_ms = replica_wait_ms
         self._keys = keys
-        self._max_depth = max_depth
+        self._max_depth = keys.max_depth_per_partition(max_depth)
         self._idempotency_ttl = idempotency_ttl
         self._waiting: collections.deque[tuple[list[QueuedSale], asyncio.Future]] = collections.deque()
         self._max_in_flight = max_in_flight
         self._active = 0  # flushers running; counted inside them, not by done-callbacks (those run late)
         self._flushers: set[asyncio.Task] = set()
-        self._full_until = 0.0
+        self._full_until = [0.0] * keys.partitions  # per partition
 
     async def remembered(self, sales: list[tuple[int, str]]) -> list[bool]:
         """Whether each (store_id, idempotency key) is remembered: a sale was accepted under it."""
         return await remembered(self._client, [self._keys.idempotency(store_id, key) for store_id, key in sales])
 
     def looks_full(self) -> bool:
-        """Redis said "full" a moment ago. A request can then be refused before its body is
-        decoded: under overload, decoding batches only to refuse them took a core's worth of
-        CPU from the worker that drains the queue."""
-        return time.monotonic() < self._full_until
+        """Redis said "full" a moment ago for every partition. A request can then be refused
+        before its body is decoded: under overload, decoding batches only to refuse them took a
+        core's worth of CPU from the worker that drains the queue. While only some partitions
+        are full (their worker fell behind), the others' stores are still answered."""
+        return time.monotonic() < min(self._full_until)
 
     async def put(self, sales: list[QueuedSale]) -> list[QueuedSale]:
         """Queue the sales; answers each one as stored (an earlier sale for a reused key)."""
@@ -112,22 +122,32 @@ class SaleQueue:
             self._active -= 1
 
     async def _flush(self, group: list[tuple[list[QueuedSale], asyncio.Future]], size: int) -> None:
+        places: dict[int, int] = {}  # partition -> its place among the script's KEYS (1-based)
+        orders: list[list[int]] = []  # per request, its sales' positions in the order sent
         args: list = [self._max_depth, self._idempotency_ttl, len(group)]
         for sales, _ in group:
-            keyed = [sale for sale in sales if sale.idempotency_key]
-            args += (len(sales), len(keyed))
-            for sale in keyed:  # mypy does not narrow through the filter above: each of these has a key
-                args += (
-                    self._keys.idempotency(sale.store_id, sale.idempotency_key),  # type: ignore[arg-type]
-                    sale_encoder.encode(sale),
-                )
-            unkeyed = [sale for sale in sales if not sale.idempotency_key] if keyed else sales
-            args.append(encoded_back_to_back(unkeyed))
+            by_partition: dict[int, list[int]] = {}
+            for position, sale in enumerate(sales):
+                by_partition.setdefault(self._keys.partition_of(sale.store_id), []).append(position)
+            args.append(len(by_partition))
+            for partition, positions in by_partition.items():
+                part = [sales[position] for position in positions]
+                keyed = [sale for sale in part if sale.idempotency_key]
+                args += (places.setdefault(partition, len(places) + 1), len(part), len(keyed))
+                for sale in keyed:  # mypy does not narrow through the filter above: each of these has a key
+                    args += (
+                        self._keys.idempotency(sale.store_id, sale.idempotency_key),  # type: ignore[arg-type]
+                        sale_encoder.encode(sale),
+                    )
+                unkeyed = [sale for sale in part if not sale.idempotency_key] if keyed else part
+                args.append(encoded_back_to_back(unkeyed))
+            orders.append([position for positions in by_partition.values() for position in positions])
+        keys = script_keys([self._keys.partition(partition) for partition in places])
         try:
             if self._replicas:
-                answers, confirmed = await self._enqueue_and_wait(args)
+                answers, confirmed = await self._enqueue_and_wait(keys, args)
             else:
-                answers, confirmed = await self._script(keys=[self._keys.stream, self._keys.depth], args=args), 0
+                answers, confirmed = await self._script(keys=keys, args=args), 0
         except (TimeoutError, RedisError, OSError) as exc:
             log.warning("queueing %d sales failed: %s", size, exc)
             self._fail(group, QueueUnavailable(str(exc) or type(exc).__name__))
@@ -143,19 +163,20 @@ class SaleQueue:
             self._fail(group, ReplicasBehind(confirmed))
             return
         metrics.FLUSH_SIZE.observe(size)
-        for (sales, future), answer in zip(group, answers):
+        *answers, full_places = answers
+        partitions = list(places)
+        for place in full_places:
+            self._full_until[partitions[int(place) - 1]] = time.monotonic() + FULL_HOLD_SECONDS
+        for (sales, future), order, answer in zip(group, orders, answers):
             if future.done():  # the client went away
                 continue
             if answer == 0:
-                self._full_until = time.monotonic() + FULL_HOLD_SECONDS
                 future.set_exception(QueueFull())
             else:
-                future.set_result(_as_stored(sales, answer))
+                future.set_result(_as_stored(sales, order, answer))
 
-    async def _enqueue_and_wait(self, args: list) -> tuple[list, int]:
-        return await script_then_wait(
-            self._client, self._script, self._keys, args, self._replicas, self._replica_wait_ms
-        )
+    async def _enqueue_and_wait(self, keys: list[str], args: list) -> tuple[list, int]:
+        return await script_then_wait(self._client, self._script, keys, args, self._replicas, self._replica_wait_ms)
 
     @staticmethod
     def _fail(group: list[tuple[list[QueuedSale], asyncio.Future]], exc: Exception) -> None:
@@ -168,17 +189,17 @@ class SaleQueue:
 
 
 async def script_then_wait(
-    client: redis.Redis, script: AsyncScript, keys: QueueKeys, args: list, replicas: int, wait_ms: int
+    client: redis.Redis, script: AsyncScript, keys: list[str], args: list, replicas: int, wait_ms: int
 ) -> tuple[list, int]:
-    """An enqueue script (KEYS: stream, depth), then WAIT, on one connection in one round trip:
-    (its answer, replicas that hold every write of this connection so far)."""
+    """An enqueue script (KEYS: streams and depth counters), then WAIT, on one connection in one
+    round trip: (its answer, replicas that hold every write of this connection so far)."""
     for first_try in (True, False):
         async with client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, 2, keys.stream, keys.depth, *args)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
             # WAIT covers only this connection's own writes. A flush that only found earlier
             # sales (retries) writes nothing itself: this no-op write moves the connection past
             # every write made so far, those earlier sales' included.
-            pipe.incrby(keys.depth, 0)
+            pipe.incrby(keys[1], 0)
             pipe.wait(replicas, wait_ms)
             answers, _, confirmed = await pipe.execute(raise_on_error=False)
         if first_try and isinstance(answers, NoScriptError):  # a new primary (failover) has no scripts
@@ -191,15 +212,18 @@ async def script_then_wait(
     return answers, confirmed
 
 
-def _as_stored(sales: list[QueuedSale], keyed_answers: list[bytes]) -> list[QueuedSale]:
-    """Each sale as stored: itself, or the sale stored earlier under its idempotency key."""
+def _as_stored(sales: list[QueuedSale], order: list[int], keyed_answers: list[bytes]) -> list[QueuedSale]:
+    """Each sale as stored: itself, or the sale stored earlier under its idempotency key (the
+    answers come in `order`: the sales' positions as sent, grouped by partition)."""
     if not keyed_answers:
         return sales
     earlier = iter(keyed_answers)
-    stored = []
-    for sale in sales:
+    stored = list(sales)
+    for position in order:
+        sale = sales[position]
         found = next(earlier) if sale.idempotency_key else None
-        stored.append(sale_decoder.decode(found) if found else sale)
+        if found:
+            stored[position] = sale_decoder.decode(found)
     return stored
 
 

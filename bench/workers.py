@@ -4,11 +4,13 @@ they cause one another in PostgreSQL.
     python -m bench.workers --sales 300000 --workers 1,2,4
 
 The same sales are queued before every configuration (msgpack stream entries of
---sales-per-entry sales, as the API's group commit writes them, with idempotency keys, sale
-times in the hour before the run, random items and stores of the catalogue), into an emptied
-database. Then k `python -m worker` processes start while a lock on `item` (what a batch takes
-first, FOR KEY SHARE) holds them; once each has a batch in hand and waits on that lock, the
-lock goes and the clock starts. Drain = until the queue-depth counter is 0 (every entry
+--sales-per-entry sales of one queue partition, as the API's group commit writes them, with
+idempotency keys, sale times in the hour before the run, random items and stores of the
+catalogue), into an emptied database. First k `python -m worker` processes start on the empty
+queue and share its partitions out (worker.leases; until each holds its fair share). Then the
+sales are queued while a lock on `item` (what a batch takes first, FOR KEY SHARE) holds the
+workers; once each has a batch in hand and waits on that lock, the lock goes and the clock
+starts. Drain = until the queue-depth counter is 0 (every entry
 acknowledged after its commit). Meanwhile pg_stat_activity is sampled every --sample-ms for the
 workers' backends: the share of samples in which at least one of them waited on a heavyweight
 lock, by wait event (transactionid: waiting for another transaction's row; tuple: queued
@@ -40,9 +42,12 @@ import redis.asyncio as aioredis
 from bench import common
 from bench.common import log
 from shared import rollups
-from shared.queue import QueuedSale, QueueKeys, sale_encoder
+from shared.queue import QueuedSale, QueueKeys, every_stream, sale_encoder
+from shared.settings import Settings
 
-KEYS = QueueKeys(common.REDIS_PREFIX)
+KEYS = QueueKeys(common.REDIS_PREFIX, Settings.from_env().queue_partitions)
+# The lease time: a new worker gets its share within a third of it (the default is 15 s).
+LEASE_MS = 3000
 WORKER_APP = "sales-worker"  # application_name of the worker's sessions (worker/writer.py)
 EMPTY = [
     "sales",
@@ -58,8 +63,9 @@ _TARGET = re.compile(r"^\s*(?:INSERT\s+INTO|COPY|UPDATE)\s+\"?(\w+)", re.I)
 # The same queue before every configuration
 
 
-async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> list[dict]:
-    """Stream entries (fields n, d) holding `sales` sales; deterministic for a given catalogue."""
+async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> list[tuple[int, dict]]:
+    """Stream entries (partition, fields n and d) holding `sales` sales; deterministic for a
+    given catalogue."""
     conn = await asyncpg.connect(url)
     try:
         prices = dict(await conn.fetch("SELECT id, price FROM item"))
@@ -69,11 +75,13 @@ async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> lis
     items = sorted(prices)
     now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
     hour_us = 3600 * 10**6
-    entries, chunk = [], []
+    entries: list[tuple[int, dict]] = []
+    chunks: dict[int, list[QueuedSale]] = collections.defaultdict(list)
     for sale_id in range(1, sales + 1):
         item, store = rng.choice(items), rng.randint(1, stores)
         sold = now_us - rng.randrange(hour_us)
-        chunk.append(
+        partition = KEYS.partition_of(store)
+        chunks[partition].append(
             QueuedSale(
                 id=sale_id,
                 sale_time_us=sold,
@@ -85,14 +93,15 @@ async def make_entries(url: str, sales: int, per_entry: int, stores: int) -> lis
                 accepted_at_us=sold,
             )
         )
-        if len(chunk) == per_entry or sale_id == sales:
-            entries.append({"n": len(chunk), "d": sale_encoder.encode(chunk)})
-            chunk = []
+        if len(chunks[partition]) == per_entry:
+            entries.append((partition, {"n": per_entry, "d": sale_encoder.encode(chunks.pop(partition))}))
+    for partition, chunk in sorted(chunks.items()):
+        entries.append((partition, {"n": len(chunk), "d": sale_encoder.encode(chunk)}))
     return entries
 
 
-async def reset(url: str, entries: list[dict]) -> None:
-    """An empty database (catalogue kept) and a queue holding exactly `entries`."""
+async def reset(url: str) -> None:
+    """An empty database (catalogue kept) and an empty queue."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(f"TRUNCATE {', '.join(EMPTY)}")
@@ -102,13 +111,42 @@ async def reset(url: str, entries: list[dict]) -> None:
         await conn.close()
     client = aioredis.Redis.from_url(common.redis_url())
     try:
-        await client.delete(KEYS.stream, KEYS.depth, KEYS.worker_stats)
+        await client.delete(KEYS.worker_stats, *(key for p in every_stream(KEYS) for key in (p.stream, p.depth)))
+    finally:
+        await client.aclose()
+
+
+async def enqueue(entries: list[tuple[int, dict]]) -> None:
+    client = aioredis.Redis.from_url(common.redis_url())
+    try:
         for start in range(0, len(entries), 1000):
             async with client.pipeline(transaction=False) as pipe:
-                for fields in entries[start : start + 1000]:
-                    pipe.xadd(KEYS.stream, fields)
+                for partition, fields in entries[start : start + 1000]:
+                    pipe.xadd(KEYS.partition(partition).stream, fields)
+                    pipe.incrby(KEYS.partition(partition).depth, fields["n"])
                 await pipe.execute()
-        await client.set(KEYS.depth, sum(e["n"] for e in entries))
+    finally:
+        await client.aclose()
+
+
+async def queue_depth(client) -> int:
+    return sum(int(depth or 0) for depth in await client.mget([p.depth for p in every_stream(KEYS)]))
+
+
+async def wait_for_fair_shares(k: int, workers: list) -> None:
+    """Until every partition is held and each of the k workers holds its share."""
+    client = aioredis.Redis.from_url(common.redis_url())
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            holders = await client.mget([KEYS.lease(p) for p in range(KEYS.partitions)])
+            shares = collections.Counter(holders)
+            if None not in shares and len(shares) == min(k, KEYS.partitions):
+                return
+            dead = [w for w in workers if w.proc.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"partitions not shared out ({shares}); log:\n{(dead or workers)[0].log_tail()}")
+            await asyncio.sleep(0.05)
     finally:
         await client.aclose()
 
@@ -200,17 +238,25 @@ async def _waiting_on_gate(url: str) -> int:
     )
 
 
-async def drain(url: str, k: int, sales: int, args) -> dict:
-    env = {**common.product_env(url, 0), "LOG_LEVEL": "WARNING"}
-    gate = await asyncpg.connect(url)
-    tx = gate.transaction()
-    await tx.start()
-    await gate.execute("LOCK TABLE item IN EXCLUSIVE MODE")  # conflicts with FOR KEY SHARE only
+async def drain(url: str, k: int, entries: list[tuple[int, dict]], args) -> dict:
+    sales = sum(fields["n"] for _, fields in entries)
+    env = {
+        **common.product_env(url, 0),
+        "LOG_LEVEL": "WARNING",
+        "WORKER_RECLAIM_IDLE_MS": str(LEASE_MS),
+        "QUEUE_PARTITIONS": str(KEYS.partitions),
+    }
     command = [common.PYTHON, "-m", "worker"]
     caps = [common.CpuCap(f"worker{i + 1}", args.cap) for i in range(k)] if args.cap else []
     workers = [
         common.Service(f"worker{i + 1}", caps[i].command(command) if caps else command, env, None) for i in range(k)
     ]
+    await wait_for_fair_shares(k, workers)
+    gate = await asyncpg.connect(url)
+    tx = gate.transaction()
+    await tx.start()
+    await gate.execute("LOCK TABLE item IN EXCLUSIVE MODE")  # conflicts with FOR KEY SHARE only
+    await enqueue(entries)
     deadline = time.monotonic() + 120
     while await _waiting_on_gate(url) < k:
         dead = [w for w in workers if w.proc.poll() is not None]
@@ -232,7 +278,7 @@ async def drain(url: str, k: int, sales: int, args) -> dict:
     sampling = asyncio.create_task(sampler.run())  # after the gate, whose waits are not the workers' doing
     client = aioredis.Redis.from_url(common.redis_url())
     try:
-        while int(await client.get(KEYS.depth) or 0) > 0:
+        while await queue_depth(client) > 0:
             if time.perf_counter() - started > args.timeout:
                 raise RuntimeError(f"not drained in {args.timeout} s")
             await asyncio.sleep(0.005)
@@ -335,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     for k in counts:
         runs = []
         for attempt in range(args.repeat):
-            asyncio.run(reset(url, entries))
+            asyncio.run(reset(url))
             log(f"{k} worker(s), run {attempt + 1}/{args.repeat}: draining {args.sales} sales")
-            runs.append(asyncio.run(drain(url, k, args.sales, args)))
+            runs.append(asyncio.run(drain(url, k, entries, args)))
             log(f"{k} worker(s): {runs[-1]['seconds']:.2f} s, {runs[-1]['rate']:.0f} sales/s")
         results.append(combine(runs))
 

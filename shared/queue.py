@@ -47,16 +47,49 @@ entry_decoder = msgspec.msgpack.Decoder(list[QueuedSale])
 
 
 @dataclasses.dataclass(frozen=True)
+class Partition:
+    """One stream of the queue and the counter of the sales waiting in it."""
+
+    index: int | None  # None: the single stream of releases before partitions (only drained)
+    stream: str
+    depth: str
+
+
+@dataclasses.dataclass(frozen=True)
 class QueueKeys:
+    """The queue's Redis keys. The queue is `partitions` streams (QUEUE_PARTITIONS, fixed for a
+    deployment): a store's sales and returns always go to partition `store_id mod partitions`,
+    and each partition is consumed by one worker at a time (worker.leases), so the store-keyed
+    rollup rows of a partition are only ever written by its holder. Each partition's keys share
+    the hash tag `{pN}`, so that on a Redis Cluster a partition lives in one slot."""
+
     prefix: str = "sales:"
+    partitions: int = 16
+
+    def partition_of(self, store_id: int) -> int:
+        return store_id % self.partitions
+
+    def partition(self, index: int) -> Partition:
+        tag = f"{self.prefix}{{p{index}}}:"
+        return Partition(index, f"{tag}stream", f"{tag}depth")
 
     @property
-    def stream(self) -> str:
-        return f"{self.prefix}stream"
+    def all_partitions(self) -> list[Partition]:
+        return [self.partition(index) for index in range(self.partitions)]
 
     @property
-    def depth(self) -> str:
-        return f"{self.prefix}depth"
+    def unpartitioned(self) -> Partition:
+        """The stream of a release before partitions: drained after an upgrade, never written."""
+        return Partition(None, f"{self.prefix}stream", f"{self.prefix}depth")
+
+    def lease(self, index: int) -> str:
+        """Who consumes partition `index` (worker.leases)."""
+        return f"{self.prefix}{{p{index}}}:lease"
+
+    @property
+    def writers(self) -> str:
+        """The live workers, each scored with the moment its membership lapses (worker.leases)."""
+        return f"{self.prefix}writers"
 
     @property
     def worker_stats(self) -> str:
@@ -77,63 +110,95 @@ class QueueKeys:
         """Every key that remembers a sale or return (dropped with them by /clear/)."""
         return (f"{self.prefix}idem:*", f"{self.prefix}return-idem:*", f"{self.prefix}returned:*")
 
+    def max_depth_per_partition(self, max_depth: int) -> int:
+        """QUEUE_MAX_DEPTH spread over the partitions: a partition whose worker fell behind (or
+        died, until its lease moves) refuses its own stores' sales, not everyone's."""
+        return max(1, -(-max_depth // self.partitions))
 
-# KEYS: stream, depth.  ARGV: max_depth, idempotency_ttl, number of requests, then per
-# request: its sale count n, the count k of its sales that carry an idempotency key, k pairs
-# (idempotency redis key, encoded sale), and one string holding its other n - k sales
-# encoded back to back (so a batch of 1,000 is not 2,000 arguments to pack and parse).
-# Answers, per request: 0 when the queue is full (nothing of it stored), else a list with,
-# per keyed sale, "" (queued now) or the encoded sale stored earlier under the same key.
+
+# KEYS: the stream and depth counter of each partition the flush touches (2m keys). ARGV:
+# max_depth (per partition), idempotency_ttl, number of requests, then per request: how many
+# partitions it touches, and per partition: its place s (1..m) among the KEYS, its sale count
+# n, the count k of its sales that carry an idempotency key, k pairs (idempotency redis key,
+# encoded sale), and one string holding its other n - k sales encoded back to back (so a batch
+# of 1,000 is not 2,000 arguments to pack and parse).
+# Answers, per request: 0 when one of its partitions is full (nothing of it stored: a request
+# is queued whole or not at all), else a list with, per keyed sale in the order given, ""
+# (queued now) or the encoded sale stored earlier under the same key; then one more: the places
+# of the partitions found full. Each partition touched gets one stream entry.
 ENQUEUE_SCRIPT = """
-local depth = tonumber(redis.call('GET', KEYS[2]) or '0')
 local max_depth = tonumber(ARGV[1])
 local ttl = ARGV[2]
 local requests = tonumber(ARGV[3])
+local depth, count, parts = {}, {}, {}
+for s = 1, #KEYS / 2 do
+    depth[s] = tonumber(redis.call('GET', KEYS[2 * s]) or '0')
+    count[s] = 0
+    parts[s] = {}
+end
 local at = 4
 local answers = {}
-local parts = {}
-local count = 0
+local full_places = {}
 for r = 1, requests do
-    local n, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1]); at = at + 2
-    if depth + count >= max_depth then
+    local touched = tonumber(ARGV[at]); at = at + 1
+    local full = false
+    local skip = at
+    for _ = 1, touched do
+        local s, k = tonumber(ARGV[skip]), tonumber(ARGV[skip + 2])
+        if depth[s] + count[s] >= max_depth then
+            full = true
+            full_places[#full_places + 1] = s
+        end
+        skip = skip + 3 + 2 * k + 1
+    end
+    if full then
         answers[r] = 0
-        at = at + 2 * k + 1
+        at = skip
     else
         local answer = {}
-        for s = 1, k do
-            local key, sale = ARGV[at], ARGV[at + 1]; at = at + 2
-            local earlier = redis.call('GET', key)
-            if earlier then
-                answer[s] = earlier
-            else
-                redis.call('SET', key, sale, 'EX', ttl)
-                answer[s] = ''
-                parts[#parts + 1] = sale
-                count = count + 1
+        for _ = 1, touched do
+            local s, n, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]); at = at + 3
+            for _ = 1, k do
+                local key, sale = ARGV[at], ARGV[at + 1]; at = at + 2
+                local earlier = redis.call('GET', key)
+                if earlier then
+                    answer[#answer + 1] = earlier
+                else
+                    redis.call('SET', key, sale, 'EX', ttl)
+                    answer[#answer + 1] = ''
+                    parts[s][#parts[s] + 1] = sale
+                    count[s] = count[s] + 1
+                end
             end
+            if n > k then
+                parts[s][#parts[s] + 1] = ARGV[at]
+                count[s] = count[s] + n - k
+            end
+            at = at + 1
         end
-        if n > k then
-            parts[#parts + 1] = ARGV[at]
-            count = count + n - k
-        end
-        at = at + 1
         answers[r] = answer
     end
 end
-if count > 0 then
-    -- msgpack array32 header, then the sales already encoded by the API
-    local blob = struct.pack('>BI4', 0xdd, count) .. table.concat(parts)
-    redis.call('XADD', KEYS[1], '*', 'n', count, 'd', blob)
-    redis.call('INCRBY', KEYS[2], count)
+for s = 1, #KEYS / 2 do
+    if count[s] > 0 then
+        -- msgpack array32 header, then the sales already encoded by the API
+        local blob = struct.pack('>BI4', 0xdd, count[s]) .. table.concat(parts[s])
+        redis.call('XADD', KEYS[2 * s - 1], '*', 'n', count[s], 'd', blob)
+        redis.call('INCRBY', KEYS[2 * s], count[s])
+    end
 end
+answers[requests + 1] = full_places
 return answers
 """
 
 
 # Returns are few and checked one request at a time: all of a request's returns are queued
-# (one stream entry, field `r`) or none. KEYS: stream, depth. ARGV: max_depth, idempotency_ttl,
-# the count k, then per return: its "returned" key, its idempotency key ('' for none), quantity,
-# the sale's quantity, what the database holds as returned of it, the encoded return.
+# (one stream entry, field `r`, per partition they touch) or none. KEYS: the stream and depth
+# counter of each partition the returns go to (2m keys; a return goes to the partition of the
+# store that takes it back). ARGV: max_depth (per partition), idempotency_ttl, the count k,
+# then per return: its "returned" key, its idempotency key ('' for none), quantity, the sale's
+# quantity, what the database holds as returned of it, the encoded return, its partition's
+# place s (1..m) among the KEYS.
 # A sale's "returned" key is what the accepted returns take back of it, queued ones included;
 # when it is missing (none for a week, or lost with a failover), or behind the database's (a
 # return replayed from dead_letter), it starts from the database's. The worker gives back what a
@@ -142,8 +207,10 @@ return answers
 # is left, with what is left, nothing queued; {2, earlier...} queued: per return "" (queued now)
 # or the encoded return accepted earlier under its idempotency key.
 RETURNS_SCRIPT = """
-if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[1]) then
-    return {0}
+for s = 1, #KEYS / 2 do
+    if tonumber(redis.call('GET', KEYS[2 * s]) or '0') >= tonumber(ARGV[1]) then
+        return {0}
+    end
 end
 local ttl = ARGV[2]
 local count = tonumber(ARGV[3])
@@ -151,7 +218,7 @@ local returned = {}
 local earlier = {}
 local refused = {}
 for i = 1, count do
-    local at = 4 + (i - 1) * 6
+    local at = 4 + (i - 1) * 7
     local key, idem, quantity, sold = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
     earlier[i] = idem ~= '' and redis.call('GET', idem) or false
     if not earlier[i] then
@@ -172,12 +239,14 @@ end
 local answers = {2}
 local parts = {}
 for i = 1, count do
-    local at = 4 + (i - 1) * 6
+    local at = 4 + (i - 1) * 7
     if earlier[i] then
         answers[#answers + 1] = earlier[i]
     else
         answers[#answers + 1] = ''
-        parts[#parts + 1] = ARGV[at + 5]
+        local s = tonumber(ARGV[at + 6])
+        parts[s] = parts[s] or {}
+        parts[s][#parts[s] + 1] = ARGV[at + 5]
         if ARGV[at + 1] ~= '' then
             redis.call('SET', ARGV[at + 1], ARGV[at + 5], 'EX', ttl)
         end
@@ -186,10 +255,10 @@ end
 for key, value in pairs(returned) do
     redis.call('SET', key, value, 'EX', ttl)
 end
-if #parts > 0 then
-    local blob = struct.pack('>BI4', 0xdd, #parts) .. table.concat(parts)
-    redis.call('XADD', KEYS[1], '*', 'n', #parts, 'r', blob)
-    redis.call('INCRBY', KEYS[2], #parts)
+for s, queued in pairs(parts) do
+    local blob = struct.pack('>BI4', 0xdd, #queued) .. table.concat(queued)
+    redis.call('XADD', KEYS[2 * s - 1], '*', 'n', #queued, 'r', blob)
+    redis.call('INCRBY', KEYS[2 * s], #queued)
 end
 return answers
 """
@@ -214,7 +283,7 @@ def encoded_back_to_back(sales: list[QueuedSale]) -> bytes:
     return sale_encoder.encode(sales)[header:]
 
 
-# KEYS: stream, depth.  ARGV: group, then (entry id, sale count) pairs. Only an entry this
+# KEYS: one partition's stream, depth.  ARGV: group, then (entry id, sale count) pairs. Only an entry this
 # call really removed leaves the depth counter, so a redelivered or purged entry counts once.
 ACK_SCRIPT = """
 local done = 0
@@ -228,7 +297,7 @@ end
 return done
 """
 
-# KEYS: stream, depth. Drops every queued sale (for /clear/ and /create/).
+# KEYS: stream, depth of one partition. Drops its queued sales (for /clear/ and /create/).
 PURGE_SCRIPT = """
 redis.call('XTRIM', KEYS[1], 'MAXLEN', 0)
 redis.call('SET', KEYS[2], 0)
@@ -236,9 +305,22 @@ return 1
 """
 
 
+def every_stream(keys: QueueKeys) -> list[Partition]:
+    """The partitions, and the stream of a release before them (drained after an upgrade)."""
+    return [*keys.all_partitions, keys.unpartitioned]
+
+
+def script_keys(partitions: list[Partition]) -> list[str]:
+    """KEYS of the enqueue scripts: each partition's stream, then its depth counter."""
+    return [key for partition in partitions for key in (partition.stream, partition.depth)]
+
+
 async def purge(client, keys: QueueKeys) -> None:
     """Forget queued sales and remembered idempotency keys: the data they refer to is gone."""
-    await client.eval(PURGE_SCRIPT, 2, keys.stream, keys.depth)
+    async with client.pipeline(transaction=False) as pipe:
+        for partition in every_stream(keys):
+            pipe.eval(PURGE_SCRIPT, 2, partition.stream, partition.depth)
+        await pipe.execute()
     for pattern in keys.remembered_patterns:
         batch = []
         async for key in client.scan_iter(match=pattern, count=1000):
@@ -250,8 +332,30 @@ async def purge(client, keys: QueueKeys) -> None:
             await client.unlink(*batch)
 
 
-def entry_age_ms(entry_id: bytes | str, now_ms: int) -> int:
+async def depth_and_oldest(client, keys: QueueKeys, *, with_time: bool = False) -> tuple:
+    """(sales waiting in every partition, the id of the oldest entry of any partition or None),
+    preceded by Redis's TIME with `with_time`; one round trip."""
+    streams = every_stream(keys)
+    async with client.pipeline(transaction=False) as pipe:
+        if with_time:
+            pipe.time()
+        for partition in streams:
+            pipe.get(partition.depth)
+            pipe.xrange(partition.stream, count=1)
+        replies = await pipe.execute()
+    clock = [replies.pop(0)] if with_time else []
+    depth = sum(int(reply or 0) for reply in replies[::2])
+    firsts = [entries[0][0] for entries in replies[1::2] if entries]
+    oldest = min(firsts, key=_entry_ms) if firsts else None
+    return (*clock, depth, oldest)
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
     """Stream ids start with the append time in milliseconds."""
     if isinstance(entry_id, bytes):
         entry_id = entry_id.decode()
-    return max(0, now_ms - int(entry_id.split("-", 1)[0]))
+    return int(entry_id.split("-", 1)[0])
+
+
+def entry_age_ms(entry_id: bytes | str, now_ms: int) -> int:
+    return max(0, now_ms - _entry_ms(entry_id))

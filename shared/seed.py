@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from shared import seeding
 from shared.migrate import migrate
-from shared.queue import QueueKeys, purge
+from shared.queue import purge
 from shared.redis_client import connect_from_settings
 from shared.settings import Settings
 
@@ -51,7 +51,7 @@ async def main(argv: list[str] | None = None) -> None:
             )
         redis = connect_from_settings(settings)
         try:
-            await purge(redis, QueueKeys(settings.redis_key_prefix))
+            await purge(redis, settings.queue_keys)
         finally:
             await redis.aclose()
     finally:

@@ -6,6 +6,8 @@ import dataclasses
 import os
 import zoneinfo
 
+from shared.queue import QueueKeys
+
 
 def _env_bool(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
@@ -47,8 +49,13 @@ class Settings:
     admin_token: str | None = None
     report_timezone: str = "UTC"
     auth_required: bool = False
-    # Queue: above this many sales waiting for the worker, POST /sales/ answers 503.
+    # Queue: above this many sales waiting for the worker, POST /sales/ answers 503 (spread
+    # evenly over the partitions: QueueKeys.max_depth_per_partition).
     queue_max_depth: int = 2_000_000
+    # Streams the queue is split into, by store (shared.queue.QueueKeys); each is written to
+    # PostgreSQL by one worker at a time, so this is the most workers that add up. Fixed for a
+    # deployment: changing it moves stores between partitions (docs/scaling.md).
+    queue_partitions: int = 16
     # How long Redis remembers an idempotency key (a retry after that is still never
     # stored twice, thanks to the unique index, but may get a fresh id in its answer).
     idempotency_ttl_seconds: int = 7 * 24 * 3600
@@ -78,6 +85,8 @@ class Settings:
             raise ValueError("REDIS_URL is a unix:// socket, which cannot be combined with REDIS_SENTINELS")
         if self.redis_min_replicas_acked is not None and self.redis_min_replicas_acked < 0:
             raise ValueError(f"REDIS_MIN_REPLICAS_ACKED must be 0 or more, got {self.redis_min_replicas_acked}")
+        if not 1 <= self.queue_partitions <= 1024:
+            raise ValueError(f"QUEUE_PARTITIONS must be between 1 and 1024, got {self.queue_partitions}")
         if self.max_sale_age_days < 1:
             raise ValueError(f"MAX_SALE_AGE_DAYS must be at least 1, got {self.max_sale_age_days}")
         if self.redis_replica_wait_ms < 1:  # WAIT with timeout 0 would block forever
@@ -89,6 +98,10 @@ class Settings:
         if self.redis_min_replicas_acked is not None:
             return self.redis_min_replicas_acked
         return 1 if self.redis_sentinels else 0
+
+    @property
+    def queue_keys(self) -> QueueKeys:
+        return QueueKeys(self.redis_key_prefix, self.queue_partitions)
 
     @property
     def timezone(self) -> zoneinfo.ZoneInfo:
@@ -127,6 +140,7 @@ class Settings:
             report_timezone=get("REPORT_TIMEZONE", defaults.report_timezone),
             auth_required=get("AUTH_REQUIRED", defaults.auth_required),
             queue_max_depth=get("QUEUE_MAX_DEPTH", defaults.queue_max_depth),
+            queue_partitions=get("QUEUE_PARTITIONS", defaults.queue_partitions),
             idempotency_ttl_seconds=get("IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds),
             redis_key_prefix=get("REDIS_KEY_PREFIX", defaults.redis_key_prefix),
             return_wait_ms=get("RETURN_WAIT_MS", defaults.return_wait_ms),

@@ -158,7 +158,7 @@ async def redis_client(settings):
 
 @pytest.fixture
 def queue_keys(settings) -> QueueKeys:
-    return QueueKeys(settings.redis_key_prefix)
+    return settings.queue_keys
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ async def client(settings, redis_client, aiohttp_client):
 async def drain(settings, redis_client):
     """drain(): write everything queued so far, as the worker would, and return."""
     pool = await create_pool(settings.database_url, max_size=2, prepare=writer.prepare_connection)
-    consumer = StreamConsumer(redis_client, pool, QueueKeys(settings.redis_key_prefix), "test-consumer")
+    consumer = StreamConsumer(redis_client, pool, settings.queue_keys, "test-consumer")
 
     async def run() -> int:
         return await consumer.run_until_empty()

@@ -13,6 +13,7 @@ from shared import rollups
 from shared.seeding import month_starts
 from tests import recount
 from tests.conftest import ADMIN_TOKEN
+from tests.queue_state import queued_entries, queued_sales
 from tests.recount import NO_DRIFT
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -59,7 +60,7 @@ async def test_refused_without_the_admin_token(client, seed, db, redis_client, q
             status, body = await _call(client, method, path, headers={"Authorization": f"Bearer {token}"})
             assert status == 403 and list(body) == ["error"], (method, path, token)
     assert await _counts(db) == before
-    assert await redis_client.xlen(queue_keys.stream) == 1
+    assert await queued_entries(redis_client, queue_keys) == 1
 
 
 async def test_refused_when_no_admin_token_is_configured(aiohttp_client, settings, seed, db):
@@ -211,14 +212,14 @@ async def test_clear_empties_tables_and_queue(client, seed, db, drain, redis_cli
         "/sales/", json={"item_id": 1, "store_id": 1}, headers={"Idempotency-Key": "before-clear"}
     )
     assert response.status == 202
-    assert await redis_client.xlen(queue_keys.stream) == 1
+    assert await queued_entries(redis_client, queue_keys) == 1
 
     status, body = await _call(client, method, "/clear/", headers=AUTH)
     assert status == 200
     assert body == {"status": "cleared", "items": 0, "stores": 0, "sales": 0}
     assert set((await _counts(db)).values()) == {0}
-    assert await redis_client.xlen(queue_keys.stream) == 0
-    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
+    assert await queued_sales(redis_client, queue_keys) == 0
     assert await redis_client.exists(queue_keys.idempotency(1, "before-clear")) == 0
     await drain()
     assert set((await _counts(db)).values()) == {0}
@@ -232,7 +233,7 @@ async def test_after_clear_old_ids_are_unknown_at_once(client, seed, redis_clien
     assert status == 200
     response = await client.post("/sales/", json={"item_id": 1, "store_id": 1})
     assert response.status == 422
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_sales_after_create_use_the_new_catalogue_at_once(client, seed, db, drain):
@@ -260,7 +261,7 @@ async def test_create_discards_queued_sales(client, seed, db, drain, redis_clien
         assert (await client.post("/sales/", json={"item_id": 1, "store_id": 1})).status == 202
     status, _ = await _call(client, "POST", "/create/", json={"items": 2, "stores": 2, "sales": 12}, headers=AUTH)
     assert status == 200
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
     await drain()
     assert await db.fetchval("SELECT count(*) FROM sales") == 12
     assert await rollups.drift(db) == NO_DRIFT

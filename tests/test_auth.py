@@ -17,6 +17,7 @@ from api.app import create_app
 from api.routes import ROUTES
 from shared import keys
 from tests.conftest import ADMIN_TOKEN
+from tests.queue_state import queued_sales
 
 ALLOWED = "allowed"  # anything but 401/403: the request reached its handler
 
@@ -152,7 +153,7 @@ async def test_pos_key_posts_for_its_store_only(auth_client, keyring, redis_clie
     )
     assert batch.status == 403
     assert "store 3" in (await batch.json())["error"]
-    assert await redis_client.get(queue_keys.depth) == b"1"  # only the first sale was queued
+    assert await queued_sales(redis_client, queue_keys) == 1  # only the first sale was queued
 
 
 async def test_dashboard_asks_the_browser_for_a_key(auth_client, keyring):

@@ -8,6 +8,8 @@ import json
 import pytest
 from hypothesis import event, given, settings, strategies as st
 
+from tests.queue_state import queued_entries, queued_sales
+
 UTC = dt.UTC
 
 
@@ -40,7 +42,7 @@ async def test_batch_is_202_with_every_sale_in_order(client, seed, db, drain, re
     assert answers[2]["sale_time"] == "2026-01-01T22:04:05.678901+00:00"
     for answer in answers:
         assert dt.datetime.fromisoformat(answer["sale_time"]).utcoffset() == dt.timedelta(0)
-    assert await redis_client.get(queue_keys.depth) == b"5"
+    assert await queued_sales(redis_client, queue_keys) == 5
 
     await drain()
     rows = {r["id"]: r for r in await db.fetch("SELECT * FROM sales")}
@@ -55,7 +57,7 @@ async def test_batch_is_202_with_every_sale_in_order(client, seed, db, drain, re
             sale.get("idempotency_key"),
         )
         assert row["sale_time"] == dt.datetime.fromisoformat(answer["sale_time"])
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_batch_without_trailing_slash(client, seed):
@@ -99,8 +101,8 @@ async def test_one_bad_sale_is_422_by_index_and_nothing_is_queued(client, seed, 
         assert error["index"] == 2, bad
         assert message in error["error"], (bad, error)
 
-        assert await redis_client.xlen(queue_keys.stream) == 0
-        assert int(await redis_client.get(queue_keys.depth) or 0) == 0
+        assert await queued_entries(redis_client, queue_keys) == 0
+        assert await queued_sales(redis_client, queue_keys) == 0
     await drain()
     assert await _stored(db) == []
     # The key of a refused batch was not used up: sending the good sale again is accepted.
@@ -125,14 +127,14 @@ async def test_every_bad_sale_is_listed_by_index(client, seed, redis_client, que
         {"index": 1, "error": "unknown item_id 99; unknown store_id 55"},
         {"index": 3, "error": "unknown store_id 77"},
     ]
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
     # Shape errors and unknown references together: both listed, still nothing queued.
     sales[0] = {"item_id": True, "store_id": 1}
     response = await client.post("/sales/batch/", json=sales)
     assert response.status == 422
     assert [e["index"] for e in (await response.json())["errors"]] == [0, 1, 3]
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 MALFORMED = [
@@ -159,7 +161,7 @@ async def test_empty_or_malformed_batch_is_400(client, seed, redis_client, queue
         response = await client.post("/sales/batch/", data=body)
         assert response.status == 400, (body, await response.text())
         assert list(await response.json()) == ["error"]
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_batch_of_1000_is_accepted_and_1001_is_413(client, seed, db, drain, redis_client, queue_keys):
@@ -168,7 +170,7 @@ async def test_batch_of_1000_is_accepted_and_1001_is_413(client, seed, db, drain
     response = await client.post("/sales/batch/", json=sales)
     assert response.status == 413
     assert "1000" in (await response.json())["error"]
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
     response = await client.post("/sales/batch/", json=sales[:1000])
     assert response.status == 202
@@ -184,7 +186,7 @@ async def test_body_over_one_mib_is_413(client, seed, redis_client, queue_keys):
     response = await client.post("/sales/batch/", data=body)
     assert response.status == 413
     assert list(await response.json()) == ["error"]
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_idempotency_key_header_on_batch_is_400(client, seed, redis_client, queue_keys):
@@ -194,7 +196,7 @@ async def test_idempotency_key_header_on_batch_is_400(client, seed, redis_client
     )
     assert response.status == 400
     assert "idempotency_key" in (await response.json())["error"]
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_reposted_batch_returns_same_ids_and_stores_nothing_new(client, seed, db, drain):

@@ -21,6 +21,8 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
+from tests.queue_state import queued_entries
+
 ITEMS, STORES = 5, 4
 SALE_KEYS = {"item_id", "store_id", "quantity", "sale_time", "idempotency_key"}
 HYPOTHESIS = settings(
@@ -177,7 +179,7 @@ async def _error_of(response) -> str:
 
 
 async def _state(db, redis_client, queue_keys):
-    return await redis_client.xlen(queue_keys.stream), await db.fetchval("SELECT count(*) FROM sales")
+    return await queued_entries(redis_client, queue_keys), await db.fetchval("SELECT count(*) FROM sales")
 
 
 def _unique_keys(sale):

@@ -16,6 +16,7 @@ from shared.redis_client import (
     connect_from_settings,
 )
 from shared.settings import Settings, parse_sentinels
+from tests.queue_state import queued_entries, queued_sales
 from worker.settings import arq_redis_settings
 
 
@@ -121,8 +122,8 @@ async def test_a_flush_no_replica_confirmed_is_refused_and_a_keyed_retry_adds_no
             await queue.put([sale])
         assert 0.04 <= time.monotonic() - started < 1
     # queued once (it may still be written), and the retry found it instead of queueing it again
-    assert await redis_client.get(queue_keys.depth) == b"1"
-    assert await redis_client.xlen(queue_keys.stream) == 1
+    assert await queued_sales(redis_client, queue_keys) == 1
+    assert await queued_entries(redis_client, queue_keys) == 1
     await queue.close()
 
 

@@ -13,6 +13,7 @@ import pytest
 from api.app import create_app
 from shared import rollups
 from tests import recount
+from tests.queue_state import queued, queued_sales
 from tests.recount import NO_DRIFT
 from tests.test_periods import _assert_periods_match_recount
 from worker import dead_letters, writer
@@ -164,7 +165,7 @@ async def test_what_cannot_be_returned(client, seed, db, drain, redis_client, qu
     assert response.status == 404 and "error" in await response.json()
     response = await client.post(f"/sales/{sale['id']}/returns/", data=b"{not json")
     assert response.status == 400 and (await response.json())["error"].startswith("malformed JSON")
-    assert await redis_client.get(queue_keys.depth) in (None, b"0")  # nothing of it was queued
+    assert await queued_sales(redis_client, queue_keys) == 0  # nothing of it was queued
 
 
 async def test_a_returned_key_gives_the_same_return(client, seed, db, drain):
@@ -218,7 +219,7 @@ async def test_a_batch_of_returns_is_all_or_nothing(client, seed, db, drain, red
             {"index": 2, "error": f"no such sale: {10**15}"},
         ],
     }
-    assert await redis_client.get(queue_keys.depth) in (None, b"0")
+    assert await queued_sales(redis_client, queue_keys) == 0
     response = await client.post(
         "/returns/batch/",
         json={
@@ -283,11 +284,10 @@ async def test_a_return_delivered_twice_counts_once(client, seed, db, drain, red
     sale = await _sale(client, item_id=1, store_id=1, quantity=2)
     await drain()
     await _return(client, sale["id"], quantity=1)
-    [(_, entries)] = await redis_client.xread({queue_keys.stream: "0"})
-    fields = entries[-1][1]
+    [(partition, _, fields)] = await queued(redis_client, queue_keys)
     await drain()
-    await redis_client.xadd(queue_keys.stream, fields)  # as after a lost acknowledgement
-    await redis_client.incrby(queue_keys.depth, 1)
+    await redis_client.xadd(partition.stream, fields)  # as after a lost acknowledgement
+    await redis_client.incrby(partition.depth, 1)
     await drain()
     assert await db.fetchval("SELECT count(*) FROM returns WHERE sale_id = $1", sale["id"]) == 1
     assert await db.fetchval("SELECT returned FROM sale_returned WHERE sale_id = $1", sale["id"]) == 1

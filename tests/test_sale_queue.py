@@ -11,6 +11,7 @@ from redis.exceptions import DataError
 from api.sale_queue import SaleQueue
 from shared.queue import QueuedSale
 from shared.redis_client import HiredisPackingConnection, connect_redis
+from tests.queue_state import queued_sales
 
 
 def _sale(n: int) -> QueuedSale:
@@ -27,7 +28,7 @@ async def test_a_put_right_after_a_flush_is_still_flushed(redis_client, queue_ke
             [stored] = await queue.put([_sale(n)])
         assert stored.id == n
     await queue.close()
-    assert await redis_client.get(queue_keys.depth) == b"50"
+    assert await queued_sales(redis_client, queue_keys) == 50
 
 
 async def test_concurrent_puts_all_answered_once(redis_client, queue_keys):
@@ -35,7 +36,7 @@ async def test_concurrent_puts_all_answered_once(redis_client, queue_keys):
     results = await asyncio.wait_for(asyncio.gather(*(queue.put([_sale(n)]) for n in range(500))), 10)
     assert sorted(r[0].id for r in results) == list(range(500))
     await queue.close()
-    assert await redis_client.get(queue_keys.depth) == b"500"
+    assert await queued_sales(redis_client, queue_keys) == 500
 
 
 @pytest.mark.parametrize(

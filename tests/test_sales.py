@@ -7,6 +7,8 @@ import datetime as dt
 
 import pytest
 
+from tests.queue_state import queued_entries, queued_sales
+
 
 async def test_accepted_sale_answers_202_with_final_id_and_is_stored(client, seed, db, drain):
     await seed(items=3, stores=2)
@@ -76,7 +78,7 @@ async def test_bad_input_is_400_and_queues_nothing(client, seed, redis_client, q
     assert response.status == 400
     error = (await response.json())["error"]
     assert fragment in error
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ async def test_unknown_item_or_store_is_422_naming_it(client, seed, redis_client
     response = await client.post("/sales/", json=sale)
     assert response.status == 422
     assert await response.json() == {"error": message}
-    assert await redis_client.xlen(queue_keys.stream) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_body_over_one_mib_is_413(client, seed):
@@ -183,7 +185,7 @@ async def test_a_full_queue_refuses_at_once_for_a_moment_then_asks_again(aiohttp
     from api.sale_queue import FULL_HOLD_SECONDS
 
     await seed()
-    client = await aiohttp_client(create_app(dataclasses.replace(settings, queue_max_depth=2)))
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, queue_max_depth=2, queue_partitions=1)))
     for _ in range(2):
         assert (await client.post("/sales/", json={"item_id": 1, "store_id": 1})).status == 202
     full = await client.post("/sales/", json={"item_id": 1, "store_id": 1})
@@ -196,3 +198,22 @@ async def test_a_full_queue_refuses_at_once_for_a_moment_then_asks_again(aiohttp
     await asyncio.sleep(FULL_HOLD_SECONDS * 1.5)
     assert (await client.post("/sales/", data=b"not json")).status == 400
     assert (await client.post("/sales/", json={"item_id": 1, "store_id": 1})).status == 503  # asked Redis again
+
+
+async def test_a_full_partition_refuses_only_its_own_stores(aiohttp_client, settings, seed, redis_client, queue_keys):
+    """QUEUE_MAX_DEPTH is shared out over the partitions: a partition whose worker fell behind
+    refuses its stores' sales, and a batch that touches it is refused whole."""
+    import dataclasses
+
+    from api.app import create_app
+
+    await seed(items=2, stores=4)
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, queue_max_depth=4, queue_partitions=2)))
+    for _ in range(2):  # store 1: partition 1, which holds 2 at most
+        assert (await client.post("/sales/", json={"item_id": 1, "store_id": 1})).status == 202
+    assert (await client.post("/sales/", json={"item_id": 1, "store_id": 3})).status == 503
+    assert (await client.post("/sales/", json={"item_id": 1, "store_id": 2})).status == 202  # partition 0
+    mixed = [{"item_id": 2, "store_id": 4}, {"item_id": 2, "store_id": 1}]
+    assert (await client.post("/sales/batch/", json=mixed)).status == 503
+    assert await queued_sales(redis_client, dataclasses.replace(queue_keys, partitions=2)) == 3  # nothing of the batch
+    assert (await client.post("/sales/batch/", json=mixed[:1])).status == 202

@@ -12,12 +12,14 @@ import pytest
 
 from shared import rollups
 from shared.db import create_pool
-from shared.queue import GROUP
+from shared.queue import QueueKeys
 from shared.sale_ids import reserve_blocks
 from tests import recount
+from tests.queue_state import pending, queued, queued_entries, queued_sales, read_as
 from tests.recount import NO_DRIFT
 from worker import writer
 from worker.consumer import StreamConsumer
+from worker.leases import Leases
 
 
 async def _post_batch(client, sales):
@@ -57,13 +59,13 @@ async def test_drain_writes_queued_sales(client, seed, db, drain, redis_client, 
     single = await client.post("/sales/", json={"item_id": 2, "store_id": 2})
     answers.append(await single.json())
     assert await _stored_ids(db) == []
-    assert await redis_client.xlen(queue_keys.stream) == 2
+    assert await queued_entries(redis_client, queue_keys) == 4  # the batch: one per store (partition); the single
 
     await drain()
     assert await _stored_ids(db) == sorted(a["id"] for a in answers)
     assert await db.fetchval("SELECT sum(quantity) FROM sales") == sum(range(1, 11)) + 1
-    assert await redis_client.xlen(queue_keys.stream) == 0
-    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
+    assert await queued_sales(redis_client, queue_keys) == 0
     assert await rollups.drift(db) == NO_DRIFT
     assert await (await client.get("/items/top/")).json() == await recount.top_items(db)
 
@@ -111,20 +113,22 @@ async def test_readded_stream_entry_is_stored_once(client, seed, db, drain, redi
     answers = await _post_batch(
         client, [{"item_id": i % 3 + 1, "store_id": 3 - i % 3, "quantity": 2} for i in range(6)]
     )
-    [(_, fields)] = await redis_client.xrange(queue_keys.stream)
+    entries = await queued(redis_client, queue_keys)
+    assert len(entries) == 3  # one per store's partition
     await drain()
     snapshot = await _snapshot(db)
     assert len(snapshot[0]) == 6
 
-    # The same entry delivered again (as after a lost acknowledgement), twice over.
+    # The same entries delivered again (as after a lost acknowledgement), twice over.
     for _ in range(2):
-        await redis_client.xadd(queue_keys.stream, fields)
-        await redis_client.incrby(queue_keys.depth, int(fields[b"n"]))
+        for partition, _, fields in entries:
+            await redis_client.xadd(partition.stream, fields)
+            await redis_client.incrby(partition.depth, int(fields[b"n"]))
     await drain()
     assert await _snapshot(db) == snapshot
     assert await rollups.drift(db) == NO_DRIFT
-    assert await redis_client.xlen(queue_keys.stream) == 0
-    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
+    assert await queued_sales(redis_client, queue_keys) == 0
     assert sorted(a["id"] for a in answers) == await _stored_ids(db)
     stats = await redis_client.hgetall(queue_keys.worker_stats)
     assert int(stats[b"duplicates"]) == 12 and int(stats[b"sales_written"]) == 6
@@ -136,20 +140,20 @@ async def test_entry_written_but_not_acknowledged_is_not_counted_again(
     """A worker that committed a batch and died before XACK: the next one redelivers it."""
     await seed(items=2, stores=2)
     await _post_batch(client, [{"item_id": 1, "store_id": 2, "quantity": 3}, {"item_id": 2, "store_id": 1}])
-    await redis_client.xgroup_create(queue_keys.stream, GROUP, id="0", mkstream=True)
-    [[_, [(_, fields)]]] = await redis_client.xreadgroup(GROUP, "crashed", {queue_keys.stream: ">"})
     from worker.consumer import _rows_decoder
 
+    read = await read_as(redis_client, queue_keys, "crashed")
+    rows = [row for _, _, fields in read for row in _rows_decoder.decode(fields[b"d"])]
     async with worker_pool.acquire() as conn:
-        result = await writer.write_batch(conn, _rows_decoder.decode(fields[b"d"]))
+        result = await writer.write_batch(conn, rows)
     assert result.written == 2
     snapshot = await _snapshot(db)
 
     await drain()  # takes the pending entry over and processes it again
     assert await _snapshot(db) == snapshot
     assert await rollups.drift(db) == NO_DRIFT
-    assert await redis_client.xlen(queue_keys.stream) == 0
-    assert (await redis_client.xpending(queue_keys.stream, GROUP))["pending"] == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
+    assert await pending(redis_client, queue_keys) == 0
 
 
 async def test_row_whose_item_was_deleted_goes_to_dead_letter_and_the_rest_is_stored(
@@ -164,7 +168,7 @@ async def test_row_whose_item_was_deleted_goes_to_dead_letter_and_the_rest_is_st
             {"item_id": 3, "store_id": 2},
         ],
     )
-    assert await redis_client.xlen(queue_keys.stream) == 1  # one entry, so one batch
+    assert await queued_entries(redis_client, queue_keys) == 2  # one per store's partition, read as one batch
     await db.execute("DELETE FROM item WHERE id = 2")
 
     await drain()
@@ -178,8 +182,8 @@ async def test_row_whose_item_was_deleted_goes_to_dead_letter_and_the_rest_is_st
     assert (sale["id"], sale["item_id"], sale["store_id"], sale["quantity"]) == (answers[1]["id"], 2, 2, 4)
     assert dt.datetime.fromisoformat(sale["sale_time"]) == dt.datetime.fromisoformat(answers[1]["sale_time"])
     assert await rollups.drift(db) == NO_DRIFT
-    assert await redis_client.xlen(queue_keys.stream) == 0
-    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
+    assert await queued_sales(redis_client, queue_keys) == 0
     stats = await redis_client.hgetall(queue_keys.worker_stats)
     assert int(stats[b"dead_letters"]) == 1 and int(stats[b"sales_written"]) == 2
 
@@ -191,15 +195,15 @@ async def test_row_whose_item_was_deleted_goes_to_dead_letter_and_the_rest_is_st
 async def test_undecodable_entry_goes_to_dead_letter(client, seed, db, drain, redis_client, queue_keys):
     await seed()
     await _post_batch(client, [{"item_id": 1, "store_id": 1}])
-    await redis_client.xadd(queue_keys.stream, {"n": 1, "d": b"\xc1 not msgpack"})
-    await redis_client.incrby(queue_keys.depth, 1)
+    await redis_client.xadd(queue_keys.partition(0).stream, {"n": 1, "d": b"\xc1 not msgpack"})
+    await redis_client.incrby(queue_keys.partition(0).depth, 1)
     await _post_batch(client, [{"item_id": 2, "store_id": 2}])
     await drain()
     assert await db.fetchval("SELECT count(*) FROM sales") == 2
     [dead] = await db.fetch("SELECT * FROM dead_letter")
     assert "undecodable" in dead["reason"]
-    assert await redis_client.xlen(queue_keys.stream) == 0
-    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0
+    assert await queued_sales(redis_client, queue_keys) == 0
 
 
 async def _wait_for(predicate, timeout: float, what: str):
@@ -209,38 +213,41 @@ async def _wait_for(predicate, timeout: float, what: str):
         await asyncio.sleep(0.02)
 
 
-async def test_entries_of_a_dead_consumer_are_taken_over_once(client, seed, db, redis_client, queue_keys, worker_pool):
+async def test_partitions_of_a_dead_worker_are_taken_over_once(client, seed, db, redis_client, queue_keys, worker_pool):
+    """A worker that read entries and died: its leases lapse, and a live worker takes its
+    partitions over and claims those entries at once, writing each sale once."""
     await seed(items=3, stores=3)
     answers = []
-    for i in range(3):  # three entries
+    for i in range(3):  # three entries, in three partitions
         answers += await _post_batch(client, [{"item_id": i + 1, "store_id": 3 - i, "quantity": i + 1}] * 4)
-    await redis_client.xgroup_create(queue_keys.stream, GROUP, id="0", mkstream=True)
-    [[_, entries]] = await redis_client.xreadgroup(GROUP, "dead-consumer", {queue_keys.stream: ">"})
-    assert len(entries) == 3
+    dead = Leases(redis_client, queue_keys, "dead-worker", lease_ms=1500)
+    await dead.refresh()
+    assert dead.held == set(range(queue_keys.partitions))  # alone: every partition
+    assert len(await read_as(redis_client, queue_keys, "dead-worker")) == 3
 
-    # Not idle long enough yet: a live consumer leaves them alone.
-    patient = StreamConsumer(redis_client, worker_pool, queue_keys, "patient", reclaim_idle_ms=60_000, block_ms=50)
-    task = asyncio.create_task(patient.run())
-    await asyncio.sleep(0.3)
-    patient.stop()
-    await asyncio.wait_for(task, 5)
-    assert await _stored_ids(db) == []
-    assert (await redis_client.xpending(queue_keys.stream, GROUP))["pending"] == 3
-
-    # Idle past reclaim_idle_ms: taken over, written, acknowledged.
-    live = StreamConsumer(redis_client, worker_pool, queue_keys, "live", reclaim_idle_ms=200, block_ms=50)
+    live = StreamConsumer(redis_client, worker_pool, queue_keys, "live", reclaim_idle_ms=1500, block_ms=50)
     task = asyncio.create_task(live.run())
     try:
-        await _wait_for(lambda: _count_is(db, 12), 10, "the dead consumer's sales")
+        # While the dead worker's leases last, its partitions are left alone.
+        await asyncio.sleep(0.5)
+        assert await _stored_ids(db) == []
+        assert await pending(redis_client, queue_keys) == 3
+        # Once they lapse: taken over, written, acknowledged.
+        await _wait_for(lambda: _count_is(db, 12), 10, "the dead worker's sales")
         await _wait_for(lambda: _stream_empty(redis_client, queue_keys), 5, "the acknowledgements")
+        assert live.partitions_held == set(range(queue_keys.partitions))
     finally:
         live.stop()
         await asyncio.wait_for(task, 5)
     assert await _stored_ids(db) == sorted(a["id"] for a in answers)
     assert await db.fetchval("SELECT sum(quantity) FROM sales") == 4 * (1 + 2 + 3)
     assert await rollups.drift(db) == NO_DRIFT
-    assert (await redis_client.xpending(queue_keys.stream, GROUP))["pending"] == 0
-    assert int(await redis_client.get(queue_keys.depth)) == 0
+    assert await pending(redis_client, queue_keys) == 0
+    assert await queued_sales(redis_client, queue_keys) == 0
+    # A stopped worker gives its partitions back and leaves the group.
+    # The dead worker's membership lapsed (the live one dropped it); the live one left on stop.
+    assert await redis_client.zcard(queue_keys.writers) == 0
+    assert not any([await redis_client.exists(queue_keys.lease(p)) for p in range(queue_keys.partitions)])
 
 
 async def _count_is(db, n):
@@ -248,7 +255,7 @@ async def _count_is(db, n):
 
 
 async def _stream_empty(redis_client, queue_keys):
-    return await redis_client.xlen(queue_keys.stream) == 0
+    return await queued_entries(redis_client, queue_keys) == 0
 
 
 async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, db, worker_pool):
@@ -295,14 +302,17 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
 def test_entries_are_cut_into_transactions_by_their_sale_counts():
     from worker.consumer import _chunks
 
-    entries = [(f"{i}-0".encode(), {b"n": str(n).encode(), b"d": b""}) for i, n in enumerate([3, 4, 9, 1, 1, 2])]
-    assert [[e[0] for e in chunk] for chunk in _chunks(entries, 7)] == [
+    partition = QueueKeys().partition(0)
+    counts = [3, 4, 9, 1, 1, 2]
+    entries = [(partition, f"{i}-0".encode(), {b"n": str(n).encode(), b"d": b""}) for i, n in enumerate(counts)]
+    assert [[e[1] for e in chunk] for chunk in _chunks(entries, 7)] == [
         [b"0-0", b"1-0"],
         [b"2-0"],
         [b"3-0", b"4-0", b"5-0"],
     ]  # the 9-sale entry alone
     assert _chunks([], 7) == []
-    assert len(_chunks([*entries, (b"6-0", {}), (b"7-0", {b"n": b"x"})], 7)[-1]) == 5  # purged / malformed: 0
+    purged, malformed = (partition, b"6-0", {}), (partition, b"7-0", {b"n": b"x"})
+    assert len(_chunks([*entries, purged, malformed], 7)[-1]) == 5  # purged / malformed: 0 sales
 
 
 async def test_a_read_bigger_than_a_transaction_is_written_in_several(
@@ -319,4 +329,4 @@ async def test_a_read_bigger_than_a_transaction_is_written_in_several(
     assert await consumer.run_until_empty() == 3  # 8 + 8 + 4 sales
     assert await _stored_ids(db) == sorted(a["id"] for a in answers)
     assert await rollups.drift(db) == NO_DRIFT
-    assert await redis_client.xlen(queue_keys.stream) == 0 and int(await redis_client.get(queue_keys.depth)) == 0
+    assert await queued_entries(redis_client, queue_keys) == 0 and await queued_sales(redis_client, queue_keys) == 0

@@ -21,11 +21,11 @@ from arq import cron
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Worker
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from shared import partitions
 from shared.db import create_pool
-from shared.queue import GROUP, QueueKeys
+from shared.queue import GROUP, every_stream
 from shared.redis_client import connect_from_settings
 from shared.settings import Settings
 from worker import writer
@@ -48,7 +48,7 @@ async def startup(ctx: dict) -> None:
         server_settings=writer.SESSION_SETTINGS,
     )
     ctx["stream_redis"] = connect_from_settings(settings, max_connections=8)
-    keys = QueueKeys(settings.redis_key_prefix)
+    keys = settings.queue_keys
     name = f"{socket.gethostname()}-{os.getpid()}"
     consumer = StreamConsumer(
         ctx["stream_redis"],
@@ -61,7 +61,7 @@ async def startup(ctx: dict) -> None:
     )
     ctx["consumer"] = consumer
     ctx["consumer_task"] = asyncio.create_task(consumer.run(), name="stream-consumer")
-    log.info("worker %s consuming %s", name, keys.stream)
+    log.info("worker %s consuming its share of %d queue partitions", name, keys.partitions)
 
 
 async def shutdown(ctx: dict) -> None:
@@ -80,12 +80,16 @@ async def shutdown(ctx: dict) -> None:
 async def forget_stopped_consumers(ctx: dict) -> None:
     """Remove consumers (stopped worker processes) that have nothing pending any more."""
     client = ctx["stream_redis"]
-    keys = QueueKeys(ctx["settings"].redis_key_prefix)
-    for consumer in await client.xinfo_consumers(keys.stream, GROUP):
-        name = consumer["name"]
-        name = name.decode() if isinstance(name, bytes) else name
-        if consumer["pending"] == 0 and consumer["idle"] > STALE_CONSUMER_IDLE_MS and name != ctx["consumer"].name:
-            await client.xgroup_delconsumer(keys.stream, GROUP, name)
+    for partition in every_stream(ctx["settings"].queue_keys):
+        try:
+            consumers = await client.xinfo_consumers(partition.stream, GROUP)
+        except ResponseError:  # no such stream or group (yet, or any more)
+            continue
+        for consumer in consumers:
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if consumer["pending"] == 0 and consumer["idle"] > STALE_CONSUMER_IDLE_MS and name != ctx["consumer"].name:
+                await client.xgroup_delconsumer(partition.stream, GROUP, name)
 
 
 async def make_partitions_ahead(ctx: dict) -> None:

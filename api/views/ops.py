@@ -11,7 +11,7 @@ from api import metrics
 from api.appkeys import PG_POOL, QUEUE_KEYS, REDIS
 from api.openapi import spec
 from api.responses import json_response
-from shared.queue import entry_age_ms
+from shared.queue import depth_and_oldest, entry_age_ms
 
 CHECK_TIMEOUT = 1.0
 
@@ -35,8 +35,8 @@ async def health(request: web.Request) -> web.Response:
     )
     body: dict[str, str | int] = {"status": "ok", "postgres": postgres, "redis": redis_state}
     if redis_state == "ok":
-        depth = await request.app[REDIS].get(request.app[QUEUE_KEYS].depth)
-        body["queue_depth"] = int(depth or 0)
+        depth, _ = await depth_and_oldest(request.app[REDIS], request.app[QUEUE_KEYS])
+        body["queue_depth"] = depth
     if postgres != "ok" or redis_state != "ok":
         down = [name for name, state in (("postgres", postgres), ("redis", redis_state)) if state != "ok"]
         body.update(status="unavailable", error=f"{' and '.join(down)} not answering")
@@ -46,16 +46,12 @@ async def health(request: web.Request) -> web.Response:
 
 async def _queue_snapshot(request: web.Request):
     redis, keys = request.app[REDIS], request.app[QUEUE_KEYS]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.worker_stats)
-        pipe.get(keys.depth)
-        pipe.xrange(keys.stream, count=1)
-        raw_stats, depth, oldest = await pipe.execute()
+    # redis-py types the asyncio client's HGETALL as its sync one's too: Awaitable[dict] | dict
+    raw_stats = await redis.hgetall(keys.worker_stats)  # type: ignore[misc]
+    depth, oldest = await depth_and_oldest(redis, keys)
     stats = {k.decode(): int(v) for k, v in raw_stats.items()}
-    age = None
-    if oldest:
-        age = entry_age_ms(oldest[0][0], metrics.now_ms()) / 1000
-    return stats, int(depth or 0), age
+    age = entry_age_ms(oldest, metrics.now_ms()) / 1000 if oldest else None
+    return stats, depth, age
 
 
 async def _dead_letters_pending(request: web.Request) -> int:

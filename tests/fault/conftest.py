@@ -36,7 +36,8 @@ import redis.asyncio as aioredis
 
 from shared import rollups, seeding
 from shared.migrate import migrate
-from shared.queue import GROUP, QueueKeys
+from shared.queue import QueueKeys
+from tests.queue_state import consumers as queue_consumers, pending as queue_pending, queued_entries, queued_sales
 from tests.recount import NO_DRIFT
 from tests.servers import PgServer, free_port, tail as _tail
 
@@ -343,14 +344,11 @@ class Stack:
             if not worker.alive():
                 raise RuntimeError(f"worker exited\n{_tail(worker.log)}")
             try:
-                for consumer in await redis_client.xinfo_consumers(KEYS.stream, GROUP):
-                    name = consumer["name"]
-                    name = name.decode() if isinstance(name, bytes) else name
-                    if name.endswith(name_suffix):
-                        return
+                if any(name.endswith(name_suffix) for name in await queue_consumers(redis_client, KEYS)):
+                    return
                 # Redis 7.0 lists a consumer only once it has been delivered something: on an
                 # empty stream, the group plus the worker's own "consuming" line will do.
-                if await redis_client.xlen(KEYS.stream) == 0 and "consuming" in _tail(worker.log):
+                if await queued_entries(redis_client, KEYS) == 0 and "consuming" in _tail(worker.log):
                     await asyncio.sleep(0.5)
                     return
             except Exception as exc:  # noqa: BLE001 - no stream or group yet
@@ -661,9 +659,7 @@ async def wait_queue_empty(client: aioredis.Redis, timeout: float = 120) -> floa
     deadline = started + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            depth = int(await client.get(KEYS.depth) or 0)
-            pending = (await client.xpending(KEYS.stream, GROUP))["pending"]
-            if depth == 0 and pending == 0:
+            if await queued_sales(client, KEYS) == 0 and await queue_pending(client, KEYS) == 0:
                 return time.monotonic() - started
         await asyncio.sleep(0.25)
     raise AssertionError(f"queue not empty after {timeout} s")

@@ -22,6 +22,7 @@ import pytest
 
 from shared import rollups
 from tests import recount
+from tests.queue_state import queued_sales
 from tests.recount import NO_DRIFT
 
 from .conftest import KEYS, STORES, wait_stored
@@ -127,7 +128,7 @@ async def test_a_batch_dated_years_back_costs_what_a_batch_of_today_does(
                     "MAX_SALE_AGE_DAYS" in e["error"] and "2000-01-02T12:00:00+00:00" in e["error"]
                     for e in answer["errors"]
                 )
-                assert int(await redis_client.get(KEYS.depth) or 0) <= 1  # the fresh sale's, until its ack
+                assert await queued_sales(redis_client, KEYS) <= 1  # the fresh sale's, until its ack
                 oldest = dt.datetime.now(dt.UTC) - dt.timedelta(days=399)  # the oldest it takes
                 async with session.post(f"{base}/sales/batch/", json=_batch(oldest, "old")) as response:
                     status, answer = response.status, await response.json()

@@ -17,7 +17,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from shared.queue import GROUP
+from tests.queue_state import consumers as queue_consumers, queued_entries, queued_sales
 
 from .conftest import (
     KEYS,
@@ -37,17 +37,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 async def _pending_of(client, consumers: set[str]) -> int:
     """Entries pending (delivered, not acknowledged) on the given consumers."""
-    total = 0
-    for consumer in await client.xinfo_consumers(KEYS.stream, GROUP):
-        name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
-        if name in consumers:
-            total += consumer["pending"]
-    return total
+    return sum(count for name, count in (await queue_consumers(client, KEYS)).items() if name in consumers)
 
 
 async def _consumer_of(client, pid: int) -> str:
-    for consumer in await client.xinfo_consumers(KEYS.stream, GROUP):
-        name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+    for name in await queue_consumers(client, KEYS):
         if name.endswith(f"-{pid}"):
             return name
     raise AssertionError(f"no consumer for worker pid {pid}")
@@ -250,10 +244,10 @@ async def test_redis_restart_keeps_queued_sales(make_stack, redis_client, redis_
     await stack.start_api()
     load = await run_load(stack.base_url, count=3000, prefix="aof")
     assert len(load.accepted) == 3000, load.summary()
-    depth_before = int(await redis_client.get(KEYS.depth))
+    depth_before = await queued_sales(redis_client, KEYS)
     redis_server.restart(kill=True)  # SIGKILL: only what appendfsync always put on disk survives
-    depth_after = int(await redis_client.get(KEYS.depth))
-    entries_after = await redis_client.xlen(KEYS.stream)
+    depth_after = await queued_sales(redis_client, KEYS)
+    entries_after = await queued_entries(redis_client, KEYS)
     started = time.monotonic()
     await stack.start_worker(redis_client)
     written = await wait_stored(database_url, load.accepted.values(), timeout=90)

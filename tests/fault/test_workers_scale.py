@@ -1,9 +1,10 @@
-"""Workers by count: three worker processes on one stream under load, one SIGKILLed mid-batch
-and one added while the load runs, on throwaway servers with the API as a real process.
+"""Workers by count: three worker processes sharing the queue's partitions under load, one
+SIGKILLed mid-batch and one added while the load runs, on throwaway servers with the API as a
+real process.
 
 Ends with the audit by id (every 202 stored exactly once, nothing else, rollup drift 0) and
 with proof that the work was spread: who held which stream entries is sampled from the
-consumer group's pending list (XPENDING) every 50 ms, so each worker's share is a count.
+partitions' pending lists (XPENDING) every 50 ms, so each worker's share is a count.
 
     python -m pytest -m slow tests/fault/test_workers_scale.py -s
 """
@@ -19,13 +20,14 @@ import asyncpg
 import pytest
 
 from shared.queue import GROUP
+from tests.queue_state import consumers as queue_consumers
 
 from .conftest import KEYS, audit, run_load, wait_queue_empty, wait_stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-# Short enough that the killed worker's batch is taken over well within the load, long
-# enough that a live worker's batch (100 ms linger + a transaction) is never taken from it.
+# The lease time: short enough that the killed worker's partitions are taken over well within
+# the load.
 RECLAIM_IDLE_MS = 5000
 RATE = 200  # sales/s, each from its own client request with its own idempotency key
 COUNT = 8000  # 40 s of load
@@ -52,8 +54,10 @@ class PendingSampler:
     async def run(self) -> None:
         while not self._stop.is_set():
             try:
-                for row in await self.client.xpending_range(KEYS.stream, GROUP, min="-", max="+", count=10_000):
-                    self.entries[_name(row["consumer"])].add(_name(row["message_id"]))
+                for partition in KEYS.all_partitions:
+                    pending = await self.client.xpending_range(partition.stream, GROUP, "-", "+", 10_000)
+                    for row in pending:
+                        self.entries[_name(row["consumer"])].add(f"{partition.index}/{_name(row['message_id'])}")
                 self.samples += 1
             except Exception:  # noqa: BLE001 - no group yet; sampling must not end the test
                 pass
@@ -69,30 +73,28 @@ class PendingSampler:
 
 
 async def _consumer_of(client, pid: int) -> str:
-    for consumer in await client.xinfo_consumers(KEYS.stream, GROUP):
-        if _name(consumer["name"]).endswith(f"-{pid}"):
-            return _name(consumer["name"])
+    for name in await queue_consumers(client, KEYS):
+        if name.endswith(f"-{pid}"):
+            return name
     raise AssertionError(f"no consumer for worker pid {pid}")
 
 
 async def _pending_of(client, name: str) -> int:
-    for consumer in await client.xinfo_consumers(KEYS.stream, GROUP):
-        if _name(consumer["name"]) == name:
-            return consumer["pending"]
-    return 0
+    return (await queue_consumers(client, KEYS)).get(name, 0)
 
 
 async def _kill_mid_batch(stack_worker, name: str, redis_client, database_url: str) -> int:
     """SIGKILL the worker while its batch is inside its transaction; entries it held then.
 
-    A lock on item_totals (the last thing a batch writes) holds every writer with its sales
-    inserted but not committed; the victim is killed once it holds entries, then the lock goes.
+    A lock on daily_totals (which every batch adds to after its sales) holds every writer with
+    its sales inserted but not committed; the victim is killed once it holds entries, then the
+    lock goes.
     """
     blocker = await asyncpg.connect(database_url)
     try:
         tx = blocker.transaction()
         await tx.start()
-        await blocker.execute("LOCK TABLE item_totals IN SHARE ROW EXCLUSIVE MODE")
+        await blocker.execute("LOCK TABLE daily_totals IN SHARE ROW EXCLUSIVE MODE")
         deadline = time.monotonic() + 20
         held = waiting = 0
         while time.monotonic() < deadline:
@@ -149,8 +151,8 @@ async def test_three_workers_one_killed_one_added_under_load(make_stack, redis_c
     assert taken_over_after is not None, "the killed worker's entries were never taken over"
     assert len(load.accepted) == load.posted == COUNT, load.summary()
     assert result["stored"] == COUNT
-    takers = [w.name for w in alive if "took over" in w.log.read_text(errors="replace")]
-    assert takers, "no live worker logged taking over the killed one's entries"
+    takers = [w.name for w in alive if "took over partitions" in w.log.read_text(errors="replace")]
+    assert takers, "no live worker logged taking over the killed one's partitions"
 
     shares = sampler.shares()
     by_worker = {w: round(shares.get(n, 0.0), 3) for w, n in names.items()}
