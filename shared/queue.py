@@ -1,9 +1,11 @@
-"""The Redis stream that carries accepted sales from the API to the worker.
+"""The Redis streams that carry accepted sales from the API to the workers.
 
-One stream entry holds every sale one API process accepted in one group commit:
-fields `n` (how many sales) and `d` (a msgpack array of QueuedSale arrays). The Lua scripts
-below keep three things atomic: the idempotency check, the append, and the queue-depth
-counter that backpressure reads.
+The queue is QUEUE_PARTITIONS streams (QueueKeys): a store's sales and returns always go to
+the same one, and each is consumed by one worker at a time (worker.leases). One stream entry
+holds the sales of one partition that one API process accepted in one group commit: fields
+`n` (how many sales) and `d` (a msgpack array of QueuedSale arrays). The Lua scripts below keep
+three things atomic: the idempotency check, the append, and the per-partition depth counters
+that backpressure reads.
 """
 
 from __future__ import annotations

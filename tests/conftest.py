@@ -188,6 +188,14 @@ async def client(settings, redis_client, aiohttp_client):
 
 
 @pytest.fixture
+async def worker_pool(settings):
+    """A pool as the worker opens it (for StreamConsumer instances a test runs itself)."""
+    pool = await create_pool(settings.database_url, max_size=2, prepare=writer.prepare_connection)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
 async def drain(settings, redis_client):
     """drain(): write everything queued so far, as the worker would, and return."""
     pool = await create_pool(settings.database_url, max_size=2, prepare=writer.prepare_connection)

@@ -8,10 +8,7 @@ import datetime as dt
 import json
 import time
 
-import pytest
-
 from shared import rollups
-from shared.db import create_pool
 from shared.queue import QueueKeys
 from shared.sale_ids import reserve_blocks
 from tests import recount
@@ -42,13 +39,6 @@ async def _snapshot(db):
         [tuple(r) for r in await db.fetch("SELECT * FROM store_running ORDER BY 1, 2")],
         [tuple(r) for r in await db.fetch("SELECT * FROM item_running ORDER BY 1, 2")],
     )
-
-
-@pytest.fixture
-async def worker_pool(settings):
-    pool = await create_pool(settings.database_url, max_size=2, prepare=writer.prepare_connection)
-    yield pool
-    await pool.close()
 
 
 async def test_drain_writes_queued_sales(client, seed, db, drain, redis_client, queue_keys):
