@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from shared import rollups
+from shared import chain_fold, rollups
 from shared.db import create_pool
 from shared.queue import GROUP
 from shared.sale_ids import reserve_blocks
@@ -31,6 +31,7 @@ async def _stored_ids(db) -> list[int]:
 
 
 async def _snapshot(db):
+    await chain_fold.fold(db, wait=True)  # the chain-wide rollups with every delta in them
     return (
         [tuple(r) for r in await db.fetch("SELECT * FROM sales ORDER BY id")],
         [tuple(r) for r in await db.fetch("SELECT * FROM store_monthly ORDER BY 1, 2")],
