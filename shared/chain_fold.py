@@ -8,9 +8,9 @@ next fold, takes its deltas too), so no worker ever waits for another's chain-wi
 Reports add the deltas not folded yet in the same statement: a fold changes no answer, and
 says so to the report cache (it announces, and sends nothing).
 
-`Folds` is the worker's side: a fold after a committed batch at most every `interval_ms`, and
+`Folds` is the worker's side: a fold after committed batches at most every `interval_ms`, and
 one when the queue is drained. A fold that fails loses nothing: the deltas stay until one
-succeeds.
+succeeds (retried after the interval).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ FOLD_INTERVAL_MS = 100
 # once a naptime (a minute): without this the table (which reports scan) grew by every delta
 # of that minute.
 VACUUM_EVERY_SECONDS = 2.0
+MAX_PAUSE_SECONDS = 5.0  # between failed folds (PostgreSQL away), as between a batch's retries
 
 # Deltas that running_through reaches: all of them (a batch writes its deltas only once the
 # running rows reach its last day, under the same lock, and running_through never goes back);
@@ -65,6 +66,7 @@ WAIT_LOCK = f"SELECT pg_advisory_xact_lock({FOLD_LOCK})"
 # A fold changes no report's answer: the rollups' and chain_deltas' triggers stay quiet.
 ANNOUNCED = "SELECT set_config('sales.reports_announced', 'on', true)"
 LAST_DAY = f"SELECT max(day) FROM {rollups.DELTAS.table}"
+ANY_DELTAS = f"SELECT EXISTS (SELECT FROM {rollups.DELTAS.table})"
 VACUUM = f"VACUUM (SKIP_LOCKED) {rollups.DELTAS.table}"
 
 
@@ -88,21 +90,23 @@ async def fold(conn: asyncpg.Connection, *, wait: bool = False) -> int:
 
 
 class Folds:
-    """A worker's folds: after a committed batch at most every `interval_ms`, in the background
-    (the next batch is written meanwhile, on the pool's other connection), and at the end of a
-    drain."""
+    """A worker's folds: after committed batches, in the background (the next batch is written
+    meanwhile, on the pool's other connection), at most every `interval_ms` but always once after
+    the last commit (a quiet queue leaves no deltas behind for long), and at the end of a drain."""
 
     def __init__(self, pool: asyncpg.Pool, interval_ms: int = FOLD_INTERVAL_MS):
         self._pool = pool
         self._interval_s = interval_ms / 1000
+        self._pause_s = self._interval_s  # between folds; longer after failures
         self._last_fold = 0.0
         self._last_vacuum = time.monotonic()
+        self._behind = False  # a commit since the last fold began (or a fold found the lock taken)
         self._running: asyncio.Task | None = None
 
     async def after_commit(self) -> None:
-        if time.monotonic() - self._last_fold >= self._interval_s and (self._running is None or self._running.done()):
-            self._last_fold = time.monotonic()
-            self._running = asyncio.create_task(self._fold(wait=False), name="chain-fold")
+        self._behind = True
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._fold_while_behind(), name="chain-fold")
 
     async def drain(self) -> None:
         """Leave no delta committed so far (waits for a fold in progress, here or elsewhere)."""
@@ -110,11 +114,27 @@ class Folds:
             await self._running
         await self._fold(wait=True)
 
+    async def _fold_while_behind(self) -> None:
+        while self._behind:
+            await asyncio.sleep(self._last_fold + self._pause_s - time.monotonic())
+            if self._pool.is_closing():  # the worker is stopping: the deltas wait for the next one
+                return
+            self._behind = False
+            self._last_fold = time.monotonic()
+            await self._fold(wait=False)
+
     async def _fold(self, wait: bool) -> None:
         try:
             async with self._pool.acquire() as conn:
-                if await fold(conn, wait=wait) and time.monotonic() - self._last_vacuum >= VACUUM_EVERY_SECONDS:
-                    self._last_vacuum = time.monotonic()
-                    await conn.execute(VACUUM)
+                folded = await fold(conn, wait=wait)
+                self._pause_s = self._interval_s
+                if folded:
+                    if time.monotonic() - self._last_vacuum >= VACUUM_EVERY_SECONDS:
+                        self._last_vacuum = time.monotonic()
+                        await conn.execute(VACUUM)
+                elif await conn.fetchval(ANY_DELTAS):  # another session is folding: perhaps not ours
+                    self._behind = True
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            log.warning("folding chain_deltas failed (%s); the deltas stay for the next fold", exc)
+            self._behind = True
+            self._pause_s = min(MAX_PAUSE_SECONDS, self._pause_s * 2)
+            log.warning("folding chain_deltas failed (%s); the deltas stay, next fold in %.1f s", exc, self._pause_s)

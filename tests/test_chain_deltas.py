@@ -214,3 +214,28 @@ async def test_archiving_a_month_with_its_deltas_unfolded_keeps_every_figure(
         assert await chain_fold.fold(conn) > 0
     assert await rollups.drift(db) == NO_DRIFT
     assert await computed_again() == before
+
+
+async def _folded_within(db, seconds: float) -> float:
+    """How long until chain_deltas is empty (fails after `seconds`)."""
+    started = time.monotonic()
+    while await _deltas(db):
+        assert time.monotonic() - started < seconds, "the deltas were not folded"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_a_worker_folds_at_most_every_interval_and_once_after_its_last_commit(seed, db, worker_pool):
+    await seed(items=3, stores=2)
+    folds = chain_fold.Folds(worker_pool, interval_ms=2000)
+    await _write(worker_pool, await _sales(db, [(0, 1, 1, 1)]))
+    first_fold = time.monotonic()
+    await folds.after_commit()  # the first fold: at once, in the background
+    await _folded_within(db, 1.5)
+    await _write(worker_pool, await _sales(db, [(0, 2, 1, 1)]))
+    await folds.after_commit()  # too soon after the last: the next fold waits for the interval
+    await asyncio.sleep(0.2)
+    assert len(await _deltas(db)) == 1
+    await _folded_within(db, 5)  # no commit since: it folds anyway
+    assert time.monotonic() - first_fold >= 2
+    assert await rollups.drift(db) == NO_DRIFT
