@@ -55,6 +55,7 @@ EMPTY = [
     "dead_letter",
     *(r.table for r in rollups.ROLLUPS),
     *(table for r in rollups.RUNNING for table in (r.table, r.late)),
+    rollups.DELTAS.table,
 ]
 _TARGET = re.compile(r"^\s*(?:INSERT\s+INTO|COPY|UPDATE)\s+\"?(\w+)", re.I)
 

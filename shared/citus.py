@@ -13,7 +13,8 @@ every start and upgrades a database that held data before):
   rollup rows live in the same shard group, and a batch touches each store's rows on one node;
 - `item_totals`, `item_running` and `item_running_late` are distributed by their own key,
   `item_id`: a row per item (and day) for the whole chain, so that "top items" reads one row
-  per item, not one per item and store;
+  per item, not one per item and store; `chain_deltas` (what batches add to them until a fold
+  moves it in, shared.chain_fold) with them, so that a report joins its rows on each node;
 - `sale_returned` by `sale_id`, and the chain's hours (`hourly_totals`) by `day`;
 - the `_archived` twins follow their rollups;
 - `dead_letter`, `api_key` and `schema_migrations` stay ordinary tables on the coordinator.
@@ -54,6 +55,7 @@ DISTRIBUTED_TABLES = (
     ("item_running", "item_id", "item_totals"),
     ("store_running_late", "store_id", "sales"),
     ("item_running_late", "item_id", "item_totals"),
+    ("chain_deltas", "item_id", "item_totals"),
 )
 NOTIFY_TRIGGERS = (
     ("item", "item_changed"),
@@ -68,6 +70,7 @@ NOTIFY_TRIGGERS = (
     ("store_hourly", "store_hourly_changed"),
     ("store_running_late", "store_running_late_changed"),
     ("item_running_late", "item_running_late_changed"),
+    ("chain_deltas", "chain_deltas_changed"),
 )
 
 

@@ -91,6 +91,12 @@ PARTIAL_RETURNS = """
 """
 
 
+def _batch(returns: bool) -> tuple[str, dict[str, str]]:
+    """A batch's rows as the rollups read them (`local_time`, `item_id`, `store_id` and sums), and
+    the measures they carry: a batch of sales (PARTIAL_SALES) or of returns (PARTIAL_RETURNS)."""
+    return (PARTIAL_RETURNS, MEASURES) if returns else (PARTIAL_SALES, SALE_MEASURES)
+
+
 def _grouped_sql(rollup: Rollup, measures: dict[str, str], local_sales: str) -> str:
     keys = ", ".join(f"{expr} AS {col}" for col, expr in rollup.keys.items())
     sums = ", ".join(f"{expr} AS {col}" for col, expr in measures.items())
@@ -134,14 +140,10 @@ def archive_sql(rollup: Rollup, source: str) -> str:
     return _upsert(rollup, recount_sql(rollup, source), into=rollup.archived)
 
 
-def upsert_partials_sql(rollup: Rollup) -> str:
-    """Add a batch's sums (PARTIAL_SALES parameters) to the rollup."""
-    return _upsert(rollup, _grouped_sql(rollup, SALE_MEASURES, PARTIAL_SALES), measures=SALE_MEASURES)
-
-
-def upsert_returns_sql(rollup: Rollup) -> str:
-    """Add a batch of returns' sums (PARTIAL_RETURNS parameters) to the rollup."""
-    return _upsert(rollup, _grouped_sql(rollup, MEASURES, PARTIAL_RETURNS))
+def upsert_sums_sql(rollup: Rollup, rows: tuple[str, dict[str, str]]) -> str:
+    """Add `rows` (a batch's sums, _batch(), or chain_fold's moved deltas) to the rollup."""
+    query, measures = rows
+    return _upsert(rollup, _grouped_sql(rollup, measures, query), measures=measures)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +174,14 @@ class Running:
         """The table of the days the running rows do not carry (sales that came late)."""
         return f"{self.table}_late"
 
+    def not_carried_sql(self) -> str:
+        """Rows of (day, key, measures) that the running rows do not carry: the late rows, and for
+        a chain-wide one (CHAIN_TABLES) the deltas not folded yet, which count on their day too
+        (possibly several rows per day and key)."""
+        if self.table not in CHAIN_TABLES:
+            return self.late
+        return f"(SELECT day, {self.key}, {', '.join(MEASURES)} FROM {self.late} UNION ALL {DELTAS_AS_LATE})"
+
     def expected_daily_sql(self) -> str:
         """Per day and key, what raw sales plus archived months count (reconciliation)."""
         sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
@@ -179,49 +189,90 @@ class Running:
 
 
 RUNNING = (Running("store_running", "store_id", "daily_totals"), Running("item_running", "item_id", "store_item_daily"))
+RUNNING_TABLE = {r.table: r for r in RUNNING}
 # Held shared by every transaction that adds to running totals, exclusively by running_extend().
 RUNNING_LOCK = 370222
 
 _RECENT = f"p.local_time::date >= (SELECT running_through FROM report_settings) - {RUNNING_WINDOW_DAYS}"
 
 
-def _upsert_by_day(table: str, key: str, returns: bool, day: str, source: str, where: str) -> str:
-    """Add a batch's sums (PARTIAL_SALES parameters, or PARTIAL_RETURNS: `p`, joined to `source`)
-    to `table`'s rows of (`day`, `key`), those of `where` only."""
-    measures = MEASURES if returns else SALE_MEASURES
+def _upsert_by_day(table: str, key: str, rows: tuple[str, dict[str, str]], day: str, source: str, where: str) -> str:
+    """Add `rows` (_batch(), or chain_fold's moved deltas: `p`, joined to `source`) to `table`'s
+    rows of (`day`, `key`), those of `where` only."""
+    query, measures = rows
     additions = ", ".join(f"{m} = r.{m} + EXCLUDED.{m}" for m in measures)
     return (
         f"INSERT INTO {table} AS r (day, {key}, {', '.join(measures)}) "
         f"SELECT {day}, p.{key}, {', '.join(f'sum(p.{m})' for m in measures)} "
-        f"FROM ({PARTIAL_RETURNS if returns else PARTIAL_SALES}) p {source} WHERE {where} "
+        f"FROM ({query}) p {source} WHERE {where} "
         f"GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT (day, {key}) DO UPDATE SET {additions}"
     )
 
 
-def upsert_running_sql(running: Running, returns: bool = False) -> str:
-    """Add a batch's recent sums to every row from the sale's (or return's) day on: at most
+def upsert_running_sql(running: Running, rows: tuple[str, dict[str, str]]) -> str:
+    """Add recent sums to every row from the sale's (or return's) day on: at most
     RUNNING_WINDOW_DAYS + 1 rows per key."""
     every_day_since = (
         "CROSS JOIN generate_series(0, (SELECT running_through FROM report_settings) - p.local_time::date) AS g(n)"
     )
-    return _upsert_by_day(running.table, running.key, returns, "p.local_time::date + g.n", every_day_since, _RECENT)
+    return _upsert_by_day(running.table, running.key, rows, "p.local_time::date + g.n", every_day_since, _RECENT)
 
 
-def upsert_late_sql(running: Running, returns: bool = False) -> str:
-    """Add a batch's older sums to the late rows of their days: one row per key and day, however
-    far back the day is."""
-    return _upsert_by_day(running.late, running.key, returns, "p.local_time::date", "", f"NOT ({_RECENT})")
+def upsert_late_sql(running: Running, rows: tuple[str, dict[str, str]]) -> str:
+    """Add older sums to the late rows of their days: one row per key and day, however far back
+    the day is."""
+    return _upsert_by_day(running.late, running.key, rows, "p.local_time::date", "", f"NOT ({_RECENT})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Chain-wide rollups (migration 012): keyed by item or by hour for the whole chain, so every
+# batch would write the same rows (a popular item's, the current hour's) and hold them until
+# commit. A batch inserts its sums by local day, hour and item into chain_deltas instead, and
+# shared.chain_fold moves them into these tables, one session at a time.
+CHAIN_TABLES = frozenset({"item_totals", "hourly_totals", "item_running"})
+DELTAS = Rollup("chain_deltas", {"day": "local_time::date", "hour": _HOUR, "item_id": "item_id"}, ("second", "item_id"))
+# Unfolded deltas as late rows of item_running (migration 010): they count on their day only,
+# which is how a report of [from, to] and the recount of the running totals take them.
+DELTAS_AS_LATE = f"SELECT day, item_id, {', '.join(MEASURES)} FROM {DELTAS.table}"
+
+
+def with_deltas_sql(rollup: Rollup) -> str:
+    """What a chain-wide rollup holds once every delta is folded (a subquery)."""
+    columns = ", ".join([*rollup.keys, *MEASURES])
+    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
+    keys = ", ".join(rollup.keys)
+    return (
+        f"(SELECT {keys}, {sums} FROM (SELECT {columns} FROM {rollup.table} UNION ALL "
+        f"SELECT {columns} FROM {DELTAS.table}) AS both_parts GROUP BY {keys}) AS {rollup.table}"
+    )
+
+
+def insert_deltas_sql(returns: bool) -> str:
+    """A batch's sums (_batch()) by local day, hour and item, into chain_deltas: new rows only."""
+    query, measures = _batch(returns)
+    return (
+        f"INSERT INTO {DELTAS.table} ({', '.join([*DELTAS.keys, *measures])}) {_grouped_sql(DELTAS, measures, query)}"
+    )
 
 
 def batch_upserts(returns: bool = False, late: bool = True) -> list[tuple[tuple[str, ...], str]]:
-    """(what a batch of sales, or of returns, is summed by; the upsert) of every rollup and
+    """(what a batch of sales, or of returns, is summed by; the statement) of every rollup and
     running table, and of the running tables' late twins unless not `late` (a batch that holds
-    no late sale: MAY_HOLD_LATE)."""
-    upsert_sums = upsert_returns_sql if returns else upsert_partials_sql
+    no late sale: MAY_HOLD_LATE); the chain-wide ones (CHAIN_TABLES) get one insert into
+    chain_deltas instead of their upserts."""
     running_upserts = (upsert_running_sql, upsert_late_sql) if late else (upsert_running_sql,)
-    return [(rollup.summed_by, upsert_sums(rollup)) for rollup in ROLLUPS] + [
-        (running.summed_by, upsert(running, returns)) for running in RUNNING for upsert in running_upserts
+    rollups = [
+        (rollup.summed_by, upsert_sums_sql(rollup, _batch(returns)))
+        for rollup in ROLLUPS
+        if rollup.table not in CHAIN_TABLES
     ]
+    running = [
+        (running.summed_by, upsert(running, _batch(returns)))
+        for running in RUNNING
+        if running.table not in CHAIN_TABLES
+        for upsert in running_upserts
+    ]
+    return [*rollups, *running, (DELTAS.summed_by, insert_deltas_sql(returns))]
 
 
 def _local_day(second_param: str) -> str:
@@ -237,10 +288,15 @@ def _local_day(second_param: str) -> str:
 # (False: /clear/ or a rebuild in another time zone came in between; retried).
 # Carrying rows forward changes no report's answer: the statement tells the rollups' triggers so
 # (shared.report_changes), or the day's first batch would empty every API's report cache.
-EXTEND_RUNNING = (
-    f"SELECT running_extend({_local_day('$1')}) "
-    "FROM (SELECT set_config('sales.reports_announced', 'on', true)) AS unchanged_answers"
-)
+def _extend_running(day: str) -> str:
+    return (
+        f"SELECT running_extend({day}) "
+        "FROM (SELECT set_config('sales.reports_announced', 'on', true)) AS unchanged_answers"
+    )
+
+
+EXTEND_RUNNING = _extend_running(_local_day("$1"))
+EXTEND_RUNNING_TO_DAY = _extend_running("$1::date")  # $1: a local day (shared.chain_fold)
 LOCK_RUNNING = f"SELECT pg_advisory_xact_lock_shared({RUNNING_LOCK})"
 RUNNING_COVERS = f"SELECT coalesce(running_through >= {_local_day('$1')}, false) FROM report_settings"
 # In the batch's transaction, before its rollups ($1: its earliest moment, Unix seconds): whether
@@ -259,15 +315,17 @@ LOCK_RUNNING_EXCLUSIVE = f"SELECT pg_advisory_xact_lock({RUNNING_LOCK})"
 
 def expected_running_sql(running: Running) -> str:
     """What the running table must hold: per key, from the first day the recount and the late
-    rows differ (the first sale the running rows carry) to running_through, the recounted days
-    minus the late rows, added up."""
+    rows (with the unfolded deltas, Running.not_carried_sql) differ (the first sale the running
+    rows carry) to running_through, the recounted days minus those rows, added up."""
     sums = ", ".join(f"(sum(coalesce(d.{m}, 0)) OVER w)::bigint AS {m}" for m in MEASURES)
     carried = ", ".join(f"coalesce(e.{m}, 0) - coalesce(l.{m}, 0) AS {m}" for m in MEASURES)
     differs = " OR ".join(f"coalesce(e.{m}, 0) <> coalesce(l.{m}, 0)" for m in MEASURES)
+    late_sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
     return (
         f"WITH daily AS (SELECT coalesce(e.day, l.day) AS day, coalesce(e.{running.key}, l.{running.key}) "
         f"AS {running.key}, {carried} FROM ({running.expected_daily_sql()}) e "
-        f"FULL JOIN {running.late} l ON l.day = e.day AND l.{running.key} = e.{running.key} WHERE {differs}) "
+        f"FULL JOIN (SELECT day, {running.key}, {late_sums} FROM {running.not_carried_sql()} AS nc GROUP BY 1, 2) l "
+        f"ON l.day = e.day AND l.{running.key} = e.{running.key} WHERE {differs}) "
         f"SELECT g.day, k.{running.key}, {sums} "
         f"FROM (SELECT {running.key}, min(day) AS first_day FROM daily GROUP BY 1) k "
         f"CROSS JOIN LATERAL (SELECT k.first_day + n AS day FROM generate_series(0, "
@@ -303,7 +361,8 @@ async def rebuild(conn: asyncpg.Connection, filled: frozenset[str] = frozenset()
     # aggregation spilled to disk (10 million sales: daily_totals alone took 5.9 s).
     await conn.execute("SET LOCAL work_mem = '256MB'")
     todo = [r for r in ROLLUPS if r.table not in filled]
-    await conn.execute("TRUNCATE " + ", ".join(r.table for r in todo))
+    # chain_deltas too: what they held is in the raw sales the rollups are counted from
+    await conn.execute("TRUNCATE " + ", ".join([*(r.table for r in todo), DELTAS.table]))
     for rollup in todo:
         if rollup.table != "store_monthly":
             columns = ", ".join([*rollup.keys, *MEASURES])
@@ -326,12 +385,11 @@ def _differing_rows_sql(table: str, keys: list[str], expected: str) -> str:
 
 async def drift(conn: asyncpg.Connection) -> dict[str, int]:
     """How many rows of each rollup (running totals included) differ from a recount of raw
-    sales (plus archived months)."""
+    sales (plus archived months). The chain-wide ones count the deltas not folded yet."""
     result = {}
     for rollup in ROLLUPS:
-        result[rollup.table] = await conn.fetchval(
-            _differing_rows_sql(rollup.table, list(rollup.keys), expected_sql(rollup))
-        )
+        held = with_deltas_sql(rollup) if rollup.table in CHAIN_TABLES else rollup.table
+        result[rollup.table] = await conn.fetchval(_differing_rows_sql(held, list(rollup.keys), expected_sql(rollup)))
     for running in RUNNING:
         result[running.table] = await conn.fetchval(
             _differing_rows_sql(running.table, ["day", running.key], expected_running_sql(running))

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import zoneinfo
 
+from shared.chain_fold import FOLD_INTERVAL_MS
 from shared.queue import QueueKeys
 
 
@@ -73,6 +74,8 @@ class Settings:
     # After a read that did not fill a batch, wait this long for more before writing: a
     # transaction has a fixed cost, and sales written 30 at a time spent 5x more CPU each.
     worker_linger_ms: int = 100
+    # After a committed batch, fold chain_deltas at most this often (shared.chain_fold).
+    worker_fold_interval_ms: int = FOLD_INTERVAL_MS
 
     def __post_init__(self) -> None:
         try:
@@ -150,4 +153,5 @@ class Settings:
             worker_batch_entries=get("WORKER_BATCH_ENTRIES", defaults.worker_batch_entries),
             worker_reclaim_idle_ms=get("WORKER_RECLAIM_IDLE_MS", defaults.worker_reclaim_idle_ms),
             worker_linger_ms=get("WORKER_LINGER_MS", defaults.worker_linger_ms),
+            worker_fold_interval_ms=get("WORKER_FOLD_INTERVAL_MS", defaults.worker_fold_interval_ms),
         )

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import time
 
-from shared import rollups
+from shared import chain_fold, rollups
 from shared.queue import QueueKeys
 from shared.sale_ids import reserve_blocks
 from tests import recount
@@ -30,6 +30,7 @@ async def _stored_ids(db) -> list[int]:
 
 
 async def _snapshot(db):
+    await chain_fold.fold(db, wait=True)  # the chain-wide rollups with every delta in them
     return (
         [tuple(r) for r in await db.fetch("SELECT * FROM sales ORDER BY id")],
         [tuple(r) for r in await db.fetch("SELECT * FROM store_monthly ORDER BY 1, 2")],

@@ -24,7 +24,7 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
-from shared import worker_stats
+from shared import chain_fold, worker_stats
 from shared.queue import ACK_SCRIPT, GROUP, RELEASE_RETURNED_SCRIPT, Partition, QueueKeys
 from worker import return_writer, writer
 from worker.gc_paused import gc_paused
@@ -58,6 +58,7 @@ class StreamConsumer:
         reclaim_idle_ms: int = 15_000,
         block_ms: int = 1000,
         linger_ms: int = 0,
+        fold_interval_ms: int = chain_fold.FOLD_INTERVAL_MS,
     ):
         self._redis = client
         self._pool = pool
@@ -75,6 +76,7 @@ class StreamConsumer:
         self._last_reclaim = 0.0
         self.batches_written = 0
         self._citus: bool | None = None  # sales distributed by Citus (asked once)
+        self._folds = chain_fold.Folds(pool, fold_interval_ms)
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -127,6 +129,7 @@ class StreamConsumer:
                 await self._process(entries)
             while entries := await self._reclaim(self._streams(), min_idle_ms=0):
                 await self._process(entries)
+            await self._folds.drain()
         finally:
             await self._leases.leave()
         return self.batches_written
@@ -259,6 +262,7 @@ class StreamConsumer:
         await self._acknowledge(acks)
         self.batches_written += 1
         await self._record(len(rows) + len(returns), result)
+        await self._folds.after_commit()
 
     async def _write_until_done(
         self,

@@ -58,6 +58,7 @@ async def startup(ctx: dict) -> None:
         batch_entries=settings.worker_batch_entries,
         reclaim_idle_ms=settings.worker_reclaim_idle_ms,
         linger_ms=settings.worker_linger_ms,
+        fold_interval_ms=settings.worker_fold_interval_ms,
     )
     ctx["consumer"] = consumer
     ctx["consumer_task"] = asyncio.create_task(consumer.run(), name="stream-consumer")

@@ -72,7 +72,7 @@ async def test_worker_sigkill_mid_batch_twice(make_stack, redis_client, database
             # sales inserted but not committed, i.e. truly mid-batch, when it is killed.
             tx = blocker.transaction()
             await tx.start()
-            await blocker.execute("LOCK TABLE item_totals IN SHARE ROW EXCLUSIVE MODE")
+            await blocker.execute("LOCK TABLE chain_deltas IN SHARE ROW EXCLUSIVE MODE")
             name = await _consumer_of(redis_client, stack.worker.pid)
             deadline = time.monotonic() + 20
             waiting = 0

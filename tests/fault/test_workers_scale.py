@@ -86,15 +86,14 @@ async def _pending_of(client, name: str) -> int:
 async def _kill_mid_batch(stack_worker, name: str, redis_client, database_url: str) -> int:
     """SIGKILL the worker while its batch is inside its transaction; entries it held then.
 
-    A lock on daily_totals (which every batch adds to after its sales) holds every writer with
-    its sales inserted but not committed; the victim is killed once it holds entries, then the
-    lock goes.
+    A lock on chain_deltas (the last thing a batch writes) holds every writer with its sales
+    inserted but not committed; the victim is killed once it holds entries, then the lock goes.
     """
     blocker = await asyncpg.connect(database_url)
     try:
         tx = blocker.transaction()
         await tx.start()
-        await blocker.execute("LOCK TABLE daily_totals IN SHARE ROW EXCLUSIVE MODE")
+        await blocker.execute("LOCK TABLE chain_deltas IN SHARE ROW EXCLUSIVE MODE")
         deadline = time.monotonic() + 20
         held = waiting = 0
         while time.monotonic() < deadline:
