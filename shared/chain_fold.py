@@ -66,7 +66,7 @@ WAIT_LOCK = f"SELECT pg_advisory_xact_lock({FOLD_LOCK})"
 # A fold changes no report's answer: the rollups' and chain_deltas' triggers stay quiet.
 ANNOUNCED = "SELECT set_config('sales.reports_announced', 'on', true)"
 LAST_DAY = f"SELECT max(day) FROM {rollups.DELTAS.table}"
-ANY_DELTAS = f"SELECT EXISTS (SELECT FROM {rollups.DELTAS.table})"
+ANY_DELTAS = f"SELECT EXISTS (SELECT 1 FROM {rollups.DELTAS.table})"  # not SELECT FROM: Citus refuses it
 VACUUM = f"VACUUM (SKIP_LOCKED) {rollups.DELTAS.table}"
 
 
@@ -110,8 +110,6 @@ class Folds:
 
     async def drain(self) -> None:
         """Leave no delta committed so far (waits for a fold in progress, here or elsewhere)."""
-        if self._running is not None:
-            await self._running
         await self._fold(wait=True)
 
     async def _fold_while_behind(self) -> None:
@@ -127,13 +125,13 @@ class Folds:
         try:
             async with self._pool.acquire() as conn:
                 folded = await fold(conn, wait=wait)
-                self._pause_s = self._interval_s
                 if folded:
                     if time.monotonic() - self._last_vacuum >= VACUUM_EVERY_SECONDS:
                         self._last_vacuum = time.monotonic()
                         await conn.execute(VACUUM)
                 elif await conn.fetchval(ANY_DELTAS):  # another session is folding: perhaps not ours
                     self._behind = True
+            self._pause_s = self._interval_s
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             self._behind = True
             self._pause_s = min(MAX_PAUSE_SECONDS, self._pause_s * 2)
