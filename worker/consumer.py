@@ -187,18 +187,28 @@ class StreamConsumer:
             return []
 
     async def _read_new(self, count: int, block: bool) -> list[Entry]:
+        """About `count` entries over the partitions held; under a backlog (a partition gave all it
+        was asked for), more, up to a transaction's worth of sales: the partitions cut a batch
+        request of many stores into an entry each, and a read of `count` entries then held a
+        tenth of the sales it did before (bench.batch wrote 102,000 sales/s instead of 195,000)."""
         streams = self._streams()
         if not streams:
             return []
         by_key = {partition.stream.encode(): partition for partition in streams}
-        response = await self._redis.xreadgroup(
-            GROUP,
-            self.name,
-            {partition.stream: ">" for partition in streams},
-            count=max(1, -(-count // len(streams))),  # COUNT is per stream
-            block=self._block_ms if block else None,
-        )
-        return [(by_key[key], entry_id, fields) for key, entries in response or [] for entry_id, fields in entries]
+        per_stream = max(1, -(-count // len(streams)))  # COUNT is per stream
+        read: list[Entry] = []
+        while True:
+            response = await self._redis.xreadgroup(
+                GROUP,
+                self.name,
+                {partition.stream: ">" for partition in streams},
+                count=per_stream,
+                block=self._block_ms if block and not read else None,
+            )
+            read += [(by_key[key], entry_id, fields) for key, entries in response or [] for entry_id, fields in entries]
+            backlog = any(len(entries) == per_stream for _, entries in response or [])
+            if not backlog or sum(map(_entry_sales, read)) >= MAX_SALES_PER_TRANSACTION:
+                return read
 
     async def _reclaim(self, partitions: list[Partition], min_idle_ms: int) -> list[Entry]:
         claimed: list[Entry] = []
