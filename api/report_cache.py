@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import logging
 import zoneinfo
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import asyncpg
@@ -102,12 +102,25 @@ def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
 
 
 def _rows(value: Any) -> int:
-    """What a result counts against max_rows: its rows (a store's page: its days and items)."""
+    """What a result counts against max_rows: its rows (a store's page: its days and items; a
+    part of a period: its keys)."""
     if isinstance(value, list):
         return len(value)
+    rows = getattr(value, "rows", None)
+    if isinstance(rows, int):
+        return rows
     if isinstance(value, dict):
-        return 1 + sum(len(v) for v in value.values() if isinstance(v, list))
+        return 1 + sum(len(v) for v in value.values() if isinstance(v, list | dict))
     return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One result a report is made of: `compute()`'s, kept under `key` until a change touches `scope`."""
+
+    key: Hashable
+    compute: Callable[[], Awaitable[Any]]
+    scope: Scope = EVERYTHING
 
 
 @dataclasses.dataclass(eq=False)
@@ -152,6 +165,16 @@ class ReportCache:
         `scope`: what it is computed from (a change outside it keeps it)."""
         if not await self._caught_up():
             return await compute()
+        return await self._lookup(key, compute, scope)
+
+    async def get_all(self, parts: Sequence[Part]) -> list[Any]:
+        """Each part's result, as `get` gives it (every commit that preceded the request is in
+        it), after one round trip for all of them."""
+        if not await self._caught_up():
+            return list(await asyncio.gather(*(part.compute() for part in parts)))
+        return list(await asyncio.gather(*(self._lookup(part.key, part.compute, part.scope) for part in parts)))
+
+    async def _lookup(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope) -> Any:
         if key in self._entries:
             return self._entries[key][0]
         computation = self._computing.get(key)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
 import zoneinfo
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
+from api.period_parts import Ranked, add, add_by_key, top
 from shared.rollups import DELTAS, RUNNING_TABLE
 
 ITEMS = "SELECT id, name, price FROM item ORDER BY id"
@@ -197,19 +200,22 @@ JOIN item i ON i.id = t.item_id
 ORDER BY t.units DESC, t.item_id
 """
 
-# One store's items: its own days of store_item_daily (a store sells far fewer lines a day
-# than the chain).
-TOP_ITEMS_OF_STORE = """
-SELECT i.id, i.name, t.units AS sales_amount
-FROM (SELECT item_id, sum(units)::bigint AS units FROM store_item_daily
-      WHERE store_id = $1 AND day >= $2 AND day <= $3
-      GROUP BY item_id HAVING sum(units) > 0
-      ORDER BY units DESC, item_id LIMIT $4) t
-JOIN item i ON i.id = t.item_id
-ORDER BY t.units DESC, t.item_id
+# One store's units per item over days: its own days of store_item_daily (a store sells far
+# fewer lines a day than the chain). Every item, not a top: a period reaching today is summed
+# from two such parts (api.period_parts), and its top picked from their sum.
+STORE_ITEM_UNITS = """
+SELECT item_id, sum(units)::bigint AS units FROM store_item_daily
+WHERE store_id = $1 AND day >= $2 AND day <= $3
+GROUP BY item_id
 """
 
 STORE_TOTALS = _period_totals("store_running", "store_id", store_id_param="$3")
+# Today's part of the chain's totals: the stores' rows of a few days (a subtraction of the
+# running totals reads two rows per store whatever the period).
+CHAIN_TOTALS_OF_DAYS = f"""
+SELECT {", ".join(f"coalesce(sum({m}), 0)::bigint AS {m}" for m in _MEASURES)}
+FROM daily_totals WHERE day >= $1 AND day <= $2
+"""
 
 STORE_DAYS = """
 SELECT day, income, units, sales, returns, refunds FROM daily_totals
@@ -244,57 +250,103 @@ async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date,
     return [dict(r) for r in await conn.fetch(TOP_STORES_PERIOD, first, last, cnt)]
 
 
-async def top_items_in(
-    conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int, store_id: int | None = None
-) -> list[dict]:
-    if store_id is None:
-        return [dict(r) for r in await conn.fetch(TOP_ITEMS_PERIOD, first, last, cnt)]
-    return [dict(r) for r in await conn.fetch(TOP_ITEMS_OF_STORE, store_id, first, last, cnt)]
+async def top_items_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int) -> list[dict]:
+    """The chain's top items over the period."""
+    return [dict(r) for r in await conn.fetch(TOP_ITEMS_PERIOD, first, last, cnt)]
+
+
+async def item_names(conn: asyncpg.Connection) -> dict[int, str]:
+    return {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM item")}
+
+
+async def store_item_units(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date) -> Ranked[int]:
+    """One store's units per item over days first..last."""
+    rows = await conn.fetch(STORE_ITEM_UNITS, store_id, first, last)
+    return Ranked.of({r["item_id"]: r["units"] for r in rows})
+
+
+def named_top(parts: Sequence[Ranked[int]], names: Mapping[int, str], cnt: int) -> list[dict]:
+    """The top items of a store's period from its parts, as /items/top/ answers them."""
+    return [
+        {"id": item_id, "name": names[item_id], "sales_amount": units}
+        for item_id, units in top(parts, cnt)
+        if item_id in names  # an item deleted takes its rollup rows with it: only a race
+    ]
 
 
 PERIOD_MEASURES = ("income", "units", "sales", "returns", "refunds")
 
 
-async def store_report(conn: asyncpg.Connection, store: dict, first: dt.date, last: dt.date, cnt: int) -> dict:
+@dataclasses.dataclass(frozen=True, eq=False)
+class StorePart:
+    """One store over a part of a period: totals, days and units per item."""
+
+    totals: dict[str, int]
+    days: list[dict]
+    items: Ranked[int]
+
+    @property
+    def rows(self) -> int:
+        return 1 + len(self.days) + self.items.rows
+
+
+async def store_part(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, live: bool) -> StorePart:
+    """`live`: the part from today on, whose totals are the sum of its few days (the closed
+    part's come from the running totals: two rows whatever its length)."""
+    days = [
+        {"day": r["day"].isoformat(), **{m: r[m] for m in PERIOD_MEASURES}}
+        for r in await conn.fetch(STORE_DAYS, store_id, first, last)
+    ]
+    if live:
+        totals = add([{m: day[m] for m in PERIOD_MEASURES} for day in days])
+    else:
+        row = await conn.fetchrow(STORE_TOTALS, first, last, store_id)
+        totals = {m: row[m] for m in PERIOD_MEASURES} if row else {}
+    return StorePart(totals, days, await store_item_units(conn, store_id, first, last))
+
+
+def store_page(
+    store: dict, first: dt.date, last: dt.date, parts: Sequence[StorePart], names: Mapping[int, str], cnt: int
+) -> dict:
     """One store's page: its totals (income and units net of returns), top items and days over the period."""
-    totals = await conn.fetchrow(STORE_TOTALS, first, last, store["id"])
-    days = await conn.fetch(STORE_DAYS, store["id"], first, last)
+    totals = add([p.totals for p in parts])
     return {
         "store": store,
         "from": first.isoformat(),
         "to": last.isoformat(),
-        **{m: totals[m] if totals else 0 for m in PERIOD_MEASURES},
-        "top_items": await top_items_in(conn, first, last, cnt, store["id"]),
-        "days": [{"day": r["day"].isoformat(), **{m: r[m] for m in PERIOD_MEASURES}} for r in days],
+        **{m: totals.get(m, 0) for m in PERIOD_MEASURES},
+        "top_items": named_top([p.items for p in parts], names, cnt),
+        "days": [day for p in parts for day in p.days],
     }
 
 
-async def period_totals(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> dict:
-    """The chain's totals over the period."""
-    totals = await conn.fetchrow(CHAIN_TOTALS, first, last)
-    return {"from": first.isoformat(), "to": last.isoformat(), **dict(totals)}
+async def chain_totals(conn: asyncpg.Connection, first: dt.date, last: dt.date, live: bool) -> dict[str, int]:
+    """The chain's measures over days first..last (`live`: from today on, a few days' rows)."""
+    return dict(await conn.fetchrow(CHAIN_TOTALS_OF_DAYS if live else CHAIN_TOTALS, first, last))
 
 
-async def hours(conn: asyncpg.Connection, first: dt.date, last: dt.date, store_id: int | None) -> dict:
-    """The period's sales by weekday and hour: all 168 cells, Monday 00:00 first."""
+async def hour_cells(
+    conn: asyncpg.Connection, first: dt.date, last: dt.date, store_id: int | None
+) -> dict[tuple[int, int], dict[str, int]]:
+    """The period's sales by (weekday, hour), only the cells that have some."""
     if store_id is None:
         rows = await conn.fetch(CHAIN_HOURS, first, last)
     else:
         rows = await conn.fetch(STORE_HOURS, first, last, store_id)
-    found = {(r["weekday"], r["hour"]): r for r in rows}
-    cells = []
-    for weekday in range(1, 8):
-        for hour in range(24):
-            r = found.get((weekday, hour))
-            cells.append(
-                {
-                    "weekday": weekday,
-                    "hour": hour,
-                    "income": r["income"] if r else 0,
-                    "units": r["units"] if r else 0,
-                    "sales": r["sales"] if r else 0,
-                }
-            )
+    return {(r["weekday"], r["hour"]): {m: r[m] for m in ("income", "units", "sales")} for r in rows}
+
+
+def hours(
+    first: dt.date, last: dt.date, store_id: int | None, parts: Sequence[Mapping[tuple[int, int], Mapping[str, int]]]
+) -> dict:
+    """The period's sales by weekday and hour: all 168 cells, Monday 00:00 first."""
+    found = add_by_key(parts)
+    none = {"income": 0, "units": 0, "sales": 0}
+    cells = [
+        {"weekday": weekday, "hour": hour, **found.get((weekday, hour), none)}
+        for weekday in range(1, 8)
+        for hour in range(24)
+    ]
     return {"from": first.isoformat(), "to": last.isoformat(), "store_id": store_id, "cells": cells}
 
 
@@ -322,13 +374,24 @@ def next_month(month: dt.date) -> dt.date | None:
     return dt.date(month.year + 1, 1, 1) if month.year < 9999 else None
 
 
-async def trend(conn: asyncpg.Connection, last: dt.date, months: int, store_id: int | None) -> list[dict]:
+async def month_totals(
+    conn: asyncpg.Connection, first_month: dt.date, last_month: dt.date, store_id: int | None
+) -> dict[dt.date, dict[str, int]]:
+    """Per month (its first day) from first_month to last_month, the chain's or one store's figures."""
+    return {
+        r["month"]: {"income": r["income"], "units": r["units"], "sales": r["sales"]}
+        for r in await conn.fetch(MONTH_TOTALS_BY_MONTH, first_month, last_month, store_id)
+    }
+
+
+def trend_first_month(last: dt.date, months: int) -> dt.date:
+    """The first month a trend of `months` months ending with `last` reads: a year before its first."""
+    return months_back(months_back(last, months - 1), 12)
+
+
+def trend(last: dt.date, months: int, totals: Mapping[dt.date, Mapping[str, int]]) -> list[dict]:
     """`months` months ending with `last` (oldest first), each beside the same month a year before."""
     first = months_back(last, months - 1)
-    totals = {
-        r["month"]: {"income": r["income"], "units": r["units"], "sales": r["sales"]}
-        for r in await conn.fetch(MONTH_TOTALS_BY_MONTH, months_back(first, 12), last, store_id)
-    }
     none = {"income": 0, "units": 0, "sales": 0}
     rows = []
     month: dt.date | None = first

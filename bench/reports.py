@@ -9,7 +9,10 @@ For each size the product's database is seeded with the CLI (`python -m shared.s
 (binary COPY) into the baseline's schema, so both answer over the same data (their answers
 are compared). Then, per system and endpoint: single-request latency (median and p99 of
 --requests sequential requests on one keep-alive connection, after --warmup-requests; the
-baseline stops early after --latency-budget seconds) and throughput under 64 connections
+baseline stops early after --latency-budget seconds); for the product the same requests each
+right after a change of everything (a rebuild: nothing from memory) and each right after the
+NOTIFY of a worker commit that added a sale of now at --store-id (what tills cause all day);
+and throughput under 64 connections
 (wrk, --duration seconds). After each wrk run the server may still be working off requests
 whose client is gone (the baseline at 1M+ sales: minutes); those queries are cancelled
 (pg_cancel_backend) before the next measurement, unless --no-cancel.
@@ -32,18 +35,27 @@ import asyncpg
 
 from bench import common
 from bench.common import log, percentile, ratio
+from shared import report_changes
 
 
 class RollupsChanged:
-    """Calling it tells the product its rollups changed (the NOTIFY a worker commit sends), so
-    the next answer is computed by a query, not taken from the report cache."""
+    """Calling it tells the product its rollups changed, so the next answer is not taken from
+    the report cache as it was. `store_id` None: anything changed (a rebuild: every report is
+    computed whole again); else the NOTIFY of a worker commit that added a sale of now at that
+    store (what tills cause all day: a period reaching today reads only its today part again)."""
 
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, store_id: int | None = None):
         self._loop = asyncio.new_event_loop()
         self._conn = self._loop.run_until_complete(asyncpg.connect(database_url))
+        self._store_id = store_id
 
     def __call__(self) -> None:
-        self._loop.run_until_complete(self._conn.execute("NOTIFY reports_changed"))
+        if self._store_id is None:
+            payload = ""
+        else:
+            now_us = time.time_ns() // 1000
+            payload = report_changes.payload(now_us, now_us, [self._store_id])
+        self._loop.run_until_complete(self._conn.execute("SELECT pg_notify($1, $2)", report_changes.CHANNEL, payload))
 
     def close(self) -> None:
         self._loop.run_until_complete(self._conn.close())
@@ -181,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 commands.append(f"{name}, {size} sales: `{load['cmd']}`")
                 results[(size, endpoint, name)] = {**lat, "load": load}
-                if name == "product":  # the same requests, each right after a (simulated) worker commit
-                    log(f"{size} sales, product {path}: sequential, uncached")
-                    changed = RollupsChanged(product_url)
-                    try:
-                        cold = sequential(port, path, args.requests, 0, args.latency_budget, before_each=changed)
-                    finally:
-                        changed.close()
-                    results[(size, endpoint, name)]["cold"] = cold
+                if name == "product":  # the same requests, each right after a change announced
+                    for kind, store_id in (("cold", None), ("today", args.store_id)):
+                        log(f"{size} sales, product {path}: sequential, after each {kind} change")
+                        changed = RollupsChanged(product_url, store_id)
+                        try:
+                            results[(size, endpoint, name)][kind] = sequential(
+                                port, path, args.requests, 0, args.latency_budget, before_each=changed
+                            )
+                        finally:
+                            changed.close()
             same = answers["baseline"] == answers["product"]
             if not same:
                 notes.append(
@@ -223,9 +237,19 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     "",
                     "",
-                    "median / p99 latency, uncached (ms)",
+                    "median / p99 latency, uncached: after a change of everything (ms)",
                     "-",
                     f"{p['cold']['median']:.2f} / {p['cold']['p99']:.2f}",
+                    "",
+                ]
+            )
+            rows.append(
+                [
+                    "",
+                    "",
+                    f"median / p99 latency, after a worker commit adding to today at store {args.store_id} (ms)",
+                    "-",
+                    f"{p['today']['median']:.2f} / {p['today']['p99']:.2f}",
                     "",
                 ]
             )
@@ -268,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"- {endpoint}: median {z['median'] / a['median']:.2f}x, p99 {z['p99'] / a['p99']:.2f}x; "
                 f"uncached median {z['cold']['median'] / a['cold']['median']:.2f}x, "
-                f"p99 {z['cold']['p99'] / a['cold']['p99']:.2f}x"
+                f"p99 {z['cold']['p99'] / a['cold']['p99']:.2f}x; "
+                f"after a commit today median {z['today']['median'] / a['today']['median']:.2f}x, "
+                f"p99 {z['today']['p99'] / a['today']['p99']:.2f}x"
             )
     print("\nData:\n")
     for note in notes:

@@ -175,6 +175,76 @@ async def test_a_worker_commit_keeps_the_reports_it_does_not_touch(client, db, s
     assert page["days"][-1]["income"] >= 1_000_000  # computed again: the change made behind its back shows
 
 
+async def test_a_period_reaching_today_keeps_its_closed_days_in_memory(client, db, seed, drain):
+    """A year up to today is two parts (api.period_parts): its days before today stay in memory
+    while today's sales are written, so after such a commit only today's rows are read again;
+    a late sale dated in the closed days drops them."""
+    await seed(items=4, stores=2, sales=800)
+    today = dt.datetime.now(dt.UTC).date()
+    year = f"from={today - dt.timedelta(days=364)}&to={today}"
+    urls = [
+        f"/items/top/?store_id=1&{year}&cnt=10",
+        f"/stores/1/report/?{year}",
+        f"/reports/totals/?{year}",
+        f"/reports/hours/?store_id=1&{year}",
+        "/reports/trend/?months=12&store_id=1",
+    ]
+    closed_day = await db.fetchval("SELECT max(day) FROM daily_totals WHERE store_id = 1 AND day < $1", today)
+    before = [await (await client.get(url)).json() for url in urls]
+    # Closed days changed behind the cache's back (no NOTIFY): only a part kept in memory hides it.
+    tables = ("store_item_daily", "daily_totals", "store_running", "store_hourly", "store_monthly")
+    async with db.transaction():
+        if not CITUS:
+            for table in tables:
+                await db.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_changed")
+        await db.execute(
+            "UPDATE store_item_daily SET units = units + 1000 WHERE store_id = 1 AND day = $1 AND item_id = "
+            "(SELECT min(item_id) FROM store_item_daily WHERE store_id = 1 AND day = $1)",
+            closed_day,
+        )
+        for table in ("daily_totals", "store_hourly"):
+            await db.execute(f"UPDATE {table} SET income = income + 1000 WHERE store_id = 1 AND day = $1", closed_day)
+        await db.execute("UPDATE store_running SET income = income + 1000 WHERE store_id = 1 AND day >= $1", closed_day)
+        await db.execute(
+            "UPDATE store_monthly SET income = income + 1000 WHERE store_id = 1 AND month = $1",
+            closed_day.replace(day=1),
+        )
+        if not CITUS:
+            for table in tables:
+                await db.execute(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_changed")
+
+    # Today: 5 units of item 4 at store 1. Every answer counts them; none shows the hidden change.
+    response = await client.post("/sales/", json={"item_id": 4, "store_id": 1, "quantity": 5})
+    assert response.status == 202
+    await drain()
+    after = [await (await client.get(url)).json() for url in urls]
+    expected = {row["id"]: row["sales_amount"] for row in before[0]}  # 4 items: all of them
+    expected[4] = expected.get(4, 0) + 5
+    assert {row["id"]: row["sales_amount"] for row in after[0]} == expected
+    assert after[1]["units"] == before[1]["units"] + 5
+    assert after[1]["days"][:-1] == [d for d in before[1]["days"] if d["day"] != today.isoformat()]
+    assert after[2]["units"] == before[2]["units"] + 5
+    assert after[2]["income"] - before[2]["income"] == after[1]["income"] - before[1]["income"]  # no 1000
+    assert sum(c["units"] for c in after[3]["cells"]) == sum(c["units"] for c in before[3]["cells"]) + 5
+    assert after[4][:-1] == before[4][:-1] and after[4][-1]["units"] == before[4][-1]["units"] + 5
+
+    # A late sale dated in the closed days: they are read again, and the hidden change shows.
+    late = dt.datetime.combine(closed_day, dt.time(12), dt.UTC)
+    response = await client.post(
+        "/sales/", json={"item_id": 4, "store_id": 1, "quantity": 1, "sale_time": late.isoformat()}
+    )
+    assert response.status == 202
+    await drain()
+    page = await (await client.get(urls[1])).json()
+    assert page["income"] - after[1]["income"] > 1000  # the sale's income and the 1000 hidden behind
+    assert (
+        next(d for d in page["days"] if d["day"] == closed_day.isoformat())["units"]
+        == next(d for d in after[1]["days"] if d["day"] == closed_day.isoformat())["units"] + 1
+    )
+    items = await (await client.get(urls[0])).json()
+    assert sum(r["sales_amount"] for r in items) == sum(expected.values()) + 1 + 1000
+
+
 def _counting(calls: list[str], key: str):
     async def compute():
         calls.append(key)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from api import reports
+from api import period_parts, reports
 from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS
-from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Scope
+from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Part, Scope
 from api.responses import json_response, table_response, wants_csv
 from api.validation import BadRequest, date_param, int_param, one_of_params
 
@@ -17,16 +20,38 @@ MAX_ID = 2**31 - 1
 _DIGITS = re.compile(r"[0-9]{1,10}")
 
 
-async def _cached(request: web.Request, key: tuple, scope: Scope, query, *args):
-    """`query(conn, *args)`'s result, from the report cache when nothing in `scope` (the days
-    and store it counts) changed since."""
+def _querying(request: web.Request, query, *args) -> Callable[[], Awaitable[Any]]:
     pool = request.app[PG_POOL]
 
     async def compute():
         async with pool.acquire() as conn:
             return await query(conn, *args)
 
-    return await request.app[REPORT_CACHE].get(key, compute, scope)
+    return compute
+
+
+async def _cached(request: web.Request, key: tuple, scope: Scope, query, *args):
+    """`query(conn, *args)`'s result, from the report cache when nothing in `scope` (the days
+    and store it counts) changed since."""
+    return await request.app[REPORT_CACHE].get(key, _querying(request, query, *args), scope)
+
+
+def _today(request: web.Request) -> dt.date:
+    return dt.datetime.now(dt.UTC).astimezone(request.app[SETTINGS].timezone).date()
+
+
+def _period_parts(
+    request: web.Request, name: str, first: dt.date, last: dt.date, store_id: int | None, query, *, today: dt.date
+) -> list[Part]:
+    """The period's parts (api.period_parts): `query(conn, first, last, live)` over its days before
+    `today` and over the rest (`live` True), each cached under the days it counts."""
+    return [
+        Part((name, a, b, store_id), _querying(request, query, a, b, a >= today), Scope(a, b, store_id))
+        for a, b in period_parts.split_at(first, last, today)
+    ]
+
+
+_ITEM_NAMES = ("item_names",)
 
 
 def _month_scope(first_month: dt.date, last_month: dt.date, store_id: int | None = None) -> Scope:
@@ -82,19 +107,24 @@ async def top_items(request: web.Request) -> web.Response:
     if store_id is None and period is None:  # all time, chain-wide: as before any period existed
         rows = await _cached(request, ("top_items", cnt), EVERYTHING, reports.top_items, cnt)
         return table_response(rows, columns, "top-items", as_csv)
-    if store_id is not None:
-        await _store(request, store_id)
     first, last = period or (dt.date.min, dt.date.max)
-    rows = await _cached(
-        request,
-        ("top_items_in", first, last, cnt, store_id),
-        Scope(first, last, store_id),
-        reports.top_items_in,
-        first,
-        last,
-        cnt,
-        store_id,
-    )
+    if store_id is None:
+        rows = await _cached(
+            request, ("top_items_in", first, last, cnt), Scope(first, last), reports.top_items_in, first, last, cnt
+        )
+    else:
+        await _store(request, store_id)
+
+        async def units(conn, a: dt.date, b: dt.date, _live: bool):
+            return await reports.store_item_units(conn, store_id, a, b)
+
+        names, *parts = await request.app[REPORT_CACHE].get_all(
+            [
+                Part(_ITEM_NAMES, _querying(request, reports.item_names), CATALOGUE_ONLY),
+                *_period_parts(request, "store_item_units", first, last, store_id, units, today=_today(request)),
+            ]
+        )
+        rows = reports.named_top(parts, names, cnt)
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
     return table_response(rows, columns, name, as_csv)
 
@@ -126,17 +156,19 @@ async def store_report(request: web.Request) -> web.Response:
     period = _period(request)
     as_csv = wants_csv(request)
     store = await _store(request, int(raw_id))
-    first, last = period or _this_month_so_far(request)
-    page = await _cached(
-        request,
-        ("store_report", store["id"], first, last, cnt),
-        Scope(first, last, store["id"]),
-        reports.store_report,
-        store,
-        first,
-        last,
-        cnt,
+    today = _today(request)
+    first, last = period or (today.replace(day=1), today)
+
+    async def store_part(conn, a: dt.date, b: dt.date, live: bool):
+        return await reports.store_part(conn, store["id"], a, b, live)
+
+    names, *parts = await request.app[REPORT_CACHE].get_all(
+        [
+            Part(_ITEM_NAMES, _querying(request, reports.item_names), CATALOGUE_ONLY),
+            *_period_parts(request, "store_part", first, last, store["id"], store_part, today=today),
+        ]
     )
+    page = reports.store_page(store, first, last, parts, names, cnt)
     if as_csv:
         return table_response(
             page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store['id']}-{first}-{last}", as_csv
@@ -145,7 +177,7 @@ async def store_report(request: web.Request) -> web.Response:
 
 
 def _this_month_so_far(request: web.Request) -> tuple[dt.date, dt.date]:
-    today = dt.datetime.now(dt.UTC).astimezone(request.app[SETTINGS].timezone).date()
+    today = _today(request)
     return today.replace(day=1), today
 
 
@@ -153,7 +185,10 @@ async def period_totals(request: web.Request) -> web.Response:
     """The chain's totals over a period (default: this month so far), returns beside."""
     first, last = _period(request) or _this_month_so_far(request)
     as_csv = wants_csv(request)
-    totals = await _cached(request, ("totals", first, last), Scope(first, last), reports.period_totals, first, last)
+    parts = await request.app[REPORT_CACHE].get_all(
+        _period_parts(request, "totals", first, last, None, reports.chain_totals, today=_today(request))
+    )
+    totals = {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add(parts)}
     if as_csv:
         return table_response([totals], list(totals), f"totals-{first}-{last}", as_csv)
     return json_response(totals)
@@ -166,9 +201,14 @@ async def hours(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)
     if store_id is not None:
         await _store(request, store_id)
-    answer = await _cached(
-        request, ("hours", first, last, store_id), Scope(first, last, store_id), reports.hours, first, last, store_id
+
+    async def cells(conn, a: dt.date, b: dt.date, _live: bool):
+        return await reports.hour_cells(conn, a, b, store_id)
+
+    parts = await request.app[REPORT_CACHE].get_all(
+        _period_parts(request, "hour_cells", first, last, store_id, cells, today=_today(request))
     )
+    answer = reports.hours(first, last, store_id, parts)
     if as_csv:
         name = "hours" + (f"-store-{store_id}" if store_id else "") + f"-{first}-{last}"
         return table_response(answer["cells"], ["weekday", "hour", "income", "units", "sales"], name, as_csv)
@@ -205,16 +245,17 @@ async def trend(request: web.Request) -> web.Response:
     if store_id is not None:
         await _store(request, store_id)
     last = reports.report_month(None, None, request.app[SETTINGS].timezone)
-    first = reports.months_back(reports.months_back(last, months - 1), 12)  # a year before the first month
-    rows = await _cached(
-        request,
-        ("trend", last, months, store_id),
-        _month_scope(first, last, store_id),
-        reports.trend,
-        last,
-        months,
-        store_id,
+
+    async def totals(conn, a: dt.date, b: dt.date, _live: bool):
+        return await reports.month_totals(conn, a, b, store_id)
+
+    # Split at this month: the months before it stay in memory while tills sell.
+    parts = _period_parts(
+        request, "month_totals", reports.trend_first_month(last, months), last, store_id, totals, today=last
     )
+    parts[-1] = dataclasses.replace(parts[-1], scope=_month_scope(last, last, store_id))  # this month: all its days
+    found = await request.app[REPORT_CACHE].get_all(parts)
+    rows = reports.trend(last, months, period_parts.add_by_key(found))
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
     return table_response(
         rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"], name, as_csv
