@@ -174,6 +174,14 @@ class ReportCache:
             return list(await asyncio.gather(*(part.compute() for part in parts)))
         return list(await asyncio.gather(*(self._lookup(part.key, part.compute, part.scope) for part in parts)))
 
+    async def get_now(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope = EVERYTHING) -> Any:
+        """As `get`, without a round trip of its own: only right after a `get` or `get_all` of
+        the same request, whose round trip stands for it (the names of the top items a store's
+        parts ranked, say)."""
+        if self._conn is None:
+            return await compute()
+        return await self._lookup(key, compute, scope)
+
     async def _lookup(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope) -> Any:
         if key in self._entries:
             return self._entries[key][0]

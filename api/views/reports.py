@@ -51,7 +51,14 @@ def _period_parts(
     ]
 
 
-_ITEM_NAMES = ("item_names",)
+async def _named_top(request: web.Request, parts: list, cnt: int) -> list[dict]:
+    """The top `cnt` items of a store's parts, with their names (kept until the catalogue changes)."""
+    top_units = period_parts.top(parts, cnt)
+    ids = tuple(item_id for item_id, _ in top_units)
+    names = await request.app[REPORT_CACHE].get_now(
+        ("item_names", ids), _querying(request, reports.item_names, ids), CATALOGUE_ONLY
+    )
+    return reports.named_top(top_units, names)
 
 
 def _month_scope(first_month: dt.date, last_month: dt.date, store_id: int | None = None) -> Scope:
@@ -118,13 +125,10 @@ async def top_items(request: web.Request) -> web.Response:
         async def units(conn, a: dt.date, b: dt.date, _live: bool):
             return await reports.store_item_units(conn, store_id, a, b)
 
-        names, *parts = await request.app[REPORT_CACHE].get_all(
-            [
-                Part(_ITEM_NAMES, _querying(request, reports.item_names), CATALOGUE_ONLY),
-                *_period_parts(request, "store_item_units", first, last, store_id, units, today=_today(request)),
-            ]
+        parts = await request.app[REPORT_CACHE].get_all(
+            _period_parts(request, "store_item_units", first, last, store_id, units, today=_today(request))
         )
-        rows = reports.named_top(parts, names, cnt)
+        rows = await _named_top(request, parts, cnt)
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
     return table_response(rows, columns, name, as_csv)
 
@@ -162,13 +166,10 @@ async def store_report(request: web.Request) -> web.Response:
     async def store_part(conn, a: dt.date, b: dt.date, live: bool):
         return await reports.store_part(conn, store["id"], a, b, live)
 
-    names, *parts = await request.app[REPORT_CACHE].get_all(
-        [
-            Part(_ITEM_NAMES, _querying(request, reports.item_names), CATALOGUE_ONLY),
-            *_period_parts(request, "store_part", first, last, store["id"], store_part, today=today),
-        ]
+    parts = await request.app[REPORT_CACHE].get_all(
+        _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
     )
-    page = reports.store_page(store, first, last, parts, names, cnt)
+    page = reports.store_page(store, first, last, parts, await _named_top(request, [p.items for p in parts], cnt))
     if as_csv:
         return table_response(
             page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store['id']}-{first}-{last}", as_csv
