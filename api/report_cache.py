@@ -101,17 +101,22 @@ def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
     return Change(first.date(), last.date(), stores)
 
 
-def _rows(value: Any) -> int:
-    """What a result counts against max_rows: its rows (a store's page: its days and items; a
-    part of a period: its keys)."""
+# What the memory is bounded by: bytes, estimated. A result row (a dict of a few keys) is some
+# 300; a part of a period kept in arrays says its own (`nbytes`).
+ROW_BYTES = 300
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _size(value: Any) -> int:
+    """What a result counts against the bound: its rows (a store's page: its days and items)."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
     if isinstance(value, list):
-        return len(value)
-    rows = getattr(value, "rows", None)
-    if isinstance(rows, int):
-        return rows
+        return ROW_BYTES * len(value)
     if isinstance(value, dict):
-        return 1 + sum(len(v) for v in value.values() if isinstance(v, list | dict))
-    return 1
+        return ROW_BYTES * (1 + sum(len(v) for v in value.values() if isinstance(v, list | dict)))
+    return ROW_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,12 +137,17 @@ class _Computation:
 
 class ReportCache:
     def __init__(
-        self, database_url: str, timezone: zoneinfo.ZoneInfo, *, max_rows: int = 50_000, reconnect_interval: float = 1.0
+        self,
+        database_url: str,
+        timezone: zoneinfo.ZoneInfo,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        reconnect_interval: float = 1.0,
     ):
         self._database_url = database_url
         self._timezone = timezone  # the report zone: announced moments are cut into its days
-        self._max_rows = max_rows  # bounds the memory: a result counts as its number of rows
-        self._rows = 0
+        self._max_bytes = max_bytes  # bounds the memory (estimated: `_size`)
+        self._bytes = 0
         self._reconnect_interval = reconnect_interval
         self._entries: dict[Hashable, tuple[Any, Scope]] = {}
         self._computing: dict[Hashable, _Computation] = {}  # what a new request for the key may wait for
@@ -201,12 +211,12 @@ class ReportCache:
             if self._computing.get(key) is computation:
                 del self._computing[key]
         if not computation.stale:  # nothing it may have missed changed while it ran
-            rows = _rows(value)
-            while self._entries and self._rows + rows > self._max_rows:  # the oldest go first
-                self._rows -= _rows(self._entries.pop(next(iter(self._entries)))[0])
-            if rows <= self._max_rows:
+            size = _size(value)
+            while self._entries and self._bytes + size > self._max_bytes:  # the oldest go first
+                self._bytes -= _size(self._entries.pop(next(iter(self._entries)))[0])
+            if size <= self._max_bytes:
                 self._entries[key] = (value, computation.scope)
-                self._rows += rows
+                self._bytes += size
         return value
 
     def _on_notification(self, _conn, _pid, channel: str, payload: str) -> None:
@@ -215,7 +225,7 @@ class ReportCache:
             self._invalidate()
             return
         for key in [k for k, (_, scope) in self._entries.items() if change.touches(scope)]:
-            self._rows -= _rows(self._entries.pop(key)[0])
+            self._bytes -= _size(self._entries.pop(key)[0])
         for computation in self._running:
             if change.touches(computation.scope):
                 computation.stale = True
@@ -225,7 +235,7 @@ class ReportCache:
     def _invalidate(self) -> None:
         """Everything may have changed."""
         self._entries.clear()
-        self._rows = 0
+        self._bytes = 0
         for computation in self._running:
             computation.stale = True
         self._computing.clear()

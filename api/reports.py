@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from api.period_parts import Ranked, add, add_by_key
+from api.report_cache import ROW_BYTES
 from shared.rollups import DELTAS, RUNNING_TABLE
 
 ITEMS = "SELECT id, name, price FROM item ORDER BY id"
@@ -262,10 +263,9 @@ async def item_names(conn: asyncpg.Connection, item_ids: Sequence[int]) -> dict[
     return {r["id"]: r["name"] for r in rows}
 
 
-async def store_item_units(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date) -> Ranked[int]:
+async def store_item_units(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date) -> Ranked:
     """One store's units per item over days first..last."""
-    rows = await conn.fetch(STORE_ITEM_UNITS, store_id, first, last)
-    return Ranked({r[0]: r[1] for r in rows}, tuple(r[0] for r in rows))
+    return Ranked.from_ranked([(r[0], r[1]) for r in await conn.fetch(STORE_ITEM_UNITS, store_id, first, last)])
 
 
 def named_top(top_units: Sequence[tuple[int, int]], names: Mapping[int, str]) -> list[dict]:
@@ -286,11 +286,11 @@ class StorePart:
 
     totals: dict[str, int]
     days: list[dict]
-    items: Ranked[int]
+    items: Ranked
 
     @property
-    def rows(self) -> int:
-        return 1 + len(self.days) + self.items.rows
+    def nbytes(self) -> int:
+        return ROW_BYTES * (1 + len(self.days)) + self.items.nbytes
 
 
 async def store_part(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, live: bool) -> StorePart:

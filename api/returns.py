@@ -36,7 +36,7 @@ from api.sale_queue import remembered, script_then_wait
 from api.sale_times import SaleTimeLimits
 from api.sales import QUEUE_FULL, REPLICAS_BEHIND
 from api.validation import ReturnIn
-from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys, depth_and_oldest, script_keys
+from shared.queue import RETURNS_SCRIPT, QueuedReturn, QueueKeys, depth_and_oldest, entry_ms, script_keys
 
 SALE = "SELECT id, item_id, store_id, price, quantity, sale_time FROM sales WHERE id = ANY($1::bigint[])"
 RETURNED = "SELECT sale_id, returned FROM sale_returned WHERE sale_id = ANY($1::bigint[])"
@@ -261,7 +261,7 @@ class ReturnsIntake:
             (seconds, micros), _, oldest = await depth_and_oldest(self._redis, self._keys, with_time=True)
         except (TimeoutError, RedisError, OSError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
-        return seconds * 1000 + micros // 1000, int(oldest.split(b"-")[0]) if oldest else None
+        return seconds * 1000 + micros // 1000, entry_ms(oldest) if oldest else None
 
     async def _read_sales(self, sale_ids: list[int]) -> dict[int, StoredSale | DeadLettered | NotWrittenYet]:
         async with self._pool.acquire() as conn:

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from bench import common
 from bench.common import log
 from shared import rollups
-from shared.queue import QueuedSale, QueueKeys, every_stream, sale_encoder
+from shared.queue import QueuedSale, QueueKeys, depth_and_oldest, every_stream, sale_encoder
 from shared.settings import Settings
 
 KEYS = QueueKeys(common.REDIS_PREFIX, Settings.from_env().queue_partitions)
@@ -131,7 +131,8 @@ async def enqueue(entries: list[tuple[int, dict]]) -> None:
 
 
 async def queue_depth(client) -> int:
-    return sum(int(depth or 0) for depth in await client.mget([p.depth for p in every_stream(KEYS)]))
+    depth, _oldest = await depth_and_oldest(client, KEYS)
+    return depth
 
 
 async def wait_for_fair_shares(k: int, workers: list) -> None:

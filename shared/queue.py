@@ -348,11 +348,11 @@ async def depth_and_oldest(client, keys: QueueKeys, *, with_time: bool = False) 
     clock = [replies.pop(0)] if with_time else []
     depth = sum(int(reply or 0) for reply in replies[::2])
     firsts = [entries[0][0] for entries in replies[1::2] if entries]
-    oldest = min(firsts, key=_entry_ms) if firsts else None
+    oldest = min(firsts, key=entry_ms) if firsts else None
     return (*clock, depth, oldest)
 
 
-def _entry_ms(entry_id: bytes | str) -> int:
+def entry_ms(entry_id: bytes | str) -> int:
     """Stream ids start with the append time in milliseconds."""
     if isinstance(entry_id, bytes):
         entry_id = entry_id.decode()
@@ -360,4 +360,4 @@ def _entry_ms(entry_id: bytes | str) -> int:
 
 
 def entry_age_ms(entry_id: bytes | str, now_ms: int) -> int:
-    return max(0, now_ms - _entry_ms(entry_id))
+    return max(0, now_ms - entry_ms(entry_id))

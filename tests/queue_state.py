@@ -43,9 +43,9 @@ async def read_as(client, keys: QueueKeys, consumer: str) -> list[tuple[Partitio
 
 
 async def pending(client, keys: QueueKeys) -> int:
-    """Entries delivered to a consumer and not acknowledged, in every partition."""
+    """Entries delivered to a consumer and not acknowledged, in every partition and the previous release's stream."""
     total = 0
-    for partition in keys.all_partitions:
+    for partition in every_stream(keys):
         with contextlib.suppress(ResponseError):  # no stream or group yet
             total += (await client.xpending(partition.stream, GROUP))["pending"]
     return total

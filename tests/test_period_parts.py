@@ -44,17 +44,18 @@ def test_the_top_of_two_parts_is_the_top_of_their_sum(seed):
     closed = {k: rng.randint(-3, 12) for k in rng.sample(range(1, 100), keys)}  # ties, zeros, returns
     today = {k: rng.randint(-2, 9) for k in rng.sample(range(1, 100), rng.randint(0, 15))}
     cnt = rng.randint(1, 12)
-    parts = [Ranked.of(closed), Ranked.of(today)]
+    parts = [Ranked.of(closed.items()), Ranked.of(today.items())]
     assert top(parts, cnt) == _brute_top([closed, today], cnt)
     assert top(parts[::-1], cnt) == _brute_top([closed, today], cnt)
     assert top(parts[:1], cnt) == _brute_top([closed], cnt)
 
 
 def test_a_key_today_lifts_past_the_closed_leaders():
-    closed = Ranked.of({1: 10, 2: 9, 3: 8, 4: 1})
-    assert top([closed, Ranked.of({4: 20})], 2) == [(4, 21), (1, 10)]
-    assert top([closed, Ranked.of({1: -10})], 2) == [(2, 9), (3, 8)]  # a return today drops the leader
+    closed = Ranked.of({1: 10, 2: 9, 3: 8, 4: 1}.items())
+    assert top([closed, Ranked.of([(4, 20)])], 2) == [(4, 21), (1, 10)]
+    assert top([closed, Ranked.of([(1, -10)])], 2) == [(2, 9), (3, 8)]  # a return today drops the leader
     assert top([], 3) == []
+    assert (closed.get(3), closed.get(5), len(closed)) == (8, None, 4)
 
 
 def test_measures_add_up_by_key():

@@ -10,7 +10,7 @@ import zoneinfo
 from api import reports
 from api.app import create_app
 from api.appkeys import REPORT_CACHE
-from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Change, ReportCache, Scope, parse_change
+from api.report_cache import CATALOGUE_ONLY, EVERYTHING, ROW_BYTES, Change, ReportCache, Scope, parse_change
 from shared import report_changes, rollups
 from tests.conftest import CITUS, edit_by_hand
 
@@ -100,8 +100,8 @@ async def test_without_its_listening_connection_nothing_is_served_from_memory(cl
     assert await _top_items(client) == cached
 
 
-async def test_memory_is_bounded_by_rows(database_url):
-    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"), max_rows=5)
+async def test_memory_is_bounded(database_url):
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"), max_bytes=5 * ROW_BYTES)  # five result rows
     await cache.start()
     calls: list[str] = []
 
