@@ -167,21 +167,18 @@ FROM (SELECT e.{{key}}, {_RUNNING_DIFFERENCE}
       FROM {{table}} e
       LEFT JOIN {{table}} b ON b.{{key}} = e.{{key}}
            AND b.day = (SELECT least($1::date - 1, running_through) FROM report_settings)
-      WHERE e.day = (SELECT least($2::date, running_through) FROM report_settings){{only_e}}) r
+      WHERE e.day = (SELECT least($2::date, running_through) FROM report_settings)) r
 FULL JOIN (SELECT {{key}}, {_LATE_SUMS} FROM {{late}} AS late
-           WHERE day >= $1 AND day <= $2{{only}} GROUP BY {{key}}) l ON l.{{key}} = r.{{key}}
+           WHERE day >= $1 AND day <= $2 GROUP BY {{key}}) l ON l.{{key}} = r.{{key}}
 """
 
 
-def _period_totals(table: str, key: str, store_id_param: str | None = None) -> str:
-    """Per key, the period's measures; of one store only with `store_id_param` ("$3"). The late
-    rows of item_running come with the deltas not folded yet: those count on their day too, and
-    the late rows' full join takes them at little cost (a week's top items at 10,000 items:
-    5.6 ms with no delta, 7-8 with 2,000)."""
-    only = f" AND store_id = {store_id_param}" if store_id_param else ""
-    only_e = f" AND e.store_id = {store_id_param}" if store_id_param else ""
+def _period_totals(table: str, key: str) -> str:
+    """Per key, the period's measures. The late rows of item_running come with the deltas not
+    folded yet: those count on their day too, and the late rows' full join takes them at little
+    cost (a week's top items at 10,000 items: 5.6 ms with no delta, 7-8 with 2,000)."""
     late = RUNNING_TABLE[table].not_carried_sql()
-    return _PERIOD_TOTALS.format(table=table, key=key, late=late, only=only, only_e=only_e)
+    return _PERIOD_TOTALS.format(table=table, key=key, late=late)
 
 
 # The top rows are picked from the running totals alone, then joined (as TOP_ITEMS above).
@@ -212,7 +209,6 @@ GROUP BY item_id
 ORDER BY units DESC, item_id
 """
 
-STORE_TOTALS = _period_totals("store_running", "store_id", store_id_param="$3")
 # Today's part of the chain's totals: the stores' rows of a few days (a subtraction of the
 # running totals reads two rows per store whatever the period).
 CHAIN_TOTALS_OF_DAYS = f"""
@@ -293,18 +289,13 @@ class StorePart:
         return ROW_BYTES * (1 + len(self.days)) + self.items.nbytes
 
 
-async def store_part(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, live: bool) -> StorePart:
-    """`live`: the part from today on, whose totals are the sum of its few days (the closed
-    part's come from the running totals: two rows whatever its length)."""
+async def store_part(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date) -> StorePart:
+    """The page lists every day of the period, so its totals are their sum: no query of their own."""
     days = [
         {"day": r["day"].isoformat(), **{m: r[m] for m in PERIOD_MEASURES}}
         for r in await conn.fetch(STORE_DAYS, store_id, first, last)
     ]
-    if live:
-        totals = add([{m: day[m] for m in PERIOD_MEASURES} for day in days])
-    else:
-        row = await conn.fetchrow(STORE_TOTALS, first, last, store_id)
-        totals = {m: row[m] for m in PERIOD_MEASURES} if row else {}
+    totals = add([{m: day[m] for m in PERIOD_MEASURES} for day in days])
     return StorePart(totals, days, await store_item_units(conn, store_id, first, last))
 
 

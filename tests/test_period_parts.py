@@ -21,6 +21,8 @@ JAN, END = dt.date(2026, 1, 1), dt.date(9999, 12, 31)
         (JAN, END, [(JAN, YESTERDAY), (TODAY, END)]),
         (JAN, YESTERDAY, [(JAN, YESTERDAY)]),  # closed: one part
         (TODAY, TODAY, [(TODAY, TODAY)]),
+        (dt.date(2026, 11, 28), TODAY, [(dt.date(2026, 11, 28), YESTERDAY), (TODAY, TODAY)]),  # a week before
+        (dt.date(2026, 11, 29), TODAY, [(dt.date(2026, 11, 29), TODAY)]),  # less: one part
         (TODAY, dt.date(2026, 12, 31), [(TODAY, dt.date(2026, 12, 31))]),
         (dt.date(2027, 1, 1), dt.date(2027, 1, 2), [(dt.date(2027, 1, 1), dt.date(2027, 1, 2))]),
     ],

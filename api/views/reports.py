@@ -163,8 +163,8 @@ async def store_report(request: web.Request) -> web.Response:
     today = _today(request)
     first, last = period or (today.replace(day=1), today)
 
-    async def store_part(conn, a: dt.date, b: dt.date, live: bool):
-        return await reports.store_part(conn, store["id"], a, b, live)
+    async def store_part(conn, a: dt.date, b: dt.date, _live: bool):
+        return await reports.store_part(conn, store["id"], a, b)
 
     parts = await request.app[REPORT_CACHE].get_all(
         _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
