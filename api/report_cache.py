@@ -182,7 +182,19 @@ class ReportCache:
         it), after one round trip for all of them."""
         if not await self._caught_up():
             return list(await asyncio.gather(*(part.compute() for part in parts)))
-        return list(await asyncio.gather(*(self._lookup(part.key, part.compute, part.scope) for part in parts)))
+        found = [self._entries.get(part.key) for part in parts]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if len(missing) == 1:  # a task each only when there is more than one to wait for
+            part = parts[missing[0]]
+            return [entry[0] if entry else await self._lookup(part.key, part.compute, part.scope) for entry in found]
+        computed = dict(
+            zip(
+                missing,
+                await asyncio.gather(*(self._lookup(parts[i].key, parts[i].compute, parts[i].scope) for i in missing)),
+                strict=True,
+            )
+        )
+        return [entry[0] if entry else computed[i] for i, entry in enumerate(found)]
 
     async def get_now(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope = EVERYTHING) -> Any:
         """As `get`, without a round trip of its own: only right after a `get` or `get_all` of

@@ -121,14 +121,27 @@ async def top_items(request: web.Request) -> web.Response:
         )
     else:
         await _store(request, store_id)
+        today = _today(request)
+        if len(period_parts.split_at(first, last, today)) == 1:
+            rows = await _cached(
+                request,
+                ("top_items_of_store", first, last, cnt, store_id),
+                Scope(first, last, store_id),
+                reports.top_items_of_store,
+                store_id,
+                first,
+                last,
+                cnt,
+            )
+        else:
 
-        async def units(conn, a: dt.date, b: dt.date, _live: bool):
-            return await reports.store_item_units(conn, store_id, a, b)
+            async def units(conn, a: dt.date, b: dt.date, _live: bool):
+                return await reports.store_item_units(conn, store_id, a, b)
 
-        parts = await request.app[REPORT_CACHE].get_all(
-            _period_parts(request, "store_item_units", first, last, store_id, units, today=_today(request))
-        )
-        rows = await _named_top(request, parts, cnt)
+            parts = await request.app[REPORT_CACHE].get_all(
+                _period_parts(request, "store_item_units", first, last, store_id, units, today=today)
+            )
+            rows = await _named_top(request, parts, cnt)
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
     return table_response(rows, columns, name, as_csv)
 
@@ -163,13 +176,27 @@ async def store_report(request: web.Request) -> web.Response:
     today = _today(request)
     first, last = period or (today.replace(day=1), today)
 
-    async def store_part(conn, a: dt.date, b: dt.date, _live: bool):
-        return await reports.store_part(conn, store["id"], a, b)
+    if len(period_parts.split_at(first, last, today)) == 1:
+        page = await _cached(
+            request,
+            ("store_report", store["id"], first, last, cnt),
+            Scope(first, last, store["id"]),
+            reports.store_report,
+            store,
+            first,
+            last,
+            cnt,
+        )
+    else:
 
-    parts = await request.app[REPORT_CACHE].get_all(
-        _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
-    )
-    page = reports.store_page(store, first, last, parts, await _named_top(request, [p.items for p in parts], cnt))
+        async def store_part(conn, a: dt.date, b: dt.date, _live: bool):
+            return await reports.store_part(conn, store["id"], a, b)
+
+        parts = await request.app[REPORT_CACHE].get_all(
+            _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
+        )
+        top_items = await _named_top(request, [p.items for p in parts], cnt)
+        page = reports.store_page(store, first, last, [day for p in parts for day in p.days], top_items)
     if as_csv:
         return table_response(
             page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store['id']}-{first}-{last}", as_csv
