@@ -51,6 +51,22 @@ def _period_parts(
     ]
 
 
+async def _summed(
+    request: web.Request, name: str, first: dt.date, last: dt.date, store_id: int | None, query, assemble, *, today
+):
+    """`assemble(parts)` of the period's parts. A period in one part is kept assembled: a hit
+    then costs no assembling (the 168 cells of the hours took ~0.1 ms)."""
+    parts = _period_parts(request, name, first, last, store_id, query, today=today)
+    if len(parts) > 1:
+        return assemble(await request.app[REPORT_CACHE].get_all(parts))
+    (part,) = parts
+
+    async def whole():
+        return assemble([await part.compute()])
+
+    return await request.app[REPORT_CACHE].get((f"{name}_assembled", first, last, store_id), whole, part.scope)
+
+
 async def _named_top(request: web.Request, parts: list, cnt: int) -> list[dict]:
     """The top `cnt` items of a store's parts, with their names (kept until the catalogue changes)."""
     top_units = period_parts.top(parts, cnt)
@@ -213,10 +229,16 @@ async def period_totals(request: web.Request) -> web.Response:
     """The chain's totals over a period (default: this month so far), returns beside."""
     first, last = _period(request) or _this_month_so_far(request)
     as_csv = wants_csv(request)
-    parts = await request.app[REPORT_CACHE].get_all(
-        _period_parts(request, "totals", first, last, None, reports.chain_totals, today=_today(request))
+    totals = await _summed(
+        request,
+        "totals",
+        first,
+        last,
+        None,
+        reports.chain_totals,
+        lambda parts: {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add(parts)},
+        today=_today(request),
     )
-    totals = {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add(parts)}
     if as_csv:
         return table_response([totals], list(totals), f"totals-{first}-{last}", as_csv)
     return json_response(totals)
@@ -233,10 +255,16 @@ async def hours(request: web.Request) -> web.Response:
     async def cells(conn, a: dt.date, b: dt.date, _live: bool):
         return await reports.hour_cells(conn, a, b, store_id)
 
-    parts = await request.app[REPORT_CACHE].get_all(
-        _period_parts(request, "hour_cells", first, last, store_id, cells, today=_today(request))
+    answer = await _summed(
+        request,
+        "hour_cells",
+        first,
+        last,
+        store_id,
+        cells,
+        lambda parts: reports.hours(first, last, store_id, parts),
+        today=_today(request),
     )
-    answer = reports.hours(first, last, store_id, parts)
     if as_csv:
         name = "hours" + (f"-store-{store_id}" if store_id else "") + f"-{first}-{last}"
         return table_response(answer["cells"], ["weekday", "hour", "income", "units", "sales"], name, as_csv)
