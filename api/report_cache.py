@@ -108,7 +108,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 def _size(value: Any) -> int:
-    """What a result counts against the bound: its rows (a store's page: its days and items)."""
+    """What a result counts against the bound, in bytes (a store's page: its days and items)."""
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes

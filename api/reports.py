@@ -198,10 +198,8 @@ JOIN item i ON i.id = t.item_id
 ORDER BY t.units DESC, t.item_id
 """
 
-# One store's units per item over days: its own days of store_item_daily (a store sells far
-# fewer lines a day than the chain). Every item, not a top: a period reaching today is summed
-# from two such parts (api.period_parts), and its top picked from their sum.
-# A period in one part: its top only, named (a top-N sort; every item cost 2-3x as much at 10M).
+# One store's items: its own days of store_item_daily (a store sells far fewer lines a day
+# than the chain). A period asked whole: its top only, named (a top-N sort).
 TOP_ITEMS_OF_STORE = """
 SELECT i.id, i.name, t.units AS sales_amount
 FROM (SELECT item_id, sum(units)::bigint AS units FROM store_item_daily
@@ -211,6 +209,8 @@ FROM (SELECT item_id, sum(units)::bigint AS units FROM store_item_daily
 JOIN item i ON i.id = t.item_id
 ORDER BY t.units DESC, t.item_id
 """
+# A part of a period (api.period_parts): every item, not a top, since the top is picked from
+# the sum of two parts (2-3x the cost of a top-N sort at 10M: paid once a day, not per commit).
 # Ranked by PostgreSQL (a sort in the API took 3 ms more for a year at 10M sales).
 STORE_ITEM_UNITS = """
 SELECT item_id, sum(units)::bigint AS units FROM store_item_daily

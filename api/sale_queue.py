@@ -20,6 +20,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
@@ -123,15 +124,13 @@ class SaleQueue:
 
     async def _flush(self, group: list[tuple[list[QueuedSale], asyncio.Future]], size: int) -> None:
         places: dict[int, int] = {}  # partition -> its place among the script's KEYS (1-based)
-        orders: list[list[int]] = []  # per request, its sales' positions in the order sent
+        orders: list[Sequence[int]] = []  # per request, its sales' positions in the order sent
         args: list = [self._max_depth, self._idempotency_ttl, len(group)]
         for sales, _ in group:
-            by_partition: dict[int, list[int]] = {}
-            for position, sale in enumerate(sales):
-                by_partition.setdefault(self._keys.partition_of(sale.store_id), []).append(position)
+            by_partition = _by_partition(sales, self._keys.partitions)
             args.append(len(by_partition))
             for partition, positions in by_partition.items():
-                part = [sales[position] for position in positions]
+                part = sales if len(by_partition) == 1 else [sales[position] for position in positions]
                 keyed = [sale for sale in part if sale.idempotency_key]
                 args += (places.setdefault(partition, len(places) + 1), len(part), len(keyed))
                 for sale in keyed:  # mypy does not narrow through the filter above: each of these has a key
@@ -141,7 +140,10 @@ class SaleQueue:
                     )
                 unkeyed = [sale for sale in part if not sale.idempotency_key] if keyed else part
                 args.append(encoded_back_to_back(unkeyed))
-            orders.append([position for positions in by_partition.values() for position in positions])
+            if len(by_partition) == 1:
+                orders.append(range(len(sales)))
+            else:
+                orders.append([position for positions in by_partition.values() for position in positions])
         keys = script_keys([self._keys.partition(partition) for partition in places])
         try:
             if self._replicas:
@@ -212,7 +214,19 @@ async def script_then_wait(
     return answers, confirmed
 
 
-def _as_stored(sales: list[QueuedSale], order: list[int], keyed_answers: list[bytes]) -> list[QueuedSale]:
+def _by_partition(sales: list[QueuedSale], partitions: int) -> Mapping[int, Sequence[int]]:
+    """The positions of a request's sales per queue partition (store_id mod partitions). A till's
+    batch, one store, is one partition: that case costs one pass and no list per partition."""
+    places = [sale.store_id % partitions for sale in sales]
+    if places.count(places[0]) == len(places):
+        return {places[0]: range(len(sales))}
+    by_partition: dict[int, list[int]] = {}
+    for position, partition in enumerate(places):
+        by_partition.setdefault(partition, []).append(position)
+    return by_partition
+
+
+def _as_stored(sales: list[QueuedSale], order: Sequence[int], keyed_answers: list[bytes]) -> list[QueuedSale]:
     """Each sale as stored: itself, or the sale stored earlier under its idempotency key (the
     answers come in `order`: the sales' positions as sent, grouped by partition)."""
     if not keyed_answers:

@@ -305,12 +305,13 @@ async def trend(request: web.Request) -> web.Response:
     async def totals(conn, a: dt.date, b: dt.date, _live: bool):
         return await reports.month_totals(conn, a, b, store_id)
 
-    # Split at this month: the months before it stay in memory while tills sell.
-    parts = _period_parts(
+    # Split at this month (a year and more before it: always two parts): the months before it
+    # stay in memory while tills sell; this month's part counts all its days.
+    before, this_month = _period_parts(
         request, "month_totals", reports.trend_first_month(last, months), last, store_id, totals, today=last
     )
-    parts[-1] = dataclasses.replace(parts[-1], scope=_month_scope(last, last, store_id))  # this month: all its days
-    found = await request.app[REPORT_CACHE].get_all(parts)
+    this_month = dataclasses.replace(this_month, scope=_month_scope(last, last, store_id))
+    found = await request.app[REPORT_CACHE].get_all([before, this_month])
     rows = reports.trend(last, months, period_parts.add_by_key(found))
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
     return table_response(
