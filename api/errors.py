@@ -34,6 +34,17 @@ def _database_unavailable(exc: Exception) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in UNAVAILABLE_SQLSTATE_CLASSES
 
 
+def _raised_by_database_driver(exc: Exception) -> bool:
+    """Whether asyncpg raised it: a PostgreSQL shutting down resets the connections being opened
+    (ConnectionResetError, as a client that goes away does)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 class ServiceUnavailable(Exception):
     """A dependency is away; the client should retry after `retry_after` seconds."""
 
@@ -65,8 +76,8 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
             raise exc
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
         return json_error(exc.status, _http_message(request, exc), headers=headers)
-    if isinstance(exc, ConnectionResetError):
-        raise exc
+    if isinstance(exc, ConnectionResetError) and not _raised_by_database_driver(exc):
+        raise exc  # the client went away: aiohttp's to handle
     if _database_unavailable(exc):
         log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
         return json_error(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"})
