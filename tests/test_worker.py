@@ -7,16 +7,23 @@ import asyncio
 import datetime as dt
 import json
 import time
+import uuid
+
+from arq import create_pool as create_arq_pool
+from arq.connections import RedisSettings
+from arq.worker import func
 
 from shared import chain_fold, rollups
 from shared.queue import QueueKeys
 from shared.sale_ids import reserve_blocks
 from tests import recount
+from tests.conftest import REDIS_URL
 from tests.queue_state import pending, queued, queued_entries, queued_sales, read_as
 from tests.recount import NO_DRIFT
 from worker import writer
 from worker.consumer import StreamConsumer
 from worker.leases import Leases
+from worker.settings import ResilientWorker, forget_stopped_consumers
 
 
 async def _post_batch(client, sales):
@@ -321,3 +328,26 @@ async def test_a_read_bigger_than_a_transaction_is_written_in_several(
     assert await _stored_ids(db) == sorted(a["id"] for a in answers)
     assert await rollups.drift(db) == NO_DRIFT
     assert await queued_entries(redis_client, queue_keys) == 0 and await queued_sales(redis_client, queue_keys) == 0
+
+
+async def test_a_job_cancelled_by_shutdown_does_not_fail_the_worker_process():
+    """SIGTERM cancels running jobs. One cancelled inside arq's own bookkeeping (its first Redis
+    pipeline, before the job's function runs) used to raise out of close(): exit code 1 (seen in CI)."""
+    pool = await create_arq_pool(RedisSettings.from_dsn(REDIS_URL))
+    worker = ResilientWorker(
+        functions=[func(forget_stopped_consumers)],
+        redis_pool=pool,
+        handle_signals=False,
+        queue_name=f"test-close-{uuid.uuid4().hex[:12]}",
+    )
+    awaiting_redis = asyncio.Event()
+
+    async def job_starting() -> None:
+        awaiting_redis.set()
+        await asyncio.sleep(30)
+
+    job = asyncio.create_task(job_starting())
+    worker.tasks["job-id"] = job
+    await awaiting_redis.wait()
+    await worker.close()  # cancels the job, as handle_sig does on SIGTERM
+    assert job.cancelled()

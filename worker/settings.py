@@ -145,11 +145,15 @@ class ResilientWorker(Worker):
             self.handle_sig(signal.SIGUSR1)
         if not self._pool:
             return
-        await asyncio.gather(*self.tasks.values())
+        # handle_sig cancelled the running jobs: a job cancelled inside arq's own bookkeeping (before its
+        # function runs) raises CancelledError here, and arq's close let it end the process with exit 1
+        for outcome in await asyncio.gather(*self.tasks.values(), return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.warning("a job ended with %r at shutdown", outcome)
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
             await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-            await self.pool.close(close_connection_pool=True)
+            await self.pool.aclose(close_connection_pool=True)
         self._pool = None
