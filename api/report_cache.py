@@ -12,7 +12,11 @@ request waits for a round trip on the listening connection that began after it a
 PostgreSQL delivers a session's pending notifications before it answers that session's next
 query, so by then every commit that preceded the request has been heard of. Concurrent
 requests share one round trip (as sales share a Redis write), which is what makes the cache
-pay under load: 64 clients cost one tiny query per round trip, not 64 report queries.
+pay under load: 64 clients cost one tiny query per round trip, not 64 report queries. A
+request's lookups share one too (`ticket`: a store's page looks up the store, then the page).
+A result nothing is known of (not kept, not being computed) is queried at once, with no round
+trip first: a query begun after the request arrived sees every commit that preceded it. That is
+one store's live report while tills sell: its store changed since anyone last asked.
 
 While the listening connection is down, nothing is cached and every request queries.
 """
@@ -63,11 +67,13 @@ CATALOGUE_ONLY = Scope(dt.date.max, dt.date.min)  # no day: only a change of ite
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """What a commit changed, in local days; `stores` None: any store."""
+    """What a commit changed, in local days; `stores` None: any store. `timezone`: the zone the
+    rollups are cut in, as the writer read it (None: not said)."""
 
     first: dt.date
     last: dt.date
     stores: frozenset[int] | None
+    timezone: zoneinfo.ZoneInfo | None = None
 
     def touches(self, scope: Scope) -> bool:
         return (
@@ -89,16 +95,17 @@ def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
     try:
         said = json.loads(payload)
         from_moment, to_moment = (int(said[k]) for k in ("from_us", "to_us"))
-        first, last = (from_us(us).astimezone(timezone) for us in (from_moment, to_moment))
+        announced = zoneinfo.ZoneInfo(said["timezone"]) if said.get("timezone") else None
+        first, last = (from_us(us).astimezone(announced or timezone) for us in (from_moment, to_moment))
         stores = None if said["stores"] is None else frozenset(int(s) for s in said["stores"])
-    except (ValueError, TypeError, KeyError, OverflowError):
+    except (ValueError, TypeError, KeyError, OverflowError, zoneinfo.ZoneInfoNotFoundError):
         log.warning("report cache: unreadable change %r; dropping everything", payload[:200])
         return None
     if to_moment - from_moment > _DAY_US or first.utcoffset() != last.utcoffset():
         # The clocks may have gone back across a midnight in between: a moment after the first
         # can fall on the day before it, one before the last on the day after. A day more each side.
-        return Change(first.date() - _ONE_DAY, last.date() + _ONE_DAY, stores)
-    return Change(first.date(), last.date(), stores)
+        return Change(first.date() - _ONE_DAY, last.date() + _ONE_DAY, stores, announced)
+    return Change(first.date(), last.date(), stores, announced)
 
 
 # What the memory is bounded by: bytes, estimated. A result row (a dict of a few keys) is some
@@ -155,6 +162,8 @@ class ReportCache:
         self._conn: asyncpg.Connection | None = None
         self._next_sync: asyncio.Future | None = None  # the round trip that starts after the current one
         self._syncing = False
+        self._syncs_started = 0  # round trips begun (`ticket`)
+        self._synced_through = 0  # the number of the last one done while listening
         self._sync_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
         self._keeper: asyncio.Task | None = None
 
@@ -170,50 +179,72 @@ class ReportCache:
                 await self._keeper
         await self._drop_connection()
 
-    async def get(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope = EVERYTHING) -> Any:
+    def ticket(self) -> int:
+        """Taken as a request starts and given to each of its lookups (`since`): a round trip
+        begun after it, once done, stands for all of them (one round trip per request)."""
+        return self._syncs_started
+
+    async def get(
+        self,
+        key: Hashable,
+        compute: Callable[[], Awaitable[Any]],
+        scope: Scope = EVERYTHING,
+        *,
+        since: int | None = None,
+    ) -> Any:
         """The cached result for `key`, or `compute()`'s (shared by concurrent callers).
         `scope`: what it is computed from (a change outside it keeps it)."""
-        if not await self._caught_up():
+        if self._conn is not None and self._unknown(key):
+            return await asyncio.shield(self._pending(key, compute, scope))
+        if not await self._caught_up(since):
             return await compute()
         return await self._lookup(key, compute, scope)
 
-    async def get_all(self, parts: Sequence[Part]) -> list[Any]:
+    async def get_all(self, parts: Sequence[Part], *, since: int | None = None) -> list[Any]:
         """Each part's result, as `get` gives it (every commit that preceded the request is in
-        it), after one round trip for all of them."""
-        if not await self._caught_up():
-            return list(await asyncio.gather(*(part.compute() for part in parts)))
-        found = [self._entries.get(part.key) for part in parts]
-        missing = [i for i, entry in enumerate(found) if entry is None]
-        if len(missing) == 1:  # a task each only when there is more than one to wait for
-            part = parts[missing[0]]
-            return [entry[0] if entry else await self._lookup(part.key, part.compute, part.scope) for entry in found]
-        computed = dict(
-            zip(
-                missing,
-                await asyncio.gather(*(self._lookup(parts[i].key, parts[i].compute, parts[i].scope) for i in missing)),
-                strict=True,
-            )
-        )
-        return [entry[0] if entry else computed[i] for i, entry in enumerate(found)]
-
-    async def get_now(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope = EVERYTHING) -> Any:
-        """As `get`, without a round trip of its own: only right after a `get` or `get_all` of
-        the same request, whose round trip stands for it (the names of the top items a store's
-        parts ranked, say)."""
+        it): the parts nothing is known of are queried at once, the others after one round trip."""
         if self._conn is None:
-            return await compute()
-        return await self._lookup(key, compute, scope)
+            return list(await asyncio.gather(*(part.compute() for part in parts)))
+        waiting = {i: self._pending(p.key, p.compute, p.scope) for i, p in enumerate(parts) if self._unknown(p.key)}
+        found: dict[int, Any] = {}
+        if len(waiting) < len(parts):
+            caught_up = await self._caught_up(since)
+            for i, part in enumerate(parts):
+                if i in waiting:
+                    continue
+                if not caught_up:
+                    waiting[i] = asyncio.ensure_future(part.compute())
+                elif (entry := self._entries.get(part.key)) is not None:
+                    found[i] = entry[0]
+                else:
+                    waiting[i] = self._pending(part.key, part.compute, part.scope)
+        if len(waiting) == 1:  # no gather for one
+            ((i, future),) = waiting.items()
+            found[i] = await asyncio.shield(future)
+        elif waiting:
+            found.update(zip(waiting, await asyncio.gather(*map(asyncio.shield, waiting.values())), strict=True))
+        return [found[i] for i in range(len(parts))]
+
+    def _unknown(self, key: Hashable) -> bool:
+        """Nothing kept or being computed for `key`: a query begun now sees every commit that
+        preceded the request, with no round trip first (a store's live report, asked once)."""
+        return key not in self._entries and key not in self._computing
 
     async def _lookup(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope) -> Any:
-        if key in self._entries:
-            return self._entries[key][0]
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry[0]
+        return await asyncio.shield(self._pending(key, compute, scope))
+
+    def _pending(self, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope) -> asyncio.Future:
+        """The computation of `key` under way, started if none is."""
         computation = self._computing.get(key)
         if computation is None:
             computation = self._computing[key] = _Computation(scope)
             self._running.add(computation)
             computation.future = asyncio.ensure_future(self._compute(key, compute, computation))
         assert computation.future is not None
-        return await asyncio.shield(computation.future)
+        return computation.future
 
     async def _compute(self, key: Hashable, compute: Callable[[], Awaitable[Any]], computation: _Computation) -> Any:
         try:
@@ -236,6 +267,8 @@ class ReportCache:
         if change is None:
             self._invalidate()
             return
+        if change.timezone is not None:
+            self._timezone = change.timezone
         for key in [k for k, (_, scope) in self._entries.items() if change.touches(scope)]:
             self._bytes -= _size(self._entries.pop(key)[0])
         for computation in self._running:
@@ -254,9 +287,11 @@ class ReportCache:
 
     # -- being sure every change committed before a request has been heard of
 
-    async def _caught_up(self) -> bool:
+    async def _caught_up(self, since: int | None = None) -> bool:
         if self._conn is None:
             return False
+        if since is not None and self._synced_through > since:
+            return True  # a round trip begun after the request's ticket is done
         future = self._next_sync
         if future is None:
             future = self._next_sync = asyncio.get_running_loop().create_future()
@@ -268,9 +303,10 @@ class ReportCache:
         """Start the round trip that resolves `future` (the current `_next_sync`)."""
         self._next_sync = None
         self._syncing = True
-        self._sync_task = asyncio.ensure_future(self._sync(future))
+        self._syncs_started += 1
+        self._sync_task = asyncio.ensure_future(self._sync(future, self._syncs_started))
 
-    async def _sync(self, future: asyncio.Future) -> None:
+    async def _sync(self, future: asyncio.Future, number: int) -> None:
         ok, broken = False, None
         conn = self._conn
         try:
@@ -280,14 +316,16 @@ class ReportCache:
                 row = await conn.fetchrow(LISTENING_QUERY, timeout=SYNC_TIMEOUT_SECONDS)
                 listening = row["listening"] if row else 0
                 ok = conn is self._conn and listening == len(CHANNELS)
-                if ok and row and row["timezone"] != self._timezone.key:
-                    self._timezone = zoneinfo.ZoneInfo(row["timezone"])
+                if ok and row:
+                    self._learn_timezone(row["timezone"])
                 if not ok and conn is self._conn:
                     broken = f"listening on {listening} of {len(CHANNELS)} channels"
         except DB_ERRORS as exc:
             broken = str(exc) or type(exc).__name__
         finally:
             self._syncing = False
+            if ok:
+                self._synced_through = number
             if not future.done():
                 future.set_result(ok)  # the waiting requests query at once if not ok
             if self._next_sync is not None:
@@ -303,12 +341,19 @@ class ReportCache:
         try:
             for channel in CHANNELS:
                 await conn.add_listener(channel, self._on_notification)
+            # the zone the rollups are cut in, before any change is cut in days (a result nothing
+            # is known of is computed with no round trip first: none may come before a change)
+            self._learn_timezone(await conn.fetchval("SELECT timezone FROM report_settings"))
         except BaseException:
             await conn.close()
             raise
         conn.add_termination_listener(self._on_terminated)
         self._invalidate()  # changes made while nobody listened
         self._conn = conn
+
+    def _learn_timezone(self, name: str | None) -> None:
+        if name and name != self._timezone.key:
+            self._timezone = zoneinfo.ZoneInfo(name)
 
     def _on_terminated(self, conn) -> None:
         if conn is self._conn:  # not an older connection we let go of

@@ -13,7 +13,8 @@ connection thread, --connections): "live", periods that include today (this mont
 stores, a year's top stores and items, one store's items this month, a store's page, this
 month's totals and hours, the trend), as the issue measured them; and "closed", periods that
 ended before today (last month, yesterday). Each: wrk for --duration seconds alone, then again
-beside the POST load. Reported: req/s, p50, p99, and what the POST load achieved.
+beside the POST load. Reported: req/s, p50, p99, and what the POST load achieved; with
+--per-shape S, also each shape on its own for S seconds beside the load.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def rotations(today: dt.date) -> dict[str, list[str]]:
     }
 
 
-def _reports(args, paths: list[str]) -> dict:
+def _reports(args, paths: list[str], duration: float | None = None) -> dict:
     return common.wrk(
         args.product_port,
         "/",
         "bench/get_rotation.lua",
-        args.duration,
+        duration or args.duration,
         connections=args.connections,
         threads=1,
         env={"PATHS": "|".join(paths), "STORES": str(args.stores)},
@@ -101,8 +102,21 @@ def probe_post_rate(args) -> float:
     return stats["ok_rps"]
 
 
-def measure(label: str, root: Path, args, rate: int | None) -> tuple[list[list[str]], int]:
-    """Rows of the results table for the product at `root`; the POST rate used."""
+def _each_shape_beside(args, rate: int, paths: list[str]) -> list[tuple[str, dict]]:
+    """Each shape of a rotation alone from wrk for --per-shape seconds, all beside one POST load:
+    which shapes the rotation's figure is made of."""
+    seconds = args.per_shape
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        posting = pool.submit(_posts, args, rate, len(paths) * (seconds + 0.5) + 3)
+        time.sleep(2)
+        shapes = [(path, _reports(args, [path], seconds)) for path in paths]
+        posting.result()
+    return shapes
+
+
+def measure(label: str, root: Path, args, rate: int | None) -> tuple[list[list[str]], list[list[str]], int]:
+    """Rows of the results table for the product at `root`, rows of the per-shape table; the POST
+    rate used."""
     common.PRODUCT_ROOT = root
     url = common.create_database("bench_product", args.keep)
     common.clean_redis()
@@ -110,6 +124,7 @@ def measure(label: str, root: Path, args, rate: int | None) -> tuple[list[list[s
     log(f"{label}: seeded {args.sales:,} sales in {seeded:.1f} s")
     api, worker = common.start_product(url, args.product_port)
     rows = []
+    shape_rows = []
     try:
         if rate is None:
             maximum = probe_post_rate(args)
@@ -129,6 +144,19 @@ def measure(label: str, root: Path, args, rate: int | None) -> tuple[list[list[s
                 beside = _reports(args, paths)
                 posted = posting.result()
             common.settle(url, args.product_port)
+            if args.per_shape:
+                for path, stats in _each_shape_beside(args, rate, paths):
+                    shape_rows.append(
+                        [
+                            label,
+                            name,
+                            path,
+                            f"{stats['ok_rps']:,.0f}",
+                            common.ms(stats["p50_us"]),
+                            common.ms(stats["p99_us"]),
+                        ]
+                    )
+                common.settle(url, args.product_port)
             for condition, stats, post_rps in (
                 ("alone", alone, "—"),
                 (f"beside {rate:,} POST/s", beside, f"{posted['ok_rps']:,.0f}"),
@@ -150,7 +178,7 @@ def measure(label: str, root: Path, args, rate: int | None) -> tuple[list[list[s
         api.stop()
         if worker is not None:
             worker.stop()
-    return rows, rate
+    return rows, shape_rows, rate
 
 
 def main() -> int:
@@ -159,6 +187,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=15)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--load-fraction", type=float, default=0.6)
+    parser.add_argument(
+        "--per-shape", type=float, default=0, metavar="SECONDS", help="also time each shape alone beside the load"
+    )
     parser.add_argument("--before", metavar="REV", help="also measure this revision (a temporary git worktree)")
     args = parser.parse_args()
     common.ensure_tools("wrk")
@@ -172,15 +203,20 @@ def main() -> int:
         common.on_exit(subprocess.run, ["git", "-C", str(common.ROOT), "worktree", "remove", "--force", str(work)])
         runs.append((f"before ({_short(args.before, common.ROOT)})", work))
     rows: list[list[str]] = []
+    shape_rows: list[list[str]] = []
     rate = None
     for label, root in runs:
-        measured, rate = measure(label, root, args, rate)
+        measured, shapes, rate = measure(label, root, args, rate)
         rows += measured
+        shape_rows += shapes
     print(
         common.table(
             ["revision", "rotation", "reports", "req/s", "p50", "p99", "POST/s achieved", "non-2xx or errors"], rows
         )
     )
+    if shape_rows:
+        print(f"\nEach shape alone beside {rate:,} POST/s, {args.per_shape:g} s each:\n")
+        print(common.table(["revision", "rotation", "shape", "req/s", "p50", "p99"], shape_rows))
     print(
         f"\n{args.sales:,} sales, {args.items:,} items, {args.stores:,} stores; reports: wrk -t1 "
         f"-c{args.connections} -d{args.duration:g}s -s bench/get_rotation.lua; POST: wrk -t1 -c16 -s "

@@ -1,7 +1,8 @@
 """What a writer's transaction changed in the reports, said in its NOTIFY (channel
 `reports_changed`), so that each API process drops only the cached reports it touches
 (api.report_cache): the sales and returns of moments `from_us`..`to_us` (Unix microseconds), in
-the stores listed, or in any store (`stores` null: a batch of many stores).
+the stores listed, or in any store (`stores` null: a batch of many stores), and `timezone`, the
+zone the rollups are cut in.
 
 An empty payload, which the rollups' triggers and every other writer send, means "anything may
 have changed". A writer that announces sets `sales.reports_announced` for its transaction
@@ -17,8 +18,21 @@ CHANNEL = "reports_changed"
 # A NOTIFY payload is at most 8,000 bytes: past this many stores the batch says "any store".
 MAX_STORES = 500
 
+
+def notify_sql(param: str) -> str:
+    """The NOTIFY of the payload in query parameter `param` (as "$1"), with the zone the rollups
+    are cut in, read in the same transaction added: the moments are cut into that zone's days,
+    whatever zone an API process last saw (the rollups may have been rebuilt in another). A scalar
+    subquery, not a FROM: on Citus report_settings is a reference table, and the NOTIFY must be
+    sent where the API listens."""
+    zone = "jsonb_build_object('timezone', (SELECT timezone FROM report_settings))"
+    # text first: a connection with a jsonb codec would encode the payload string as a JSON string;
+    # an empty one ("anything may have changed") stays empty
+    return f"pg_notify('{CHANNEL}', coalesce((nullif({param}::text, '')::jsonb || {zone})::text, ''))"
+
+
 # $1: the payload. Inside the writer's transaction, before its rollup statements.
-ANNOUNCE = f"SELECT pg_notify('{CHANNEL}', $1), set_config('sales.reports_announced', 'on', true)"
+ANNOUNCE = f"SELECT {notify_sql('$1')}, set_config('sales.reports_announced', 'on', true)"
 
 
 def payload(from_us: int, to_us: int, store_ids: Iterable[int]) -> str:

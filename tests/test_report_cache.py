@@ -7,11 +7,14 @@ import dataclasses
 import datetime as dt
 import zoneinfo
 
+import asyncpg
+
 from api import reports
 from api.app import create_app
 from api.appkeys import REPORT_CACHE
-from api.report_cache import CATALOGUE_ONLY, EVERYTHING, ROW_BYTES, Change, ReportCache, Scope, parse_change
+from api.report_cache import CATALOGUE_ONLY, EVERYTHING, ROW_BYTES, Change, Part, ReportCache, Scope, parse_change
 from shared import report_changes, rollups
+from shared.db import set_codecs
 from tests.conftest import CITUS, edit_by_hand
 
 
@@ -320,7 +323,8 @@ async def test_a_result_computed_across_a_change_that_touches_it_is_not_kept(dat
         while len(calls) < 2:
             await asyncio.sleep(0.01)
         await db.execute("SELECT pg_notify('reports_changed', $1)", report_changes.payload(_us(today), _us(today), [5]))
-        await cache.get("sync", _counting([], "sync"), CATALOGUE_ONLY)  # the change has been heard of
+        for _ in range(2):  # the second get, of a result kept, waits for a round trip: the change is heard of
+            await cache.get("sync", _counting([], "sync"), CATALOGUE_ONLY)
         release.set()
         assert await touched == ["today"] and await untouched == ["past"]
         calls.clear()
@@ -370,3 +374,81 @@ def test_a_change_across_a_shift_of_the_clocks_reaches_a_day_further_each_side()
     assert change == Change(dt.date(2026, 10, 24), dt.date(2026, 10, 26), frozenset({1}))
     same = parse_change(report_changes.payload(_us(after), _us(after), []), zone)
     assert same == Change(dt.date(2026, 10, 25), dt.date(2026, 10, 25), frozenset())
+
+
+async def test_a_result_nothing_is_known_of_is_queried_with_no_round_trip_first(database_url, db):
+    """A result neither kept nor being computed: a query begun now sees every commit before the
+    request. A kept one waits for a round trip, which the request's further lookups share."""
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))
+    await cache.start()
+    calls: list[str] = []
+    try:
+        await _wait_listening(cache)
+        before = cache.ticket()
+        assert await cache.get("a", _counting(calls, "a")) == ["a"]
+        parts = [Part("b", _counting(calls, "b")), Part("c", _counting(calls, "c"))]
+        assert await cache.get_all(parts) == [["b"], ["c"]]
+        assert cache.ticket() == before  # no round trip was begun
+        since = cache.ticket()
+        assert await cache.get("a", _counting(calls, "a"), since=since) == ["a"]  # kept: a round trip first
+        assert cache.ticket() == since + 1
+        await cache.get("b", _counting(calls, "b"), since=since)
+        await cache.get_all([Part("c", _counting(calls, "c")), Part("d", _counting(calls, "d"))], since=since)
+        assert cache.ticket() == since + 1  # the request's round trip stood for its other lookups
+        assert calls == ["a", "b", "c", "d"]
+        await cache.get("a", _counting(calls, "a"))  # another request: a round trip of its own
+        assert cache.ticket() == since + 2
+    finally:
+        await cache.close()
+
+
+async def test_a_computation_begun_before_a_request_is_shared_only_after_its_round_trip(database_url, db):
+    """A request that finds its result being computed may not take a query begun before it
+    arrived without the round trip: a change between the two would be missing."""
+    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))
+    await cache.start()
+    today = dt.datetime.now(dt.UTC)
+    scope = Scope(today.date(), today.date())
+    release = asyncio.Event()
+    calls = 0
+
+    async def slow():
+        nonlocal calls
+        calls += 1
+        answer = calls
+        await release.wait()
+        return answer
+
+    try:
+        await _wait_listening(cache)
+        first = asyncio.ensure_future(cache.get("today", slow, scope))
+        while calls < 1:
+            await asyncio.sleep(0.01)
+        await db.execute("SELECT pg_notify('reports_changed', $1)", report_changes.payload(_us(today), _us(today), [1]))
+        second = asyncio.ensure_future(cache.get("today", slow, scope))  # arrives after the change
+        while calls < 2:
+            await asyncio.sleep(0.01)
+        release.set()
+        assert (await first, await second) == (1, 2)
+    finally:
+        await cache.close()
+
+
+async def test_a_writers_announcement_says_the_zone_its_moments_are_cut_in(database_url, db):
+    """The API may have seen another zone (the rollups rebuilt in Tokyo since): the writer's
+    NOTIFY says the zone it read in its transaction, and the moments are cut into its days."""
+    await rollups.ensure_timezone(db, "Asia/Tokyo")
+    await set_codecs(db)  # as the worker's connections: its jsonb codec must not re-encode the payload
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener(report_changes.CHANNEL, lambda *args: heard.put_nowait(args[-1]))
+        moment = dt.datetime(2026, 12, 4, 16, tzinfo=dt.UTC)  # 2026-12-05 01:00 in Tokyo
+        async with db.transaction():
+            await db.execute(report_changes.ANNOUNCE, report_changes.payload(_us(moment), _us(moment), [3]))
+        payload = await asyncio.wait_for(heard.get(), 5)
+    finally:
+        await listener.close()
+    change = parse_change(payload, zoneinfo.ZoneInfo("UTC"))
+    tokyo = zoneinfo.ZoneInfo("Asia/Tokyo")
+    assert change == Change(dt.date(2026, 12, 5), dt.date(2026, 12, 5), frozenset({3}), tokyo)

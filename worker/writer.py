@@ -86,14 +86,14 @@ SALE_KEYS_COLUMNS = ["store_id", "idempotency_key", "sale_id"]
 # index probes whatever the batch size (a join with the staging table scanned all 10,000
 # items: 1.6 ms per batch). It also says what the batch changes to the report cache ($3,
 # shared.report_changes).
-LOCK_PARENTS_AND_SKIP_ROW_CHECKS = """
+LOCK_PARENTS_AND_SKIP_ROW_CHECKS = f"""
 WITH items AS (SELECT id FROM item WHERE id = ANY($1::int[]) ORDER BY id FOR KEY SHARE),
      stores AS (SELECT id FROM store WHERE id = ANY($2::int[]) ORDER BY id FOR KEY SHARE)
 SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
              AND (SELECT count(*) FROM stores) = cardinality($2::int[])
              AND current_setting('is_superuser') = 'on'
         THEN set_config('session_replication_role', 'replica', true) END,
-       pg_notify('reports_changed', $3), set_config('sales.reports_announced', 'on', true)
+       {report_changes.notify_sql("$3")}, set_config('sales.reports_announced', 'on', true)
 """
 
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in. By

@@ -30,10 +30,30 @@ def _querying(request: web.Request, query, *args) -> Callable[[], Awaitable[Any]
     return compute
 
 
+_CACHE_TICKET = web.RequestKey[int]("report_cache_ticket")
+
+
+def _since(request: web.Request) -> int:
+    """The report cache's ticket of this request, taken at its first lookup: its lookups then
+    wait for one round trip in all (a store's report looks up the store first)."""
+    ticket = request.get(_CACHE_TICKET)
+    if ticket is None:
+        ticket = request[_CACHE_TICKET] = request.app[REPORT_CACHE].ticket()
+    return ticket
+
+
+async def _get(request: web.Request, key: tuple, compute: Callable[[], Awaitable[Any]], scope: Scope):
+    return await request.app[REPORT_CACHE].get(key, compute, scope, since=_since(request))
+
+
+async def _get_all(request: web.Request, parts: list[Part]) -> list:
+    return await request.app[REPORT_CACHE].get_all(parts, since=_since(request))
+
+
 async def _cached(request: web.Request, key: tuple, scope: Scope, query, *args):
     """`query(conn, *args)`'s result, from the report cache when nothing in `scope` (the days
     and store it counts) changed since."""
-    return await request.app[REPORT_CACHE].get(key, _querying(request, query, *args), scope)
+    return await _get(request, key, _querying(request, query, *args), scope)
 
 
 def _today(request: web.Request) -> dt.date:
@@ -58,22 +78,20 @@ async def _summed(
     then costs no assembling (the 168 cells of the hours took ~0.1 ms)."""
     parts = _period_parts(request, name, first, last, store_id, query, today=today)
     if len(parts) > 1:
-        return assemble(await request.app[REPORT_CACHE].get_all(parts))
+        return assemble(await _get_all(request, parts))
     (part,) = parts
 
     async def whole():
         return assemble([await part.compute()])
 
-    return await request.app[REPORT_CACHE].get((f"{name}_assembled", first, last, store_id), whole, part.scope)
+    return await _get(request, (f"{name}_assembled", first, last, store_id), whole, part.scope)
 
 
 async def _named_top(request: web.Request, parts: list, cnt: int) -> list[dict]:
     """The top `cnt` items of a store's parts, with their names (kept until the catalogue changes)."""
     top_units = period_parts.top(parts, cnt)
     ids = tuple(item_id for item_id, _ in top_units)
-    names = await request.app[REPORT_CACHE].get_now(
-        ("item_names", ids), _querying(request, reports.item_names, ids), CATALOGUE_ONLY
-    )
+    names = await _get(request, ("item_names", ids), _querying(request, reports.item_names, ids), CATALOGUE_ONLY)
     return reports.named_top(top_units, names)
 
 
@@ -154,8 +172,8 @@ async def top_items(request: web.Request) -> web.Response:
             async def units(conn, a: dt.date, b: dt.date, _live: bool):
                 return await reports.store_item_units(conn, store_id, a, b)
 
-            parts = await request.app[REPORT_CACHE].get_all(
-                _period_parts(request, "store_item_units", first, last, store_id, units, today=today)
+            parts = await _get_all(
+                request, _period_parts(request, "store_item_units", first, last, store_id, units, today=today)
             )
             rows = await _named_top(request, parts, cnt)
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
@@ -208,8 +226,8 @@ async def store_report(request: web.Request) -> web.Response:
         async def store_part(conn, a: dt.date, b: dt.date, _live: bool):
             return await reports.store_part(conn, store["id"], a, b)
 
-        parts = await request.app[REPORT_CACHE].get_all(
-            _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
+        parts = await _get_all(
+            request, _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
         )
         top_items = await _named_top(request, [p.items for p in parts], cnt)
         page = reports.store_page(store, first, last, [day for p in parts for day in p.days], top_items)
@@ -311,7 +329,7 @@ async def trend(request: web.Request) -> web.Response:
         request, "month_totals", reports.trend_first_month(last, months), last, store_id, totals, today=last
     )
     this_month = dataclasses.replace(this_month, scope=_month_scope(last, last, store_id))
-    found = await request.app[REPORT_CACHE].get_all([before, this_month])
+    found = await _get_all(request, [before, this_month])
     rows = reports.trend(last, months, period_parts.add_by_key(found))
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
     return table_response(
