@@ -316,18 +316,18 @@ async def store_part(conn: asyncpg.Connection, store_id: int, first: dt.date, la
     return StorePart(await store_days(conn, store_id, first, last), await store_item_units(conn, store_id, first, last))
 
 
-async def store_report(conn: asyncpg.Connection, store: dict, first: dt.date, last: dt.date, cnt: int) -> dict:
-    """One store's page over a period asked whole."""
-    days = await store_days(conn, store["id"], first, last)
-    return store_page(store, first, last, days, await top_items_of_store(conn, store["id"], first, last, cnt))
+async def store_report(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, cnt: int) -> dict:
+    """One store's page over a period asked whole (`store_page`)."""
+    days = await store_days(conn, store_id, first, last)
+    return store_page(first, last, days, await top_items_of_store(conn, store_id, first, last, cnt))
 
 
-def store_page(store: dict, first: dt.date, last: dt.date, days: list[dict], top_items: list[dict]) -> dict:
-    """One store's page: its totals (income and units net of returns), top items and days over
-    the period. It lists every day, so its totals are their sum: no query of their own."""
+def store_page(first: dt.date, last: dt.date, days: list[dict], top_items: list[dict]) -> dict:
+    """One store's page but for the store itself (looked up beside it): its totals (income and
+    units net of returns), top items and days over the period. It lists every day, so its totals
+    are their sum: no query of their own."""
     totals = add([{m: day[m] for m in PERIOD_MEASURES} for day in days])
     return {
-        "store": store,
         "from": first.isoformat(),
         "to": last.isoformat(),
         **{m: totals.get(m, 0) for m in PERIOD_MEASURES},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 from aiohttp import web
@@ -42,7 +42,7 @@ def _since(request: web.Request) -> int:
     return ticket
 
 
-async def _get(request: web.Request, key: tuple, compute: Callable[[], Awaitable[Any]], scope: Scope):
+async def _get(request: web.Request, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope):
     return await request.app[REPORT_CACHE].get(key, compute, scope, since=_since(request))
 
 
@@ -120,11 +120,26 @@ def _period(request: web.Request) -> tuple[dt.date, dt.date] | None:
     return first, last
 
 
-async def _store(request: web.Request, store_id: int) -> dict:
-    store = await _cached(request, ("store", store_id), CATALOGUE_ONLY, reports.get_store, store_id)
+def _store_part(request: web.Request, store_id: int) -> Part:
+    return Part(("store", store_id), _querying(request, reports.get_store, store_id), CATALOGUE_ONLY)
+
+
+def _found(store_id: int, store: dict | None) -> dict:
     if store is None:
         raise BadRequest(f"no store with id {store_id}", status=404)
     return store
+
+
+async def _store(request: web.Request, store_id: int) -> dict:
+    part = _store_part(request, store_id)
+    return _found(store_id, await _get(request, part.key, part.compute, part.scope))
+
+
+async def _with_store(request: web.Request, store_id: int, parts: list[Part]) -> tuple[dict, list]:
+    """The store and the parts of its report, looked up together: a part nothing is known of is
+    queried at once, beside the round trip the store (kept) waits for."""
+    store, *found = await _get_all(request, [_store_part(request, store_id), *parts])
+    return _found(store_id, store), found
 
 
 async def list_items(request: web.Request) -> web.Response:
@@ -154,26 +169,21 @@ async def top_items(request: web.Request) -> web.Response:
             request, ("top_items_in", first, last, cnt), Scope(first, last), reports.top_items_in, first, last, cnt
         )
     else:
-        await _store(request, store_id)
         today = _today(request)
         if len(period_parts.split_at(first, last, today)) == 1:
-            rows = await _cached(
-                request,
+            whole = Part(
                 ("top_items_of_store", first, last, cnt, store_id),
+                _querying(request, reports.top_items_of_store, store_id, first, last, cnt),
                 Scope(first, last, store_id),
-                reports.top_items_of_store,
-                store_id,
-                first,
-                last,
-                cnt,
             )
+            _, (rows,) = await _with_store(request, store_id, [whole])
         else:
 
             async def units(conn, a: dt.date, b: dt.date, _live: bool):
                 return await reports.store_item_units(conn, store_id, a, b)
 
-            parts = await _get_all(
-                request, _period_parts(request, "store_item_units", first, last, store_id, units, today=today)
+            _, parts = await _with_store(
+                request, store_id, _period_parts(request, "store_item_units", first, last, store_id, units, today=today)
             )
             rows = await _named_top(request, parts, cnt)
     name = "top-items" + (f"-store-{store_id}" if store_id else "") + (f"-{first}-{last}" if period else "")
@@ -206,36 +216,32 @@ async def store_report(request: web.Request) -> web.Response:
     cnt = int_param(request.query, "cnt", 10, 1, 1000)
     period = _period(request)
     as_csv = wants_csv(request)
-    store = await _store(request, int(raw_id))
+    store_id = int(raw_id)
     today = _today(request)
     first, last = period or (today.replace(day=1), today)
 
     if len(period_parts.split_at(first, last, today)) == 1:
-        page = await _cached(
-            request,
-            ("store_report", store["id"], first, last, cnt),
-            Scope(first, last, store["id"]),
-            reports.store_report,
-            store,
-            first,
-            last,
-            cnt,
+        whole = Part(
+            ("store_report", store_id, first, last, cnt),
+            _querying(request, reports.store_report, store_id, first, last, cnt),
+            Scope(first, last, store_id),
         )
+        store, (page,) = await _with_store(request, store_id, [whole])
     else:
 
         async def store_part(conn, a: dt.date, b: dt.date, _live: bool):
-            return await reports.store_part(conn, store["id"], a, b)
+            return await reports.store_part(conn, store_id, a, b)
 
-        parts = await _get_all(
-            request, _period_parts(request, "store_part", first, last, store["id"], store_part, today=today)
+        store, parts = await _with_store(
+            request, store_id, _period_parts(request, "store_part", first, last, store_id, store_part, today=today)
         )
         top_items = await _named_top(request, [p.items for p in parts], cnt)
-        page = reports.store_page(store, first, last, [day for p in parts for day in p.days], top_items)
+        page = reports.store_page(first, last, [day for p in parts for day in p.days], top_items)
     if as_csv:
         return table_response(
-            page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store['id']}-{first}-{last}", as_csv
+            page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store_id}-{first}-{last}", as_csv
         )
-    return json_response(page)
+    return json_response({"store": store, **page})
 
 
 def _this_month_so_far(request: web.Request) -> tuple[dt.date, dt.date]:
