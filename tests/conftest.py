@@ -4,8 +4,9 @@ Each test gets its own database (a copy of a migrated template) and its own Redi
 prefix, so tests never see each other's data. Nothing is mocked.
 
 With TEST_CITUS=1 the same tests run on a throwaway Citus cluster instead (a coordinator and
-two workers, tests/citus/cluster.py): each test's database is made on every node and migrated
-(which distributes it), since a copied template would point at shards of another database.
+two workers, tests/citus/cluster.py): a template made and migrated (so distributed) once, and
+copied on every node for each test; each node's copy holds its own shards, and the
+coordinator's metadata names nodes, not databases.
 """
 
 from __future__ import annotations
@@ -94,9 +95,17 @@ def template_db():
     if CITUS:
         from tests.citus.cluster import CitusCluster
 
+        async def migrated(url: str) -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                await migrate(conn, "UTC")
+            finally:
+                await conn.close()
+
         cluster = CitusCluster(settings=CITUS_TEST_SETTINGS)
         try:
             cluster.start()
+            asyncio.run(cluster.make_template(CITUS_TEMPLATE, migrated))
             yield cluster
         finally:
             cluster.destroy()
@@ -117,17 +126,14 @@ def template_db():
 
 # Fewer shards than Citus's 32 per table: each test makes its own distributed tables.
 CITUS_TEST_SETTINGS = {"citus.shard_count": "4"}
+CITUS_TEMPLATE = "sales_tmpl"
 
 
 @pytest.fixture
 async def database_url(template_db):
     name = f"sales_test_{uuid.uuid4().hex[:12]}"
     if CITUS:
-        url = await template_db.create_database(name)
-        conn = await asyncpg.connect(url)
-        await migrate(conn, "UTC")
-        await conn.close()
-        yield url
+        yield await template_db.copy_database(CITUS_TEMPLATE, name)
         await template_db.drop_database(name)
         return
     yield await create_database(name, template_db)

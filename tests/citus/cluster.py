@@ -17,6 +17,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -46,6 +47,9 @@ def ensure_citus_built() -> None:
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800)
     if result.returncode != 0 or not citus_installed():
         raise RuntimeError(f"building Citus failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+
+
+_DISCONNECT = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
 
 
 class CitusCluster:
@@ -99,6 +103,43 @@ class CitusCluster:
             finally:
                 await conn.close()
         await self._setup_database(name)
+        self.databases.append(name)
+        return self.coordinator.url(name)
+
+    async def make_template(self, name: str, prepare: Callable[[str], Awaitable[None]]) -> None:
+        """A database made and prepared once (`prepare(url)`: migrated, so distributed) for
+        `copy_database` to copy on every node. A copy takes a tenth of the time of making and
+        migrating one: each worker's copy holds its shards, and the coordinator's metadata names
+        the nodes, not the database, so a copy's queries go to the copies beside it."""
+        url = await self.create_database(name)
+        await prepare(url)
+        for node in self.nodes:
+            conn = await asyncpg.connect(node.url(), timeout=30)
+            try:
+                # A template in use cannot be copied, and Citus's maintenance daemon (and its own
+                # connections) would come back at once: nobody may connect to it from now on.
+                await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+                await conn.execute(_DISCONNECT, name)
+            finally:
+                await conn.close()
+
+    async def copy_database(self, template: str, name: str) -> str:
+        """A copy of `template` (`make_template`) on every node; its coordinator URL."""
+        for node in self.nodes:
+            conn = await asyncpg.connect(node.url(), timeout=30)
+            try:
+                await conn.execute("SET citus.enable_create_database_propagation = off")
+                for attempt in range(50):
+                    try:
+                        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+                        break
+                    except asyncpg.ObjectInUseError:  # a connection of before the ALTER, ending
+                        if attempt == 49:
+                            raise
+                        await conn.execute(_DISCONNECT, template)
+                        await asyncio.sleep(0.1)
+            finally:
+                await conn.close()
         self.databases.append(name)
         return self.coordinator.url(name)
 
