@@ -102,6 +102,11 @@ def probe_post_rate(args) -> float:
     return stats["ok_rps"]
 
 
+def _figures(stats: dict) -> list[str]:
+    """req/s, p50 and p99 of a wrk run, as the tables show them."""
+    return [f"{stats['ok_rps']:,.0f}", common.ms(stats["p50_us"]), common.ms(stats["p99_us"])]
+
+
 def _each_shape_beside(args, rate: int, paths: list[str]) -> list[tuple[str, dict]]:
     """Each shape of a rotation alone from wrk for --per-shape seconds, all beside one POST load:
     which shapes the rotation's figure is made of."""
@@ -146,34 +151,14 @@ def measure(label: str, root: Path, args, rate: int | None) -> tuple[list[list[s
             common.settle(url, args.product_port)
             if args.per_shape:
                 for path, stats in _each_shape_beside(args, rate, paths):
-                    shape_rows.append(
-                        [
-                            label,
-                            name,
-                            path,
-                            f"{stats['ok_rps']:,.0f}",
-                            common.ms(stats["p50_us"]),
-                            common.ms(stats["p99_us"]),
-                        ]
-                    )
+                    shape_rows.append([label, name, path, *_figures(stats)])
                 common.settle(url, args.product_port)
             for condition, stats, post_rps in (
                 ("alone", alone, "—"),
                 (f"beside {rate:,} POST/s", beside, f"{posted['ok_rps']:,.0f}"),
             ):
                 bad = stats["requests"] - stats["ok"] + stats["socket_errors"]
-                rows.append(
-                    [
-                        label,
-                        name,
-                        condition,
-                        f"{stats['ok_rps']:,.0f}",
-                        common.ms(stats["p50_us"]),
-                        common.ms(stats["p99_us"]),
-                        post_rps,
-                        str(bad),
-                    ]
-                )
+                rows.append([label, name, condition, *_figures(stats), post_rps, str(bad)])
     finally:
         api.stop()
         if worker is not None:
