@@ -19,20 +19,22 @@ CHANNEL = "reports_changed"
 MAX_STORES = 500
 
 
-def notify_sql(param: str) -> str:
-    """The NOTIFY of the payload in query parameter `param` (as "$1"), with the zone the rollups
-    are cut in, read in the same transaction added: the moments are cut into that zone's days,
-    whatever zone an API process last saw (the rollups may have been rebuilt in another). A scalar
-    subquery, not a FROM: on Citus report_settings is a reference table, and the NOTIFY must be
-    sent where the API listens."""
+def announce_sql(param: str) -> str:
+    """The select list that announces a writer's change, the payload in query parameter `param`
+    (as "$1"): its NOTIFY, and the mark that keeps the rollups' triggers quiet (see above). The
+    NOTIFY adds the zone the rollups are cut in, read in the same transaction: the moments are
+    cut into that zone's days, whatever zone an API process last saw (the rollups may have been
+    rebuilt in another). A scalar subquery, not a FROM: on Citus report_settings is a reference
+    table, and the NOTIFY must be sent where the API listens."""
     zone = "jsonb_build_object('timezone', (SELECT timezone FROM report_settings))"
     # text first: a connection with a jsonb codec would encode the payload string as a JSON string;
     # an empty one ("anything may have changed") stays empty
-    return f"pg_notify('{CHANNEL}', coalesce((nullif({param}::text, '')::jsonb || {zone})::text, ''))"
+    with_zone = f"coalesce((nullif({param}::text, '')::jsonb || {zone})::text, '')"
+    return f"pg_notify('{CHANNEL}', {with_zone}), set_config('sales.reports_announced', 'on', true)"
 
 
 # $1: the payload. Inside the writer's transaction, before its rollup statements.
-ANNOUNCE = f"SELECT {notify_sql('$1')}, set_config('sales.reports_announced', 'on', true)"
+ANNOUNCE = f"SELECT {announce_sql('$1')}"
 
 
 def payload(from_us: int, to_us: int, store_ids: Iterable[int]) -> str:

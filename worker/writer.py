@@ -93,7 +93,7 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
              AND (SELECT count(*) FROM stores) = cardinality($2::int[])
              AND current_setting('is_superuser') = 'on'
         THEN set_config('session_replication_role', 'replica', true) END,
-       {report_changes.notify_sql("$3")}, set_config('sales.reports_announced', 'on', true)
+       {report_changes.announce_sql("$3")}
 """
 
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in. By
