@@ -87,6 +87,14 @@ def process_env(
     return env
 
 
+async def _migrate(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, "UTC")
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def template_db():
     """A migrated database that every test's database is copied from (on Citus: the cluster)."""
@@ -95,17 +103,10 @@ def template_db():
     if CITUS:
         from tests.citus.cluster import CitusCluster
 
-        async def migrated(url: str) -> None:
-            conn = await asyncpg.connect(url)
-            try:
-                await migrate(conn, "UTC")
-            finally:
-                await conn.close()
-
         cluster = CitusCluster(settings=CITUS_TEST_SETTINGS)
         try:
             cluster.start()
-            asyncio.run(cluster.make_template(CITUS_TEMPLATE, migrated))
+            asyncio.run(cluster.make_template(CITUS_TEMPLATE, _migrate))
             yield cluster
         finally:
             cluster.destroy()
@@ -115,9 +116,7 @@ def template_db():
 
     async def create():
         await drop_database(name)
-        conn = await asyncpg.connect(await create_database(name))
-        await migrate(conn, "UTC")
-        await conn.close()
+        await _migrate(await create_database(name))
 
     asyncio.run(create())
     yield name
