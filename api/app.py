@@ -11,7 +11,17 @@ import asyncpg
 from aiohttp import web
 
 from api import metrics
-from api.appkeys import ACCESS_CONTROL, INTAKE, PG_POOL, QUEUE_KEYS, REDIS, REPORT_CACHE, RETURNS, SETTINGS
+from api.appkeys import (
+    ACCESS_CONTROL,
+    INTAKE,
+    PG_POOL,
+    QUEUE_KEYS,
+    REDIS,
+    REPORT_CACHE,
+    RETURNS,
+    SETTINGS,
+    STORES_TODAY,
+)
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
 from api.errors import error_response
@@ -22,6 +32,7 @@ from api.routes import access_rule, route_label, setup_routes
 from api.sale_queue import SaleQueue
 from api.sale_times import SaleTimeLimits
 from api.sales import SalesIntake
+from api.stores_today import StoresToday
 from shared.db import create_pool
 from shared.migrate import migrate
 from shared.redis_client import connect_from_settings
@@ -114,8 +125,11 @@ async def intake_ctx(app: web.Application):
 
 async def report_cache_ctx(app: web.Application):
     cache = ReportCache(app[SETTINGS].database_url, app[SETTINGS].timezone)
+    stores_today = StoresToday(app[PG_POOL])
+    cache.observe(stores_today)
     await cache.start()
     app[REPORT_CACHE] = cache
+    app[STORES_TODAY] = stores_today
     yield
     await cache.close()
 

@@ -10,6 +10,7 @@ from api.auth import AccessControl
 from api.report_cache import ReportCache
 from api.returns import ReturnsIntake
 from api.sales import SalesIntake
+from api.stores_today import StoresToday
 from shared.queue import QueueKeys
 from shared.settings import Settings
 
@@ -21,3 +22,4 @@ INTAKE = web.AppKey("intake", SalesIntake)
 RETURNS = web.AppKey("returns", ReturnsIntake)
 ACCESS_CONTROL = web.AppKey("access_control", AccessControl)
 REPORT_CACHE = web.AppKey("report_cache", ReportCache)
+STORES_TODAY = web.AppKey("stores_today", StoresToday)

@@ -31,7 +31,7 @@ import json
 import logging
 import zoneinfo
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -41,7 +41,7 @@ from shared import report_changes
 
 log = logging.getLogger(__name__)
 
-CHANNELS = (report_changes.CHANNEL, "catalogue_changed")
+CHANNELS = (report_changes.CHANNEL, "catalogue_changed", report_changes.DELTAS_CHANNEL)
 # The round trip before answering from memory: the channels listened on, and the zone the rollups
 # are cut in now (announced moments are cut into its days: REPORT_TIMEZONE may be another one, if
 # the rollups were rebuilt in another zone since this process started).
@@ -68,12 +68,14 @@ CATALOGUE_ONLY = Scope(dt.date.max, dt.date.min)  # no day: only a change of ite
 @dataclasses.dataclass(frozen=True)
 class Change:
     """What a commit changed, in local days; `stores` None: any store. `timezone`: the zone the
-    rollups are cut in, as the writer read it (None: not said)."""
+    rollups are cut in, as the writer read it (None: not said). `deltas`: the transaction also
+    says what it added to each store's day (api.stores_today)."""
 
     first: dt.date
     last: dt.date
     stores: frozenset[int] | None
     timezone: zoneinfo.ZoneInfo | None = None
+    deltas: bool = False
 
     def touches(self, scope: Scope) -> bool:
         return (
@@ -98,14 +100,15 @@ def parse_change(payload: str, timezone: zoneinfo.ZoneInfo) -> Change | None:
         announced = zoneinfo.ZoneInfo(said["timezone"]) if said.get("timezone") else None
         first, last = (from_us(us).astimezone(announced or timezone) for us in (from_moment, to_moment))
         stores = None if said["stores"] is None else frozenset(int(s) for s in said["stores"])
+        deltas = said.get("deltas") is True
     except (ValueError, TypeError, KeyError, OverflowError, zoneinfo.ZoneInfoNotFoundError):
         log.warning("report cache: unreadable change %r; dropping everything", payload[:200])
         return None
     if to_moment - from_moment > _DAY_US or first.utcoffset() != last.utcoffset():
         # The clocks may have gone back across a midnight in between: a moment after the first
         # can fall on the day before it, one before the last on the day after. A day more each side.
-        return Change(first.date() - _ONE_DAY, last.date() + _ONE_DAY, stores, announced)
-    return Change(first.date(), last.date(), stores, announced)
+        return Change(first.date() - _ONE_DAY, last.date() + _ONE_DAY, stores, announced, deltas)
+    return Change(first.date(), last.date(), stores, announced, deltas)
 
 
 # What the memory is bounded by: bytes, estimated. A result row (a dict of a few keys) is some
@@ -124,6 +127,12 @@ def _size(value: Any) -> int:
     if isinstance(value, dict):
         return ROW_BYTES * (1 + sum(len(v) for v in value.values() if isinstance(v, list | dict)))
     return ROW_BYTES
+
+
+class ChangeObserver(Protocol):
+    def on_change(self, change: Change | None) -> None: ...
+
+    def on_deltas(self, payload: str) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +175,12 @@ class ReportCache:
         self._synced_through = 0  # the number of the last one done while listening
         self._sync_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
         self._keeper: asyncio.Task | None = None
+        self._observers: list[ChangeObserver] = []
+
+    def observe(self, observer: ChangeObserver) -> None:
+        """Tell `observer` every change heard (None: anything may have changed, or nothing is
+        heard any more) and every writer's deltas (api.stores_today)."""
+        self._observers.append(observer)
 
     async def start(self) -> None:
         with contextlib.suppress(*DB_ERRORS):
@@ -196,7 +211,7 @@ class ReportCache:
         `scope`: what it is computed from (a change outside it keeps it)."""
         if self._conn is not None and self._unknown(key):
             return await asyncio.shield(self._pending(key, compute, scope))
-        if not await self._caught_up(since):
+        if not await self.caught_up(since):
             return await compute()
         return await self._lookup(key, compute, scope)
 
@@ -208,7 +223,7 @@ class ReportCache:
         waiting = {i: self._pending(p.key, p.compute, p.scope) for i, p in enumerate(parts) if self._unknown(p.key)}
         found: dict[int, Any] = {}
         if len(waiting) < len(parts):
-            caught_up = await self._caught_up(since)
+            caught_up = await self.caught_up(since)
             for i, part in enumerate(parts):
                 if i in waiting:
                     continue
@@ -263,12 +278,18 @@ class ReportCache:
         return value
 
     def _on_notification(self, _conn, _pid, channel: str, payload: str) -> None:
+        if channel == report_changes.DELTAS_CHANNEL:
+            for observer in self._observers:
+                observer.on_deltas(payload)
+            return
         change = parse_change(payload, self._timezone) if channel == report_changes.CHANNEL else None
         if change is None:
             self._invalidate()
             return
         if change.timezone is not None:
             self._timezone = change.timezone
+        for observer in self._observers:
+            observer.on_change(change)
         for key in [k for k, (_, scope) in self._entries.items() if change.touches(scope)]:
             self._bytes -= _size(self._entries.pop(key)[0])
         for computation in self._running:
@@ -279,6 +300,8 @@ class ReportCache:
 
     def _invalidate(self) -> None:
         """Everything may have changed."""
+        for observer in self._observers:
+            observer.on_change(None)
         self._entries.clear()
         self._bytes = 0
         for computation in self._running:
@@ -287,7 +310,7 @@ class ReportCache:
 
     # -- being sure every change committed before a request has been heard of
 
-    async def _caught_up(self, since: int | None = None) -> bool:
+    async def caught_up(self, since: int | None = None) -> bool:
         if self._conn is None:
             return False
         if since is not None and self._synced_through > since:

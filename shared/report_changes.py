@@ -7,12 +7,19 @@ zone the rollups are cut in.
 An empty payload, which the rollups' triggers and every other writer send, means "anything may
 have changed". A writer that announces sets `sales.reports_announced` for its transaction
 (migration 011), so that the triggers do not add their empty one.
+
+A batch of sales small enough (MAX_DELTA_SALES) also says what it added to each store's day
+and items, on channel `store_days_added` (DELTAS), and its change says so (`deltas`: true).
+Each chunk carries the writer's transaction id, so that an API process can tell whether a
+store's rows it read (api.stores_today, with the snapshot they were read in) hold it already.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+
+from shared.rollups import PARTIAL_SALES
 
 CHANNEL = "reports_changed"
 # A NOTIFY payload is at most 8,000 bytes: past this many stores the batch says "any store".
@@ -37,9 +44,38 @@ def announce_sql(param: str) -> str:
 ANNOUNCE = f"SELECT {announce_sql('$1')}"
 
 
-def payload(from_us: int, to_us: int, store_ids: Iterable[int]) -> str:
+def payload(from_us: int, to_us: int, store_ids: Iterable[int], *, deltas: bool = False) -> str:
+    """`deltas`: the transaction also sends DELTAS of every sale it adds."""
     stores = sorted(set(store_ids))
-    return json.dumps(
-        {"from_us": int(from_us), "to_us": int(to_us), "stores": stores if len(stores) <= MAX_STORES else None},
-        separators=(",", ":"),
-    )
+    said: dict = {"from_us": int(from_us), "to_us": int(to_us), "stores": stores if len(stores) <= MAX_STORES else None}
+    if deltas:
+        said["deltas"] = True
+    return json.dumps(said, separators=(",", ":"))
+
+
+DELTAS_CHANNEL = "store_days_added"
+# Past this many sales a batch says only which stores it touched: each API process then reads
+# those it keeps again (a few per store), where parsing the deltas of a 100,000-sale batch would
+# cost every API process more than that, and 1,250 NOTIFYs.
+MAX_DELTA_SALES = 2000
+# Rows per NOTIFY: a row is at most ~90 bytes of JSON, and a payload at most 8,000.
+DELTA_ROWS_PER_NOTIFY = 80
+
+# What a batch adds to each store's day and items ($1-$6: its sums by second, item and store, as
+# PARTIAL_SALES reads them): rows of [day, store, item, income, units, sales], in chunks, each
+# with the transaction's id. Sent after the rollup statements, in the same transaction.
+DELTAS = f"""
+SELECT pg_notify(
+    '{DELTAS_CHANNEL}',
+    json_build_object(
+        'xid', pg_current_xact_id()::text,
+        'rows', json_agg(json_build_array(day, store_id, item_id, income, units, sales))
+    )::text
+)
+FROM (SELECT local_time::date AS day, store_id, item_id, sum(income)::bigint AS income,
+             sum(units)::bigint AS units, sum(sales)::bigint AS sales,
+             (row_number() OVER () - 1) / {DELTA_ROWS_PER_NOTIFY} AS chunk
+      FROM ({PARTIAL_SALES}) AS local
+      GROUP BY 1, 2, 3) AS added
+GROUP BY chunk
+"""

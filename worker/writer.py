@@ -155,10 +155,10 @@ async def is_citus(conn: asyncpg.Connection) -> bool:
     )
 
 
-def changes_of(rows: list[Row]) -> str:
+def changes_of(rows: list[Row], *, deltas: bool = False) -> str:
     """What writing the rows changes in the reports (shared.report_changes)."""
     times = [row[1] for row in rows]
-    return report_changes.payload(min(times), max(times), (row[3] for row in rows))
+    return report_changes.payload(min(times), max(times), (row[3] for row in rows), deltas=deltas)
 
 
 def parent_ids(rows: list[Row]) -> tuple[list[int], list[int]]:
@@ -203,12 +203,24 @@ async def lock_running(conn: asyncpg.Connection, last_second: int) -> None:
         raise RunningTotalsBehind(f"running totals end before the batch's last sale ({last_second})")
 
 
-async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns) -> None:
+# What the deltas of a batch are summed by (shared.report_changes.DELTAS): a store's items by day.
+_DELTA_SUMS = ("second", "item_id", "store_id")
+
+
+def sends_deltas(sales: int, citus: bool) -> bool:
+    """Whether a transaction adding this many sales says what it added (shared.report_changes):
+    not on Citus, where a snapshot of the coordinator does not say what the workers' shards hold."""
+    return not citus and sales <= report_changes.MAX_DELTA_SALES
+
+
+async def _add_to_rollups(conn: asyncpg.Connection, batch: BatchColumns, *, deltas: bool = False) -> None:
     upserts = UPSERT_BATCH_SUMS[await conn.fetchval(MAY_HOLD_LATE, int(batch.times_us.min()) // 1_000_000)]
     with gc_paused():
-        sums = [(upsert, batch.sums_by(summed_by)) for summed_by, upsert in upserts]
-    for upsert, arrays in sums:
-        await conn.execute(upsert, *arrays)
+        sums = {summed_by: batch.sums_by(summed_by) for summed_by in {summed_by for summed_by, _ in upserts}}
+    for summed_by, upsert in upserts:
+        await conn.execute(upsert, *sums[summed_by])
+    if deltas:
+        await conn.execute(report_changes.DELTAS, *(sums.get(_DELTA_SUMS) or batch.sums_by(_DELTA_SUMS)))
 
 
 async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) -> int:
@@ -223,7 +235,8 @@ async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) 
         copy_data = memoryview(batch.copy_data())  # not bytes: asyncpg would take those for a file name
         keys = batch.keys()
     item_ids, store_ids = parent_ids(batch.rows)
-    changes = report_changes.payload(int(batch.times_us.min()), int(batch.times_us.max()), store_ids)
+    deltas = sends_deltas(len(batch), citus)
+    changes = report_changes.payload(int(batch.times_us.min()), int(batch.times_us.max()), store_ids, deltas=deltas)
     if citus:
         await conn.execute(report_changes.ANNOUNCE, changes)
     else:
@@ -231,16 +244,17 @@ async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) 
     await conn.copy_to_table("sales", source=copy_data, columns=sales_copy.COLUMNS, format="binary")
     if keys:
         await conn.copy_records_to_table("sale_keys", records=keys, columns=SALE_KEYS_COLUMNS)
-    await _add_to_rollups(conn, batch)
+    await _add_to_rollups(conn, batch, deltas=deltas)
     return len(batch)
 
 
 async def insert_rows(
-    conn: asyncpg.Connection, rows: list[Row], batch_key_checks: bool = False
+    conn: asyncpg.Connection, rows: list[Row], batch_key_checks: bool = False, citus: bool = True
 ) -> tuple[int, list[tuple[Row, str]]]:
     """Inserted count, and the rows not stored because their idempotency key belongs to
     another sale, with the reason (inside the caller's transaction). Rows stored already are
-    skipped; the rollups get the sums of the rows inserted."""
+    skipped; the rollups get the sums of the rows inserted (and the deltas say them, but on
+    `citus`, which is what a caller that does not say gets: no deltas)."""
     lost: list[tuple[Row, str]] = []
     keyed = [row for row in rows if row[6] is not None]
     if keyed:
@@ -258,14 +272,15 @@ async def insert_rows(
         rows = [row for row in rows if row[0] not in taken]
     if not rows:
         return 0, lost
+    deltas = sends_deltas(len(rows), citus)
     if batch_key_checks:
-        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(rows), changes_of(rows))
+        await conn.fetchval(LOCK_PARENTS_AND_SKIP_ROW_CHECKS, *parent_ids(rows), changes_of(rows, deltas=deltas))
     else:
-        await conn.execute(report_changes.ANNOUNCE, changes_of(rows))
+        await conn.execute(report_changes.ANNOUNCE, changes_of(rows, deltas=deltas))
     inserted_ids = {r["id"] for r in await conn.fetch(INSERT_ROWS, *zip(*rows))}
     inserted = [row for row in rows if row[0] in inserted_ids]
     if inserted:
-        await _add_to_rollups(conn, BatchColumns(inserted))
+        await _add_to_rollups(conn, BatchColumns(inserted), deltas=deltas)
     return len(inserted), lost
 
 
@@ -298,7 +313,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
     try:
         async with conn.transaction():
             await lock_running(conn, _last_second(batch))
-            inserted, lost = await insert_rows(conn, rows, batch_key_checks=not citus)
+            inserted, lost = await insert_rows(conn, rows, batch_key_checks=not citus, citus=citus)
             filed = len(await file_dead_letters(conn, lost, row_json))
         return BatchResult(written=inserted, duplicates=len(rows) - inserted - filed, dead=filed)
     except PERMANENT_ERRORS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import re
@@ -11,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from api import period_parts, reports
-from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS
+from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS, STORES_TODAY
 from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Part, Scope
 from api.responses import json_response, table_response, wants_csv
 from api.validation import BadRequest, date_param, int_param, one_of_params
@@ -90,8 +91,7 @@ async def _summed(
 async def _named_top(request: web.Request, parts: list, cnt: int) -> list[dict]:
     """The top `cnt` items of a store's parts, with their names (kept until the catalogue changes)."""
     top_units = period_parts.top(parts, cnt)
-    ids = tuple(item_id for item_id, _ in top_units)
-    names = await _get(request, ("item_names", ids), _querying(request, reports.item_names, ids), CATALOGUE_ONLY)
+    names = await _get(request, ("item_names",), _querying(request, reports.item_names), CATALOGUE_ONLY)
     return reports.named_top(top_units, names)
 
 
@@ -142,6 +142,44 @@ async def _with_store(request: web.Request, store_id: int, parts: list[Part]) ->
     return _found(store_id, store), found
 
 
+def _ends_today(first: dt.date, last: dt.date, today: dt.date) -> bool:
+    """A period whose last day is today (a store's month so far): its today is kept in memory
+    (api.stores_today) and its days before in the report cache, whatever their number."""
+    return first <= today == last
+
+
+async def _store_today(request: web.Request, store_id: int, today: dt.date) -> reports.StorePart:
+    """The store's today, from memory kept up to date by the writers (queried when that cannot
+    vouch for every commit before the request)."""
+    cache = request.app[REPORT_CACHE]
+    since = _since(request)
+    day = await request.app[STORES_TODAY].get(store_id, today, lambda: cache.caught_up(since))
+    if day is None:
+        return await _querying(request, reports.store_part, store_id, today, today)()
+    return reports.StorePart(day.days(), day.items)
+
+
+async def _store_through_today(
+    request: web.Request, store_id: int, first: dt.date, today: dt.date
+) -> tuple[dict, list[reports.StorePart]]:
+    """The store, and its days first..today as parts: the days before today (kept in the
+    report cache until a late sale or a return changes them) and today."""
+    closed = []
+    if first < today:
+        yesterday = today - dt.timedelta(days=1)
+        closed.append(
+            Part(
+                ("store_part", first, yesterday, store_id),
+                _querying(request, reports.store_part, store_id, first, yesterday),
+                Scope(first, yesterday, store_id),
+            )
+        )
+    (store, parts), day = await asyncio.gather(
+        _with_store(request, store_id, closed), _store_today(request, store_id, today)
+    )
+    return store, [*parts, day]
+
+
 async def list_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)  # validates `format` before any query
     rows = await _cached(request, ("items",), CATALOGUE_ONLY, reports.list_items)
@@ -170,7 +208,10 @@ async def top_items(request: web.Request) -> web.Response:
         )
     else:
         today = _today(request)
-        if len(period_parts.split_at(first, last, today)) == 1:
+        if _ends_today(first, last, today):
+            _, parts = await _store_through_today(request, store_id, first, today)
+            rows = await _named_top(request, [part.items for part in parts], cnt)
+        elif len(period_parts.split_at(first, last, today)) == 1:
             whole = Part(
                 ("top_items_of_store", first, last, cnt, store_id),
                 _querying(request, reports.top_items_of_store, store_id, first, last, cnt),
@@ -220,7 +261,11 @@ async def store_report(request: web.Request) -> web.Response:
     today = _today(request)
     first, last = period or (today.replace(day=1), today)
 
-    if len(period_parts.split_at(first, last, today)) == 1:
+    if _ends_today(first, last, today):
+        store, parts = await _store_through_today(request, store_id, first, today)
+        top_items = await _named_top(request, [p.items for p in parts], cnt)
+        page = reports.store_page(first, last, [day for p in parts for day in p.days], top_items)
+    elif len(period_parts.split_at(first, last, today)) == 1:
         whole = Part(
             ("store_report", store_id, first, last, cnt),
             _querying(request, reports.store_report, store_id, first, last, cnt),
