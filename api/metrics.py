@@ -33,6 +33,11 @@ FLUSH_SIZE = Histogram(
     "Sales per Redis round trip (group commit)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
+STORE_DAYS = Counter(
+    "report_store_days_total",
+    "Stores' days of today read from PostgreSQL, or dropped by a change that came without deltas (api.stores_today)",
+    ["event"],
+)
 AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])
 
 

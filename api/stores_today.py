@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
+from api import metrics
 from api.period_parts import Ranked
 from api.report_cache import Change
 
@@ -43,12 +44,14 @@ MAX_STORES = 2000
 
 MEASURES = ("income", "units", "sales", "returns", "refunds")
 
-# One statement, one snapshot: the store's day, its items of the day, and the snapshot they were
-# read in.
+# One statement, one snapshot: the store's day, its items of the day as (item, units) pairs, and
+# the snapshot they were read in. Arrays, not records: Citus cannot take an anonymous record back
+# from its workers.
 READ_STORE_DAY = """
 SELECT pg_current_snapshot()::text AS snapshot,
-       (SELECT row(income, units, sales, returns, refunds) FROM daily_totals WHERE store_id = $1 AND day = $2) AS day,
-       array(SELECT row(item_id, units) FROM store_item_daily WHERE store_id = $1 AND day = $2) AS items
+       (SELECT ARRAY[income, units, sales, returns, refunds] FROM daily_totals
+        WHERE store_id = $1 AND day = $2) AS day,
+       (SELECT array_agg(ARRAY[item_id, units]) FROM store_item_daily WHERE store_id = $1 AND day = $2) AS items
 """
 
 
@@ -150,6 +153,7 @@ class StoresToday:
         return None
 
     def _read(self, store_id: int, day: dt.date) -> _Read:
+        metrics.STORE_DAYS.labels("read").inc()
         read = self._reads[store_id] = _Read(asyncio.ensure_future(self._read_store(store_id, day)))
         read.task.add_done_callback(lambda _task: self._reads.pop(store_id))
         return read
@@ -159,7 +163,7 @@ class StoresToday:
             row = await conn.fetchrow(READ_STORE_DAY, store_id, day)
         assert row is not None
         measures = None if row["day"] is None else list(row["day"])
-        store = _Store(Snapshot.parse(row["snapshot"]), day, measures, dict(row["items"]))
+        store = _Store(Snapshot.parse(row["snapshot"]), day, measures, dict(row["items"] or []))
         read = self._reads[store_id]  # until this task is done
         for xid, deltas in read.held:
             if not store.snapshot.sees(xid):
@@ -182,7 +186,8 @@ class StoresToday:
             return
         stores = self._stores.keys() | self._reads.keys() if change.stores is None else change.stores
         for store_id in stores:
-            self._stores.pop(store_id, None)
+            if self._stores.pop(store_id, None) is not None:
+                metrics.STORE_DAYS.labels("dropped").inc()
             if (read := self._reads.get(store_id)) is not None:
                 read.dropped = True
 
