@@ -135,9 +135,11 @@ class StoresToday:
         """The store's `day` (today) with every commit before the request in it; None when that
         cannot be vouched for (the report cache is not listening): the caller queries.
         `caught_up`: the report cache's round trip for this request."""
-        if day != self._day:
+        if self._day is None or day > self._day:  # a new day starts from the table
             self._drop_all()
             self._day = day
+        elif day < self._day:  # a request that began before midnight: it queries
+            return None
         for _ in range(3):  # a store dropped twice while we waited: the caller queries
             if store_id in self._stores or store_id in self._reads:
                 if store_id in self._reads:

@@ -167,6 +167,7 @@ async def test_a_new_day_starts_from_what_the_table_holds(database_url, db, toda
         assert _as_read(await _get(stores_today, cache, 1, today)) == (2, {1: 2})
         tomorrow = today + dt.timedelta(days=1)
         assert _as_read(await _get(stores_today, cache, 1, tomorrow)) == (0, {})
+        assert await _get(stores_today, cache, 1, today) is None  # asked just before midnight: the caller queries
     finally:
         await conn.close()
 
