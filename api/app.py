@@ -13,6 +13,7 @@ from aiohttp import web
 from api import metrics
 from api.appkeys import (
     ACCESS_CONTROL,
+    CHAIN_TODAY,
     INTAKE,
     PG_POOL,
     QUEUE_KEYS,
@@ -24,6 +25,7 @@ from api.appkeys import (
 )
 from api.auth import AccessControl, KeyRing
 from api.catalogue import Catalogue
+from api.chain_today import ChainToday
 from api.errors import error_response
 from api.ids import IdAllocator
 from api.report_cache import ReportCache
@@ -125,11 +127,13 @@ async def intake_ctx(app: web.Application):
 
 async def report_cache_ctx(app: web.Application):
     cache = ReportCache(app[SETTINGS].database_url, app[SETTINGS].timezone)
-    stores_today = StoresToday(app[PG_POOL])
+    stores_today, chain_today = StoresToday(app[PG_POOL]), ChainToday(app[PG_POOL])
     cache.observe(stores_today)
+    cache.observe(chain_today)
     await cache.start()
     app[REPORT_CACHE] = cache
     app[STORES_TODAY] = stores_today
+    app[CHAIN_TODAY] = chain_today
     yield
     await cache.close()
 

@@ -7,6 +7,7 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from api.auth import AccessControl
+from api.chain_today import ChainToday
 from api.report_cache import ReportCache
 from api.returns import ReturnsIntake
 from api.sales import SalesIntake
@@ -23,3 +24,4 @@ RETURNS = web.AppKey("returns", ReturnsIntake)
 ACCESS_CONTROL = web.AppKey("access_control", AccessControl)
 REPORT_CACHE = web.AppKey("report_cache", ReportCache)
 STORES_TODAY = web.AppKey("stores_today", StoresToday)
+CHAIN_TODAY = web.AppKey("chain_today", ChainToday)

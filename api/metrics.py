@@ -38,6 +38,11 @@ STORE_DAYS = Counter(
     "Stores' days of today read from PostgreSQL, or dropped by a change that came without deltas (api.stores_today)",
     ["event"],
 )
+CHAIN_DAYS = Counter(
+    "report_chain_days_total",
+    "The chain's today read from PostgreSQL, or dropped by a change that came without deltas (api.chain_today)",
+    ["event"],
+)
 AUTH_FAILURES = Counter("auth_failures_total", "Requests refused for a missing or bad key", ["reason"])
 
 

@@ -129,10 +129,35 @@ def _size(value: Any) -> int:
     return ROW_BYTES
 
 
+# A writer's delta (shared.report_changes.DELTAS): what it added to a store's item in an hour.
+Delta = tuple[dt.date, int, int, int, int, int, int]  # day, hour, store_id, item_id, income, units, sales
+
+
 class ChangeObserver(Protocol):
     def on_change(self, change: Change | None) -> None: ...
 
-    def on_deltas(self, payload: str) -> None: ...
+    def on_deltas(self, xid: int, deltas: list[Delta]) -> None:
+        """All of one committed transaction's deltas (its chunks put together)."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Chunks:
+    expected: int
+    heard: int = 0
+    deltas: list[Delta] = dataclasses.field(default_factory=list)
+
+
+def _parse_deltas(payload: str) -> tuple[int, int, list[Delta]]:
+    """(transaction id, its number of chunks, this chunk's deltas); ValueError if unreadable."""
+    try:
+        said = json.loads(payload)
+        deltas = [
+            (dt.date.fromisoformat(day), int(hour), int(store), int(item), int(income), int(units), int(sales))
+            for day, hour, store, item, income, units, sales in said["rows"]
+        ]
+        return int(said["xid"]), int(said["chunks"]), deltas
+    except (TypeError, KeyError) as exc:
+        raise ValueError(str(exc)) from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +201,7 @@ class ReportCache:
         self._sync_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
         self._keeper: asyncio.Task | None = None
         self._observers: list[ChangeObserver] = []
+        self._chunks: dict[int, _Chunks] = {}  # by transaction id: its deltas heard so far
 
     def observe(self, observer: ChangeObserver) -> None:
         """Tell `observer` every change heard (None: anything may have changed, or nothing is
@@ -279,8 +305,7 @@ class ReportCache:
 
     def _on_notification(self, _conn, _pid, channel: str, payload: str) -> None:
         if channel == report_changes.DELTAS_CHANNEL:
-            for observer in self._observers:
-                observer.on_deltas(payload)
+            self._on_deltas(payload)
             return
         change = parse_change(payload, self._timezone) if channel == report_changes.CHANNEL else None
         if change is None:
@@ -298,8 +323,28 @@ class ReportCache:
         for key in [k for k, c in self._computing.items() if c.stale]:
             del self._computing[key]  # nobody new waits for a result that may predate the change
 
+    def _on_deltas(self, payload: str) -> None:
+        """A chunk of a writer's deltas: the observers get the transaction's once all came (a
+        transaction's NOTIFYs are delivered together, before any later round trip's answer: a
+        report never shows part of one)."""
+        try:
+            xid, expected, deltas = _parse_deltas(payload)
+        except ValueError as exc:
+            log.warning("report cache: unreadable deltas (%s); dropping everything", exc)
+            self._invalidate()
+            return
+        chunks = self._chunks.setdefault(xid, _Chunks(expected))
+        chunks.heard += 1
+        chunks.deltas += deltas
+        if chunks.heard < chunks.expected:
+            return
+        del self._chunks[xid]
+        for observer in self._observers:
+            observer.on_deltas(xid, chunks.deltas)
+
     def _invalidate(self) -> None:
         """Everything may have changed."""
+        self._chunks.clear()  # what a new listening connection hears is whole
         for observer in self._observers:
             observer.on_change(None)
         self._entries.clear()

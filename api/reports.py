@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import asyncpg
 
-from api.period_parts import Ranked, add, add_by_key
+from api.period_parts import KeyedSums, Ranked, add, add_by_key
 from api.report_cache import ROW_BYTES
 from shared.rollups import DELTAS, RUNNING_TABLE
 
@@ -248,11 +248,31 @@ FROM {table} WHERE {where} day >= $1 AND day <= $2
 GROUP BY 1, 2
 """
 # The chain's hours with the deltas not folded yet, summed with them (no key to match on first).
-_CHAIN_HOURS_ROWS = " UNION ALL ".join(
+CHAIN_HOURS_ROWS = " UNION ALL ".join(
     f"SELECT day, hour, income, units, sales FROM {table}" for table in ("hourly_totals", DELTAS.table)
 )
-CHAIN_HOURS = _HOURS.format(table=f"({_CHAIN_HOURS_ROWS}) AS hours", where="")
+CHAIN_HOURS = _HOURS.format(table=f"({CHAIN_HOURS_ROWS}) AS hours", where="")
 STORE_HOURS = _HOURS.format(table="store_hourly", where="store_id = $3 AND")
+
+
+# Every store's or item's figures over a period (a top is picked in the API from these and the
+# chain's today: api.chain_today): the period parts of the chain's tops.
+STORES_OF_PERIOD = (
+    f"SELECT store_id AS key, income AS ranked_by, units FROM ({_period_totals('store_running', 'store_id')}) p"
+)
+ITEMS_OF_PERIOD = (
+    f"SELECT item_id AS key, units AS ranked_by, units FROM ({_period_totals('item_running', 'item_id')}) p"
+)
+
+
+async def stores_of_period(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> KeyedSums:
+    """Every store's income and units over days first..last."""
+    return KeyedSums.of(await conn.fetch(STORES_OF_PERIOD, first, last))
+
+
+async def items_of_period(conn: asyncpg.Connection, first: dt.date, last: dt.date) -> KeyedSums:
+    """Every item's units over days first..last."""
+    return KeyedSums.of(await conn.fetch(ITEMS_OF_PERIOD, first, last))
 
 
 async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int) -> list[dict]:
@@ -262,6 +282,27 @@ async def top_stores_in(conn: asyncpg.Connection, first: dt.date, last: dt.date,
 async def top_items_in(conn: asyncpg.Connection, first: dt.date, last: dt.date, cnt: int) -> list[dict]:
     """The chain's top items over the period."""
     return [dict(r) for r in await conn.fetch(TOP_ITEMS_PERIOD, first, last, cnt)]
+
+
+class StoreAddresses(dict[int, str]):
+    """Every store's address by id: the chain's top stores are named from it with no query."""
+
+    @property
+    def nbytes(self) -> int:  # what it counts against the report cache's bound
+        return 150 * len(self) + 200
+
+
+async def store_addresses(conn: asyncpg.Connection) -> StoreAddresses:
+    return StoreAddresses((r["id"], r["address"]) for r in await conn.fetch(STORES))
+
+
+def addressed_top(top_income: Sequence[tuple[int, int]], addresses: Mapping[int, str]) -> list[dict]:
+    """Top stores as /stores/top/ answers them."""
+    return [
+        {"id": store_id, "address": addresses[store_id], "income": income}
+        for store_id, income in top_income
+        if store_id in addresses  # a store deleted takes its rollup rows with it: only a race
+    ]
 
 
 class ItemNames(dict[int, str]):

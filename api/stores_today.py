@@ -26,17 +26,13 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
-import json
-import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from api import metrics
 from api.period_parts import Ranked
-from api.report_cache import Change
-
-log = logging.getLogger(__name__)
+from api.report_cache import Change, Delta
 
 # The stores kept (those asked about last): a store's day is a row and its items of the day
 # (at most a few thousand), some tens of KB at most.
@@ -87,8 +83,8 @@ class StoreDay:
         return [] if self.measures is None else [{"day": self.day.isoformat(), **self.measures}]
 
 
-# A delta: (income, units, sales) added to an item of a store's day.
-Delta = tuple[int, int, int, int]  # item_id, income, units, sales
+# What a delta adds to an item of a store's day.
+ItemDelta = tuple[int, int, int, int]  # item_id, income, units, sales
 
 
 @dataclasses.dataclass(eq=False)
@@ -99,7 +95,7 @@ class _Store:
     units: dict[int, int]
     _answer: StoreDay | None = None
 
-    def add(self, deltas: list[Delta]) -> None:
+    def add(self, deltas: list[ItemDelta]) -> None:
         if self.measures is None:
             self.measures = [0] * len(MEASURES)
         for item_id, income, units, sales in deltas:
@@ -119,7 +115,7 @@ class _Store:
 @dataclasses.dataclass(eq=False)
 class _Read:
     task: asyncio.Task
-    held: list[tuple[int, list[Delta]]] = dataclasses.field(default_factory=list)  # (xid, deltas) heard meanwhile
+    held: list[tuple[int, list[ItemDelta]]] = dataclasses.field(default_factory=list)  # (xid, deltas) heard meanwhile
     dropped: bool = False  # a change without deltas came: its rows are not kept
 
 
@@ -193,26 +189,18 @@ class StoresToday:
             if (read := self._reads.get(store_id)) is not None:
                 read.dropped = True
 
-    def on_deltas(self, payload: str) -> None:
-        """A chunk of a writer's deltas (shared.report_changes.DELTAS)."""
-        try:
-            said = json.loads(payload)
-            xid = int(said["xid"])
-            by_store: dict[int, list[Delta]] = {}
-            today = self._day.isoformat() if self._day else None
-            for day, store_id, item_id, income, units, sales in said["rows"]:
-                if day == today:
-                    by_store.setdefault(int(store_id), []).append((int(item_id), int(income), int(units), int(sales)))
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("stores today: unreadable deltas (%s); dropping every store", exc)
-            self._drop_all()
-            return
-        for store_id, deltas in by_store.items():
+    def on_deltas(self, xid: int, deltas: list[Delta]) -> None:
+        """A writer's transaction's deltas (shared.report_changes.DELTAS)."""
+        by_store: dict[int, list[ItemDelta]] = {}
+        for day, _hour, store_id, item_id, income, units, sales in deltas:
+            if day == self._day:
+                by_store.setdefault(store_id, []).append((item_id, income, units, sales))
+        for store_id, added in by_store.items():
             if (store := self._stores.get(store_id)) is not None:
                 if not store.snapshot.sees(xid):
-                    store.add(deltas)
+                    store.add(added)
             elif (read := self._reads.get(store_id)) is not None:
-                read.held.append((xid, deltas))
+                read.held.append((xid, added))
 
     def _drop_all(self) -> None:
         self._stores.clear()

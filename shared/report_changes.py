@@ -10,8 +10,9 @@ have changed". A writer that announces sets `sales.reports_announced` for its tr
 
 A batch of sales small enough (MAX_DELTA_SALES) also says what it added to each store's day
 and items, on channel `store_days_added` (DELTAS), and its change says so (`deltas`: true).
-Each chunk carries the writer's transaction id, so that an API process can tell whether a
-store's rows it read (api.stores_today, with the snapshot they were read in) hold it already.
+Each chunk carries the writer's transaction id, so that an API process can tell whether the
+rows it read (api.stores_today, api.chain_today, with the snapshot they were read in) hold it
+already.
 """
 
 from __future__ import annotations
@@ -58,24 +59,27 @@ DELTAS_CHANNEL = "store_days_added"
 # those it keeps again (a few per store), where parsing the deltas of a 100,000-sale batch would
 # cost every API process more than that, and 1,250 NOTIFYs.
 MAX_DELTA_SALES = 2000
-# Rows per NOTIFY: a row is at most ~90 bytes of JSON, and a payload at most 8,000.
+# Rows per NOTIFY: a row is at most ~95 bytes of JSON, and a payload at most 8,000.
 DELTA_ROWS_PER_NOTIFY = 80
 
-# What a batch adds to each store's day and items ($1-$6: its sums by second, item and store, as
-# PARTIAL_SALES reads them): rows of [day, store, item, income, units, sales], in chunks, each
-# with the transaction's id. Sent after the rollup statements, in the same transaction.
+# What a batch adds to each store's day, items and hours ($1-$6: its sums by second, item and
+# store, as PARTIAL_SALES reads them): rows of [day, hour, store, item, income, units, sales], in
+# chunks, each with the transaction's id and how many chunks it sends (a listener applies a
+# transaction once it has them all). Sent after the rollup statements, in the same transaction.
+# (A batch spans an hour's edge rarely: the hour splits few rows.)
 DELTAS = f"""
 SELECT pg_notify(
     '{DELTAS_CHANNEL}',
     json_build_object(
         'xid', pg_current_xact_id()::text,
-        'rows', json_agg(json_build_array(day, store_id, item_id, income, units, sales))
+        'chunks', count(*) OVER (),
+        'rows', json_agg(json_build_array(day, hour, store_id, item_id, income, units, sales))
     )::text
 )
-FROM (SELECT local_time::date AS day, store_id, item_id, sum(income)::bigint AS income,
-             sum(units)::bigint AS units, sum(sales)::bigint AS sales,
+FROM (SELECT local_time::date AS day, extract(hour FROM local_time)::int AS hour, store_id, item_id,
+             sum(income)::bigint AS income, sum(units)::bigint AS units, sum(sales)::bigint AS sales,
              (row_number() OVER () - 1) / {DELTA_ROWS_PER_NOTIFY} AS chunk
       FROM ({PARTIAL_SALES}) AS local
-      GROUP BY 1, 2, 3) AS added
+      GROUP BY 1, 2, 3, 4) AS added
 GROUP BY chunk
 """

@@ -11,7 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from api import period_parts, reports
-from api.appkeys import PG_POOL, REPORT_CACHE, SETTINGS, STORES_TODAY
+from api.appkeys import CHAIN_TODAY, PG_POOL, REPORT_CACHE, SETTINGS, STORES_TODAY
+from api.chain_today import ChainDay
 from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Part, Scope
 from api.responses import json_response, table_response, wants_csv
 from api.validation import BadRequest, date_param, int_param, one_of_params
@@ -179,6 +180,46 @@ async def _store_through_today(
     return store, [*parts, await _store_today(request, store_id, today)]
 
 
+_ONE_DAY = dt.timedelta(days=1)
+_NO_DAYS = period_parts.KeyedSums({}, [])  # one object: a top over today alone is kept as such
+
+
+async def _chain_through_today(
+    request: web.Request, name: str, first: dt.date, last: dt.date, today: dt.date, query
+) -> tuple[list, ChainDay] | None:
+    """A chain-wide period that holds today, as `query(conn, a, b)` over its days before today
+    (kept in the report cache across commits) and after it (nearly always none: a sale stamped a
+    moment ahead of the clock at midnight), and the chain's today from memory (api.chain_today).
+    None for a period without today, or a today memory cannot vouch for: the caller queries."""
+    if not first <= today <= last:
+        return None
+    ranges = ([(first, today - _ONE_DAY)] if first < today else []) + (
+        [(today + _ONE_DAY, last)] if last > today else []
+    )
+    parts = [Part((name, a, b, None), _querying(request, query, a, b), Scope(a, b)) for a, b in ranges]
+    found = await _get_all(request, parts)
+    cache = request.app[REPORT_CACHE]
+    since = _since(request)
+    chain = await request.app[CHAIN_TODAY].get(today, lambda: cache.caught_up(since))
+    return None if chain is None else (found, chain)
+
+
+async def _chain_top(
+    request: web.Request, kind: str, first: dt.date, last: dt.date, today: dt.date, cnt: int
+) -> list[tuple[int, int]] | None:
+    """The chain's top `cnt` stores by income or items by units (`kind`) over a period that holds
+    today: its other days' sums plus today's; None as _chain_through_today."""
+    query = reports.stores_of_period if kind == "stores" else reports.items_of_period
+    through = await _chain_through_today(request, f"{kind}_of_period", first, last, today, query)
+    if through is None:
+        return None
+    found, chain = through
+    closed = _NO_DAYS
+    for part in found:
+        closed = part if closed is _NO_DAYS else closed.plus(part)
+    return chain.top(kind, closed, cnt)
+
+
 async def list_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)  # validates `format` before any query
     rows = await _cached(request, ("items",), CATALOGUE_ONLY, reports.list_items)
@@ -201,12 +242,17 @@ async def top_items(request: web.Request) -> web.Response:
         rows = await _cached(request, ("top_items", cnt), EVERYTHING, reports.top_items, cnt)
         return table_response(rows, columns, "top-items", as_csv)
     first, last = period or (dt.date.min, dt.date.max)
+    today = _today(request)
     if store_id is None:
-        rows = await _cached(
-            request, ("top_items_in", first, last, cnt), Scope(first, last), reports.top_items_in, first, last, cnt
-        )
+        top = await _chain_top(request, "items", first, last, today, cnt)
+        if top is not None:
+            names = await _get(request, ("item_names",), _querying(request, reports.item_names), CATALOGUE_ONLY)
+            rows = reports.named_top(top, names)
+        else:
+            rows = await _cached(
+                request, ("top_items_in", first, last, cnt), Scope(first, last), reports.top_items_in, first, last, cnt
+            )
     else:
-        today = _today(request)
         if _ends_today(first, last, today):
             _, parts = await _store_through_today(request, store_id, first, today)
             rows = await _named_top(request, [part.items for part in parts], cnt)
@@ -235,17 +281,30 @@ async def top_stores(request: web.Request) -> web.Response:
     period = _period(request)
     as_csv = wants_csv(request)
     columns = ["id", "address", "income"]
-    if period is not None:
-        first, last = period
-        rows = await _cached(
-            request, ("top_stores_in", first, last, cnt), Scope(first, last), reports.top_stores_in, first, last, cnt
+    if period is None:
+        month = _month(request)
+        first, last = month, reports.month_end(month)
+        name = f"top-stores-{month:%Y-%m}"
+        whole = Part(
+            ("top_stores", month, cnt), _querying(request, reports.top_stores, month, cnt), _month_scope(month, month)
         )
-        return table_response(rows, columns, f"top-stores-{first}-{last}", as_csv)
-    month = _month(request)
-    rows = await _cached(
-        request, ("top_stores", month, cnt), _month_scope(month, month), reports.top_stores, month, cnt
-    )
-    return table_response(rows, columns, f"top-stores-{month:%Y-%m}", as_csv)
+    else:
+        first, last = period
+        name = f"top-stores-{first}-{last}"
+        whole = Part(
+            ("top_stores_in", first, last, cnt),
+            _querying(request, reports.top_stores_in, first, last, cnt),
+            Scope(first, last),
+        )
+    top = await _chain_top(request, "stores", first, last, _today(request), cnt)
+    if top is None:
+        rows = await _get(request, whole.key, whole.compute, whole.scope)
+    else:
+        addresses = await _get(
+            request, ("store_addresses",), _querying(request, reports.store_addresses), CATALOGUE_ONLY
+        )
+        rows = reports.addressed_top(top, addresses)
+    return table_response(rows, columns, name, as_csv)
 
 
 async def store_report(request: web.Request) -> web.Response:
@@ -288,6 +347,16 @@ async def store_report(request: web.Request) -> web.Response:
     return json_response({"store": store, **page})
 
 
+def _chain_totals(today: dt.date):
+    """reports.chain_totals over days a..b as a part of a period with today: the days after
+    today are a few days' rows."""
+
+    async def totals(conn, a: dt.date, b: dt.date):
+        return await reports.chain_totals(conn, a, b, a > today)
+
+    return totals
+
+
 def _this_month_so_far(request: web.Request) -> tuple[dt.date, dt.date]:
     today = _today(request)
     return today.replace(day=1), today
@@ -297,16 +366,22 @@ async def period_totals(request: web.Request) -> web.Response:
     """The chain's totals over a period (default: this month so far), returns beside."""
     first, last = _period(request) or _this_month_so_far(request)
     as_csv = wants_csv(request)
-    totals = await _summed(
-        request,
-        "totals",
-        first,
-        last,
-        None,
-        reports.chain_totals,
-        lambda parts: {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add(parts)},
-        today=_today(request),
-    )
+    today = _today(request)
+    through = await _chain_through_today(request, "totals", first, last, today, _chain_totals(today))
+    if through is not None:
+        found, chain = through
+        totals = {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add([*found, chain.totals()])}
+    else:
+        totals = await _summed(
+            request,
+            "totals",
+            first,
+            last,
+            None,
+            reports.chain_totals,
+            lambda parts: {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add(parts)},
+            today=today,
+        )
     if as_csv:
         return table_response([totals], list(totals), f"totals-{first}-{last}", as_csv)
     return json_response(totals)
@@ -320,19 +395,27 @@ async def hours(request: web.Request) -> web.Response:
     if store_id is not None:
         await _store(request, store_id)
 
-    async def cells(conn, a: dt.date, b: dt.date, _live: bool):
+    async def cells(conn, a: dt.date, b: dt.date, _live: bool = False):
         return await reports.hour_cells(conn, a, b, store_id)
 
-    answer = await _summed(
-        request,
-        "hour_cells",
-        first,
-        last,
-        store_id,
-        cells,
-        lambda parts: reports.hours(first, last, store_id, parts),
-        today=_today(request),
+    today = _today(request)
+    through = (
+        None if store_id is not None else await _chain_through_today(request, "hour_cells", first, last, today, cells)
     )
+    if through is not None:
+        found, chain = through
+        answer = reports.hours(first, last, None, [*found, chain.hour_cells()])
+    else:
+        answer = await _summed(
+            request,
+            "hour_cells",
+            first,
+            last,
+            store_id,
+            cells,
+            lambda parts: reports.hours(first, last, store_id, parts),
+            today=today,
+        )
     if as_csv:
         name = "hours" + (f"-store-{store_id}" if store_id else "") + f"-{first}-{last}"
         return table_response(answer["cells"], ["weekday", "hour", "income", "units", "sales"], name, as_csv)
@@ -374,13 +457,25 @@ async def trend(request: web.Request) -> web.Response:
         return await reports.month_totals(conn, a, b, store_id)
 
     # Split at this month (a year and more before it: always two parts): the months before it
-    # stay in memory while tills sell; this month's part counts all its days.
+    # stay in memory while tills sell; this month's part counts all its days (the chain's: its
+    # days before today, kept too, and today from memory).
     before, this_month = _period_parts(
         request, "month_totals", reports.trend_first_month(last, months), last, store_id, totals, today=last
     )
     this_month = dataclasses.replace(this_month, scope=_month_scope(last, last, store_id))
-    found = await _get_all(request, [before, this_month])
-    rows = reports.trend(last, months, period_parts.add_by_key(found))
+    today = _today(request)
+    through = None
+    if store_id is None:
+        through = await _chain_through_today(
+            request, "totals", last, reports.month_end(last), today, _chain_totals(today)
+        )
+    if through is not None:
+        found, chain = through
+        month = period_parts.add([*found, chain.totals()])
+        parts = [*await _get_all(request, [before]), {last: {m: month.get(m, 0) for m in ("income", "units", "sales")}}]
+    else:
+        parts = await _get_all(request, [before, this_month])
+    rows = reports.trend(last, months, period_parts.add_by_key(parts))
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
     return table_response(
         rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"], name, as_csv
