@@ -88,6 +88,16 @@ class ChainDay:
             self._answers[key] = compute()
         return self._answers[key]
 
+    def assembled(self, key: Hashable, parts: Sequence[Any], assemble: Callable[[], Any]) -> Any:
+        """`assemble()`, a report of this day and `parts` (the rest of its period, from the report
+        cache), kept until either changes: a hit then costs no assembling."""
+        kept = self._answers.get(("assembled", key))
+        if kept is not None and len(kept[0]) == len(parts) and all(a is b for a, b in zip(kept[0], parts, strict=True)):
+            return kept[1]
+        answer = assemble()
+        self._answers[("assembled", key)] = (tuple(parts), answer)
+        return answer
+
     def totals(self) -> dict[str, int]:
         """The chain's measures of the day (as reports.chain_totals gives them)."""
 

@@ -113,8 +113,9 @@ class KeyedSums:
 
     @classmethod
     def of(cls, rows: Iterable[Mapping[str, int]]) -> KeyedSums:
-        """From rows of `key`, `ranked_by` and `units`."""
-        sums = {row["key"]: (row["ranked_by"], row["units"]) for row in rows}
+        """From rows of `key`, `ranked_by` and `units` (those with neither left out: days to come
+        have a row of zeros per key)."""
+        sums = {row["key"]: (row["ranked_by"], row["units"]) for row in rows if row["ranked_by"] or row["units"]}
         return cls(sums, sorted(sums, key=lambda k: (-sums[k][0], k)))
 
     @property

@@ -370,7 +370,11 @@ async def period_totals(request: web.Request) -> web.Response:
     through = await _chain_through_today(request, "totals", first, last, today, _chain_totals(today))
     if through is not None:
         found, chain = through
-        totals = {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add([*found, chain.totals()])}
+        totals = chain.assembled(
+            ("totals", first, last),
+            found,
+            lambda: {"from": first.isoformat(), "to": last.isoformat(), **period_parts.add([*found, chain.totals()])},
+        )
     else:
         totals = await _summed(
             request,
@@ -404,7 +408,9 @@ async def hours(request: web.Request) -> web.Response:
     )
     if through is not None:
         found, chain = through
-        answer = reports.hours(first, last, None, [*found, chain.hour_cells()])
+        answer = chain.assembled(
+            ("hours", first, last), found, lambda: reports.hours(first, last, None, [*found, chain.hour_cells()])
+        )
     else:
         answer = await _summed(
             request,
@@ -471,11 +477,16 @@ async def trend(request: web.Request) -> web.Response:
         )
     if through is not None:
         found, chain = through
-        month = period_parts.add([*found, chain.totals()])
-        parts = [*await _get_all(request, [before]), {last: {m: month.get(m, 0) for m in ("income", "units", "sales")}}]
+        (months_before,) = await _get_all(request, [before])
+
+        def assemble() -> list[dict]:
+            month = period_parts.add([*found, chain.totals()])
+            this_month = {last: {m: month.get(m, 0) for m in ("income", "units", "sales")}}
+            return reports.trend(last, months, period_parts.add_by_key([months_before, this_month]))
+
+        rows = chain.assembled(("trend", last, months), [months_before, *found], assemble)
     else:
-        parts = await _get_all(request, [before, this_month])
-    rows = reports.trend(last, months, period_parts.add_by_key(parts))
+        rows = reports.trend(last, months, period_parts.add_by_key(await _get_all(request, [before, this_month])))
     name = "trend" + (f"-store-{store_id}" if store_id else "") + f"-{last:%Y-%m}"
     return table_response(
         rows, ["month", "income", "units", "sales", "income_year_before", "income_change_pct"], name, as_csv
