@@ -118,16 +118,14 @@ class ChainDay:
     def top(self, kind: str, closed: KeyedSums, cnt: int) -> list[tuple[int, int]]:
         """The top `cnt` stores by income (`kind` "stores") or items by units ("items") over the
         closed days plus this one (period_parts.top_of_sums)."""
-        key = ("top", kind, cnt)
-        kept = self._answers.get(key)
-        if kept is not None and kept[0] is closed:
-            return kept[1]
-        added: Mapping[int, Sequence[int]] = self.items
-        if kind == "stores":
-            added = {store_id: (m[0], m[1]) for store_id, m in self.stores.items()}
-        top = period_parts.top_of_sums(closed, added, cnt)
-        self._answers[key] = (closed, top)
-        return top
+
+        def top() -> list[tuple[int, int]]:
+            added: Mapping[int, Sequence[int]] = self.items
+            if kind == "stores":
+                added = {store_id: (m[0], m[1]) for store_id, m in self.stores.items()}
+            return period_parts.top_of_sums(closed, added, cnt)
+
+        return self.assembled(("top", kind, cnt, id(closed)), [closed], top)
 
 
 @dataclasses.dataclass(eq=False)
