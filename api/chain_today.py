@@ -20,6 +20,7 @@ itself after it arrived.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
@@ -46,6 +47,9 @@ SELECT pg_current_snapshot()::text AS snapshot,
 """
 
 HOUR_MEASURES = ("income", "units", "sales")
+# The tops kept up to date as deltas come (a kind, a count and a period's closed part each):
+# those asked for last.
+MAX_TOPS = 32
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,9 +63,15 @@ class ChainDay:
     items: dict[int, list[int]]  # item: [units, units] (ranked by, units: as KeyedSums)
     hours: dict[int, list[int]]  # hour: HOUR_MEASURES
     _answers: dict[Hashable, Any] = dataclasses.field(default_factory=dict)
+    _tops: collections.OrderedDict[tuple, period_parts.LiveTop] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
 
     def add(self, deltas: list[Delta]) -> None:
+        grown_stores, grown_items = set(), set()
         for _day, hour, store_id, item_id, income, units, sales in deltas:
+            grown_stores.add(store_id)
+            grown_items.add(item_id)
             store = self.stores.get(store_id)
             if store is None:
                 store = self.stores[store_id] = [0] * len(MEASURES)
@@ -82,6 +92,14 @@ class ChainDay:
                 cell[1] += units
                 cell[2] += sales
         self._answers.clear()
+        for (kind, *_), live in self._tops.items():
+            if kind == "stores":
+                for store_id in grown_stores:
+                    store = self.stores[store_id]
+                    live.grown(store_id, (store[0], store[1]))
+            else:
+                for item_id in grown_items:
+                    live.grown(item_id, self.items[item_id])
 
     def _answer(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         if key not in self._answers:
@@ -117,15 +135,22 @@ class ChainDay:
 
     def top(self, kind: str, closed: KeyedSums, cnt: int) -> list[tuple[int, int]]:
         """The top `cnt` stores by income (`kind` "stores") or items by units ("items") over the
-        closed days plus this one (period_parts.top_of_sums)."""
+        closed days plus this one, kept up to date as deltas come (period_parts.LiveTop)."""
+        key = (kind, cnt, id(closed))  # held by the LiveTop: the id is not reused meanwhile
+        live = self._tops.get(key)
+        if live is None:
+            live = self._tops[key] = period_parts.LiveTop(closed, self._sums(kind), cnt)
+            while len(self._tops) > MAX_TOPS:
+                self._tops.popitem(last=False)
+        else:
+            self._tops.move_to_end(key)
+        return self.assembled(("top", key), [closed], live.top)
 
-        def top() -> list[tuple[int, int]]:
-            added: Mapping[int, Sequence[int]] = self.items
-            if kind == "stores":
-                added = {store_id: (m[0], m[1]) for store_id, m in self.stores.items()}
-            return period_parts.top_of_sums(closed, added, cnt)
-
-        return self.assembled(("top", kind, cnt, id(closed)), [closed], top)
+    def _sums(self, kind: str) -> Mapping[int, Sequence[int]]:
+        """(ranked by, units) per store or item."""
+        if kind == "stores":
+            return {store_id: (m[0], m[1]) for store_id, m in self.stores.items()}
+        return self.items
 
 
 @dataclasses.dataclass(eq=False)

@@ -152,6 +152,37 @@ def top_of_sums(closed: KeyedSums, added: Mapping[int, Sequence[int]], cnt: int)
     return [(k, -negated) for negated, k in best]
 
 
+class LiveTop:
+    """top_of_sums kept as the day's sums grow: a key's growth moves that key alone, so each
+    costs a comparison with the last of the top (a new sum over every key sold today took
+    ~6 ms at 10,000 items). The day's sums only grow: sales come with deltas, and anything else
+    drops the day (api.chain_today)."""
+
+    def __init__(self, closed: KeyedSums, day: Mapping[int, Sequence[int]], cnt: int):
+        self.closed = closed
+        self._cnt = cnt
+        self._best = [(-ranked_by, k) for k, ranked_by in top_of_sums(closed, day, cnt)]  # ascending
+        self._keys = {k for _, k in self._best}
+
+    def grown(self, k: int, day: Sequence[int]) -> None:
+        """Key `k`'s sums of the day are now `day` (ranked_by, units), no less than before."""
+        before = self.closed.sums.get(k)
+        ranked_by, units = (day[0] + before[0], day[1] + before[1]) if before else (day[0], day[1])
+        if units <= 0:
+            return
+        entry = (-ranked_by, k)
+        if k in self._keys:
+            self._best = sorted(entry if key == k else (negated, key) for negated, key in self._best)
+        elif len(self._best) < self._cnt or entry < self._best[-1]:
+            bisect.insort(self._best, entry)
+            self._keys.add(k)
+            if len(self._best) > self._cnt:
+                self._keys.discard(self._best.pop()[1])
+
+    def top(self) -> list[tuple[int, int]]:
+        return [(k, -negated) for negated, k in self._best]
+
+
 def add(parts: Sequence[Mapping[str, int]]) -> dict[str, int]:
     """Measures summed over the parts (each a mapping of measure to value)."""
     summed: dict[str, int] = {}

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from api import period_parts
 from api.period_parts import Ranked, add, add_by_key, split_at, top
 
 TODAY = dt.date(2026, 12, 5)
@@ -64,3 +65,19 @@ def test_measures_add_up_by_key():
     assert add([{"income": 5, "units": 1}, {"income": 2, "units": 3}, {}]) == {"income": 7, "units": 4}
     months = add_by_key([{1: {"income": 5}}, {1: {"income": 1}, 2: {"income": 3}}])
     assert months == {1: {"income": 6}, 2: {"income": 3}}
+
+
+def test_a_live_top_kept_as_the_day_grows_equals_the_top_of_the_sums():
+    rng = random.Random(7)
+    closed = period_parts.KeyedSums.of(
+        {"key": k, "ranked_by": rng.randint(-5, 60), "units": rng.randint(-2, 9)} for k in range(1, 300)
+    )
+    day: dict[int, list[int]] = {}
+    live = period_parts.LiveTop(closed, day, 7)
+    for _ in range(2000):
+        k = rng.randint(1, 320)  # some keys the closed days never had
+        grown = day.setdefault(k, [0, 0])
+        grown[0] += rng.randint(0, 9)
+        grown[1] += rng.randint(1, 3)
+        live.grown(k, grown)
+        assert live.top() == period_parts.top_of_sums(closed, day, 7)
