@@ -148,12 +148,14 @@ class _Chunks:
 
 
 def _parse_deltas(payload: str) -> tuple[int, int, list[Delta]]:
-    """(transaction id, its number of chunks, this chunk's deltas); ValueError if unreadable."""
+    """(transaction id, its number of chunks, this chunk's deltas); ValueError if unreadable. A
+    row of no sale adds nothing (a store's day it would start would list a day without sales)."""
     try:
         said = json.loads(payload)
         deltas = [
             (dt.date.fromisoformat(day), int(hour), int(store), int(item), int(income), int(units), int(sales))
             for day, hour, store, item, income, units, sales in said["rows"]
+            if sales
         ]
         return int(said["xid"]), int(said["chunks"]), deltas
     except (TypeError, KeyError) as exc:

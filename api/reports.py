@@ -350,10 +350,17 @@ async def store_days(conn: asyncpg.Connection, store_id: int, first: dt.date, la
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StorePart:
-    """One store over a part of a period: its days and units per item."""
+    """One store over a part of a period: its days, their sums and units per item."""
 
     days: list[dict]
     items: Ranked
+    totals: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, days: list[dict], items: Ranked) -> StorePart:
+        """With its days summed once (a page of a year lists 340 days at 10M: summing them at
+        every ask took half of its time)."""
+        return cls(days, items, add([{m: day[m] for m in PERIOD_MEASURES} for day in days]))
 
     @property
     def nbytes(self) -> int:
@@ -361,26 +368,27 @@ class StorePart:
 
 
 async def store_part(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date) -> StorePart:
-    return StorePart(await store_days(conn, store_id, first, last), await store_item_units(conn, store_id, first, last))
+    days = await store_days(conn, store_id, first, last)
+    return StorePart.of(days, await store_item_units(conn, store_id, first, last))
 
 
 async def store_report(conn: asyncpg.Connection, store_id: int, first: dt.date, last: dt.date, cnt: int) -> dict:
     """One store's page over a period asked whole (`store_page`)."""
-    days = await store_days(conn, store_id, first, last)
-    return store_page(first, last, days, await top_items_of_store(conn, store_id, first, last, cnt))
+    days = StorePart.of(await store_days(conn, store_id, first, last), Ranked.of(()))
+    return store_page(first, last, [days], await top_items_of_store(conn, store_id, first, last, cnt))
 
 
-def store_page(first: dt.date, last: dt.date, days: list[dict], top_items: list[dict]) -> dict:
+def store_page(first: dt.date, last: dt.date, parts: Sequence[StorePart], top_items: list[dict]) -> dict:
     """One store's page but for the store itself (looked up beside it): its totals (income and
     units net of returns), top items and days over the period. It lists every day, so its totals
     are their sum: no query of their own."""
-    totals = add([{m: day[m] for m in PERIOD_MEASURES} for day in days])
+    totals = add([part.totals for part in parts])
     return {
         "from": first.isoformat(),
         "to": last.isoformat(),
         **{m: totals.get(m, 0) for m in PERIOD_MEASURES},
         "top_items": top_items,
-        "days": days,
+        "days": [day for part in parts for day in part.days],
     }
 
 

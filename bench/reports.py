@@ -11,7 +11,7 @@ are compared). Then, per system and endpoint: single-request latency (median and
 --requests sequential requests on one keep-alive connection, after --warmup-requests; the
 baseline stops early after --latency-budget seconds); for the product the same requests each
 right after a change of everything (a rebuild: nothing from memory) and each right after the
-NOTIFY of a worker commit that added a sale of now at --store-id (what tills cause all day);
+NOTIFYs of a worker commit that added to today at --store-id, with its deltas (what tills cause all day);
 and throughput under 64 connections
 (wrk, --duration seconds). After each wrk run the server may still be working off requests
 whose client is gone (the baseline at 1M+ sales: minutes); those queries are cancelled
@@ -37,12 +37,25 @@ from bench import common
 from bench.common import log, percentile, ratio
 from shared import report_changes
 
+# One transaction: a writer's change and its deltas (shared.report_changes), a delta of nothing
+# to item 1 at store $4 now.
+COMMIT_WITH_DELTAS = """
+SELECT pg_notify($1, $2),
+       pg_notify($3, json_build_object(
+           'xid', pg_current_xact_id()::text, 'chunks', 1,
+           'rows', json_build_array(json_build_array(local::date, extract(hour FROM local)::int, $4::int, 1, 0, 0, 0))
+       )::text)
+FROM (SELECT now() AT TIME ZONE (SELECT timezone FROM report_settings) AS local) AS now_here
+"""
+
 
 class RollupsChanged:
     """Calling it tells the product its rollups changed, so the next answer is not taken from
     the report cache as it was. `store_id` None: anything changed (a rebuild: every report is
-    computed whole again); else the NOTIFY of a worker commit that added a sale of now at that
-    store (what tills cause all day: a period reaching today reads only its today part again)."""
+    computed whole again); else the NOTIFYs of a worker commit that added to today at that store,
+    with its deltas (what tills cause all day: a period reaching today is its closed days, kept,
+    and today, which the API keeps from the deltas). The delta adds nothing: the tables stay as
+    the baseline's, whose answers the product's are compared with."""
 
     def __init__(self, database_url: str, store_id: int | None = None):
         self._loop = asyncio.new_event_loop()
@@ -51,11 +64,15 @@ class RollupsChanged:
 
     def __call__(self) -> None:
         if self._store_id is None:
-            payload = ""
-        else:
-            now_us = time.time_ns() // 1000
-            payload = report_changes.payload(now_us, now_us, [self._store_id])
-        self._loop.run_until_complete(self._conn.execute("SELECT pg_notify($1, $2)", report_changes.CHANNEL, payload))
+            self._loop.run_until_complete(self._conn.execute("SELECT pg_notify($1, '')", report_changes.CHANNEL))
+            return
+        now_us = time.time_ns() // 1000
+        payload = report_changes.payload(now_us, now_us, [self._store_id], deltas=True)
+        self._loop.run_until_complete(
+            self._conn.execute(
+                COMMIT_WITH_DELTAS, report_changes.CHANNEL, payload, report_changes.DELTAS_CHANNEL, self._store_id
+            )
+        )
 
     def close(self) -> None:
         self._loop.run_until_complete(self._conn.close())
@@ -206,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             same = answers["baseline"] == answers["product"]
             if not same:
                 notes.append(
-                    f"{size:,} sales, {endpoint}: the answers DIFFER: baseline {answers['baseline'][:3]}... "
-                    f"product {answers['product'][:3]}..."
+                    f"{size:,} sales, {endpoint}: the answers DIFFER: baseline {str(answers['baseline'])[:300]}... "
+                    f"product {str(answers['product'])[:300]}..."
                 )
             else:
                 notes.append(

@@ -156,7 +156,7 @@ async def _store_today(request: web.Request, store_id: int, today: dt.date) -> r
     day = await request.app[STORES_TODAY].get(store_id, today, lambda: cache.caught_up(since))
     if day is None:
         return await _querying(request, reports.store_part, store_id, today, today)()
-    return reports.StorePart(day.days(), day.items)
+    return reports.StorePart(day.days(), day.items, day.measures or {})
 
 
 async def _store_through_today(
@@ -322,7 +322,7 @@ async def store_report(request: web.Request) -> web.Response:
     if _ends_today(first, last, today):
         store, parts = await _store_through_today(request, store_id, first, today)
         top_items = await _named_top(request, [p.items for p in parts], cnt)
-        page = reports.store_page(first, last, [day for p in parts for day in p.days], top_items)
+        page = reports.store_page(first, last, parts, top_items)
     elif len(period_parts.split_at(first, last, today)) == 1:
         whole = Part(
             ("store_report", store_id, first, last, cnt),
@@ -339,7 +339,7 @@ async def store_report(request: web.Request) -> web.Response:
             request, store_id, _period_parts(request, "store_part", first, last, store_id, store_part, today=today)
         )
         top_items = await _named_top(request, [p.items for p in parts], cnt)
-        page = reports.store_page(first, last, [day for p in parts for day in p.days], top_items)
+        page = reports.store_page(first, last, parts, top_items)
     if as_csv:
         return table_response(
             page["days"], ["day", *reports.PERIOD_MEASURES], f"store-{store_id}-{first}-{last}", as_csv
