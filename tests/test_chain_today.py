@@ -15,10 +15,9 @@ from api import metrics
 from api.chain_today import ChainToday
 from api.report_cache import ReportCache
 from shared import report_changes
-from shared.db import create_pool
 from tests import recount
 from tests.conftest import CITUS
-from tests.test_stores_today import ITEM_PRICE, _sales, _writer
+from tests.test_stores_today import ITEM_PRICE, _sales, _writer, observing
 from worker import writer
 
 pytestmark = pytest.mark.skipif(CITUS, reason="on Citus the writers send no deltas: every change drops the day")
@@ -26,17 +25,9 @@ pytestmark = pytest.mark.skipif(CITUS, reason="on Citus the writers send no delt
 
 @pytest.fixture
 async def chain_in_memory(database_url, db):
-    """(ChainToday on a pool of one connection, its ReportCache listening, today in UTC)."""
-    await db.execute("INSERT INTO item (id, name, price) VALUES (1, 'tea', $1), (2, 'milk', $1)", ITEM_PRICE)
-    await db.execute("INSERT INTO store (id, address) VALUES (1, 'one'), (2, 'two')")
-    pool = await create_pool(database_url, min_size=1, max_size=1)
-    cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))
-    chain = ChainToday(pool)
-    cache.observe(chain)
-    await cache.start()
-    yield chain, cache, pool, dt.datetime.now(dt.UTC).date()
-    await cache.close()
-    await pool.close()
+    """(ChainToday, ...: see tests.test_stores_today.observing)."""
+    async with observing(database_url, db, ChainToday) as observed:
+        yield observed
 
 
 async def _get(chain: ChainToday, cache: ReportCache, day: dt.date):

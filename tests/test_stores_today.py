@@ -4,6 +4,7 @@ every commit counted once, whether its NOTIFY comes before, during or after a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import zoneinfo
@@ -29,19 +30,29 @@ def test_a_snapshot_sees_what_committed_before_it_and_nothing_after():
     assert Snapshot.parse("7:7:").sees(6) and not Snapshot.parse("7:7:").sees(7)
 
 
-@pytest.fixture
-async def today_in_memory(database_url, db):
-    """(StoresToday on a pool of one connection, its ReportCache listening, today in UTC)."""
+@contextlib.asynccontextmanager
+async def observing(database_url: str, db, make_observer):
+    """(make_observer(pool) on a pool of one connection, its ReportCache listening, today in UTC),
+    over two items and two stores."""
     await db.execute("INSERT INTO item (id, name, price) VALUES (1, 'tea', $1), (2, 'milk', $1)", ITEM_PRICE)
     await db.execute("INSERT INTO store (id, address) VALUES (1, 'one'), (2, 'two')")
     pool = await create_pool(database_url, min_size=1, max_size=1)
     cache = ReportCache(database_url, zoneinfo.ZoneInfo("UTC"))
-    stores_today = StoresToday(pool)
-    cache.observe(stores_today)
+    observer = make_observer(pool)
+    cache.observe(observer)
     await cache.start()
-    yield stores_today, cache, pool, dt.datetime.now(dt.UTC).date()
-    await cache.close()
-    await pool.close()
+    try:
+        yield observer, cache, pool, dt.datetime.now(dt.UTC).date()
+    finally:
+        await cache.close()
+        await pool.close()
+
+
+@pytest.fixture
+async def today_in_memory(database_url, db):
+    """(StoresToday, ...: see `observing`)."""
+    async with observing(database_url, db, StoresToday) as observed:
+        yield observed
 
 
 async def _get(stores_today: StoresToday, cache: ReportCache, store_id: int, day: dt.date):
