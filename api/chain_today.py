@@ -101,11 +101,6 @@ class ChainDay:
                 for item_id in grown_items:
                     live.grown(item_id, self.items[item_id])
 
-    def _answer(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        if key not in self._answers:
-            self._answers[key] = compute()
-        return self._answers[key]
-
     def assembled(self, key: Hashable, parts: Sequence[Any], assemble: Callable[[], Any]) -> Any:
         """`assemble()`, a report of this day and `parts` (the rest of its period, from the report
         cache), kept until either changes: a hit then costs no assembling."""
@@ -122,7 +117,7 @@ class ChainDay:
         def summed():
             return {m: sum(store[i] for store in self.stores.values()) for i, m in enumerate(MEASURES)}
 
-        return self._answer("totals", summed)
+        return self.assembled("totals", (), summed)
 
     def hour_cells(self) -> dict[tuple[int, int], dict[str, int]]:
         """The day's cells as reports.hour_cells gives them: (weekday, hour) with sales."""
@@ -131,7 +126,7 @@ class ChainDay:
         def cells():
             return {(weekday, hour): dict(zip(HOUR_MEASURES, cell, strict=True)) for hour, cell in self.hours.items()}
 
-        return self._answer("hours", cells)
+        return self.assembled("hours", (), cells)
 
     def top(self, kind: str, closed: KeyedSums, cnt: int) -> list[tuple[int, int]]:
         """The top `cnt` stores by income (`kind` "stores") or items by units ("items") over the

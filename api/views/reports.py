@@ -43,6 +43,13 @@ def _since(request: web.Request) -> int:
     return ticket
 
 
+def _caught_up(request: web.Request) -> Callable[[], Awaitable[bool]]:
+    """The report cache's round trip for this request (what a today kept in memory waits for)."""
+    cache = request.app[REPORT_CACHE]
+    since = _since(request)
+    return lambda: cache.caught_up(since)
+
+
 async def _get(request: web.Request, key: Hashable, compute: Callable[[], Awaitable[Any]], scope: Scope):
     return await request.app[REPORT_CACHE].get(key, compute, scope, since=_since(request))
 
@@ -151,9 +158,7 @@ def _ends_today(first: dt.date, last: dt.date, today: dt.date) -> bool:
 async def _store_today(request: web.Request, store_id: int, today: dt.date) -> reports.StorePart:
     """The store's today, from memory kept up to date by the writers (queried when that cannot
     vouch for every commit before the request)."""
-    cache = request.app[REPORT_CACHE]
-    since = _since(request)
-    day = await request.app[STORES_TODAY].get(store_id, today, lambda: cache.caught_up(since))
+    day = await request.app[STORES_TODAY].get(store_id, today, _caught_up(request))
     if day is None:
         return await _querying(request, reports.store_part, store_id, today, today)()
     return reports.StorePart(day.days(), day.items, day.measures or {})
@@ -198,9 +203,7 @@ async def _chain_through_today(
     )
     parts = [Part((name, a, b, None), _querying(request, query, a, b), Scope(a, b)) for a, b in ranges]
     found = await _get_all(request, parts)
-    cache = request.app[REPORT_CACHE]
-    since = _since(request)
-    chain = await request.app[CHAIN_TODAY].get(today, lambda: cache.caught_up(since))
+    chain = await request.app[CHAIN_TODAY].get(today, _caught_up(request))
     return None if chain is None else (found, chain)
 
 
