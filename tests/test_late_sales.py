@@ -3,10 +3,13 @@ sales the API will not store are refused up front with 422 and nothing queued.""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import time
 
 from api.app import create_app
+from api.appkeys import INTAKE
 from shared import retention, rollups
 from tests import recount
 from tests.queue_state import queued_entries
@@ -183,7 +186,13 @@ async def test_a_sale_of_an_archived_month_is_422_not_a_dead_letter(
     first_kept = retention.cutoff(3)
     archived = dt.datetime.combine(first_kept, dt.time(12), dt.UTC) - dt.timedelta(days=20)
     assert now - archived < dt.timedelta(days=400)
-    await client.get("/items/")  # any request; the catalogue reloads on the NOTIFY
+    # The archive announces itself on the catalogue's channel; wait for this API to reload.
+    catalogue = client.server.app[INTAKE].catalogue
+    archived_month = archived.date().replace(day=1)
+    deadline = time.monotonic() + 5
+    while archived_month not in catalogue.archived_months:
+        assert time.monotonic() < deadline, "the catalogue never saw the archived months"
+        await asyncio.sleep(0.01)
     body = await _post(client, "/sales/batch/", [{"item_id": 1, "store_id": 1, "sale_time": archived.isoformat()}], 422)
     assert f"falls in {archived.isoformat()[:7]}, whose sales are archived" in body["errors"][0]["error"]
     assert await queued_entries(redis_client, queue_keys) == 0
