@@ -1,19 +1,46 @@
-"""In-memory copy of items (with prices), stores and archived months, so a sale is checked
-without a query.
+"""In-memory copy of items (with their prices over time), stores and archived months, so a sale
+is checked and priced without a query.
 
-Besides the LISTEN on `catalogue_changed` (triggers on item and store) and the periodic
-reload of LiveTable, a sale naming an id we do not know waits for a reload that began after
-it arrived: a brand-new item is never refused by a stale copy.
+Besides the LISTEN on `catalogue_changed` (triggers on item and store on one node; the writers
+of shared.catalogue on Citus too) and the periodic reload of LiveTable, a sale naming an id we
+do not know waits for a reload that began after it arrived: an item created a moment ago
+through another API process is never refused by a stale copy.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import logging
+from typing import NamedTuple
 
 from api.live_table import DB_ERRORS, LiveTable
+from api.moments import iso_utc
 
 log = logging.getLogger(__name__)
+
+# Moments come as microseconds since the epoch; -infinity (a price in effect since always) as this.
+SINCE_ALWAYS_US = -(2**62)
+_US = "CASE WHEN {0} = '-infinity' THEN {1} ELSE (extract(epoch FROM {0}) * 1000000)::bigint END"
+LOAD_ITEMS = f"SELECT id, name, price, {_US.format('retired_at', 'NULL')} AS retired_us, version FROM item"
+LOAD_STORES = f"SELECT id, address, {_US.format('retired_at', 'NULL')} AS retired_us, version FROM store"
+LOAD_PRICES = (
+    f"SELECT item_id, {_US.format('effective_from', SINCE_ALWAYS_US)} AS from_us, price, version "
+    "FROM item_price ORDER BY item_id, effective_from"
+)
+
+
+class PriceHistory(NamedTuple):
+    """An item's list prices over time: prices[i] from starts_us[i] on (sorted)."""
+
+    starts_us: list[int]
+    prices: list[int]
+    versions: list[int]
+
+    def at(self, moment_us: int, before_any: int) -> int:
+        """The price in effect at `moment_us`; `before_any` before the first change."""
+        index = bisect.bisect_right(self.starts_us, moment_us) - 1
+        return self.prices[index] if index >= 0 else before_any
 
 
 class Catalogue(LiveTable):
@@ -21,19 +48,60 @@ class Catalogue(LiveTable):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # item.price: the list price of an item without history, the price before the first
+        # change of one with it (shared.catalogue writes the price before a first change into
+        # the history, so then the history says everything).
         self.item_prices: dict[int, int] = {}
+        self.price_changes: dict[int, PriceHistory] = {}
         self.store_ids: frozenset[int] = frozenset()
+        self.retired_items: dict[int, int] = {}  # id -> retired_at, Unix microseconds
+        self.retired_stores: dict[int, int] = {}
         # Months whose sales were archived (shared.retention): no sale of them is accepted.
         self.archived_months: frozenset[dt.date] = frozenset()
+        self.item_rows: dict[int, tuple[str, int]] = {}  # id -> (name, version)
+        self.store_rows: dict[int, tuple[str, int]] = {}  # id -> (address, version)
+        self.loads = 0  # how many loads this copy has had (GET /catalogue/ caches per load)
 
     async def _load(self) -> None:
         async with self._pool.acquire() as conn:
-            items = await conn.fetch("SELECT id, price FROM item")
-            stores = await conn.fetch("SELECT id FROM store")
+            items = await conn.fetch(LOAD_ITEMS)
+            stores = await conn.fetch(LOAD_STORES)
+            prices = await conn.fetch(LOAD_PRICES)
             archived = await conn.fetch("SELECT month FROM archived_months")
+        changes: dict[int, PriceHistory] = {}
+        for item_id, from_us, price, version in prices:
+            history = changes.get(item_id)
+            if history is None:
+                history = changes[item_id] = PriceHistory([], [], [])
+            history.starts_us.append(from_us)
+            history.prices.append(price)
+            history.versions.append(version)
         self.item_prices = {r["id"]: r["price"] for r in items}
+        self.price_changes = changes
+        self.retired_items = {r["id"]: r["retired_us"] for r in items if r["retired_us"] is not None}
+        self.item_rows = {r["id"]: (r["name"], r["version"]) for r in items}
         self.store_ids = frozenset(r["id"] for r in stores)
+        self.retired_stores = {r["id"]: r["retired_us"] for r in stores if r["retired_us"] is not None}
+        self.store_rows = {r["id"]: (r["address"], r["version"]) for r in stores}
         self.archived_months = frozenset(r["month"] for r in archived)
+        self.loads += 1
+
+    def price_at(self, item_id: int, moment_us: int) -> int:
+        """The item's list price in effect at `moment_us` (the item must be known)."""
+        history = self.price_changes.get(item_id)
+        base = self.item_prices[item_id]
+        return base if history is None else history.at(moment_us, base)
+
+    def refusal(self, item_id: int, store_id: int, moment_us: int) -> str | None:
+        """Why a sale of a known item and store at `moment_us` cannot be stored (one of them
+        was retired by then), or None."""
+        retired = self.retired_items.get(item_id)
+        if retired is not None and moment_us >= retired:
+            return f"item {item_id} was retired at {iso_utc(retired)}: no sale dated from then on is accepted"
+        retired = self.retired_stores.get(store_id)
+        if retired is not None and moment_us >= retired:
+            return f"store {store_id} was retired at {iso_utc(retired)}: no sale dated from then on is accepted"
+        return None
 
     async def knows(self, item_ids: set[int], store_ids: set[int]) -> bool:
         """True when every id is known, after a fresh reload if some were not."""

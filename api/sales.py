@@ -73,21 +73,48 @@ class SalesIntake:
 
     async def refusals(self, sales: dict[int, SaleIn], accepted_us: int) -> dict[int, str]:
         """Index -> why, for the sales that cannot be stored: naming an item or store the
-        catalogue does not hold, or dated too far back (api.sale_times)."""
+        catalogue does not hold, dated too far back (api.sale_times) or after its item or store
+        was retired, or charged more than the list price."""
         errors = {
             index: reason
             for index, sale in sales.items()
             if sale.sale_time is not None and (reason := self.times.refusal(to_us(sale.sale_time), accepted_us))
         }
-        retries = {i: (sales[i].store_id, key) for i in errors if (key := sales[i].idempotency_key)}
-        for index, known in zip(retries, await self.queue.remembered(list(retries.values()))):
-            if known:  # accepted before under this key: the queue answers that sale
-                del errors[index]
         item_ids = {s.item_id for s in sales.values()}
         store_ids = {s.store_id for s in sales.values()}
-        if not await self.catalogue.knows(item_ids, store_ids):
+        known = await self.catalogue.knows(item_ids, store_ids)
+        errors.update(self._against_catalogue(sales, errors, accepted_us))
+        retries = {i: (sales[i].store_id, key) for i in errors if (key := sales[i].idempotency_key)}
+        for index, remembered in zip(retries, await self.queue.remembered(list(retries.values()))):
+            if remembered:  # accepted before under this key: the queue answers that sale
+                del errors[index]
+        if not known:
             for index, unknown in self._unknown(sales).items():
                 errors[index] = f"{unknown}; {errors[index]}" if index in errors else unknown
+        return errors
+
+    def _against_catalogue(self, sales: dict[int, SaleIn], refused: dict[int, str], accepted_us: int) -> dict[int, str]:
+        """Index -> why, for known items and stores retired by the sale's time, or a charged
+        price above the list price then. Skipped at no cost when nothing is retired and no
+        sale says what it charged (the usual batch)."""
+        catalogue = self.catalogue
+        errors: dict[int, str] = {}
+        retirements = catalogue.retired_items or catalogue.retired_stores
+        for index, sale in sales.items():
+            if index in refused or not (retirements or sale.unit_price is not None):
+                continue
+            if sale.item_id not in catalogue.item_prices or sale.store_id not in catalogue.store_ids:
+                continue  # unknown: said by _unknown
+            moment_us = to_us(sale.sale_time) if sale.sale_time else accepted_us
+            if retirements and (reason := catalogue.refusal(sale.item_id, sale.store_id, moment_us)):
+                errors[index] = reason
+            elif sale.unit_price is not None and sale.unit_price > (
+                listed := catalogue.price_at(sale.item_id, moment_us)
+            ):
+                errors[index] = (
+                    f"unit_price {sale.unit_price} is above item {sale.item_id}'s list price {listed} at "
+                    f"{iso_utc(moment_us)}: a till charges the list price or less"
+                )
         return errors
 
     async def accept(self, sales: list[SaleIn], accepted_us: int) -> list[QueuedSale]:
@@ -95,25 +122,31 @@ class SalesIntake:
         if refused := await self.refusals(dict(enumerate(sales)), accepted_us):
             metrics.SALES_REJECTED.labels("refused").inc(len(sales))
             raise SalesRefused(refused)
-        prices = self.catalogue.item_prices
+        catalogue = self.catalogue
+        flat, changed = catalogue.item_prices, catalogue.price_changes
         try:
             ids = await self.ids.take(len(sales))
         except IdsUnavailable as exc:
             metrics.SALES_REJECTED.labels("no_ids").inc(len(sales))
             raise ServiceUnavailable("the database is unavailable and no sale ids are left; retry shortly", 5) from exc
-        queued = [
-            QueuedSale(
-                id=sale_id,
-                sale_time_us=to_us(s.sale_time) if s.sale_time else accepted_us,
-                item_id=s.item_id,
-                store_id=s.store_id,
-                price=prices[s.item_id],
-                quantity=s.quantity,
-                idempotency_key=s.idempotency_key,
-                accepted_at_us=accepted_us,
+        queued = []
+        for sale_id, s in zip(ids, sales):
+            moment_us = to_us(s.sale_time) if s.sale_time else accepted_us
+            # Priced at sale_time: a till offline on Monday books Monday's price.
+            listed = flat[s.item_id] if s.item_id not in changed else catalogue.price_at(s.item_id, moment_us)
+            queued.append(
+                QueuedSale(
+                    id=sale_id,
+                    sale_time_us=moment_us,
+                    item_id=s.item_id,
+                    store_id=s.store_id,
+                    price=listed if s.unit_price is None else s.unit_price,
+                    quantity=s.quantity,
+                    idempotency_key=s.idempotency_key,
+                    accepted_at_us=accepted_us,
+                    list_price=listed,
+                )
             )
-            for sale_id, s in zip(ids, sales)
-        ]
         try:
             stored = await self.queue.put(queued)
         except QueueFull as exc:

@@ -23,6 +23,7 @@ TOO_DEEP = "malformed JSON: nested too deeply"
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+Price = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
@@ -40,6 +41,9 @@ class SaleIn(msgspec.Struct, forbid_unknown_fields=True):
     quantity: Quantity = 1
     sale_time: dt.datetime | None = None
     idempotency_key: IdempotencyKey | None = None
+    # What the till charged per unit (a discount, a promotion, an override); the list price in
+    # effect at sale_time when not given. At most that list price (api.sales).
+    unit_price: Price | None = None
 
 
 class ReturnIn(msgspec.Struct, forbid_unknown_fields=True):

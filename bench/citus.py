@@ -147,6 +147,7 @@ async def _anatomy(url: str, items: int, stores: int, runs: int) -> dict[str, fl
                     1,
                     None,
                     now_us,
+                    prices[1 + n % items],
                 )
                 for n, sale_id in enumerate(ids)
             ]
@@ -198,7 +199,17 @@ async def _statements(url: str, items: int, stores: int, runs: int, settings: di
         for run in range(runs + 2):  # the first two warm the connections up
             [start] = await reserve_blocks(conn, 1)
             rows = [
-                (start + n, now_us, 1 + n % items, 1 + (n * 7) % stores, prices[1 + n % items], 1, None, now_us)
+                (
+                    start + n,
+                    now_us,
+                    1 + n % items,
+                    1 + (n * 7) % stores,
+                    prices[1 + n % items],
+                    1,
+                    None,
+                    now_us,
+                    prices[1 + n % items],
+                )
                 for n in range(1000)
             ]
             batch = BatchColumns(rows)

@@ -47,7 +47,7 @@ async def measure(url: str, sizes: list[int], items: int, stores: int) -> list[l
             pg0, own0, wall0 = backend_cpu_s(pid), time.process_time(), time.perf_counter()
             for _ in range(batches):
                 rows = [
-                    (next_id + i, now_us, rng.randint(1, items), rng.randint(1, stores), 100, 1, None, now_us)
+                    (next_id + i, now_us, rng.randint(1, items), rng.randint(1, stores), 100, 1, None, now_us, 100)
                     for i in range(size)
                 ]
                 next_id += size

@@ -32,7 +32,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-REFERENCE_TABLES = ("store", "item", "report_settings")
+REFERENCE_TABLES = ("store", "item", "item_price", "report_settings")
 # (table, distribution column, co-located with)
 DISTRIBUTED_TABLES = (
     ("sales", "store_id", "none"),

@@ -22,10 +22,13 @@ class QueuedSale(msgspec.Struct, array_like=True, frozen=True):
     sale_time_us: int  # microseconds since the Unix epoch, UTC
     item_id: int
     store_id: int
-    price: int
+    price: int  # what the till charged (the list price when it did not say)
     quantity: int
     idempotency_key: str | None
     accepted_at_us: int
+    # The catalogue's price at sale_time. Last and optional (a release before it queued
+    # eight fields): without it the price is the list price (decode_sale_rows).
+    list_price: int | None = None
 
 
 class QueuedReturn(msgspec.Struct, array_like=True, frozen=True):
@@ -46,6 +49,24 @@ class QueuedReturn(msgspec.Struct, array_like=True, frozen=True):
 sale_encoder = msgspec.msgpack.Encoder()
 sale_decoder = msgspec.msgpack.Decoder(QueuedSale)
 entry_decoder = msgspec.msgpack.Decoder(list[QueuedSale])
+
+# The worker reads an entry's sales as plain tuples, the fastest form msgspec decodes to:
+# (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price).
+_rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int, int | None]])
+_rows_before_list_price = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
+
+
+def decode_sale_rows(data: bytes) -> list[tuple]:
+    """An entry's sales as tuples. A sale queued without a list price (by a release before
+    them) was charged its list price: its price is its list price."""
+    try:
+        rows = _rows_decoder.decode(data)
+    except msgspec.ValidationError:
+        rows = _rows_before_list_price.decode(data)
+        return [(*row, row[4]) for row in rows]
+    if any(row[8] is None for row in rows):
+        return [row if row[8] is not None else (*row[:8], row[4]) for row in rows]
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,17 @@ import struct
 import numpy as np
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds: binary COPY's zero
-COLUMNS = ["id", "sale_time", "item_id", "store_id", "price", "quantity", "idempotency_key", "accepted_at"]
+COLUMNS = [
+    "id",
+    "sale_time",
+    "item_id",
+    "store_id",
+    "price",
+    "quantity",
+    "idempotency_key",
+    "accepted_at",
+    "list_price",
+]
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 
@@ -35,6 +45,8 @@ _ROW = np.dtype(
         ("key_len", ">i4"),
         ("acc_len", ">i4"),
         ("accepted_at", ">i8"),
+        ("list_len", ">i4"),
+        ("list_price", ">i4"),
     ]
 )
 _LENGTHS = {
@@ -46,9 +58,10 @@ _LENGTHS = {
     "qty_len": 4,
     "key_len": -1,
     "acc_len": 8,
+    "list_len": 4,
 }
 _KEYED_HEAD = struct.Struct(">hiqiq" + "i" * 9)  # the columns before the key
-_KEYED_TAIL = struct.Struct(">iq")  # accepted_at
+_KEYED_TAIL = struct.Struct(">iqii")  # accepted_at, list_price
 
 
 def unkeyed_rows(
@@ -59,6 +72,7 @@ def unkeyed_rows(
     prices: np.ndarray,
     quantities: np.ndarray | int,
     accepted_us: np.ndarray,
+    list_prices: np.ndarray,
 ) -> bytes:
     """Rows of sales without an idempotency key (times in Unix microseconds)."""
     rows = np.empty(len(ids), dtype=_ROW)
@@ -72,11 +86,20 @@ def unkeyed_rows(
     rows["price"] = prices
     rows["quantity"] = quantities
     rows["accepted_at"] = accepted_us - PG_EPOCH_US
+    rows["list_price"] = list_prices
     return rows.tobytes()
 
 
 def keyed_row(
-    sale_id: int, time_us: int, item_id: int, store_id: int, price: int, quantity: int, key: str, accepted_us: int
+    sale_id: int,
+    time_us: int,
+    item_id: int,
+    store_id: int,
+    price: int,
+    quantity: int,
+    key: str,
+    accepted_us: int,
+    list_price: int,
 ) -> bytes:
     """One row of a sale with an idempotency key."""
     encoded = key.encode()
@@ -98,5 +121,5 @@ def keyed_row(
             len(encoded),
         )
         + encoded
-        + _KEYED_TAIL.pack(8, accepted_us - PG_EPOCH_US)
+        + _KEYED_TAIL.pack(8, accepted_us - PG_EPOCH_US, 4, list_price)
     )

@@ -32,7 +32,7 @@ DATA_TABLES = (
     "store_item_daily, hourly_totals, store_hourly, store_running, item_running, store_running_late, "
     "item_running_late, chain_deltas, store_monthly_archived, "
     "item_totals_archived, daily_totals_archived, store_item_daily_archived, hourly_totals_archived, "
-    "store_hourly_archived, archived_months, item, store"
+    "store_hourly_archived, archived_months, item_price, item, store"
 )
 # Catalogue and rollups are replaced: every API process reloads and drops its cached reports.
 # (Triggers say so on plain PostgreSQL; Citus's reference and distributed tables have none.)
@@ -199,6 +199,7 @@ async def _sale_chunks(
             prices[lo:hi],
             quantities=1,
             accepted_us=times[lo:hi],
+            list_prices=prices[lo:hi],  # seeded sales are charged their list price
         )
         if progress:
             progress(hi - lo)

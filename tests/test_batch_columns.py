@@ -19,6 +19,7 @@ _rows = st.lists(
         st.integers(1, 10_000),
         st.one_of(st.none(), st.text(max_size=4)),
         st.integers(946_684_800_000_000, 2_000_000_000_000_000),
+        st.integers(0, 2**31 - 1),
     ),
     min_size=1,
     max_size=60,
@@ -30,7 +31,7 @@ def test_sums_by_each_rollups_grouping_match_a_plain_loop(rows):
     batch = BatchColumns(rows)
     for rollup in ROLLUPS:
         expected = collections.defaultdict(lambda: [0, 0, 0])
-        for _, time_us, item_id, store_id, price, quantity, _, _ in rows:
+        for _, time_us, item_id, store_id, price, quantity, _, _, _ in rows:
             values = {"second": time_us // 1_000_000, "item_id": item_id, "store_id": store_id}
             key = tuple(values[name] if name in rollup.summed_by else 0 for name in ("second", "item_id", "store_id"))
             sums = expected[key]
@@ -44,6 +45,6 @@ def test_sums_by_each_rollups_grouping_match_a_plain_loop(rows):
 
 
 def test_income_beyond_int64_is_summed_exactly():
-    rows = [(i, 0, 1, 1, 2**31 - 1, 10_000, None, 0) for i in range(450_000)]
+    rows = [(i, 0, 1, 1, 2**31 - 1, 10_000, None, 0, 2**31 - 1) for i in range(450_000)]
     [_, _, _, [income], [units], [sales]] = BatchColumns(rows).sums_by(("item_id",))
     assert (income, units, sales) == ((2**31 - 1) * 10_000 * 450_000, 10_000 * 450_000, 450_000)

@@ -33,7 +33,7 @@ async def _sales(db, sales: list[tuple[int, int, int, int]]) -> list[tuple]:
     [start] = await reserve_blocks(db, 1)
     now_us = int(time.time() * 1_000_000)
     return [
-        (start + i, now_us - days_ago * DAY_US - i, item, store, prices[item], quantity, None, now_us)
+        (start + i, now_us - days_ago * DAY_US - i, item, store, prices[item], quantity, None, now_us, prices[item])
         for i, (days_ago, item, store, quantity) in enumerate(sales)
     ]
 

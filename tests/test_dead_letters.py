@@ -108,6 +108,7 @@ async def test_bad_rows_are_isolated_and_the_rest_of_the_batch_is_written(seed, 
             1,
             None,
             1_700_000_000_000_000,
+            100,
         )
         for n in range(200)
     ]

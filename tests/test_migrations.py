@@ -70,8 +70,8 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
         await _write(
             conn,
             [
-                (start, _us(late_march), 1, 1, price, 2, None, _us(late_march)),
-                (start + 1, _us(mid_march), 1, 2, price, 1, None, _us(mid_march)),
+                (start, _us(late_march), 1, 1, price, 2, None, _us(late_march), price),
+                (start + 1, _us(mid_march), 1, 2, price, 1, None, _us(mid_march), price),
             ],
         )
     finally:
@@ -97,7 +97,7 @@ async def test_changing_the_report_timezone_rebuilds_rollups(seed, db, database_
     conn = await asyncpg.connect(database_url)
     try:
         edge = dt.datetime(2025, 4, 30, 15, 0, tzinfo=dt.UTC)  # 1 May 00:00 in Tokyo
-        await _write(conn, [(start + 2, _us(edge), 2, 2, price, 1, None, _us(edge))])
+        await _write(conn, [(start + 2, _us(edge), 2, 2, price, 1, None, _us(edge), price)])
     finally:
         await conn.close()
     assert (dt.date(2025, 5, 1), 2, price) in await buckets()

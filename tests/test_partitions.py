@@ -56,7 +56,10 @@ async def test_a_sale_from_a_month_without_partition_gets_one(db, seed, database
     old = dt.datetime(2019, 3, 15, 12, tzinfo=dt.UTC)
     now_us = _us(dt.datetime.now(dt.UTC))
     price = await db.fetchval("SELECT price FROM item WHERE id = 1")
-    rows = [(start, _us(old), 1, 1, price, 2, "till-1-0001", now_us), (start + 1, now_us, 1, 2, price, 1, None, now_us)]
+    rows = [
+        (start, _us(old), 1, 1, price, 2, "till-1-0001", now_us, price),
+        (start + 1, now_us, 1, 2, price, 1, None, now_us, price),
+    ]
     assert "sales_2019_03" not in await _partition_names(db)
     result = await _write(database_url, rows)
     assert (result.written, result.dead) == (2, 0)
@@ -71,8 +74,8 @@ async def test_a_key_reused_with_another_sale_time_is_stored_once(db, seed, data
     await seed(items=2, stores=1)
     [start] = await reserve_blocks(db, 1)
     now_us = _us(dt.datetime.now(dt.UTC))
-    first = (start, now_us - 10_000_000, 1, 1, 100, 1, "pos-key-7", now_us)
-    again = (start + 1, now_us, 1, 1, 100, 1, "pos-key-7", now_us)  # Redis forgot the key: new id, new time
+    first = (start, now_us - 10_000_000, 1, 1, 100, 1, "pos-key-7", now_us, 100)
+    again = (start + 1, now_us, 1, 1, 100, 1, "pos-key-7", now_us, 100)  # Redis forgot the key: new id, new time
     assert (await _write(database_url, [first])).written == 1
     result = await _write(database_url, [again])
     assert (result.written, result.dead) == (0, 1)
@@ -82,8 +85,8 @@ async def test_a_key_reused_with_another_sale_time_is_stored_once(db, seed, data
     # and within one batch, the lower id wins
     [block] = await reserve_blocks(db, 1)
     twins = [
-        (block, now_us, 2, 1, 100, 1, "pos-key-8", now_us),
-        (block + 1, now_us - 1, 2, 1, 100, 1, "pos-key-8", now_us),
+        (block, now_us, 2, 1, 100, 1, "pos-key-8", now_us, 100),
+        (block + 1, now_us - 1, 2, 1, 100, 1, "pos-key-8", now_us, 100),
     ]
     result = await _write(database_url, twins)
     assert (result.written, result.dead) == (1, 1)
@@ -95,7 +98,7 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     await seed(items=6, stores=4, sales=2400)
     [start] = await reserve_blocks(db, 1)
     oldest = await db.fetchval("SELECT min(sale_time) FROM sales")
-    keyed_old = (start, _us(oldest) + 1, 1, 1, 100, 1, "old-key", _us(oldest) + 1)
+    keyed_old = (start, _us(oldest) + 1, 1, 1, 100, 1, "old-key", _us(oldest) + 1, 100)
     assert (await _write(database_url, [keyed_old])).written == 1
     before = await _reports(db)
     total_before = await db.fetchval("SELECT count(*) FROM sales")
@@ -136,9 +139,9 @@ async def test_retention_archives_old_months_and_reports_keep_their_totals(db, s
     [late] = await reserve_blocks(db, 1)
     price = await db.fetchval("SELECT price FROM item WHERE id = 2")
     archived_sale = await _first_archived_row(tmp_path, done[0]["partition"])
-    current = (late + 1, _us(now), 2, 3, price, 1, None, _us(now))
+    current = (late + 1, _us(now), 2, 3, price, 1, None, _us(now), price)
     result = await _write(
-        database_url, [(late, _us(oldest) + 5, 2, 3, price, 3, "late-key", _us(now)), archived_sale, current]
+        database_url, [(late, _us(oldest) + 5, 2, 3, price, 3, "late-key", _us(now), price), archived_sale, current]
     )
     assert (result.written, result.dead) == (1, 2)
     assert not set(expected) & set(await _partition_names(db))
@@ -190,6 +193,7 @@ async def _first_archived_row(directory, partition: str) -> tuple:
         int(row["quantity"]),
         row["idempotency_key"] or None,
         _us(dt.datetime.fromisoformat(row["accepted_at"])),
+        int(row["list_price"] or row["price"]),
     )
 
 
@@ -297,7 +301,9 @@ async def test_a_database_migrated_before_partitioning_upgrades_in_place(templat
 
         assert await migrate(conn, "UTC") == [v for v, _, _ in migration_files() if v >= 5]
 
-        assert [tuple(r) for r in await conn.fetch("SELECT * FROM sales ORDER BY id")] == old_rows
+        # The sales as they were, and no list price (they were charged it).
+        assert [tuple(r)[:-1] for r in await conn.fetch("SELECT * FROM sales ORDER BY id")] == old_rows
+        assert await conn.fetchval("SELECT count(list_price) FROM sales") == 0
         assert await conn.fetchval("SELECT relkind::text FROM pg_class WHERE relname = 'sales'") == "p"
         assert await conn.fetchval("SELECT count(*) FROM sale_keys") == 50
         assert await rollups.drift(conn) == NO_DRIFT

@@ -77,7 +77,10 @@ _next_id = iter(range(1, 10**6))
 
 def _sales(store_id: int, item_id: int, quantity: int, count: int = 1) -> list[tuple]:
     now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
-    return [(next(_next_id), now_us, item_id, store_id, ITEM_PRICE, quantity, None, now_us) for _ in range(count)]
+    return [
+        (next(_next_id), now_us, item_id, store_id, ITEM_PRICE, quantity, None, now_us, ITEM_PRICE)
+        for _ in range(count)
+    ]
 
 
 async def _writer(database_url: str) -> asyncpg.Connection:

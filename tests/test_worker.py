@@ -14,7 +14,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 
 from shared import chain_fold, rollups
-from shared.queue import QueueKeys
+from shared.queue import QueueKeys, decode_sale_rows
 from shared.sale_ids import reserve_blocks
 from tests import recount
 from tests.conftest import REDIS_URL
@@ -83,6 +83,7 @@ async def test_write_batch_twice_stores_each_sale_once(seed, db, worker_pool):
             i + 1,
             f"k-{i}" if i % 2 else None,
             now_us,
+            prices[i % 3 + 1],
         )
         for i in range(40)
     ]
@@ -94,7 +95,7 @@ async def test_write_batch_twice_stores_each_sale_once(seed, db, worker_pool):
         second = await writer.write_batch(conn, rows)
         assert (second.written, second.duplicates, second.dead) == (0, 40, 0)
         # A batch overlapping the first: only the new rows count.
-        extra = (start + 40, now_us, 1, 1, prices[1], 5, None, now_us)
+        extra = (start + 40, now_us, 1, 1, prices[1], 5, None, now_us, prices[1])
         third = await writer.write_batch(conn, [*rows[10:20], extra])
         assert (third.written, third.duplicates, third.dead) == (1, 10, 0)
 
@@ -138,10 +139,8 @@ async def test_entry_written_but_not_acknowledged_is_not_counted_again(
     """A worker that committed a batch and died before XACK: the next one redelivers it."""
     await seed(items=2, stores=2)
     await _post_batch(client, [{"item_id": 1, "store_id": 2, "quantity": 3}, {"item_id": 2, "store_id": 1}])
-    from worker.consumer import _rows_decoder
-
     read = await read_as(redis_client, queue_keys, "crashed")
-    rows = [row for _, _, fields in read for row in _rows_decoder.decode(fields[b"d"])]
+    rows = [row for _, _, fields in read for row in decode_sale_rows(fields[b"d"])]
     async with worker_pool.acquire() as conn:
         result = await writer.write_batch(conn, rows)
     assert result.written == 2
@@ -277,6 +276,7 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
             i % 5 + 1,
             f"key-é-{i}" if i % 7 == 0 else None,
             now_us - i,
+            prices[i % 3 + 1],
         )
         for i, t in enumerate(times)
     ]
@@ -286,7 +286,7 @@ async def test_copied_batch_is_stored_as_queued_and_cut_at_local_midnight(seed, 
     stored = await db.fetch(
         "SELECT id, (extract(epoch FROM sale_time) * 1000000)::bigint AS t, item_id, store_id, "
         "price, quantity, idempotency_key, "
-        "(extract(epoch FROM accepted_at) * 1000000)::bigint AS a "
+        "(extract(epoch FROM accepted_at) * 1000000)::bigint AS a, list_price "
         "FROM sales ORDER BY id"
     )
     assert [tuple(r) for r in stored] == rows

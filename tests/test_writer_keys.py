@@ -14,7 +14,7 @@ from worker import writer
 
 def _rows(ids, item_id, store_id, price=100):
     now = int(time.time() * 1_000_000)
-    return [(i, now, item_id, store_id, price, 1, None, now) for i in ids]
+    return [(i, now, item_id, store_id, price, 1, None, now, price) for i in ids]
 
 
 async def test_batch_is_written_and_the_session_keeps_its_row_checks(db, seed, database_url):

@@ -18,9 +18,10 @@ _GROUP_COLUMNS = ("second", "item_id", "store_id")
 
 class BatchColumns:
     def __init__(self, rows: list[tuple]):
-        """`rows`: (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)."""
+        """`rows`: worker.writer.Row, (id, sale_time_us, item_id, store_id, price, quantity,
+        idempotency_key, accepted_at_us, list_price)."""
         self.rows = rows
-        ids, times_us, item_ids, store_ids, prices, quantities, keys, accepted_us = zip(*rows)
+        ids, times_us, item_ids, store_ids, prices, quantities, keys, accepted_us, list_prices = zip(*rows)
         self._keyed = [] if keys.count(None) == len(keys) else [i for i, key in enumerate(keys) if key is not None]
         self.ids = np.array(ids, dtype=np.int64)
         self.times_us = np.array(times_us, dtype=np.int64)
@@ -29,6 +30,7 @@ class BatchColumns:
         self.prices = np.array(prices, dtype=np.int64)
         self.quantities = np.array(quantities, dtype=np.int64)
         self.accepted_us = np.array(accepted_us, dtype=np.int64)
+        self.list_prices = np.array(list_prices, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,6 +54,7 @@ class BatchColumns:
                     self.prices[unkeyed],
                     self.quantities[unkeyed],
                     self.accepted_us[unkeyed],
+                    self.list_prices[unkeyed],
                 ),
                 *(sales_copy.keyed_row(*self.rows[i]) for i in self._keyed),
                 sales_copy.TRAILER,

@@ -26,14 +26,13 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError, ResponseError
 
 from shared import chain_fold, worker_stats
-from shared.queue import ACK_SCRIPT, GROUP, RELEASE_RETURNED_SCRIPT, Partition, QueueKeys
+from shared.queue import ACK_SCRIPT, GROUP, RELEASE_RETURNED_SCRIPT, Partition, QueueKeys, decode_sale_rows
 from worker import return_writer, writer
 from worker.gc_paused import gc_paused
 from worker.leases import Leases
 
 log = logging.getLogger(__name__)
 
-_rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
 _returns_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, int, int, str | None, int]])
 RECLAIM_EVERY_SECONDS = 2.0
 # Sales per transaction at most: entries read together are written in chunks of up to this
@@ -258,7 +257,7 @@ class StreamConsumer:
                     if b"r" in fields:
                         returns.extend(_returns_decoder.decode(fields[b"r"]))
                     else:
-                        rows.extend(_rows_decoder.decode(fields[b"d"]))
+                        rows.extend(decode_sale_rows(fields[b"d"]))
                 except (msgspec.DecodeError, KeyError) as exc:
                     undecodable.append((entry_id, fields, exc))
                 acks.setdefault(partition, []).extend((entry_id, int(fields.get(b"n", 0))))

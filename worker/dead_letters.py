@@ -26,13 +26,13 @@ import asyncpg
 import msgspec
 
 from shared.db import create_pool
+from shared.queue import decode_sale_rows
 from shared.rollups import EXTEND_RUNNING
 from shared.settings import Settings
 from worker import return_writer, writer
 from worker.batch_columns import BatchColumns
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
 
 
 class _StillFailing(Exception):
@@ -56,7 +56,7 @@ def rows_of(sale: dict) -> list[tuple]:
     inverse, or an undecodable entry)."""
     if "fields_hex" in sale:  # a whole stream entry that could not be decoded when it arrived
         try:
-            return [tuple(r) for r in _rows_decoder.decode(bytes.fromhex(sale["fields_hex"]["d"]))]
+            return [tuple(r) for r in decode_sale_rows(bytes.fromhex(sale["fields_hex"]["d"]))]
         except (KeyError, ValueError, msgspec.DecodeError) as exc:
             raise Unreplayable(f"undecodable queue entry: {exc}") from exc
     moment, columns = (
@@ -66,6 +66,8 @@ def rows_of(sale: dict) -> list[tuple]:
         values = dict(sale)
         values[f"{moment}_us"] = _us(values.pop(moment))
         values["accepted_at_us"] = _us(values.pop("accepted_at"))
+        if not is_return(sale):
+            values.setdefault("list_price", values["price"])  # filed before list prices: charged the list price
         return [tuple(values[c] for c in columns)]
     except (KeyError, TypeError, ValueError) as exc:
         raise Unreplayable(f"stored {'return' if is_return(sale) else 'sale'} is incomplete: {exc}") from exc

@@ -32,8 +32,18 @@ from shared.rollups import EXTEND_RUNNING, LOCK_RUNNING, MAY_HOLD_LATE, RUNNING_
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
 
-Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
-COLUMNS = ["id", "sale_time_us", "item_id", "store_id", "price", "quantity", "idempotency_key", "accepted_at_us"]
+Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price)
+COLUMNS = [
+    "id",
+    "sale_time_us",
+    "item_id",
+    "store_id",
+    "price",
+    "quantity",
+    "idempotency_key",
+    "accepted_at_us",
+    "list_price",
+]
 
 # Sorting a batch by id needs more than the default 4 MB work_mem; JIT would cost more than
 # the statements it compiles (the planner guesses large row counts for unnest and COPY).
@@ -55,11 +65,12 @@ _FROM_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
 # The rows of a batch that are not stored yet (a stored one has the same id, store and time).
 INSERT_ROWS = f"""
-INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at)
+INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at, list_price)
 SELECT id, {_FROM_US.format("sale_time_us")}, item_id, store_id, price, quantity, idempotency_key,
-       {_FROM_US.format("accepted_at_us")}
-FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::text[], $8::bigint[])
-     AS r(id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us)
+       {_FROM_US.format("accepted_at_us")}, list_price
+FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::text[], $8::bigint[],
+            $9::int[])
+     AS r(id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price)
 ORDER BY id
 ON CONFLICT DO NOTHING
 RETURNING id
