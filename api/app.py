@@ -13,6 +13,7 @@ from aiohttp import web
 from api import metrics
 from api.appkeys import (
     ACCESS_CONTROL,
+    CATALOGUE_VIEWS,
     CHAIN_TODAY,
     INTAKE,
     PG_POOL,
@@ -24,7 +25,7 @@ from api.appkeys import (
     STORES_TODAY,
 )
 from api.auth import AccessControl, KeyRing
-from api.catalogue import Catalogue
+from api.catalogue import Catalogue, CatalogueViews
 from api.chain_today import ChainToday
 from api.errors import error_response
 from api.ids import IdAllocator
@@ -106,6 +107,7 @@ async def intake_ctx(app: web.Application):
     )
     times = SaleTimeLimits(catalogue, settings.max_sale_age_days)
     app[INTAKE] = SalesIntake(catalogue, ids, queue, times)
+    app[CATALOGUE_VIEWS] = CatalogueViews(catalogue)
     app[RETURNS] = ReturnsIntake(
         app[PG_POOL],
         app[REDIS],

@@ -7,6 +7,7 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from api.auth import AccessControl
+from api.catalogue import CatalogueViews
 from api.chain_today import ChainToday
 from api.report_cache import ReportCache
 from api.returns import ReturnsIntake
@@ -25,3 +26,4 @@ ACCESS_CONTROL = web.AppKey("access_control", AccessControl)
 REPORT_CACHE = web.AppKey("report_cache", ReportCache)
 STORES_TODAY = web.AppKey("stores_today", StoresToday)
 CHAIN_TODAY = web.AppKey("chain_today", ChainToday)
+CATALOGUE_VIEWS = web.AppKey("catalogue_views", CatalogueViews)

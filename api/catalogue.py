@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import hashlib
 import logging
 from typing import NamedTuple
+
+import msgspec
 
 from api.live_table import DB_ERRORS, LiveTable
 from api.moments import iso_utc
@@ -115,3 +118,103 @@ class Catalogue(LiveTable):
 
     def _all_known(self, item_ids: set[int], store_ids: set[int]) -> bool:
         return item_ids <= self.item_prices.keys() and store_ids <= self.store_ids
+
+
+class CatalogueItem(msgspec.Struct):
+    """An item as GET /catalogue/ shows it: its price now, and the prices from now on (the one in
+    effect, then the scheduled ones; `from` null: since always)."""
+
+    id: int
+    name: str
+    price: int
+    prices: list[PriceFrom]
+    retired_at: str | None
+
+
+class PriceFrom(msgspec.Struct):
+    price: int
+    # msgspec names the JSON field "from" (a Python keyword).
+    from_: str | None = msgspec.field(name="from")
+
+
+class CatalogueStore(msgspec.Struct):
+    id: int
+    address: str
+    retired_at: str | None
+
+
+class CatalogueAnswer(msgspec.Struct):
+    """GET /catalogue/: `version` is the newest of the catalogue; with `?since=V`, `changes_since`
+    is V and the lists hold only what changed after V."""
+
+    version: int
+    changes_since: int | None
+    items: list[CatalogueItem]
+    stores: list[CatalogueStore]
+
+
+def _moment(us: int | None) -> str | None:
+    return None if us is None or us == SINCE_ALWAYS_US else iso_utc(us)
+
+
+class CatalogueViews:
+    """The answers of GET /catalogue/ from a Catalogue, encoded once per load (and again when a
+    scheduled price takes effect), with an ETag of their bytes."""
+
+    def __init__(self, catalogue: Catalogue):
+        self._catalogue = catalogue
+        self._whole: tuple[int, int, bytes, str] | None = None  # (load, valid until us, body, etag)
+
+    def whole(self, now_us: int) -> tuple[bytes, str]:
+        cached = self._whole
+        if cached is not None and cached[0] == self._catalogue.loads and now_us < cached[1]:
+            return cached[2], cached[3]
+        loads = self._catalogue.loads
+        answer, valid_until = self._answer(now_us, None)
+        body = _encoder.encode(answer)
+        etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        self._whole = (loads, valid_until, body, etag)
+        return body, etag
+
+    def since(self, version: int, now_us: int) -> tuple[bytes, str]:
+        body = _encoder.encode(self._answer(now_us, version)[0])
+        return body, f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+    def _answer(self, now_us: int, since: int | None) -> tuple[CatalogueAnswer, int]:
+        """The answer, and the moment until which it holds (the next scheduled price)."""
+        c = self._catalogue
+        newest = max(
+            [0, *(v for _, v in c.item_rows.values()), *(v for _, v in c.store_rows.values())]
+            + [max(h.versions) for h in c.price_changes.values()]
+        )
+        if since is not None and since > newest:
+            since = None  # the catalogue was replaced (GET /create/) since: all of it
+        valid_until = 2**63
+        items = []
+        for item_id in sorted(c.item_rows):
+            name, version = c.item_rows[item_id]
+            history = c.price_changes.get(item_id)
+            if since is not None and version <= since and (history is None or max(history.versions) <= since):
+                continue
+            base = c.item_prices[item_id]
+            if history is None:
+                prices = [PriceFrom(base, None)]
+            else:
+                current = bisect.bisect_right(history.starts_us, now_us) - 1
+                prices = [PriceFrom(base, None)] if current < 0 else []
+                prices += [
+                    PriceFrom(history.prices[i], _moment(history.starts_us[i]))
+                    for i in range(max(current, 0), len(history.starts_us))
+                ]
+                if current + 1 < len(history.starts_us):
+                    valid_until = min(valid_until, history.starts_us[current + 1])
+            items.append(CatalogueItem(item_id, name, prices[0].price, prices, _moment(c.retired_items.get(item_id))))
+        stores = [
+            CatalogueStore(store_id, address, _moment(c.retired_stores.get(store_id)))
+            for store_id, (address, version) in sorted(c.store_rows.items())
+            if since is None or version > since
+        ]
+        return CatalogueAnswer(newest, since, items, stores), valid_until
+
+
+_encoder = msgspec.json.Encoder()

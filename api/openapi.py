@@ -1,10 +1,18 @@
-"""The OpenAPI 3 description of every route (a test fails if a route is missing here)."""
+"""The OpenAPI 3 description of every route (a test fails if a route is missing here).
+
+The catalogue's bodies are generated from the msgspec Structs that decode and encode them
+(`_generated_schemas`), so the two cannot drift; the prose beside them is written here.
+"""
 
 from __future__ import annotations
 
 import functools
 
+import msgspec
+
+from api.catalogue import CatalogueAnswer
 from api.validation import MAX_BATCH
+from shared.catalogue import ItemEdit, StoreEdit
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 # An idempotency key: printable, no control characters (as api.validation.IdempotencyKey).
@@ -17,6 +25,121 @@ def _json(schema: dict, description: str) -> dict:
 
 def _error(description: str) -> dict:
     return _json(_ERROR, description)
+
+
+def _openapi_30(schema):
+    """msgspec's JSON Schema as OpenAPI 3.0 says it: `anyOf [X, null]` is X, nullable."""
+    if isinstance(schema, list):
+        return [_openapi_30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {k: _openapi_30(v) for k, v in schema.items() if k != "title"}
+    variants = schema.get("anyOf")
+    if variants and {"type": "null"} in variants:
+        others = [v for v in variants if v != {"type": "null"}]
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        schema = (
+            {**rest, **others[0], "nullable": True} if len(others) == 1 else {**rest, "anyOf": others, "nullable": True}
+        )
+    return schema
+
+
+def _generated_schemas() -> dict:
+    _, components = msgspec.json.schema_components(
+        (ItemEdit, StoreEdit, CatalogueAnswer), ref_template="#/components/schemas/{name}"
+    )
+    return _openapi_30(components)
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_CSV_BODY = {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}
+_CSV_ANSWER = {"description": "CSV with a header row", "content": {"text/csv": {"schema": {"type": "string"}}}}
+_ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}]
+
+
+def _catalogue_paths() -> dict:
+    paths: dict = {
+        "/catalogue/": {
+            "get": {
+                "summary": "The catalogue as tills keep it: items with their price now and the scheduled ones, "
+                "stores, retirements. Send If-None-Match with the last ETag: 304 when nothing changed. "
+                "`since=V` (a `version` seen before): only what changed after V.",
+                "parameters": [
+                    {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        **_json(_ref("CatalogueAnswer"), "The catalogue"),
+                        "headers": {"ETag": {"schema": {"type": "string"}}},
+                    },
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match"},
+                    "400": _error("Bad parameters"),
+                    "401": _error("No or unknown key"),
+                },
+            }
+        }
+    }
+    for kind, one, edit in (("items", "item", "ItemEdit"), ("stores", "store", "StoreEdit")):
+        errors = {
+            "400": _error("Malformed body"),
+            "401": _error("No or unknown key"),
+            "403": _error("Not an admin"),
+            "422": _json(_ref("BatchErrors"), "Something cannot be done (the reasons)"),
+        }
+        shown = {"type": "object", "description": f"The {one} as GET /catalogue/ shows it"}
+        paths[f"/catalogue/{kind}/"] = {
+            "post": {
+                "summary": f"Create an {one}" if one == "item" else f"Open a {one}",
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(edit)}}},
+                "responses": {"201": _json(shown, "Created"), **errors, "409": _error("The id is taken")},
+            }
+        }
+        paths[f"/catalogue/{kind}/{{id}}"] = {
+            "patch": {
+                "summary": f"Change an {one}: fields left out stay"
+                + (" (a price takes effect at price_from, or now)" if one == "item" else ""),
+                "security": [{"bearer": []}],
+                "parameters": _ID_PARAM,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(edit)}}},
+                "responses": {"200": _json(shown, "Changed"), **errors, "404": _error(f"No such {one}")},
+            },
+            "delete": {
+                "summary": f"Retire the {one} now: no sale dated from now on; history and reports stay",
+                "security": [{"bearer": []}],
+                "parameters": _ID_PARAM,
+                "responses": {"200": _json(shown, "Retired"), **errors, "404": _error(f"No such {one}")},
+            },
+        }
+        paths[f"/catalogue/{kind}.csv"] = {
+            "get": {
+                "summary": f"Every {one} as CSV (imports back unchanged)",
+                "responses": {"200": _CSV_ANSWER, "401": _error("No or unknown key")},
+            },
+            "post": {
+                "summary": f"Create or change {kind} from CSV (header: "
+                + ("id,name,price[,price_from][,retired_at]" if one == "item" else "id,address[,retired_at]")
+                + "; an empty id is a new one): all or nothing, errors by line",
+                "security": [{"bearer": []}],
+                "requestBody": _CSV_BODY,
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"imported": {"type": "integer"}, "version": {"type": "integer"}},
+                        },
+                        "Imported",
+                    ),
+                    **errors,
+                    "413": _error("Over 32 MiB or 200,000 lines"),
+                },
+            },
+        }
+    return paths
 
 
 _UNAVAILABLE = {
@@ -547,6 +670,7 @@ def spec() -> dict:
                     },
                 }
             },
+            **_catalogue_paths(),
             "/health": {
                 "get": {
                     "summary": "Whether PostgreSQL and Redis answer",
@@ -590,6 +714,7 @@ def spec() -> dict:
                 },
             },
             "schemas": {
+                **_generated_schemas(),
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Item": {
                     "type": "object",
@@ -641,6 +766,14 @@ def spec() -> dict:
                             "maxLength": 64,
                             "pattern": _KEY_PATTERN,
                             "nullable": True,
+                        },
+                        "unit_price": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 2147483647,
+                            "nullable": True,
+                            "description": "What the till charged per unit; at most the list price in effect at "
+                            "sale_time (422 above it); absent: that list price",
                         },
                     },
                 },

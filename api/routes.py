@@ -11,8 +11,8 @@ from typing import NamedTuple
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from api.auth import ADMIN, OPEN, POST, READ
-from api.views import admin, dashboard, keys, ops, reports, returns, sales
+from api.auth import ADMIN, OPEN, POST, READ, TILLS
+from api.views import admin, catalogue, dashboard, keys, ops, reports, returns, sales
 
 
 class Route(NamedTuple):
@@ -42,6 +42,17 @@ ROUTES = (
     Route("POST", "/clear/", admin.clear, ADMIN),
     Route("GET", "/create/", admin.create, ADMIN),
     Route("POST", "/create/", admin.create, ADMIN),
+    Route("GET", "/catalogue/", catalogue.get_catalogue, TILLS),
+    Route("POST", "/catalogue/items/", catalogue.create_item, ADMIN),
+    Route("PATCH", "/catalogue/items/{id}", catalogue.update_item, ADMIN),
+    Route("DELETE", "/catalogue/items/{id}", catalogue.retire_item, ADMIN),
+    Route("GET", "/catalogue/items.csv", catalogue.export_items, READ),
+    Route("POST", "/catalogue/items.csv", catalogue.import_items, ADMIN),
+    Route("POST", "/catalogue/stores/", catalogue.create_store, ADMIN),
+    Route("PATCH", "/catalogue/stores/{id}", catalogue.update_store, ADMIN),
+    Route("DELETE", "/catalogue/stores/{id}", catalogue.retire_store, ADMIN),
+    Route("GET", "/catalogue/stores.csv", catalogue.export_stores, READ),
+    Route("POST", "/catalogue/stores.csv", catalogue.import_stores, ADMIN),
     Route("GET", "/admin/keys/", keys.list_keys, ADMIN),
     Route("POST", "/admin/keys/", keys.issue_key, ADMIN),
     Route("DELETE", "/admin/keys/{prefix}", keys.revoke_key, ADMIN),
@@ -80,5 +91,5 @@ def setup_routes(app: web.Application) -> None:
     for route in ROUTES:
         path = bare(route.path)
         app.router.add_route(route.method, path, route.handler)
-        if path != "/" and not path.endswith(".json") and not path.endswith("}"):
+        if path != "/" and not path.endswith((".json", ".csv", "}")):
             app.router.add_route(route.method, path + "/", route.handler)

@@ -62,8 +62,7 @@ def decode_sale_rows(data: bytes) -> list[tuple]:
     try:
         rows = _rows_decoder.decode(data)
     except msgspec.ValidationError:
-        rows = _rows_before_list_price.decode(data)
-        return [(*row, row[4]) for row in rows]
+        return [(*row, row[4]) for row in _rows_before_list_price.decode(data)]
     if any(row[8] is None for row in rows):
         return [row if row[8] is not None else (*row[:8], row[4]) for row in rows]
     return rows

@@ -34,6 +34,7 @@ READ = {
 }
 POST = {**READ, "pos": ALLOWED, "owner": 403}
 ADMIN = {**READ, "owner": 403}
+TILLS = {**READ, "pos": ALLOWED}
 OPEN = dict.fromkeys(ROLES, ALLOWED)
 MATRIX = {
     ("GET", "/"): READ,
@@ -55,6 +56,17 @@ MATRIX = {
     ("POST", "/clear/"): ADMIN,
     ("GET", "/create/"): ADMIN,
     ("POST", "/create/"): ADMIN,
+    ("GET", "/catalogue/"): TILLS,
+    ("POST", "/catalogue/items/"): ADMIN,
+    ("PATCH", "/catalogue/items/{id}"): ADMIN,
+    ("DELETE", "/catalogue/items/{id}"): ADMIN,
+    ("GET", "/catalogue/items.csv"): READ,
+    ("POST", "/catalogue/items.csv"): ADMIN,
+    ("POST", "/catalogue/stores/"): ADMIN,
+    ("PATCH", "/catalogue/stores/{id}"): ADMIN,
+    ("DELETE", "/catalogue/stores/{id}"): ADMIN,
+    ("GET", "/catalogue/stores.csv"): READ,
+    ("POST", "/catalogue/stores.csv"): ADMIN,
     ("GET", "/admin/keys/"): ADMIN,
     ("POST", "/admin/keys/"): ADMIN,
     ("DELETE", "/admin/keys/{prefix}"): ADMIN,
@@ -71,6 +83,10 @@ BODIES = {
     "/returns/batch/": [{"sale_id": NO_SALE, "quantity": 1}],
     "/admin/keys/": {"kind": "owner", "label": "from the matrix test"},
     "/create/": {"sales": 10},
+    "/catalogue/items/": {"name": "from the matrix test", "price": 100},
+    "/catalogue/items/{id}": {"name": "renamed by the matrix test"},
+    "/catalogue/stores/": {"address": "from the matrix test"},
+    "/catalogue/stores/{id}": {"address": "renamed by the matrix test"},
 }
 
 

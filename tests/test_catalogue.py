@@ -1,0 +1,197 @@
+"""The catalogue over the API: prices with history, the price charged, retirement, bulk CSV,
+the tills' copy with its ETag, and every API process seeing a change."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import zoneinfo
+
+from api.app import create_app
+from api.appkeys import INTAKE
+from shared import catalogue
+from shared.catalogue import ItemEdit
+from tests.conftest import ADMIN_TOKEN
+from tests.queue_state import queued_entries
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def _ok(response, status=200):
+    assert response.status == status, await response.text()
+    return await response.json()
+
+
+async def _sale(client, status=202, **sale):
+    body = {"item_id": 1, "store_id": 1, **sale}
+    if isinstance(body.get("sale_time"), dt.datetime):
+        body["sale_time"] = body["sale_time"].isoformat()
+    return await _ok(await client.post("/sales/", json=body), status)
+
+
+async def _stored(db, sale_id):
+    return tuple(await db.fetchrow("SELECT price, list_price, quantity FROM sales WHERE id = $1", sale_id))
+
+
+async def test_an_offline_sale_counts_at_the_price_of_its_sale_time(client, seed, db, drain):
+    await seed(items=2, stores=2)
+    created = await _ok(await client.post("/catalogue/items/", json={"name": "tea", "price": 100}, headers=ADMIN), 201)
+    assert created == {
+        "id": 3,
+        "name": "tea",
+        "price": 100,
+        "prices": [{"price": 100, "from": None}],
+        "retired_at": None,
+    }
+    monday = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)  # sold offline then
+    changed = await _ok(await client.patch("/catalogue/items/3", json={"price": 120}, headers=ADMIN))
+    assert changed["price"] == 120 and [p["price"] for p in changed["prices"]] == [120]
+    offline = await _sale(client, item_id=3, sale_time=monday, quantity=2)  # synced after the change
+    today = await _sale(client, item_id=3)
+    await drain()
+    assert await _stored(db, offline["id"]) == (100, 100, 2)
+    assert await _stored(db, today["id"]) == (120, 120, 1)
+    history = await db.fetch("SELECT effective_from::text AS since, price FROM item_price WHERE item_id = 3 ORDER BY 1")
+    assert [(r["since"] == "-infinity", r["price"]) for r in history] == [(True, 100), (False, 120)]
+    totals = await _ok(
+        await client.get("/reports/totals/", params={"from": f"{monday:%Y-%m-%d}", "to": f"{dt.date.today()}"})
+    )
+    assert totals["income"] == 2 * 100 + 120
+
+
+async def test_a_change_scheduled_at_local_midnight_prices_a_second_either_side(
+    settings, seed, db, drain, aiohttp_client
+):
+    """Scheduled days ago for last midnight in the report zone (Moscow): the sale a second
+    before it at the old price, the sale a second after at the new one."""
+    await seed(items=2, stores=1, tz="Europe/Moscow")
+    zone = zoneinfo.ZoneInfo("Europe/Moscow")
+    midnight = dt.datetime.combine(dt.datetime.now(zone).date(), dt.time(0), zone) - dt.timedelta(days=1)
+    old_price = await db.fetchval("SELECT price FROM item WHERE id = 1")
+    await catalogue.write_items(
+        db, [ItemEdit(id=1, price=old_price + 50, price_from=midnight)], now=midnight - dt.timedelta(days=3)
+    )
+    client = await aiohttp_client(create_app(settings))
+    before = await _sale(client, sale_time=midnight - dt.timedelta(seconds=1))
+    after = await _sale(client, sale_time=midnight + dt.timedelta(seconds=1))
+    await drain()
+    assert (await _stored(db, before["id"]))[:2] == (old_price, old_price)
+    assert (await _stored(db, after["id"]))[:2] == (old_price + 50, old_price + 50)
+    listed = await _ok(await client.get("/catalogue/"))
+    assert listed["items"][0]["price"] == old_price + 50
+    assert listed["items"][0]["prices"] == [{"price": old_price + 50, "from": midnight.astimezone(dt.UTC).isoformat()}]
+
+
+async def test_a_charged_price_below_list_is_income_and_above_list_is_refused(
+    client, seed, db, drain, redis_client, queue_keys
+):
+    await seed(items=2, stores=1)
+    listed = await db.fetchval("SELECT price FROM item WHERE id = 1")
+    sale = await _sale(client, unit_price=listed - 30, quantity=3)
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+    refused = await _sale(client, status=422, unit_price=listed + 1, sale_time=moment)
+    assert refused == {
+        "error": f"unit_price {listed + 1} is above item 1's list price {listed} at {moment.isoformat()}: "
+        "a till charges the list price or less"
+    }
+    negative = await client.post("/sales/", json={"item_id": 1, "store_id": 1, "unit_price": -1})
+    assert negative.status == 400
+    assert await queued_entries(redis_client, queue_keys) == 1
+    await drain()
+    assert await _stored(db, sale["id"]) == (listed - 30, listed, 3)
+    top = await _ok(await client.get("/stores/top/"))
+    assert top[0]["income"] == 3 * (listed - 30)
+
+
+async def test_a_retired_item_is_refused_after_its_retirement_and_accepted_before(client, seed, db, drain):
+    await seed(items=2, stores=2)
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    retired = await _ok(await client.delete("/catalogue/items/2", headers=ADMIN))
+    assert retired["retired_at"] is not None
+    refused = await _sale(client, status=422, item_id=2)
+    assert refused["error"].startswith("item 2 was retired at ")
+    earlier = await _sale(client, item_id=2, sale_time=before)
+    closed = await _ok(await client.delete("/catalogue/stores/2", headers=ADMIN))
+    assert closed["address"] and closed["retired_at"]
+    assert (await _sale(client, status=422, item_id=1, store_id=2))["error"].startswith("store 2 was retired at ")
+    await drain()
+    assert await db.fetchval("SELECT count(*) FROM sales WHERE id = $1", earlier["id"]) == 1
+    # back on sale
+    back = await _ok(await client.patch("/catalogue/items/2", json={"retired_at": None}, headers=ADMIN))
+    assert back["retired_at"] is None
+    await _sale(client, item_id=2)
+    items = await _ok(await client.get("/items/"))
+    assert [i["id"] for i in items] == [1, 2]  # a retired item stays in the list and the reports
+
+
+async def test_ten_thousand_items_imported_in_one_request_and_errors_by_line(client, seed, db):
+    await seed(items=1, stores=1)
+    lines = ["id,name,price"] + [f",item number {n},{100 + n}" for n in range(10_000)]
+    answer = await _ok(await client.post("/catalogue/items.csv", data="\n".join(lines), headers=ADMIN))
+    assert answer["imported"] == 10_000
+    assert await db.fetchval("SELECT count(*), sum(price) FROM item") == 10_001
+    assert await db.fetchval("SELECT sum(price) FROM item WHERE id > 1") == sum(100 + n for n in range(10_000))
+    # the same file again changes nothing; a file with two bad lines changes nothing either
+    exported = await client.get("/catalogue/items.csv")
+    text = await exported.text()
+    again = await _ok(await client.post("/catalogue/items.csv", data=text, headers=ADMIN))
+    assert again["imported"] == 10_001
+    assert await db.fetchval("SELECT count(*) FROM item_price") == 0
+    bad = "id,name,price\n1,renamed,10\n2,,abc\n\n5,x,-3\n"
+    refused = await client.post("/catalogue/items.csv", data=bad, headers=ADMIN)
+    assert refused.status == 422
+    assert await refused.json() == {
+        "error": "2 lines cannot be made; nothing was written",
+        "errors": [
+            {"line": 3, "error": "price must be a whole number, got 'abc'"},
+            {"line": 5, "error": "price must be a whole number, got '-3'"},
+        ],
+    }
+    assert await db.fetchval("SELECT name FROM item WHERE id = 1") != "renamed"
+
+
+async def test_the_etag_round_trip_and_changes_since_a_version(client, seed):
+    await seed(items=3, stores=2)
+    first = await client.get("/catalogue/")
+    whole = await _ok(first)
+    etag = first.headers["ETag"]
+    assert [i["id"] for i in whole["items"]] == [1, 2, 3] and [s["id"] for s in whole["stores"]] == [1, 2]
+    unchanged = await client.get("/catalogue/", headers={"If-None-Match": etag})
+    assert unchanged.status == 304 and unchanged.headers["ETag"] == etag
+    await _ok(await client.patch("/catalogue/items/2", json={"name": "renamed"}, headers=ADMIN))
+    changed = await client.get("/catalogue/", headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+    since = await _ok(await client.get("/catalogue/", params={"since": str(whole["version"])}))
+    assert since["changes_since"] == whole["version"]
+    assert [(i["id"], i["name"]) for i in since["items"]] == [(2, "renamed")] and since["stores"] == []
+
+
+async def test_a_change_is_seen_by_every_api_process_within_a_second(settings, seed, aiohttp_client):
+    await seed(items=2, stores=1)
+    one, other = await aiohttp_client(create_app(settings)), await aiohttp_client(create_app(settings))
+    created = await _ok(await one.post("/catalogue/items/", json={"name": "new", "price": 7}, headers=ADMIN), 201)
+    # a sale naming it, through the other process at once: accepted
+    await _sale(other, item_id=created["id"])
+    await _ok(await one.patch(f"/catalogue/items/{created['id']}", json={"name": "newer"}, headers=ADMIN))
+    catalogue_copy = other.server.app[INTAKE].catalogue
+    started = time.monotonic()
+    while catalogue_copy.item_rows[created["id"]][0] != "newer":
+        assert time.monotonic() - started < 1, "the other process did not see the change within 1 s"
+        await asyncio.sleep(0.01)
+
+
+async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
+    await seed(items=1, stores=1)
+    assert (await client.post("/catalogue/items/", json={"name": "x"}, headers=ADMIN)).status == 422
+    assert (
+        await client.post("/catalogue/items/", json={"id": 1, "name": "x", "price": 1}, headers=ADMIN)
+    ).status == 409
+    assert (await client.patch("/catalogue/items/99", json={"name": "x"}, headers=ADMIN)).status == 404
+    assert (await client.patch("/catalogue/items/1", json={"price": -5}, headers=ADMIN)).status == 400
+    past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    refused = await client.patch("/catalogue/items/1", json={"price": 5, "price_from": past}, headers=ADMIN)
+    assert refused.status == 422
+    assert await refused.json() == {"error": "price_from is in the past: a price change takes effect now or later"}
+    assert (await client.post("/catalogue/items.csv", data="nonsense,header\n1,2\n", headers=ADMIN)).status == 422
+    assert (await client.post("/catalogue/items/", data=b"{", headers=ADMIN)).status == 400
