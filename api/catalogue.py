@@ -45,6 +45,13 @@ class PriceHistory(NamedTuple):
         index = bisect.bisect_right(self.starts_us, moment_us) - 1
         return self.prices[index] if index >= 0 else before_any
 
+    def highest(self, first_us: int, last_us: int, before_any: int) -> int:
+        """The highest price in effect at some moment of [first_us, last_us]."""
+        first = bisect.bisect_right(self.starts_us, first_us) - 1  # in effect at first_us (-1: before_any)
+        last = bisect.bisect_right(self.starts_us, last_us)
+        candidates = self.prices[max(first, 0) : last]
+        return max([before_any, *candidates] if first < 0 else candidates)
+
 
 class Catalogue(LiveTable):
     channel = "catalogue_changed"
@@ -94,6 +101,12 @@ class Catalogue(LiveTable):
         history = self.price_changes.get(item_id)
         base = self.item_prices[item_id]
         return base if history is None else history.at(moment_us, base)
+
+    def highest_price(self, item_id: int, first_us: int, last_us: int) -> int:
+        """The item's highest list price at some moment of [first_us, last_us]."""
+        history = self.price_changes.get(item_id)
+        base = self.item_prices[item_id]
+        return base if history is None else history.highest(first_us, last_us, base)
 
     def refusal(self, item_id: int, store_id: int, moment_us: int) -> str | None:
         """Why a sale of a known item and store at `moment_us` cannot be stored (one of them

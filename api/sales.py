@@ -21,6 +21,13 @@ REPLICAS_BEHIND = (
 )
 
 
+# A till may charge a list price that changed while it was offline or before it refreshed its
+# copy: a charged price is refused only above every list price of this many days before the sale
+# (the money was taken: counting it beats setting the sale aside; the discount is then negative).
+STALE_PRICE_DAYS = 7
+STALE_PRICE_US = STALE_PRICE_DAYS * 86_400 * 1_000_000
+
+
 class SalesRefused(Exception):
     """Sales that cannot be stored (an item or store that does not exist, a sale_time too far
     back or in an archived month): `errors` maps index -> message."""
@@ -109,11 +116,12 @@ class SalesIntake:
             if retirements and (reason := catalogue.refusal(sale.item_id, sale.store_id, moment_us)):
                 errors[index] = reason
             elif sale.unit_price is not None and sale.unit_price > (
-                listed := catalogue.price_at(sale.item_id, moment_us)
+                highest := catalogue.highest_price(sale.item_id, moment_us - STALE_PRICE_US, moment_us)
             ):
                 errors[index] = (
-                    f"unit_price {sale.unit_price} is above item {sale.item_id}'s list price {listed} at "
-                    f"{iso_utc(moment_us)}: a till charges the list price or less"
+                    f"unit_price {sale.unit_price} is above every list price of item {sale.item_id} in the "
+                    f"{STALE_PRICE_DAYS} days up to {iso_utc(moment_us)} (at most {highest}): a till charges a "
+                    "list price it knew, or less"
                 )
         return errors
 

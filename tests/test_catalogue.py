@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import time
 import zoneinfo
 
 from api.app import create_app
 from api.appkeys import INTAKE
+from api.catalogue import PriceHistory
 from shared import catalogue
 from shared.catalogue import ItemEdit
 from tests.conftest import ADMIN_TOKEN
@@ -92,8 +94,8 @@ async def test_a_charged_price_below_list_is_income_and_above_list_is_refused(
     moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
     refused = await _sale(client, status=422, unit_price=listed + 1, sale_time=moment)
     assert refused == {
-        "error": f"unit_price {listed + 1} is above item 1's list price {listed} at {moment.isoformat()}: "
-        "a till charges the list price or less"
+        "error": f"unit_price {listed + 1} is above every list price of item 1 in the 7 days up to "
+        f"{moment.isoformat()} (at most {listed}): a till charges a list price it knew, or less"
     }
     negative = await client.post("/sales/", json={"item_id": 1, "store_id": 1, "unit_price": -1})
     assert negative.status == 400
@@ -102,6 +104,15 @@ async def test_a_charged_price_below_list_is_income_and_above_list_is_refused(
     assert await _stored(db, sale["id"]) == (listed - 30, listed, 3)
     top = await _ok(await client.get("/stores/top/"))
     assert top[0]["income"] == 3 * (listed - 30)
+
+
+async def test_a_till_that_missed_a_price_cut_is_counted_at_what_it_charged(client, seed, db, drain):
+    await seed(items=2, stores=1)
+    old = await db.fetchval("SELECT price FROM item WHERE id = 1")
+    await _ok(await client.patch("/catalogue/items/1", json={"price": old - 10}, headers=ADMIN))
+    stale = await _sale(client, unit_price=old)  # its copy still had the old price
+    await drain()
+    assert await _stored(db, stale["id"]) == (old, old - 10, 1)
 
 
 async def test_a_retired_item_is_refused_after_its_retirement_and_accepted_before(client, seed, db, drain):
@@ -195,3 +206,20 @@ async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
     assert await refused.json() == {"error": "price_from is in the past: a price change takes effect now or later"}
     assert (await client.post("/catalogue/items.csv", data="nonsense,header\n1,2\n", headers=ADMIN)).status == 422
     assert (await client.post("/catalogue/items/", data=b"{", headers=ADMIN)).status == 400
+
+
+def test_price_history_against_a_plain_scan():
+    rng = random.Random(7)
+    for _ in range(2000):
+        starts = sorted(rng.sample(range(-5, 60), rng.randint(0, 6)))
+        history = PriceHistory(starts, [rng.randint(0, 9) for _ in starts], [0] * len(starts))
+        base = rng.randint(0, 9)
+
+        def plain_at(moment, history=history, base=base):
+            in_effect = [p for s, p in zip(history.starts_us, history.prices) if s <= moment]
+            return in_effect[-1] if in_effect else base
+
+        first = rng.randint(-10, 70)
+        last = first + rng.randint(0, 30)
+        assert history.at(first, base) == plain_at(first)
+        assert history.highest(first, last, base) == max(plain_at(m) for m in range(first, last + 1))
