@@ -28,6 +28,7 @@ class RecordedSale:
     item_id: int
     quantity: int
     sale_time: str  # ISO 8601, UTC
+    unit_price: int | None = None  # the price charged, as sent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +50,12 @@ def _check_id(name: str, value) -> int:
     return value
 
 
-def _check_sale(item_id, quantity, sale_time, now: dt.datetime) -> NewSale:
+def _check_sale(item_id, quantity, sale_time, now: dt.datetime, unit_price=None) -> NewSale:
     _check_id("item_id", item_id)
+    if unit_price is not None and (
+        isinstance(unit_price, bool) or not isinstance(unit_price, int) or not 0 <= unit_price <= INT32_MAX
+    ):
+        raise InvalidSale(f"unit_price must be an integer from 0 to {INT32_MAX}, got {unit_price!r}")
     if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
         raise InvalidSale(f"quantity must be an integer from 1 to {MAX_QUANTITY}, got {quantity!r}")
     if sale_time is None:
@@ -59,7 +64,7 @@ def _check_sale(item_id, quantity, sale_time, now: dt.datetime) -> NewSale:
         raise InvalidSale(f"sale_time must be a timezone-aware datetime, got {sale_time!r}")
     elif sale_time < EARLIEST_SALE_TIME:
         raise InvalidSale(f"sale_time must not be before 2000-01-01, got {sale_time.isoformat()}")
-    return NewSale(new_key(), item_id, quantity, sale_time)
+    return NewSale(new_key(), item_id, quantity, sale_time, unit_price)
 
 
 def _lock_spool(path: str):
@@ -103,6 +108,7 @@ class SalesClient:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         keep_sent_days: float = 7.0,
+        catalogue_interval: float = 300.0,
         transport=None,
     ):
         _check_id("store_id", store_id)
@@ -130,27 +136,57 @@ class SalesClient:
             interval=flush_interval,
             backoff=Backoff(backoff_base, backoff_cap),
             keep_sent_seconds=keep_sent_days * 86400,
+            catalogue_interval=catalogue_interval,
         )
         self._closed = False
         self._sender.start()
 
     # --- recording
 
-    def record(self, item_id: int, quantity: int = 1, sale_time: dt.datetime | None = None) -> RecordedSale:
+    def record(
+        self, item_id: int, quantity: int = 1, sale_time: dt.datetime | None = None, unit_price: int | None = None
+    ) -> RecordedSale:
         """Keep one sale; when this returns it is on the till's disk (fsynced) and will reach the
-        server, however long the network is away. `sale_time` defaults to now."""
-        return self.record_many([(item_id, quantity)], sale_time)[0]
+        server, however long the network is away. `sale_time` defaults to now; `unit_price` is
+        what was charged (a discount), by default the list price of the till's catalogue copy."""
+        return self.record_many([(item_id, quantity, unit_price)], sale_time)[0]
 
-    def record_many(self, lines: Iterable[tuple[int, int]], sale_time: dt.datetime | None = None) -> list[RecordedSale]:
-        """Several sales at once (a basket: (item_id, quantity) pairs), in one durable write."""
+    def record_many(
+        self, lines: Iterable[tuple[int, int] | tuple[int, int, int | None]], sale_time: dt.datetime | None = None
+    ) -> list[RecordedSale]:
+        """Several sales at once (a basket: (item_id, quantity) or (item_id, quantity, unit_price)),
+        in one durable write. Each is stamped with the price charged: the one given, else the
+        list price at its sale_time in the copy of the catalogue the till keeps (fetched while
+        online), so a sale made offline counts at the price the customer paid."""
         self._check_open()
         now = dt.datetime.now(dt.timezone.utc)
-        sales = [_check_sale(item_id, quantity, sale_time, now) for item_id, quantity in lines]
+        sales = []
+        for item_id, quantity, *charged in lines:
+            sale = _check_sale(item_id, quantity, sale_time, now, charged[0] if charged else None)
+            if sale.unit_price is None and (listed := self._spool.list_price(sale.item_id, sale.sale_time)) is not None:
+                sale = dataclasses.replace(sale, unit_price=listed)
+            sales.append(sale)
         if not sales:
             return []
         return [
-            RecordedSale(s.seq, s.idempotency_key, s.item_id, s.quantity, s.sale_time) for s in self._spool.add(sales)
+            RecordedSale(s.seq, s.idempotency_key, s.item_id, s.quantity, s.sale_time, s.unit_price)
+            for s in self._spool.add(sales)
         ]
+
+    def refresh_catalogue(self, timeout: float = 10.0) -> bool:
+        """Check the catalogue copy with the server now (otherwise every `catalogue_interval`
+        seconds while online); False when the server did not answer within `timeout`."""
+        self._check_open()
+        checks = self._sender.catalogue_checks
+        deadline = time.monotonic() + timeout
+        self._sender.refresh_catalogue_soon()
+        with self._sender.progress:
+            while self._sender.catalogue_checks == checks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._sender.progress.wait(min(remaining, 0.5))
+        return True
 
     # --- sending
 

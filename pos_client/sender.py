@@ -21,6 +21,7 @@ from pos_client.verdicts import judge
 log = logging.getLogger("pos_client")
 
 BATCH_PATH = "/sales/batch/"
+CATALOGUE_PATH = "/catalogue/"
 # A sale whose sale_time the server found in the future waits this long before the next try.
 CLOCK_AHEAD_HOLD = 5.0
 PRUNE_EVERY = 3600.0
@@ -38,6 +39,7 @@ class Sender:
         interval: float,
         backoff: Backoff,
         keep_sent_seconds: float,
+        catalogue_interval: float = 300.0,
     ):
         self.spool = spool
         self.transport = transport
@@ -47,6 +49,9 @@ class Sender:
         self.interval = interval
         self.backoff = backoff
         self.keep_sent_seconds = keep_sent_seconds
+        self.catalogue_interval = catalogue_interval
+        self._catalogue_checked = -float("inf")  # monotonic
+        self.catalogue_checks = 0  # how many times the copy was checked with the server (answered)
         self.progress = threading.Condition()  # notified whenever sales got settled or sending stopped
         self.stopped: str | None = None  # why sending stopped (a refused key)
         self.last_sent_at: float | None = None
@@ -82,6 +87,7 @@ class Sender:
     def _run(self) -> None:
         while not self._closing.is_set():
             try:
+                self._refresh_catalogue()
                 self._send_pending()
                 self._prune()
             except Exception as exc:
@@ -147,6 +153,35 @@ class Sender:
                 self._retry_later(cast(str, verdict.error), verdict.retry_after)  # every retry verdict says why
                 return
             todo[0:0] = verdict.send_again
+
+    def refresh_catalogue_soon(self) -> None:
+        self._catalogue_checked = -float("inf")
+        self.wake()
+
+    def _refresh_catalogue(self) -> None:
+        """The server's catalogue into the spool, every `catalogue_interval` while online: a
+        304 when the copy is current (If-None-Match), else the whole copy. Offline, the last copy
+        keeps pricing; a failure here never holds up sending."""
+        if self.stopped or time.monotonic() - self._catalogue_checked < self.catalogue_interval:
+            return
+        self._catalogue_checked = time.monotonic()
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        if etag := self.spool.meta("catalogue_etag"):
+            headers["If-None-Match"] = etag
+        try:
+            answer = self.transport.request("GET", CATALOGUE_PATH, None, headers)
+        except TransportError as exc:
+            log.info("the catalogue could not be fetched (%s); pricing from the copy", exc)
+            return
+        if answer.status == 200:
+            try:
+                self.spool.replace_catalogue(answer.json()["items"], answer.headers.get("etag"))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("the server's catalogue could not be read: %s", exc)
+        elif answer.status != 304:
+            log.warning("the catalogue could not be fetched: %s", answer.error())
+        self.catalogue_checks += 1
+        self._notify()
 
     def _retry_later(self, error: str, retry_after: float | None) -> None:
         delay = self.backoff.next_delay(retry_after)

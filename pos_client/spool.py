@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import sqlite3
 import threading
 import time
@@ -38,7 +39,16 @@ CREATE TABLE IF NOT EXISTS sale (
 CREATE INDEX IF NOT EXISTS sale_pending ON sale (seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS sale_settled ON sale (settled_at) WHERE state = 'sent';
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The server's catalogue as last fetched (GET /catalogue/): what the till prices from offline.
+CREATE TABLE IF NOT EXISTS catalogue_item (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    prices     TEXT    NOT NULL,                  -- JSON [[from (ISO 8601, UTC) or null, price], ...], in order
+    retired_at TEXT                               -- ISO 8601, UTC
+);
 """
+# Spools made before sales carried the price charged gain the column.
+_COLUMNS_ADDED = {"unit_price": "ALTER TABLE sale ADD COLUMN unit_price INTEGER"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +57,7 @@ class NewSale:
     item_id: int
     quantity: int
     sale_time: dt.datetime  # aware
+    unit_price: int | None = None  # what the till charged; None: the server prices it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +70,20 @@ class SpooledSale:
     state: str = PENDING
     server_id: int | None = None
     reason: str | None = None
+    unit_price: int | None = None
 
     def as_json(self, store_id: int) -> dict:
         """The sale as the batch endpoint takes it."""
-        return {
+        sale = {
             "item_id": self.item_id,
             "store_id": store_id,
             "quantity": self.quantity,
             "sale_time": self.sale_time,
             "idempotency_key": self.idempotency_key,
         }
+        if self.unit_price is not None:
+            sale["unit_price"] = self.unit_price
+        return sale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +112,10 @@ class Spool:
             # FULL: the WAL is fsynced at every commit, so a returned record() survives a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(sale)")}
+            for column, statement in _COLUMNS_ADDED.items():
+                if column not in present:
+                    self._db.execute(statement)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the spool {self.path}: {exc}") from exc
         self.store_id = self._claim_store(store_id)
@@ -133,23 +152,26 @@ class Spool:
 
     def add(self, sales: list[NewSale]) -> list[SpooledSale]:
         """The sales, committed (durable) together; each with its seq."""
-        rows = [(s.idempotency_key, s.item_id, s.quantity, iso_utc(s.sale_time)) for s in sales]
+        rows = [(s.idempotency_key, s.item_id, s.quantity, iso_utc(s.sale_time), s.unit_price) for s in sales]
         stored = []
         with self._transaction() as db:
             for row in rows:
                 seq = cast(
                     int,
                     db.execute(
-                        "INSERT INTO sale (idempotency_key, item_id, quantity, sale_time) VALUES (?, ?, ?, ?)", row
+                        "INSERT INTO sale (idempotency_key, item_id, quantity, sale_time, unit_price) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        row,
                     ).lastrowid,
                 )  # an INSERT's: an int
-                stored.append(SpooledSale(seq, *row))
+                key, item_id, quantity, sale_time, unit_price = row
+                stored.append(SpooledSale(seq, key, item_id, quantity, sale_time, unit_price=unit_price))
         return stored
 
     def pending(self, limit: int, after_seq: int = 0) -> list[SpooledSale]:
         rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time FROM sale "
-            "WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
+            "FROM sale WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
         )
         return [SpooledSale(*row) for row in rows]
@@ -211,7 +233,7 @@ class Spool:
 
     def refused(self) -> list[SpooledSale]:
         rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason "
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
             "FROM sale WHERE state = 'refused' ORDER BY seq"
         )
         return [SpooledSale(*row) for row in rows]
@@ -219,9 +241,44 @@ class Spool:
     def ledger(self) -> list[SpooledSale]:
         """Every sale the spool holds, in order."""
         rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason FROM sale ORDER BY seq"
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
+            "FROM sale ORDER BY seq"
         )
         return [SpooledSale(*row) for row in rows]
+
+    # --- the catalogue copy
+
+    def replace_catalogue(self, items: list[dict], etag: str | None) -> None:
+        """The server's whole catalogue (GET /catalogue/'s items) in place of the copy, at once."""
+        rows = [
+            (
+                item["id"],
+                item["name"],
+                json.dumps([[p["from"], p["price"]] for p in item["prices"]]),
+                item.get("retired_at"),
+            )
+            for item in items
+        ]
+        with self._transaction() as db:
+            db.execute("DELETE FROM catalogue_item")
+            db.executemany("INSERT INTO catalogue_item (id, name, prices, retired_at) VALUES (?, ?, ?, ?)", rows)
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES ('catalogue_etag', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (etag or "",),
+            )
+
+    def list_price(self, item_id: int, sale_time: dt.datetime) -> int | None:
+        """The list price the copy gives the item at `sale_time` (None: the copy lacks it)."""
+        rows = self._query("SELECT prices FROM catalogue_item WHERE id = ?", (item_id,))
+        if not rows:
+            return None
+        moment = iso_utc(sale_time)
+        price = None
+        for start, listed in json.loads(rows[0][0]):
+            if start is None or iso_utc(dt.datetime.fromisoformat(start)) <= moment:
+                price = listed
+        return price
 
     def meta(self, name: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))

@@ -38,6 +38,8 @@ class ScriptedTransport:
         self.lock = threading.Lock()
 
     def request(self, method, path, body=None, headers=None):
+        if method == "GET":  # the catalogue: none here (the client then lets the server price)
+            return answer(404, {"error": "no catalogue in this script"})
         with self.lock:
             self.requests.append((time.monotonic(), body))
         return self.respond(body)

@@ -15,6 +15,7 @@ from api.app import create_app
 from pos_client import SalesClient
 from pos_client.transport import HttpTransport, TransportError
 from shared import keys
+from tests.conftest import ADMIN_TOKEN
 
 
 class LosesAnswers(HttpTransport):
@@ -146,6 +147,35 @@ async def test_unknown_item_is_set_aside_listed_and_not_retried(shop, client, dr
     await drain()
     rows = await stored_rows(db, [s.idempotency_key for s in recorded])
     assert sorted(r["item_id"] for r in rows) == [1, 2]
+    await close(till)
+
+
+async def test_a_till_prices_from_its_copy_of_the_catalogue_and_keeps_it_current(shop, client, drain, db, tmp_path):
+    """The price goes to 120 after the till fetched its copy (100): sold at 100, it counts at
+    100, the list price 120 beside it. The copy is fetched again only when it changed (ETag)."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert (await client.patch("/catalogue/items/1", json={"price": 100}, headers=admin)).status == 200
+    till = SalesClient(
+        base_url(client), store_id=1, spool=str(tmp_path / "s.db"), flush_interval=3600, catalogue_interval=3600
+    )
+    assert await asyncio.to_thread(till.refresh_catalogue)
+    etag = till._spool.meta("catalogue_etag")
+    assert etag
+    assert (await client.patch("/catalogue/items/1", json={"price": 120}, headers=admin)).status == 200
+    sold = till.record(item_id=1, quantity=2)
+    discounted = till.record(item_id=2, unit_price=5)
+    assert (sold.unit_price, discounted.unit_price) == (100, 5)
+    assert await flush(till)
+    await drain()
+    rows = {r["item_id"]: r for r in await db.fetch("SELECT item_id, price, list_price, quantity FROM sales")}
+    assert (rows[1]["price"], rows[1]["list_price"], rows[1]["quantity"]) == (100, 120, 2)
+    assert rows[2]["price"] == 5
+    assert await asyncio.to_thread(till.refresh_catalogue)  # changed: fetched again
+    assert till._spool.meta("catalogue_etag") != etag
+    assert till.record(item_id=1).unit_price == 120
+    etag = till._spool.meta("catalogue_etag")
+    assert await asyncio.to_thread(till.refresh_catalogue)  # unchanged: 304, the copy stays
+    assert till._spool.meta("catalogue_etag") == etag
     await close(till)
 
 
