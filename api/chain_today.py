@@ -31,14 +31,14 @@ import asyncpg
 from api import metrics, period_parts, reports
 from api.period_parts import KeyedSums
 from api.report_cache import Change, Delta
-from api.stores_today import MEASURES, Snapshot
+from api.stores_today import DISCOUNTS_AT, MEASURES, Snapshot
 
 # One statement, one snapshot: every store's day, every item's units and the chain's hours of
 # the day ($1 = $2 = the day). The items and hours as the chain-wide reports read them (with the
 # chain's deltas not folded yet); arrays, not records, for Citus.
 READ_CHAIN_DAY = f"""
 SELECT pg_current_snapshot()::text AS snapshot,
-       (SELECT array_agg(ARRAY[store_id, income, units, sales, returns, refunds]) FROM daily_totals
+       (SELECT array_agg(ARRAY[store_id, income, units, sales, returns, refunds, discounts]) FROM daily_totals
         WHERE day = $1) AS stores,
        (SELECT array_agg(ARRAY[key, units]) FROM ({reports.ITEMS_OF_PERIOD}) i) AS items,
        (SELECT array_agg(ARRAY[hour, income, units, sales])
@@ -69,7 +69,7 @@ class ChainDay:
 
     def add(self, deltas: list[Delta]) -> None:
         grown_stores, grown_items = set(), set()
-        for _day, hour, store_id, item_id, income, units, sales in deltas:
+        for _day, hour, store_id, item_id, income, units, sales, discounts in deltas:
             grown_stores.add(store_id)
             grown_items.add(item_id)
             store = self.stores.get(store_id)
@@ -78,6 +78,7 @@ class ChainDay:
             store[0] += income
             store[1] += units
             store[2] += sales
+            store[DISCOUNTS_AT] += discounts
             item = self.items.get(item_id)
             if item is None:
                 self.items[item_id] = [units, units]

@@ -195,11 +195,16 @@ _PERIOD_PARAMS = [
 
 
 _PERIOD_MEASURES = {
-    "income": {"type": "integer", "description": "Net of refunds"},
+    "income": {"type": "integer", "description": "What the tills charged, net of refunds"},
     "units": {"type": "integer", "description": "Net of units returned"},
     "sales": {"type": "integer"},
     "returns": {"type": "integer"},
     "refunds": {"type": "integer", "description": "Money given back for returns"},
+    "discounts": {
+        "type": "integer",
+        "description": "Given off the list price on the period's sales: (list price - unit_price) x quantity "
+        "(negative where a till charged a price it had not yet seen lowered)",
+    },
 }
 _RETURN_FIELDS = {
     "quantity": {"type": "integer", "minimum": 1, "maximum": 10000},
@@ -807,7 +812,7 @@ def spec() -> dict:
                 },
                 "PeriodTotals": {
                     "type": "object",
-                    "required": ["from", "to", "income", "units", "sales", "returns", "refunds"],
+                    "required": ["from", "to", "income", "units", "sales", "returns", "refunds", "discounts"],
                     "properties": {
                         "from": {"type": "string", "format": "date"},
                         "to": {"type": "string", "format": "date"},
@@ -918,6 +923,7 @@ def spec() -> dict:
                         "sales",
                         "returns",
                         "refunds",
+                        "discounts",
                         "top_items",
                         "days",
                     ],
@@ -931,7 +937,7 @@ def spec() -> dict:
                             "type": "array",
                             "items": {
                                 "type": "object",
-                                "required": ["day", "income", "units", "sales", "returns", "refunds"],
+                                "required": ["day", "income", "units", "sales", "returns", "refunds", "discounts"],
                                 "properties": {"day": {"type": "string", "format": "date"}, **_PERIOD_MEASURES},
                             },
                         },

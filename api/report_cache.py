@@ -130,7 +130,8 @@ def _size(value: Any) -> int:
 
 
 # A writer's delta (shared.report_changes.DELTAS): what it added to a store's item in an hour.
-Delta = tuple[dt.date, int, int, int, int, int, int]  # day, hour, store_id, item_id, income, units, sales
+# day, hour, store_id, item_id, income, units, sales, discounts
+Delta = tuple[dt.date, int, int, int, int, int, int, int]
 
 
 class ChangeObserver(Protocol):
@@ -153,8 +154,17 @@ def _parse_deltas(payload: str) -> tuple[int, int, list[Delta]]:
     try:
         said = json.loads(payload)
         deltas = [
-            (dt.date.fromisoformat(day), int(hour), int(store), int(item), int(income), int(units), int(sales))
-            for day, hour, store, item, income, units, sales in said["rows"]
+            (
+                dt.date.fromisoformat(day),
+                int(hour),
+                int(store),
+                int(item),
+                int(income),
+                int(units),
+                int(sales),
+                int(discounts),
+            )
+            for day, hour, store, item, income, units, sales, discounts in said["rows"]
             if sales
         ]
         return int(said["xid"]), int(said["chunks"]), deltas

@@ -38,14 +38,15 @@ from api.report_cache import Change, Delta
 # (at most a few thousand), some tens of KB at most.
 MAX_STORES = 2000
 
-MEASURES = ("income", "units", "sales", "returns", "refunds")
+MEASURES = ("income", "units", "sales", "returns", "refunds", "discounts")
+DISCOUNTS_AT = MEASURES.index("discounts")
 
 # One statement, one snapshot: the store's day, its items of the day as (item, units) pairs, and
 # the snapshot they were read in. Arrays, not records: Citus cannot take an anonymous record back
 # from its workers.
 READ_STORE_DAY = """
 SELECT pg_current_snapshot()::text AS snapshot,
-       (SELECT ARRAY[income, units, sales, returns, refunds] FROM daily_totals
+       (SELECT ARRAY[income, units, sales, returns, refunds, discounts] FROM daily_totals
         WHERE store_id = $1 AND day = $2) AS day,
        (SELECT array_agg(ARRAY[item_id, units]) FROM store_item_daily WHERE store_id = $1 AND day = $2) AS items
 """
@@ -84,7 +85,7 @@ class StoreDay:
 
 
 # What a delta adds to an item of a store's day.
-ItemDelta = tuple[int, int, int, int]  # item_id, income, units, sales
+ItemDelta = tuple[int, int, int, int, int]  # item_id, income, units, sales, discounts
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,10 +99,11 @@ class _Store:
     def add(self, deltas: list[ItemDelta]) -> None:
         if self.measures is None:
             self.measures = [0] * len(MEASURES)
-        for item_id, income, units, sales in deltas:
+        for item_id, income, units, sales, discounts in deltas:
             self.measures[0] += income
             self.measures[1] += units
             self.measures[2] += sales
+            self.measures[DISCOUNTS_AT] += discounts
             self.units[item_id] = self.units.get(item_id, 0) + units
         self._answer = None
 
@@ -192,9 +194,9 @@ class StoresToday:
     def on_deltas(self, xid: int, deltas: list[Delta]) -> None:
         """A writer's transaction's deltas (shared.report_changes.DELTAS)."""
         by_store: dict[int, list[ItemDelta]] = {}
-        for day, _hour, store_id, item_id, income, units, sales in deltas:
+        for day, _hour, store_id, item_id, income, units, sales, discounts in deltas:
             if day == self._day:
-                by_store.setdefault(store_id, []).append((item_id, income, units, sales))
+                by_store.setdefault(store_id, []).append((item_id, income, units, sales, discounts))
         for store_id, added in by_store.items():
             if (store := self._stores.get(store_id)) is not None:
                 if not store.snapshot.sees(xid):

@@ -30,7 +30,10 @@ from bench.common import log, ratio
 from bench.post_sales import run_post
 
 ADMIN_TOKEN = "bench-admin-token"
-SIZES = {"today (10,000 items, 1,000 stores)": (10_000, 1_000), "large (100,000 items, 10,000 stores)": (100_000, 10_000)}
+SIZES = {
+    "today (10,000 items, 1,000 stores)": (10_000, 1_000),
+    "large (100,000 items, 10,000 stores)": (100_000, 10_000),
+}
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
@@ -78,7 +81,9 @@ def measure(name: str, items: int, stores: int, args) -> dict:
     env_extra = {"ADMIN_TOKEN": ADMIN_TOKEN}
     port, other_port = 18_420, 18_421
     result: dict = {"name": name}
-    api = common.Service("product-api", [common.PYTHON, "-m", "api"], {**common.product_env(url, port), **env_extra}, port)
+    api = common.Service(
+        "product-api", [common.PYTHON, "-m", "api"], {**common.product_env(url, port), **env_extra}, port
+    )
     api.wait_http("/health")
     if items > 10_000:  # a price list for every item: each then has a history
         lines = ["id,price"] + [f"{i},{200 + i % 1000}" for i in range(1, items + 1)]
@@ -102,7 +107,9 @@ def measure(name: str, items: int, stores: int, args) -> dict:
     )
     result["rss_served"] = _serving_rss(api)
     result["reload_ms"] = statistics.median(asyncio.run(_reload_seconds(url))) * 1000
-    other = common.Service("product-api-2", [common.PYTHON, "-m", "api"], {**common.product_env(url, other_port), **env_extra}, other_port)
+    other = common.Service(
+        "product-api-2", [common.PYTHON, "-m", "api"], {**common.product_env(url, other_port), **env_extra}, other_port
+    )
     other.wait_http("/health")
     patches, seen = [], []
     for n in range(5):
@@ -168,7 +175,10 @@ def main() -> int:
         rows.append([label, fmt.format(small[key]), fmt.format(large[key]), ratio(large[key], small[key])])
     print(common.table(["", small["name"], large["name"], "large / today"], rows))
     if "import_s" in large:
-        print(f"\nThe large catalogue's price list (a price for each of its items, one CSV) imported in {large['import_s']:.2f} s.")
+        print(
+            "\nThe large catalogue's price list (a price for each of its items, one CSV) imported in "
+            f"{large['import_s']:.2f} s."
+        )
     return 0
 
 

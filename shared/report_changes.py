@@ -59,11 +59,12 @@ DELTAS_CHANNEL = "store_days_added"
 # those it keeps again (a few per store), where parsing the deltas of a 100,000-sale batch would
 # cost every API process more than that, and 1,250 NOTIFYs.
 MAX_DELTA_SALES = 2000
-# Rows per NOTIFY: a row is at most ~95 bytes of JSON, and a payload at most 8,000.
-DELTA_ROWS_PER_NOTIFY = 80
+# Rows per NOTIFY: a row is at most ~115 bytes of JSON, and a payload at most 8,000.
+DELTA_ROWS_PER_NOTIFY = 64
 
-# What a batch adds to each store's day, items and hours ($1-$6: its sums by second, item and
-# store, as PARTIAL_SALES reads them): rows of [day, hour, store, item, income, units, sales], in
+# What a batch adds to each store's day, items and hours ($1-$7: its sums by second, item and
+# store, as PARTIAL_SALES reads them): rows of [day, hour, store, item, income, units, sales,
+# discounts], in
 # chunks, each with the transaction's id and how many chunks it sends (a listener applies a
 # transaction once it has them all). Sent after the rollup statements, in the same transaction.
 # (A batch spans an hour's edge rarely: the hour splits few rows.)
@@ -73,12 +74,12 @@ SELECT pg_notify(
     json_build_object(
         'xid', pg_current_xact_id()::text,
         'chunks', count(*) OVER (),
-        'rows', json_agg(json_build_array(day, hour, store_id, item_id, income, units, sales))
+        'rows', json_agg(json_build_array(day, hour, store_id, item_id, income, units, sales, discounts))
     )::text
 )
 FROM (SELECT local_time::date AS day, extract(hour FROM local_time)::int AS hour, store_id, item_id,
              sum(income)::bigint AS income, sum(units)::bigint AS units, sum(sales)::bigint AS sales,
-             (row_number() OVER () - 1) / {DELTA_ROWS_PER_NOTIFY} AS chunk
+             sum(discounts)::bigint AS discounts, (row_number() OVER () - 1) / {DELTA_ROWS_PER_NOTIFY} AS chunk
       FROM ({PARTIAL_SALES}) AS local
       GROUP BY 1, 2, 3, 4) AS added
 GROUP BY chunk

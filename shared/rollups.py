@@ -46,38 +46,40 @@ ROLLUPS = (
 )
 ROLLUP = {r.table: r for r in ROLLUPS}
 # Income and units are net of returns; `returns` counts them and `refunds` is the money given
-# back. Sales leave the last two at 0 (their upserts do not write them at all).
-MEASURES = {m: f"sum({m})" for m in ("income", "units", "sales", "returns", "refunds")}
-SALE_MEASURES = {m: MEASURES[m] for m in ("income", "units", "sales")}
+# back. Sales leave those two at 0 (their upserts do not write them at all). `discounts`: what
+# the tills gave off the list price on sales (returns leave it: migration 014).
+MEASURES = {m: f"sum({m})" for m in ("income", "units", "sales", "returns", "refunds", "discounts")}
+SALE_MEASURES = {m: MEASURES[m] for m in ("income", "units", "sales", "discounts")}
 
-# Sales as the rollups see them: local time in the configured zone, income = price x quantity.
+# Sales as the rollups see them: local time in the configured zone, income = price x quantity
+# (the price charged), discounts = (list price - price) x quantity (no list price: none given).
 # The zone is a scalar subquery, not a join: joined, the never-analyzed one-row settings table
 # counts as about 1,300 rows, and the worker's upserts then sized their hash tables and sorts
 # for a million rows (3 ms of each batch, measured, whatever its size).
 LOCAL_SALES = """
     SELECT s.sale_time AT TIME ZONE (SELECT timezone FROM report_settings) AS local_time,
            s.item_id, s.store_id, s.price::bigint * s.quantity AS income, s.quantity AS units, 1 AS sales,
-           0 AS returns, 0 AS refunds
+           0 AS returns, 0 AS refunds, (coalesce(s.list_price, s.price) - s.price)::bigint * s.quantity AS discounts
     FROM {source} s
 """
 # Returns count where and when they happened, at the sale's price snapshot.
 LOCAL_RETURNS = """
     SELECT r.return_time AT TIME ZONE (SELECT timezone FROM report_settings) AS local_time,
            r.item_id, r.store_id, -(r.price::bigint * r.quantity) AS income, -r.quantity AS units, 0 AS sales,
-           1 AS returns, r.price::bigint * r.quantity AS refunds
+           1 AS returns, r.price::bigint * r.quantity AS refunds, 0 AS discounts
     FROM returns r
 """
 
 
 # A batch's sales summed by the worker along `Rollup.summed_by`: one row per group, as
 # arrays ($1 Unix second of sale_time, $2 item_id, $3 store_id, $4 income, $5 units,
-# $6 sales), 0 in the columns it was not summed by. Whole seconds give the exact local day
-# and month: time zone offsets are whole seconds.
+# $6 sales, $7 discounts), 0 in the columns it was not summed by. Whole seconds give the exact
+# local day and month: time zone offsets are whole seconds.
 PARTIAL_SALES = """
     SELECT (timestamptz 'epoch' + p.second * interval '1 second') AT TIME ZONE (SELECT timezone FROM report_settings)
-           AS local_time, p.item_id, p.store_id, p.income, p.units, p.sales
-    FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[])
-         AS p(second, item_id, store_id, income, units, sales)
+           AS local_time, p.item_id, p.store_id, p.income, p.units, p.sales, p.discounts
+    FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+         AS p(second, item_id, store_id, income, units, sales, discounts)
 """
 
 # A batch's returns summed the same way ($1-$3 as above, $4 refunds, $5 units returned,
@@ -85,7 +87,7 @@ PARTIAL_SALES = """
 PARTIAL_RETURNS = """
     SELECT (timestamptz 'epoch' + p.second * interval '1 second') AT TIME ZONE (SELECT timezone FROM report_settings)
            AS local_time, p.item_id, p.store_id, -p.refunds AS income, -p.units AS units, 0 AS sales,
-           p.returns, p.refunds
+           p.returns, p.refunds, 0 AS discounts
     FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[])
          AS p(second, item_id, store_id, refunds, units, returns)
 """
@@ -347,8 +349,9 @@ NOTIFY_REPORTS_CHANGED = "SELECT pg_notify('reports_changed', '')"
 # day) instead of every sale a second time, 2 s of a 10-million-sale seed. The recount that
 # reconciliation compares with still reads the raw sales (expected_sql).
 STORE_MONTHS_FROM_DAYS = """
-INSERT INTO store_monthly (month, store_id, income, units, sales, returns, refunds)
-SELECT date_trunc('month', day)::date, store_id, sum(income), sum(units), sum(sales), sum(returns), sum(refunds)
+INSERT INTO store_monthly (month, store_id, income, units, sales, returns, refunds, discounts)
+SELECT date_trunc('month', day)::date, store_id, sum(income), sum(units), sum(sales), sum(returns), sum(refunds),
+       sum(discounts)
 FROM daily_totals GROUP BY 1, 2
 """
 

@@ -23,14 +23,16 @@ NO_DRIFT = {
 }
 
 # Sales and returns as one list of moves: a return takes its money and units back, where and
-# when it happened.
+# when it happened. Income counts the price charged; a discount is the list price less it (a sale
+# without a list price had none), given with the sale and not taken back by a return.
 ACTIVITY = """
 (SELECT sale_time AS moment, store_id, item_id, price::bigint * quantity AS income, quantity::bigint AS units,
-        1 AS sales, 0 AS returns, 0::bigint AS refunds
+        1 AS sales, 0 AS returns, 0::bigint AS refunds,
+        (coalesce(list_price, price) - price)::bigint * quantity AS discounts
  FROM sales
  UNION ALL
  SELECT return_time, store_id, item_id, -(price::bigint * quantity), -quantity::bigint, 0, 1,
-        price::bigint * quantity
+        price::bigint * quantity, 0
  FROM returns) s
 """
 
@@ -86,7 +88,7 @@ ORDER BY sales_amount DESC, i.id
 LIMIT $4
 """
 
-MEASURES = ("income", "units", "sales", "returns", "refunds")
+MEASURES = ("income", "units", "sales", "returns", "refunds", "discounts")
 _SUMS = ", ".join(f"sum(s.{m})::bigint AS {m}" for m in MEASURES)
 
 STORE_DAYS_IN = f"""

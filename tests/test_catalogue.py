@@ -12,10 +12,12 @@ import zoneinfo
 from api.app import create_app
 from api.appkeys import INTAKE
 from api.catalogue import PriceHistory
-from shared import catalogue
+from shared import catalogue, rollups
 from shared.catalogue import ItemEdit
+from tests import recount
 from tests.conftest import ADMIN_TOKEN
 from tests.queue_state import queued_entries
+from tests.recount import NO_DRIFT
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -34,6 +36,15 @@ async def _sale(client, status=202, **sale):
 
 async def _stored(db, sale_id):
     return tuple(await db.fetchrow("SELECT price, list_price, quantity FROM sales WHERE id = $1", sale_id))
+
+
+async def _seen_by(client, condition) -> None:
+    """Wait (up to 1 s: the bound every API process keeps) until the API's catalogue copy meets it."""
+    copy = client.server.app[INTAKE].catalogue
+    started = time.monotonic()
+    while not condition(copy):
+        assert time.monotonic() - started < 1, "the API did not see the change within 1 s"
+        await asyncio.sleep(0.01)
 
 
 async def test_an_offline_sale_counts_at_the_price_of_its_sale_time(client, seed, db, drain):
@@ -104,6 +115,13 @@ async def test_a_charged_price_below_list_is_income_and_above_list_is_refused(
     assert await _stored(db, sale["id"]) == (listed - 30, listed, 3)
     top = await _ok(await client.get("/stores/top/"))
     assert top[0]["income"] == 3 * (listed - 30)
+    page = await _ok(await client.get("/stores/1/report/"))
+    assert (page["income"], page["discounts"]) == (3 * (listed - 30), 3 * 30)
+    assert [(d["income"], d["discounts"]) for d in page["days"]] == [(3 * (listed - 30), 3 * 30)]
+    totals = await _ok(await client.get("/reports/totals/"))
+    assert (totals["income"], totals["discounts"]) == (3 * (listed - 30), 3 * 30)
+    assert totals == await recount.totals(db, *[dt.date.fromisoformat(totals[k]) for k in ("from", "to")])
+    assert await rollups.drift(db) == NO_DRIFT
 
 
 async def test_a_till_that_missed_a_price_cut_is_counted_at_what_it_charged(client, seed, db, drain):
@@ -164,6 +182,7 @@ async def test_ten_thousand_items_imported_in_one_request_and_errors_by_line(cli
 
 async def test_the_etag_round_trip_and_changes_since_a_version(client, seed):
     await seed(items=3, stores=2)
+    await _seen_by(client, lambda copy: len(copy.item_rows) == 3)  # the seed's NOTIFY reached the API
     first = await client.get("/catalogue/")
     whole = await _ok(first)
     etag = first.headers["ETag"]
@@ -185,11 +204,7 @@ async def test_a_change_is_seen_by_every_api_process_within_a_second(settings, s
     # a sale naming it, through the other process at once: accepted
     await _sale(other, item_id=created["id"])
     await _ok(await one.patch(f"/catalogue/items/{created['id']}", json={"name": "newer"}, headers=ADMIN))
-    catalogue_copy = other.server.app[INTAKE].catalogue
-    started = time.monotonic()
-    while catalogue_copy.item_rows[created["id"]][0] != "newer":
-        assert time.monotonic() - started < 1, "the other process did not see the change within 1 s"
-        await asyncio.sleep(0.01)
+    await _seen_by(other, lambda copy: copy.item_rows[created["id"]][0] == "newer")
 
 
 async def test_bad_catalogue_edits_are_clear_4xx(client, seed):

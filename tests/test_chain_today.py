@@ -58,7 +58,7 @@ async def _in_tables(db, day: dt.date) -> tuple:
         day,
     )
     return (
-        {m: totals[m] for m in ("income", "units", "sales", "returns", "refunds")},
+        {m: totals[m] for m in ("income", "units", "sales", "returns", "refunds", "discounts")},
         {r["store_id"]: r["units"] for r in stores},
         {r["item_id"]: r["units"] for r in items},
         {r["hour"]: r["units"] for r in hours},
@@ -118,7 +118,7 @@ async def test_a_commit_the_read_did_not_see_is_added_when_its_deltas_come_durin
         async with pool.acquire():
             asked = asyncio.ensure_future(_get(chain, cache, today))
             await asyncio.sleep(0.05)
-            chain.on_deltas(xid, [(today, 9, 1, 2, 6 * ITEM_PRICE, 6, 1)])  # heard while the read waits
+            chain.on_deltas(xid, [(today, 9, 1, 2, 6 * ITEM_PRICE, 6, 1, 0)])  # heard while the read waits
         day = await asked
     assert not day.snapshot.sees(xid)  # in progress when read: its deltas are in
     assert day.totals()["units"] == 6 and day.items == {2: [6, 6]} and day.hours == {9: [6 * ITEM_PRICE, 6, 1]}
@@ -129,7 +129,7 @@ async def test_deltas_heard_after_the_read_of_a_commit_it_saw_are_not_added(db, 
     async with db.transaction():
         xid = int(await db.fetchval("SELECT pg_current_xact_id()::text"))
     day = await _get(chain, cache, today)  # read after that commit
-    chain.on_deltas(xid, [(today, 9, 1, 2, 6 * ITEM_PRICE, 6, 1)])  # its NOTIFY late
+    chain.on_deltas(xid, [(today, 9, 1, 2, 6 * ITEM_PRICE, 6, 1, 0)])  # its NOTIFY late
     assert day.totals()["units"] == 0 and day.items == {} and day.hours == {}
 
 
@@ -224,12 +224,12 @@ def test_a_transactions_deltas_reach_the_observers_once_all_its_chunks_came():
     cache.observe(heard)
 
     def chunk(xid: int, hour: int) -> str:
-        return json.dumps({"xid": str(xid), "chunks": 2, "rows": [["2026-12-06", hour, 1, 2, 500, 2, 1]]})
+        return json.dumps({"xid": str(xid), "chunks": 2, "rows": [["2026-12-06", hour, 1, 2, 500, 2, 1, 0]]})
 
     cache._on_notification(None, 0, report_changes.DELTAS_CHANNEL, chunk(7, 10))
     assert heard.deltas == []  # half a transaction is not shown
     cache._on_notification(None, 0, report_changes.DELTAS_CHANNEL, chunk(7, 11))
     day = dt.date(2026, 12, 6)
-    assert heard.deltas == [(7, [(day, 10, 1, 2, 500, 2, 1), (day, 11, 1, 2, 500, 2, 1)])]
+    assert heard.deltas == [(7, [(day, 10, 1, 2, 500, 2, 1, 0), (day, 11, 1, 2, 500, 2, 1, 0)])]
     cache._on_notification(None, 0, report_changes.DELTAS_CHANNEL, '{"xid": "8", "rows": []}')
     assert heard.changes == [None]  # unreadable: anything may have changed

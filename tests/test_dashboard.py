@@ -9,7 +9,10 @@ import shutil
 
 import pytest
 
+from tests.conftest import ADMIN_TOKEN
+
 pytestmark = pytest.mark.browser
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(os.environ.get("TEST_ARTIFACTS", "artifacts"))
@@ -269,6 +272,16 @@ async def _sales_a_year_before(client, drain, store_id: int = 1) -> None:
     await drain()
 
 
+async def _discounted_sale(client, db, drain, store_id: int = 1) -> int:
+    """A sale of item 1 charged 7 below its list price, twice over: 14 of discounts."""
+    listed = await db.fetchval("SELECT price FROM item WHERE id = 1")
+    body = {"item_id": 1, "store_id": store_id, "quantity": 2, "unit_price": listed - 7}
+    response = await client.post("/sales/", json=body)
+    assert response.status == 202, await response.text()
+    await drain()
+    return 14
+
+
 async def test_period_picker_drives_the_chain_view(client, seed, db, drain, browser):
     await seed(items=8, stores=5, sales=1500)
     today = dt.date.fromisoformat((await _api(client, "/reports/totals/"))["to"])  # today in the report zone
@@ -276,6 +289,7 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
     returned = (await _api(client, f"/reports/totals/?{month_30}"))["returns"]  # the seeder's
     await _return_some(client, db, drain, 3)
     await _sales_a_year_before(client, drain)
+    discounts = await _discounted_sale(client, db, drain)
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -300,8 +314,8 @@ async def test_period_picker_drives_the_chain_view(client, seed, db, drain, brow
         await _api(client, "/items/top/?cnt=10"), "name", "sales_amount"
     )
     totals = await _api(client, f"/reports/totals/?{q}")
-    assert totals["returns"] == returned + 3 and totals["refunds"] > 0
-    for key in ("income", "units", "sales", "returns", "refunds"):
+    assert totals["returns"] == returned + 3 and totals["refunds"] > 0 and totals["discounts"] == discounts
+    for key in ("income", "units", "sales", "returns", "refunds", "discounts"):
         assert await page.text_content(f"#kpi-{key}") == _fmt(totals[key]), key
     daily = [
         d
@@ -387,6 +401,13 @@ async def test_store_page_shows_the_store_report(client, seed, db, drain, browse
     }
     await _return_some(client, db, drain, 2, store_id)
     await _sales_a_year_before(client, drain, store_id)
+    discounts = await _discounted_sale(client, db, drain, store_id)
+    # an item renamed through the API: the page shows the new name
+    top_item = (await _api(client, f"/stores/{store_id}/report/?from={first}&to={last}&cnt=1"))["top_items"][0]
+    renamed = await client.patch(
+        f"/catalogue/items/{top_item['id']}", json={"name": "renamed on the dashboard"}, headers=ADMIN
+    )
+    assert renamed.status == 200, await renamed.text()
     base = str(client.make_url("/"))
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
     errors = []
@@ -403,12 +424,15 @@ async def test_store_page_shows_the_store_report(client, seed, db, drain, browse
     assert await page.evaluate("document.activeElement.id") == "store-title"
     report = await _api(client, f"/stores/{store_id}/report/?from={first}&to={last}&cnt=10")
     assert report["returns"] == returned[f"from={first}&to={last}"] + 2 and report["refunds"] > 0
+    assert report["discounts"] == discounts
     assert await page.text_content("#store-title") == f"Store: {report['store']['address']}"
-    for key in ("income", "units", "sales", "returns", "refunds"):
+    for key in ("income", "units", "sales", "returns", "refunds", "discounts"):
         assert await page.text_content(f"#store-{key}") == _fmt(report[key]), key
     assert await _table(page, "#store-items-table") == _ranked(report["top_items"], "name", "sales_amount")
+    assert "renamed on the dashboard" in [row[1] for row in await _table(page, "#store-items-table")]
     assert await _table(page, "#store-daily-table") == [
-        [d["day"], *(_fmt(d[k]) for k in ("income", "units", "sales", "returns", "refunds"))] for d in report["days"]
+        [d["day"], *(_fmt(d[k]) for k in ("income", "units", "sales", "returns", "refunds", "discounts"))]
+        for d in report["days"]
     ]
     bars = await page.eval_on_selector_all("#store-daily-chart rect title", "ts => ts.map(t => t.textContent)")
     assert len(bars) == len(report["days"]) and all(

@@ -122,7 +122,7 @@ async def test_a_new_store_and_item_count_from_their_first_sale(client, seed, db
     page = await _get(client, f"/stores/60/report/?{q}")
     assert (page["income"], page["units"], page["sales"]) == (1000, 4, 1)
     assert page["days"] == [
-        {"day": today.isoformat(), "income": 1000, "units": 4, "sales": 1, "returns": 0, "refunds": 0}
+        {"day": today.isoformat(), "income": 1000, "units": 4, "sales": 1, "returns": 0, "refunds": 0, "discounts": 0}
     ]
     assert await rollups.drift(db) == NO_DRIFT
 
@@ -164,8 +164,9 @@ async def test_period_reports_as_csv(client, seed, db):
     )
     response = await client.get(f"/stores/1/report/?from={first}&to={today}&format=csv")
     page = await recount.store_page(db, 1, first, today)
-    assert await response.text() == "day,income,units,sales,returns,refunds\r\n" + "".join(
-        f"{d['day']},{d['income']},{d['units']},{d['sales']},{d['returns']},{d['refunds']}\r\n" for d in page["days"]
+    assert await response.text() == "day,income,units,sales,returns,refunds,discounts\r\n" + "".join(
+        f"{d['day']},{d['income']},{d['units']},{d['sales']},{d['returns']},{d['refunds']},{d['discounts']}\r\n"
+        for d in page["days"]
     )
 
 

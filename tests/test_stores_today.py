@@ -146,7 +146,7 @@ async def test_a_commit_the_read_did_not_see_is_added_when_its_deltas_come_durin
         async with pool.acquire():
             asked = asyncio.ensure_future(_get(stores_today, cache, 1, today))
             await asyncio.sleep(0.05)
-            stores_today.on_deltas(int(xid), [(today, 12, 1, 2, 6 * ITEM_PRICE, 6, 1)])  # heard while the read waits
+            stores_today.on_deltas(int(xid), [(today, 12, 1, 2, 6 * ITEM_PRICE, 6, 1, 0)])  # heard while the read waits
         assert _as_read(await asked) == (6, {2: 6})  # its snapshot had the transaction in progress
     assert await _in_table(db, 1, today) == (6, {2: 6})
 
@@ -206,12 +206,12 @@ async def test_a_writer_says_what_a_small_batch_added_in_notifies_within_the_siz
     change, *chunks = said
     assert change[0] == report_changes.CHANNEL and json.loads(change[1])["deltas"] is True
     assert {channel for channel, _ in chunks} == {report_changes.DELTAS_CHANNEL}
-    assert len(chunks) == 3 and all(len(payload) < 8000 for _, payload in chunks)  # 80 rows a NOTIFY
+    assert len(chunks) == 4 and all(len(payload) < 8000 for _, payload in chunks)  # 64 rows a NOTIFY
     payloads = [json.loads(payload) for _, payload in chunks]
     assert len({p["xid"] for p in payloads}) == 1
     added = sorted(tuple(row) for p in payloads for row in p["rows"])
     moments = [dt.datetime.fromtimestamp(row[1] / 1_000_000, dt.UTC) for row in rows]
     assert added == sorted(
-        (moment.date().isoformat(), moment.hour, row[3], row[2], 2 * ITEM_PRICE, 2, 1)
+        (moment.date().isoformat(), moment.hour, row[3], row[2], 2 * ITEM_PRICE, 2, 1, 0)
         for moment, row in zip(moments, rows, strict=True)
     )

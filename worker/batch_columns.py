@@ -62,8 +62,8 @@ class BatchColumns:
         )
 
     def sums_by(self, names: tuple[str, ...]) -> list[list[int]]:
-        """Income, units and sales summed per distinct value of `names` (a Rollup's summed_by),
-        as the six arrays of shared.rollups.PARTIAL_SALES."""
+        """Income, units, sales and discounts summed per distinct value of `names` (a Rollup's
+        summed_by), as the seven arrays of shared.rollups.PARTIAL_SALES."""
         columns = {"second": self.times_us // 1_000_000, "item_id": self.item_ids, "store_id": self.store_ids}
         keys = [columns[name] for name in names]
         order = np.lexsort(keys[::-1])
@@ -74,9 +74,11 @@ class BatchColumns:
             starts_group[1:] |= key[1:] != key[:-1]
         starts = np.flatnonzero(starts_group)
         income = self.prices * self.quantities
-        if int(self.prices.max()) * int(self.quantities.max()) * len(self) >= 2**63:
+        discounts = (self.list_prices - self.prices) * self.quantities
+        if int(max(self.prices.max(), self.list_prices.max())) * int(self.quantities.max()) * len(self) >= 2**63:
             income = self.prices.astype(object) * self.quantities
-        measures = (income, self.quantities, np.ones(len(self), dtype=np.int64))
+            discounts = (self.list_prices.astype(object) - self.prices) * self.quantities
+        measures = (income, self.quantities, np.ones(len(self), dtype=np.int64), discounts)
         sums = [np.add.reduceat(measure[order], starts).tolist() for measure in measures]
         groups = {name: key[starts].tolist() for name, key in zip(names, sorted_keys)}
         zeros = [0] * len(starts)
