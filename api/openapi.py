@@ -1,7 +1,8 @@
 """The OpenAPI 3 description of every route (a test fails if a route is missing here).
 
-The catalogue's bodies are generated from the msgspec Structs that decode and encode them
-(`_generated_schemas`), so the two cannot drift; the prose beside them is written here.
+The bodies of sales, returns and the catalogue are generated from the msgspec Structs that
+decode and encode them (`_generated_schemas`; the fields' descriptions live on the Structs), so
+the two cannot drift; the rest, and the prose around them, is written here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import functools
 import msgspec
 
 from api.catalogue import CatalogueAnswer
-from api.validation import MAX_BATCH
+from api.returns import ReturnAnswer
+from api.sales import SaleAnswer
+from api.validation import MAX_BATCH, ReturnIn, ReturnOfSale, SaleIn
 from shared.catalogue import ItemEdit, StoreEdit
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -46,7 +49,8 @@ def _openapi_30(schema):
 
 def _generated_schemas() -> dict:
     _, components = msgspec.json.schema_components(
-        (ItemEdit, StoreEdit, CatalogueAnswer), ref_template="#/components/schemas/{name}"
+        (SaleIn, SaleAnswer, ReturnIn, ReturnOfSale, ReturnAnswer, ItemEdit, StoreEdit, CatalogueAnswer),
+        ref_template="#/components/schemas/{name}",
     )
     return _openapi_30(components)
 
@@ -205,23 +209,6 @@ _PERIOD_MEASURES = {
         "description": "Given off the list price on the period's sales: (list price - unit_price) x quantity "
         "(negative where a till charged a price it had not yet seen lowered)",
     },
-}
-_RETURN_FIELDS = {
-    "quantity": {"type": "integer", "minimum": 1, "maximum": 10000},
-    "return_time": {
-        "type": "string",
-        "format": "date-time",
-        "nullable": True,
-        "description": "ISO 8601 with offset; not before the sale, not in the future; null or absent: now",
-    },
-    "store_id": {
-        "type": "integer",
-        "minimum": 1,
-        "maximum": 2147483647,
-        "nullable": True,
-        "description": "The store that takes it back; absent: the sale's",
-    },
-    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _KEY_PATTERN, "nullable": True},
 }
 
 
@@ -468,7 +455,7 @@ def spec() -> dict:
                     },
                     "responses": {
                         "202": _json(
-                            {"$ref": "#/components/schemas/Sale"}, "Accepted (or the earlier sale with this key)"
+                            {"$ref": "#/components/schemas/SaleAnswer"}, "Accepted (or the earlier sale with this key)"
                         ),
                         "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
                         "413": _error("Body over 1 MiB"),
@@ -515,7 +502,8 @@ def spec() -> dict:
                     },
                     "responses": {
                         "202": _json(
-                            {"type": "array", "items": {"$ref": "#/components/schemas/Sale"}}, "All accepted, in order"
+                            {"type": "array", "items": {"$ref": "#/components/schemas/SaleAnswer"}},
+                            "All accepted, in order",
                         ),
                         "400": _error("Malformed JSON or not a list of sales"),
                         "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} sales"),
@@ -550,7 +538,8 @@ def spec() -> dict:
                     },
                     "responses": {
                         "202": _json(
-                            {"$ref": "#/components/schemas/Return"}, "Accepted (or the earlier return with this key)"
+                            {"$ref": "#/components/schemas/ReturnAnswer"},
+                            "Accepted (or the earlier return with this key)",
                         ),
                         "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
                         "403": _error("A pos key of another store"),
@@ -607,7 +596,7 @@ def spec() -> dict:
                     },
                     "responses": {
                         "202": _json(
-                            {"type": "array", "items": {"$ref": "#/components/schemas/Return"}},
+                            {"type": "array", "items": {"$ref": "#/components/schemas/ReturnAnswer"}},
                             "All accepted, in order",
                         ),
                         "400": _error(
@@ -749,67 +738,6 @@ def spec() -> dict:
                         "income": {"type": "integer"},
                     },
                 },
-                "SaleIn": {
-                    "type": "object",
-                    "required": ["item_id", "store_id"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "item_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
-                        "store_id": {"type": "integer", "minimum": 1, "maximum": 2147483647},
-                        "quantity": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1},
-                        "sale_time": {
-                            "type": "string",
-                            "format": "date-time",
-                            "nullable": True,
-                            "description": "ISO 8601 with offset; not in the future, "
-                            "not before 2000 (400), not more than "
-                            "MAX_SALE_AGE_DAYS ago (422); null or absent: now",
-                        },
-                        "idempotency_key": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": 64,
-                            "pattern": _KEY_PATTERN,
-                            "nullable": True,
-                        },
-                        "unit_price": {
-                            "type": "integer",
-                            "minimum": 0,
-                            "maximum": 2147483647,
-                            "nullable": True,
-                            "description": "What the till charged per unit; at most the list price in effect at "
-                            "sale_time (422 above it); absent: that list price",
-                        },
-                    },
-                },
-                "ReturnIn": {
-                    "type": "object",
-                    "required": ["quantity"],
-                    "additionalProperties": False,
-                    "properties": _RETURN_FIELDS,
-                },
-                "ReturnOfSale": {
-                    "type": "object",
-                    "required": ["sale_id", "quantity"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "sale_id": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 2**63 - 1},
-                        **_RETURN_FIELDS,
-                    },
-                },
-                "Return": {
-                    "type": "object",
-                    "required": ["id", "sale_id", "return_time", "store_id", "item_id", "quantity", "refund"],
-                    "properties": {
-                        "id": {"type": "integer", "format": "int64"},
-                        "sale_id": {"type": "integer", "format": "int64"},
-                        "return_time": {"type": "string", "format": "date-time"},
-                        "store_id": {"type": "integer"},
-                        "item_id": {"type": "integer"},
-                        "quantity": {"type": "integer"},
-                        "refund": {"type": "integer", "description": "The sale's price snapshot x quantity"},
-                    },
-                },
                 "PeriodTotals": {
                     "type": "object",
                     "required": ["from", "to", "income", "units", "sales", "returns", "refunds", "discounts"],
@@ -842,16 +770,6 @@ def spec() -> dict:
                                 },
                             },
                         },
-                    },
-                },
-                "Sale": {
-                    "type": "object",
-                    "required": ["id", "sale_time", "item_id", "store_id"],
-                    "properties": {
-                        "id": {"type": "integer", "format": "int64"},
-                        "sale_time": {"type": "string", "format": "date-time"},
-                        "item_id": {"type": "integer"},
-                        "store_id": {"type": "integer"},
                     },
                 },
                 "BatchErrors": {

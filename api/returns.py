@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import cast
+from typing import Annotated, cast
 
 import asyncpg
 import msgspec
@@ -91,13 +91,15 @@ class StoredSale:
 
 
 class ReturnAnswer(msgspec.Struct):
+    """An accepted return (or the earlier one with the same key)."""
+
     id: int
     sale_id: int
-    return_time: str
+    return_time: Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
     store_id: int
     item_id: int
     quantity: int
-    refund: int  # the sale's price snapshot x quantity
+    refund: Annotated[int, msgspec.Meta(description="The price the sale was charged x quantity")]
 
 
 def return_answer(queued: QueuedReturn) -> ReturnAnswer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from api import metrics
@@ -38,10 +40,10 @@ class SalesRefused(Exception):
 
 
 class SaleAnswer(msgspec.Struct):
-    """The answer for an accepted sale, as the seed's POST /sales/ gave it."""
+    """The answer for an accepted sale, as the seed's POST /sales/ gave it: `id` is its final id."""
 
     id: int
-    sale_time: str
+    sale_time: Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
     item_id: int
     store_id: int
 

@@ -23,8 +23,36 @@ TOO_DEEP = "malformed JSON: nested too deeply"
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
 Quantity = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
-Price = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# The fields' descriptions are /openapi.json's (api.openapi generates the bodies' schemas from these Structs).
+SaleTime = Annotated[
+    dt.datetime,
+    msgspec.Meta(
+        description="ISO 8601 with offset; not in the future, not before 2000 (400), not more than "
+        "MAX_SALE_AGE_DAYS ago nor in an archived month (422); null or absent: now",
+        extra_json_schema={"format": "date-time"},
+    ),
+]
+UnitPrice = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0,
+        le=INT32_MAX,
+        description="What the till charged per unit (a discount, a promotion, an override); absent: the list "
+        "price in effect at sale_time. Above every list price of the item in the 7 days up to sale_time: 422",
+    ),
+]
+ReturnTime = Annotated[
+    dt.datetime,
+    msgspec.Meta(
+        description="ISO 8601 with offset; not before the sale, not in the future; null or absent: now",
+        extra_json_schema={"format": "date-time"},
+    ),
+]
+ReturningStore = Annotated[
+    int, msgspec.Meta(ge=1, le=INT32_MAX, description="The store that takes it back; absent: the sale's")
+]
+SaleId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 
 
 class BadRequest(Exception):
@@ -36,14 +64,14 @@ class BadRequest(Exception):
 
 
 class SaleIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A sale as a till reports it."""
+
     item_id: Id
     store_id: Id
     quantity: Quantity = 1
-    sale_time: dt.datetime | None = None
+    sale_time: SaleTime | None = None
     idempotency_key: IdempotencyKey | None = None
-    # What the till charged per unit (a discount, a promotion, an override); the list price in
-    # effect at sale_time when not given. At most that list price (api.sales).
-    unit_price: Price | None = None
+    unit_price: UnitPrice | None = None
 
 
 class ReturnIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,15 +79,15 @@ class ReturnIn(msgspec.Struct, forbid_unknown_fields=True):
     sale's own when not given)."""
 
     quantity: Quantity
-    return_time: dt.datetime | None = None
-    store_id: Id | None = None
+    return_time: ReturnTime | None = None
+    store_id: ReturningStore | None = None
     idempotency_key: IdempotencyKey | None = None
 
 
-class ReturnOfSale(ReturnIn, forbid_unknown_fields=True):
+class ReturnOfSale(ReturnIn, forbid_unknown_fields=True, kw_only=True):
     """A return in a batch names its sale."""
 
-    sale_id: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)] = 0
+    sale_id: SaleId
 
 
 class _WrappedSales(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,10 +179,7 @@ def decode_return(body: bytes, now_us: int) -> ReturnIn:
 
 
 def decode_return_of_sale(body: msgspec.Raw, now_us: int) -> ReturnOfSale:
-    decoded = _decode_return(body, _return_of_sale_decoder, now_us)
-    if not decoded.sale_id:
-        raise BadRequest("missing required field `sale_id`")
-    return decoded
+    return _decode_return(body, _return_of_sale_decoder, now_us)
 
 
 def decode_valid_batch(body: bytes, now_us: int) -> list[SaleIn] | None:
