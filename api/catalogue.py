@@ -73,7 +73,8 @@ class Catalogue(LiveTable):
         self.loads = 0  # how many loads this copy has had (GET /catalogue/ caches per load)
 
     async def _load(self) -> None:
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            # one snapshot: an item and its prices as one write left them
             items = await conn.fetch(LOAD_ITEMS)
             stores = await conn.fetch(LOAD_STORES)
             prices = await conn.fetch(LOAD_PRICES)
@@ -205,29 +206,46 @@ class CatalogueViews:
         valid_until = 2**63
         items = []
         for item_id in sorted(c.item_rows):
-            name, version = c.item_rows[item_id]
             history = c.price_changes.get(item_id)
-            if since is not None and version <= since and (history is None or max(history.versions) <= since):
+            if (
+                since is not None
+                and c.item_rows[item_id][1] <= since
+                and (history is None or max(history.versions) <= since)
+            ):
                 continue
-            base = c.item_prices[item_id]
-            if history is None:
-                prices = [PriceFrom(base, None)]
-            else:
-                current = bisect.bisect_right(history.starts_us, now_us) - 1
-                prices = [PriceFrom(base, None)] if current < 0 else []
-                prices += [
-                    PriceFrom(history.prices[i], _moment(history.starts_us[i]))
-                    for i in range(max(current, 0), len(history.starts_us))
-                ]
-                if current + 1 < len(history.starts_us):
-                    valid_until = min(valid_until, history.starts_us[current + 1])
-            items.append(CatalogueItem(item_id, name, prices[0].price, prices, _moment(c.retired_items.get(item_id))))
+            items.append(self.item(item_id, now_us))
+            if history is not None:
+                upcoming = bisect.bisect_right(history.starts_us, now_us)
+                if upcoming < len(history.starts_us):
+                    valid_until = min(valid_until, history.starts_us[upcoming])
         stores = [
-            CatalogueStore(store_id, address, _moment(c.retired_stores.get(store_id)))
-            for store_id, (address, version) in sorted(c.store_rows.items())
+            self.store(store_id)
+            for store_id, (_, version) in sorted(c.store_rows.items())
             if since is None or version > since
         ]
         return CatalogueAnswer(newest, since, items, stores), valid_until
+
+    def item(self, item_id: int, now_us: int) -> CatalogueItem:
+        """One item as GET /catalogue/ shows it (it must be known)."""
+        c = self._catalogue
+        base = c.item_prices[item_id]
+        history = c.price_changes.get(item_id)
+        if history is None:
+            prices = [PriceFrom(base, None)]
+        else:
+            current = bisect.bisect_right(history.starts_us, now_us) - 1
+            prices = [PriceFrom(base, None)] if current < 0 else []
+            prices += [
+                PriceFrom(history.prices[i], _moment(history.starts_us[i]))
+                for i in range(max(current, 0), len(history.starts_us))
+            ]
+        name = c.item_rows[item_id][0]
+        return CatalogueItem(item_id, name, prices[0].price, prices, _moment(c.retired_items.get(item_id)))
+
+    def store(self, store_id: int) -> CatalogueStore:
+        """One store as GET /catalogue/ shows it (it must be known)."""
+        c = self._catalogue
+        return CatalogueStore(store_id, c.store_rows[store_id][0], _moment(c.retired_stores.get(store_id)))
 
 
 _encoder = msgspec.json.Encoder()

@@ -70,9 +70,8 @@ async def _written(request: web.Request, kind: str, ids: list[int], status: int 
     """The items or stores as GET /catalogue/ shows them, from this process's copy, reloaded
     first: the writer sees its write at once (the others within a second)."""
     await request.app[INTAKE].catalogue.reload_after_change()
-    answer = msgspec.json.decode(request.app[CATALOGUE_VIEWS].whole(now_us())[0])
-    wanted = set(ids)
-    rows = [row for row in answer[kind] if row["id"] in wanted]
+    views, now = request.app[CATALOGUE_VIEWS], now_us()
+    rows = [views.item(i, now) if kind == "items" else views.store(i) for i in ids]
     return json_response(rows[0] if len(ids) == 1 else rows, status=status)
 
 
