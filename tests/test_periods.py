@@ -70,11 +70,13 @@ async def _assert_periods_match_recount(client, db, tz: str, stores: int) -> Non
 async def test_any_period_matches_a_recount(aiohttp_client, settings, seed, db, drain, tz):
     client = await aiohttp_client(create_app(dataclasses.replace(settings, report_timezone=tz)))
     await seed(items=25, stores=6, sales=4000, tz=tz)
-    # sales a second either side of local midnight, posted through the API and written by the worker
+    # sales a second either side of local midnight, posted through the API and written by the worker;
+    # the second charged less than its list price (a discount)
     zone = zoneinfo.ZoneInfo(tz)
     midnight = dt.datetime.combine(dt.datetime.now(zone).date() - dt.timedelta(days=20), dt.time(), zone)
     for n, moment in enumerate((midnight - dt.timedelta(seconds=1), midnight)):
-        await _post_sale(client, item_id=n + 1, store_id=1, quantity=7, sale_time=moment.isoformat())
+        charged = {"unit_price": await db.fetchval("SELECT price - 5 FROM item WHERE id = 2")} if n else {}
+        await _post_sale(client, item_id=n + 1, store_id=1, quantity=7, sale_time=moment.isoformat(), **charged)
     await drain()
     assert await rollups.drift(db) == NO_DRIFT
     await _assert_periods_match_recount(client, db, tz, stores=6)
