@@ -13,6 +13,7 @@ import bisect
 import datetime as dt
 import hashlib
 import logging
+import time
 from typing import NamedTuple
 
 import msgspec
@@ -25,12 +26,23 @@ log = logging.getLogger(__name__)
 # Moments come as microseconds since the epoch; -infinity (a price in effect since always) as this.
 SINCE_ALWAYS_US = -(2**62)
 _US = "CASE WHEN {0} = '-infinity' THEN {1} ELSE (extract(epoch FROM {0}) * 1000000)::bigint END"
-LOAD_ITEMS = f"SELECT id, name, price, {_US.format('retired_at', 'NULL')} AS retired_us, version FROM item"
-LOAD_STORES = f"SELECT id, address, {_US.format('retired_at', 'NULL')} AS retired_us, version FROM store"
-LOAD_PRICES = (
-    f"SELECT item_id, {_US.format('effective_from', SINCE_ALWAYS_US)} AS from_us, price, version "
-    "FROM item_price ORDER BY item_id, effective_from"
-)
+# Everything ($1 = -1), or what versioned writes changed after version $1 (an item's prices come
+# whole with it: its version moves whenever they do).
+LOAD_ITEMS = f"""
+SELECT id, name, price, {_US.format("retired_at", "NULL")} AS retired_us, version FROM item WHERE version > $1
+"""
+LOAD_STORES = f"""
+SELECT id, address, {_US.format("retired_at", "NULL")} AS retired_us, version FROM store WHERE version > $1
+"""
+LOAD_PRICES = f"""
+SELECT item_id, {_US.format("effective_from", SINCE_ALWAYS_US)} AS from_us, price, version FROM item_price
+WHERE $1 < 0 OR item_id IN (SELECT id FROM item WHERE version > $1)
+ORDER BY item_id, effective_from
+"""
+# What shared.catalogue's writes say on the channel: only rows stamped with a newer version
+# changed. Anything else (a trigger's table name, the seeder's or the archiver's '') means
+# anything may have: a full load.
+VERSIONED = "versioned"
 
 
 class PriceHistory(NamedTuple):
@@ -54,6 +66,10 @@ class PriceHistory(NamedTuple):
 
 
 class Catalogue(LiveTable):
+    """Loaded whole at start, every `refresh_interval` and after any change it cannot scope; after
+    a versioned write (shared.catalogue) only the rows past the version it holds: a price change
+    in a 100,000-item catalogue reloads one item, not all of them."""
+
     channel = "catalogue_changed"
 
     def __init__(self, *args, **kwargs):
@@ -63,7 +79,6 @@ class Catalogue(LiveTable):
         # the history, so then the history says everything).
         self.item_prices: dict[int, int] = {}
         self.price_changes: dict[int, PriceHistory] = {}
-        self.store_ids: frozenset[int] = frozenset()
         self.retired_items: dict[int, int] = {}  # id -> retired_at, Unix microseconds
         self.retired_stores: dict[int, int] = {}
         # Months whose sales were archived (shared.retention): no sale of them is accepted.
@@ -71,14 +86,34 @@ class Catalogue(LiveTable):
         self.item_rows: dict[int, tuple[str, int]] = {}  # id -> (name, version)
         self.store_rows: dict[int, tuple[str, int]] = {}  # id -> (address, version)
         self.loads = 0  # how many loads this copy has had (GET /catalogue/ caches per load)
+        self.whole_loads = 0
+        self.version = 0  # the newest version loaded
+        # Whole loads asked for, and the count a whole load had seen when it succeeded: a load
+        # is whole while it is behind (a failed one leaves it behind).
+        self._wholes_asked = 1
+        self._wholes_done = 0
+        self._full_loaded_at = 0.0
+
+    @property
+    def store_ids(self):
+        return self.store_rows.keys()
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        if payload != VERSIONED:
+            self._wholes_asked += 1
+        super()._on_notify()
 
     async def _load(self) -> None:
+        # Whole when asked, and as the periodic safety net (LiveTable's refresh).
+        asked = self._wholes_asked
+        full = self._wholes_done < asked or time.monotonic() - self._full_loaded_at >= self._refresh_interval
+        since = -1 if full else self.version
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # one snapshot: an item and its prices as one write left them
-            items = await conn.fetch(LOAD_ITEMS)
-            stores = await conn.fetch(LOAD_STORES)
-            prices = await conn.fetch(LOAD_PRICES)
-            archived = await conn.fetch("SELECT month FROM archived_months")
+            items = await conn.fetch(LOAD_ITEMS, since)
+            stores = await conn.fetch(LOAD_STORES, since)
+            prices = await conn.fetch(LOAD_PRICES, since)
+            archived = await conn.fetch("SELECT month FROM archived_months") if since < 0 else None
         changes: dict[int, PriceHistory] = {}
         for item_id, from_us, price, version in prices:
             history = changes.get(item_id)
@@ -87,15 +122,37 @@ class Catalogue(LiveTable):
             history.starts_us.append(from_us)
             history.prices.append(price)
             history.versions.append(version)
+        if since < 0:
+            self._replace(items, stores, changes)
+            self.archived_months = frozenset(r["month"] for r in archived or ())
+            self._full_loaded_at = time.monotonic()
+            self._wholes_done = asked
+            self.whole_loads += 1
+        else:
+            self._patch(items, stores, changes)
+        versions = [*(r["version"] for r in items), *(r["version"] for r in stores)]
+        self.version = max([0, *versions] if since < 0 else [self.version, *versions])
+        self.loads += 1
+
+    def _replace(self, items, stores, changes: dict[int, PriceHistory]) -> None:
         self.item_prices = {r["id"]: r["price"] for r in items}
         self.price_changes = changes
         self.retired_items = {r["id"]: r["retired_us"] for r in items if r["retired_us"] is not None}
         self.item_rows = {r["id"]: (r["name"], r["version"]) for r in items}
-        self.store_ids = frozenset(r["id"] for r in stores)
         self.retired_stores = {r["id"]: r["retired_us"] for r in stores if r["retired_us"] is not None}
         self.store_rows = {r["id"]: (r["address"], r["version"]) for r in stores}
-        self.archived_months = frozenset(r["month"] for r in archived)
-        self.loads += 1
+
+    def _patch(self, items, stores, changes: dict[int, PriceHistory]) -> None:
+        """The rows a versioned write changed, in place (their prices whole)."""
+        for r in items:
+            item_id = r["id"]
+            self.item_prices[item_id] = r["price"]
+            self.item_rows[item_id] = (r["name"], r["version"])
+            _set_or_drop(self.retired_items, item_id, r["retired_us"])
+            _set_or_drop(self.price_changes, item_id, changes.get(item_id))
+        for r in stores:
+            self.store_rows[r["id"]] = (r["address"], r["version"])
+            _set_or_drop(self.retired_stores, r["id"], r["retired_us"])
 
     def price_at(self, item_id: int, moment_us: int) -> int:
         """The item's list price in effect at `moment_us` (the item must be known)."""
@@ -121,9 +178,11 @@ class Catalogue(LiveTable):
         return None
 
     async def knows(self, item_ids: set[int], store_ids: set[int]) -> bool:
-        """True when every id is known, after a fresh reload if some were not."""
+        """True when every id is known, after a fresh reload if some were not (whole: the id may
+        have come by a write that says nothing, such as a hand INSERT)."""
         if self._all_known(item_ids, store_ids):
             return True
+        self._wholes_asked += 1
         try:
             await self.reload_after_change()
         except DB_ERRORS as exc:
@@ -165,6 +224,13 @@ class CatalogueAnswer(msgspec.Struct):
     changes_since: int | None
     items: list[CatalogueItem]
     stores: list[CatalogueStore]
+
+
+def _set_or_drop(mapping: dict, key, value) -> None:
+    if value is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
 
 
 def _moment(us: int | None) -> str | None:

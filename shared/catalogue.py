@@ -46,7 +46,11 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE)]
 Moment = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
-ANNOUNCE = "SELECT pg_notify('catalogue_changed', ''), pg_notify('reports_changed', '')"
+# Every API process loads the rows past the version it holds ("versioned": api.catalogue), and
+# drops its reports (names appear in them). The flag keeps the triggers on item and store quiet
+# (migration 015).
+VERSIONED_WRITE = "SELECT set_config('catalogue.versioned', 'on', true)"
+ANNOUNCE = "SELECT pg_notify('catalogue_changed', 'versioned'), pg_notify('reports_changed', '')"
 
 
 class CatalogueRefused(Exception):
@@ -147,6 +151,7 @@ def _kind(edit: ItemEdit | StoreEdit) -> str:
 async def _begin_write(conn: asyncpg.Connection, table: str, ids: list[int]) -> tuple[int, set[int], int]:
     """Inside the transaction: take the lock; (new version, the ids that exist, the largest id)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOGUE_LOCK)
+    await conn.execute(VERSIONED_WRITE)
     version = await conn.fetchval("SELECT nextval('catalogue_version')")
     existing = {r["id"] for r in await conn.fetch(f"SELECT id FROM {table} WHERE id = ANY($1::int[])", ids)}
     largest = await conn.fetchval(f"SELECT coalesce(max(id), 0) FROM {table}")

@@ -207,6 +207,26 @@ async def test_a_change_is_seen_by_every_api_process_within_a_second(settings, s
     await _seen_by(other, lambda copy: copy.item_rows[created["id"]][0] == "newer")
 
 
+async def test_a_versioned_write_reloads_only_its_rows_and_a_hand_edit_everything(settings, seed, db, aiohttp_client):
+    await seed(items=50, stores=3)
+    one, other = await aiohttp_client(create_app(settings)), await aiohttp_client(create_app(settings))
+    copy = other.server.app[INTAKE].catalogue
+    await _seen_by(other, lambda c: len(c.item_rows) == 50)
+    wholes = copy.whole_loads
+    await _ok(await one.patch("/catalogue/items/7", json={"price": 321, "name": "seven"}, headers=ADMIN))
+    await _ok(await one.delete("/catalogue/stores/2", headers=ADMIN))
+    await _seen_by(other, lambda c: c.item_rows[7][0] == "seven" and 2 in c.retired_stores)
+    assert copy.whole_loads == wholes  # only the rows past its version
+    assert copy.price_at(7, 2**62) == 321 and copy.item_prices[8] == await db.fetchval(
+        "SELECT price FROM item WHERE id = 8"
+    )
+    assert (await _sale(other, status=422, store_id=2))["error"].startswith("store 2 was retired")
+    await db.execute("UPDATE item SET name = 'by hand' WHERE id = 9")  # a trigger: anything may have changed
+    await _seen_by(other, lambda c: c.item_rows[9][0] == "by hand")
+    assert copy.whole_loads == wholes + 1
+    assert copy.item_rows[7][0] == "seven" and copy.price_at(7, 2**62) == 321
+
+
 async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
     await seed(items=1, stores=1)
     assert (await client.post("/catalogue/items/", json={"name": "x"}, headers=ADMIN)).status == 422
