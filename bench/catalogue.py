@@ -5,8 +5,9 @@
 Two databases, seeded alike but for the catalogue's size; the large one then gets a price change
 for every item (one CSV import through the API, as a weekly price list would), so every item has
 a price history. For each, in one run: the API's memory (peak RSS of its serving processes) after
-start and after serving GET /catalogue/; how long a reload of the catalogue copy takes (in this
-process, median of 5); a change through the API (PATCH, which answers once its own process has
+start and after serving GET /catalogue/; how long a whole load of the catalogue copy takes (at
+start and every 30 s), and a load after one item's price changed (in this process, median of 5
+each); a change through the API (PATCH, which answers once its own process has
 reloaded) and the moment another API process shows it (GET /catalogue/?since=V); GET /catalogue/
 (whole, then 304); and POST /sales/ under wrk (64 connections), the sales naming ids of the whole
 catalogue. Every figure side by side with its ratio to the smaller catalogue.
@@ -52,19 +53,30 @@ def _admin(extra: dict | None = None) -> dict:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}", **(extra or {})}
 
 
-async def _reload_seconds(url: str) -> list[float]:
+async def _reload_seconds(url: str) -> tuple[list[float], list[float]]:
+    """Seconds of a whole load of the catalogue copy (a new copy each time), and of a load after
+    one item's price changed (a versioned write: only that item's rows), 5 of each."""
     from api.catalogue import Catalogue
+    from shared import catalogue
     from shared.db import create_pool
 
     pool = await create_pool(url, max_size=2)
     try:
-        copy = Catalogue(pool, url)
-        times = []
+        whole = []
         for _ in range(5):
+            copy = Catalogue(pool, url)
             started = time.perf_counter()
             await copy.reload()
-            times.append(time.perf_counter() - started)
-        return times
+            whole.append(time.perf_counter() - started)
+        after_change = []
+        for n in range(5):
+            async with pool.acquire() as conn:
+                await catalogue.write_items(conn, [catalogue.ItemEdit(id=5, price=1000 + n)])
+            started = time.perf_counter()
+            await copy.reload()
+            after_change.append(time.perf_counter() - started)
+            assert copy.item_prices[5] == 1000 + n
+        return whole, after_change
     finally:
         await pool.close()
 
@@ -106,7 +118,9 @@ def measure(name: str, items: int, stores: int, args) -> dict:
         * 1000
     )
     result["rss_served"] = _serving_rss(api)
-    result["reload_ms"] = statistics.median(asyncio.run(_reload_seconds(url))) * 1000
+    whole, after_change = asyncio.run(_reload_seconds(url))
+    result["reload_ms"] = statistics.median(whole) * 1000
+    result["reload_change_ms"] = statistics.median(after_change) * 1000
     other = common.Service(
         "product-api-2", [common.PYTHON, "-m", "api"], {**common.product_env(url, other_port), **env_extra}, other_port
     )
@@ -162,7 +176,8 @@ def main() -> int:
         ("API serving processes, peak RSS after start (MB)", "rss_started", "{:.0f}"),
         ("the same after GET /catalogue/ (MB)", "rss_served", "{:.0f}"),
         ("the same after the POST load (MB)", "rss_after_post", "{:.0f}"),
-        ("reload of the catalogue copy, median of 5 (ms)", "reload_ms", "{:.1f}"),
+        ("whole load of the catalogue copy (start, every 30 s), median of 5 (ms)", "reload_ms", "{:.1f}"),
+        ("load after one item's price changed, median of 5 (ms)", "reload_change_ms", "{:.2f}"),
         ("PATCH an item: written, own process reloaded (ms, median of 5)", "patch_ms", "{:.1f}"),
         ("the change shown by another API process, from the PATCH (ms, median of 5)", "seen_ms", "{:.1f}"),
         ("GET /catalogue/ first after a change (ms)", "get_first_ms", "{:.1f}"),
