@@ -113,15 +113,15 @@ def _check(
     if taken:
         raise CatalogueRefused(taken, 409)
     errors: dict[int, str] = {}
-    seen: dict[int, int] = {}
+    seen: set[int] = set()
     for index, edit in enumerate(edits):
         problems = []
         if edit.id is not None:
             if not 1 <= edit.id <= MAX_ID:
                 problems.append(f"id must be from 1 to {MAX_ID}")
             elif edit.id in seen:
-                problems.append(f"id {edit.id} appears twice (also at {seen[edit.id]})")
-            seen.setdefault(edit.id, index)
+                problems.append(f"{_kind(edit)} {edit.id} is given twice")
+            seen.add(edit.id)
         is_new = edit.id not in existing
         if p := _text_problem(text, getattr(edit, text), required=is_new):
             problems.append(p)
