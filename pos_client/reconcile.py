@@ -2,10 +2,10 @@
 
 A till's ledger is its spool: every sale it recorded, with the id the server answered for the
 ones it sent. Reconciled with the server:
-- income per store and month (price x quantity, the item's price from GET /items/) against
-  `/stores/top/` and units per item against `/items/top/`, as the change between a snapshot
-  taken before the tills sold and one after (other sales may be in the reports already;
-  nobody else must sell in these stores meanwhile);
+- income per store and month (price x quantity: the price the till charged, else the item's
+  from GET /items/) against `/stores/top/` and units per item against `/items/top/`, as the
+  change between a snapshot taken before the tills sold and one after (other sales may be in
+  the reports already; nobody else must sell in these stores meanwhile);
 - with a database URL: every sent sale is in `sales` once, under its key, with the id the
   server answered (needs asyncpg, which a till does not have: only the simulator uses this).
 """
@@ -44,12 +44,14 @@ def month_of(sale_time: str, tz) -> tuple[int, int]:
 
 
 def expected_totals(ledgers: Iterable[Ledger], prices: dict[int, int], tz) -> tuple[dict, dict]:
-    """({(store, year, month): income}, {item: units}) of the sent sales."""
+    """({(store, year, month): income}, {item: units}) of the sent sales: each at the price the
+    till charged when it says (it stamps its catalogue copy's), else the item's price now."""
     income: dict[tuple[int, int, int], int] = collections.Counter()
     units: dict[int, int] = collections.Counter()
     for ledger in ledgers:
         for sale in ledger.sent:
-            income[(ledger.store_id, *month_of(sale.sale_time, tz))] += prices[sale.item_id] * sale.quantity
+            price = prices[sale.item_id] if sale.unit_price is None else sale.unit_price
+            income[(ledger.store_id, *month_of(sale.sale_time, tz))] += price * sale.quantity
             units[sale.item_id] += sale.quantity
     return dict(income), dict(units)
 
