@@ -87,6 +87,7 @@ class Catalogue(LiveTable):
         self.store_rows: dict[int, tuple[str, int]] = {}  # id -> (address, version)
         self.loads = 0  # how many loads this copy has had (GET /catalogue/ caches per load)
         self.whole_loads = 0
+        self._starts: tuple[int, list[int]] | None = None  # (load, every price change's start, sorted)
         self.version = 0  # the newest version loaded
         # Whole loads asked for, and the count a whole load had seen when it succeeded: a load
         # is whole while it is behind (a failed one leaves it behind).
@@ -153,6 +154,13 @@ class Catalogue(LiveTable):
         for r in stores:
             self.store_rows[r["id"]] = (r["address"], r["version"])
             _set_or_drop(self.retired_stores, r["id"], r["retired_us"])
+
+    def prices_in_effect(self, moment_us: int) -> int:
+        """How many price changes are in effect at `moment_us`: it moves exactly when a scheduled
+        one takes effect (answers that show today's prices are kept per this count)."""
+        if self._starts is None or self._starts[0] != self.loads:
+            self._starts = (self.loads, sorted(s for h in self.price_changes.values() for s in h.starts_us))
+        return bisect.bisect_right(self._starts[1], moment_us)
 
     def price_at(self, item_id: int, moment_us: int) -> int:
         """The item's list price in effect at `moment_us` (the item must be known)."""

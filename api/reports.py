@@ -14,7 +14,13 @@ from api.period_parts import KeyedSums, Ranked, add, add_by_key
 from api.report_cache import ROW_BYTES
 from shared.rollups import DELTAS, RUNNING_TABLE
 
-ITEMS = "SELECT id, name, price FROM item ORDER BY id"
+# Each item's list price in effect now: its latest change up to now, else item.price (migration 013).
+ITEMS = """
+SELECT i.id, i.name,
+       coalesce((SELECT p.price FROM item_price p WHERE p.item_id = i.id AND p.effective_from <= now()
+                 ORDER BY p.effective_from DESC LIMIT 1), i.price) AS price
+FROM item i ORDER BY i.id
+"""
 STORES = "SELECT id, address FROM store ORDER BY id"
 
 # The top rows are picked from the rollup alone (a top-N sort over at most one row per item, or

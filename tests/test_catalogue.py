@@ -93,7 +93,22 @@ async def test_a_change_scheduled_at_local_midnight_prices_a_second_either_side(
     assert (await _stored(db, after["id"]))[:2] == (old_price + 50, old_price + 50)
     listed = await _ok(await client.get("/catalogue/"))
     assert listed["items"][0]["price"] == old_price + 50
+    assert (await _ok(await client.get("/items/")))[0] == {"id": 1, "name": "item-1", "price": old_price + 50}
     assert listed["items"][0]["prices"] == [{"price": old_price + 50, "from": midnight.astimezone(dt.UTC).isoformat()}]
+
+
+async def test_a_scheduled_price_shows_in_the_lists_once_it_takes_effect(client, seed, db):
+    await seed(items=2, stores=1)
+    old = await db.fetchval("SELECT price FROM item WHERE id = 2")
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
+    await _ok(
+        await client.patch("/catalogue/items/2", json={"price": old + 1, "price_from": soon.isoformat()}, headers=ADMIN)
+    )
+    assert (await _ok(await client.get("/items/")))[1]["price"] == old
+    assert [i["price"] for i in (await _ok(await client.get("/catalogue/")))["items"]][1] == old
+    await asyncio.sleep((soon - dt.datetime.now(dt.UTC)).total_seconds() + 0.05)
+    assert (await _ok(await client.get("/items/")))[1]["price"] == old + 1  # the cached answer moved on
+    assert [i["price"] for i in (await _ok(await client.get("/catalogue/")))["items"]][1] == old + 1
 
 
 async def test_a_charged_price_below_list_is_income_and_above_list_is_refused(
