@@ -15,7 +15,7 @@ from api.catalogue import PriceHistory
 from shared import catalogue, rollups
 from shared.catalogue import ItemEdit
 from tests import recount
-from tests.conftest import ADMIN_TOKEN
+from tests.conftest import ADMIN_TOKEN, edit_by_hand
 from tests.queue_state import queued_entries
 from tests.recount import NO_DRIFT
 
@@ -236,7 +236,7 @@ async def test_a_versioned_write_reloads_only_its_rows_and_a_hand_edit_everythin
         "SELECT price FROM item WHERE id = 8"
     )
     assert (await _sale(other, status=422, store_id=2))["error"].startswith("store 2 was retired")
-    await db.execute("UPDATE item SET name = 'by hand' WHERE id = 9")  # a trigger: anything may have changed
+    await edit_by_hand(db, "UPDATE item SET name = 'by hand' WHERE id = 9")  # anything may have changed
     await _seen_by(other, lambda c: c.item_rows[9][0] == "by hand")
     assert copy.whole_loads == wholes + 1
     assert copy.item_rows[7][0] == "seven" and copy.price_at(7, 2**62) == 321
