@@ -24,7 +24,8 @@ NO_DRIFT = {
 
 # Sales and returns as one list of moves: a return takes its money and units back, where and
 # when it happened. Income counts the price charged; a discount is the list price less it (a sale
-# without a list price had none), given with the sale and not taken back by a return.
+# without a list price had none), given with the sale and not taken back by a return. (Both
+# branches' columns of one type: Citus pushes a UNION ALL with casts in it down to no shard.)
 ACTIVITY = """
 (SELECT sale_time AS moment, store_id, item_id, price::bigint * quantity AS income, quantity::bigint AS units,
         1 AS sales, 0 AS returns, 0::bigint AS refunds,
@@ -32,7 +33,7 @@ ACTIVITY = """
  FROM sales
  UNION ALL
  SELECT return_time, store_id, item_id, -(price::bigint * quantity), -quantity::bigint, 0, 1,
-        price::bigint * quantity, 0
+        price::bigint * quantity, 0::bigint
  FROM returns) s
 """
 
