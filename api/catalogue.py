@@ -9,6 +9,7 @@ through another API process is never refused by a stale copy.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import datetime as dt
 import hashlib
@@ -43,6 +44,9 @@ ORDER BY item_id, effective_from
 # changed. Anything else (a trigger's table name, the seeder's or the archiver's '') means
 # anything may have: a full load.
 VERSIONED = "versioned"
+# A whole load of a large catalogue (100,000 items: about half a second of Python) lets other
+# requests run every this many rows.
+ROWS_PER_STEP = 10_000
 
 
 class PriceHistory(NamedTuple):
@@ -87,6 +91,10 @@ class Catalogue(LiveTable):
         self.store_rows: dict[int, tuple[str, int]] = {}  # id -> (address, version)
         self.loads = 0  # how many loads this copy has had (GET /catalogue/ caches per load)
         self.whole_loads = 0
+        # Which items changed when, by a count of changes: GET /catalogue/ keeps each item's JSON
+        # until its item changes (a whole load that finds an item as it was leaves it alone).
+        self.change_count = 0
+        self.changed_at: dict[int, int] = {}
         self._starts: tuple[int, list[int]] | None = None  # (load, every price change's start, sorted)
         self.version = 0  # the newest version loaded
         # Whole loads asked for, and the count a whole load had seen when it succeeded: a load
@@ -116,15 +124,17 @@ class Catalogue(LiveTable):
             prices = await conn.fetch(LOAD_PRICES, since)
             archived = await conn.fetch("SELECT month FROM archived_months") if since < 0 else None
         changes: dict[int, PriceHistory] = {}
-        for item_id, from_us, price, version in prices:
+        for n, (item_id, from_us, price, version) in enumerate(prices, start=1):
             history = changes.get(item_id)
             if history is None:
                 history = changes[item_id] = PriceHistory([], [], [])
             history.starts_us.append(from_us)
             history.prices.append(price)
             history.versions.append(version)
+            if n % ROWS_PER_STEP == 0:
+                await asyncio.sleep(0)
         if since < 0:
-            self._replace(items, stores, changes)
+            await self._replace(items, stores, changes)
             self.archived_months = frozenset(r["month"] for r in archived or ())
             self._full_loaded_at = time.monotonic()
             self._wholes_done = asked
@@ -135,18 +145,40 @@ class Catalogue(LiveTable):
         self.version = max([0, *versions] if since < 0 else [self.version, *versions])
         self.loads += 1
 
-    def _replace(self, items, stores, changes: dict[int, PriceHistory]) -> None:
-        self.item_prices = {r["id"]: r["price"] for r in items}
+    async def _replace(self, items, stores, changes: dict[int, PriceHistory]) -> None:
+        """Everything, built aside a step at a time (requests go on meanwhile), then put in place at once."""
+        prices, rows, retired = {}, {}, {}
+        for n, r in enumerate(items, start=1):
+            item_id = r["id"]
+            prices[item_id] = r["price"]
+            rows[item_id] = (r["name"], r["version"])
+            if r["retired_us"] is not None:
+                retired[item_id] = r["retired_us"]
+            if (
+                rows[item_id] != self.item_rows.get(item_id)
+                or prices[item_id] != self.item_prices.get(item_id)
+                or retired.get(item_id) != self.retired_items.get(item_id)
+                or changes.get(item_id) != self.price_changes.get(item_id)
+            ):
+                self._changed(item_id)
+            if n % ROWS_PER_STEP == 0:
+                await asyncio.sleep(0)
+        for gone in self.item_rows.keys() - rows.keys():
+            self.changed_at.pop(gone, None)
+        self.item_prices, self.item_rows, self.retired_items = prices, rows, retired
         self.price_changes = changes
-        self.retired_items = {r["id"]: r["retired_us"] for r in items if r["retired_us"] is not None}
-        self.item_rows = {r["id"]: (r["name"], r["version"]) for r in items}
         self.retired_stores = {r["id"]: r["retired_us"] for r in stores if r["retired_us"] is not None}
         self.store_rows = {r["id"]: (r["address"], r["version"]) for r in stores}
+
+    def _changed(self, item_id: int) -> None:
+        self.change_count += 1
+        self.changed_at[item_id] = self.change_count
 
     def _patch(self, items, stores, changes: dict[int, PriceHistory]) -> None:
         """The rows a versioned write changed, in place (their prices whole)."""
         for r in items:
             item_id = r["id"]
+            self._changed(item_id)
             self.item_prices[item_id] = r["price"]
             self.item_rows[item_id] = (r["name"], r["version"])
             _set_or_drop(self.retired_items, item_id, r["retired_us"])
@@ -246,58 +278,76 @@ def _moment(us: int | None) -> str | None:
 
 
 class CatalogueViews:
-    """The answers of GET /catalogue/ from a Catalogue, encoded once per load (and again when a
-    scheduled price takes effect), with an ETag of their bytes."""
+    """The answers of GET /catalogue/ from a Catalogue, with an ETag of their bytes.
+
+    The whole answer is each item's encoded JSON joined: an item's is kept until a load changes
+    it (or a scheduled price of it takes effect), so after a price change in a 100,000-item
+    catalogue one item is encoded again, not all of them; building is done a step at a time,
+    other requests running in between."""
 
     def __init__(self, catalogue: Catalogue):
         self._catalogue = catalogue
         self._whole: tuple[int, int, bytes, str] | None = None  # (load, valid until us, body, etag)
+        # item id -> (the catalogue's change count when encoded, its JSON)
+        self._items: dict[int, tuple[int, bytes]] = {}
+        self._expiring: dict[int, int] = {}  # item id -> when its next scheduled price takes effect
+        self._building = asyncio.Lock()
 
-    def whole(self, now_us: int) -> tuple[bytes, str]:
-        cached = self._whole
-        if cached is not None and cached[0] == self._catalogue.loads and now_us < cached[1]:
-            return cached[2], cached[3]
-        loads = self._catalogue.loads
-        answer, valid_until = self._answer(now_us, None)
-        body = _encoder.encode(answer)
-        etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-        self._whole = (loads, valid_until, body, etag)
-        return body, etag
+    async def whole(self, now_us: int) -> tuple[bytes, str]:
+        async with self._building:
+            cached = self._whole
+            if cached is not None and cached[0] == self._catalogue.loads and now_us < cached[1]:
+                return cached[2], cached[3]
+            loads = self._catalogue.loads
+            body, valid_until = await self._build(now_us)
+            etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+            self._whole = (loads, valid_until, body, etag)
+            return body, etag
+
+    async def _build(self, now_us: int) -> tuple[bytes, int]:
+        c = self._catalogue
+        for item_id in [i for i, until in self._expiring.items() if now_us >= until]:
+            self._items.pop(item_id, None)
+            del self._expiring[item_id]
+        parts = []
+        for n, item_id in enumerate(sorted(c.item_rows), start=1):
+            kept = self._items.get(item_id)
+            if kept is None or c.changed_at.get(item_id, 0) > kept[0]:
+                kept = self._items[item_id] = (c.change_count, _encoder.encode(self.item(item_id, now_us)))
+                self._expiring.pop(item_id, None)
+                if (upcoming := self._upcoming(item_id, now_us)) is not None:
+                    self._expiring[item_id] = upcoming
+            parts.append(kept[1])
+            if n % ROWS_PER_STEP == 0:
+                await asyncio.sleep(0)
+        for gone in self._items.keys() - c.item_rows.keys():
+            del self._items[gone]
+            self._expiring.pop(gone, None)
+        stores = _encoder.encode([self.store(i) for i in sorted(c.store_rows)])
+        head = _encoder.encode({"version": c.version, "changes_since": None})[:-1]
+        body = b"".join([head, b',"items":[', b",".join(parts), b'],"stores":', stores, b"}"])
+        return body, min(self._expiring.values(), default=2**63)
 
     def since(self, version: int, now_us: int) -> tuple[bytes, str]:
-        body = _encoder.encode(self._answer(now_us, version)[0])
+        """What changed after `version` (all of it when the catalogue was replaced since)."""
+        c = self._catalogue
+        since = None if version > c.version else version
+        items = [
+            self.item(item_id, now_us)
+            for item_id, (_, changed) in sorted(c.item_rows.items())
+            if since is None or changed > since
+        ]
+        stores = [self.store(i) for i, (_, changed) in sorted(c.store_rows.items()) if since is None or changed > since]
+        body = _encoder.encode(CatalogueAnswer(c.version, since, items, stores))
         return body, f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
 
-    def _answer(self, now_us: int, since: int | None) -> tuple[CatalogueAnswer, int]:
-        """The answer, and the moment until which it holds (the next scheduled price)."""
-        c = self._catalogue
-        newest = max(
-            [0, *(v for _, v in c.item_rows.values()), *(v for _, v in c.store_rows.values())]
-            + [max(h.versions) for h in c.price_changes.values()]
-        )
-        if since is not None and since > newest:
-            since = None  # the catalogue was replaced (GET /create/) since: all of it
-        valid_until = 2**63
-        items = []
-        for item_id in sorted(c.item_rows):
-            history = c.price_changes.get(item_id)
-            if (
-                since is not None
-                and c.item_rows[item_id][1] <= since
-                and (history is None or max(history.versions) <= since)
-            ):
-                continue
-            items.append(self.item(item_id, now_us))
-            if history is not None:
-                upcoming = bisect.bisect_right(history.starts_us, now_us)
-                if upcoming < len(history.starts_us):
-                    valid_until = min(valid_until, history.starts_us[upcoming])
-        stores = [
-            self.store(store_id)
-            for store_id, (_, version) in sorted(c.store_rows.items())
-            if since is None or version > since
-        ]
-        return CatalogueAnswer(newest, since, items, stores), valid_until
+    def _upcoming(self, item_id: int, now_us: int) -> int | None:
+        """When the item's next scheduled price takes effect (None: none is)."""
+        history = self._catalogue.price_changes.get(item_id)
+        if history is None:
+            return None
+        upcoming = bisect.bisect_right(history.starts_us, now_us)
+        return history.starts_us[upcoming] if upcoming < len(history.starts_us) else None
 
     def item(self, item_id: int, now_us: int) -> CatalogueItem:
         """One item as GET /catalogue/ shows it (it must be known)."""

@@ -76,16 +76,17 @@ class LiveTable:
         """Reload now; concurrent callers share one query."""
         await asyncio.shield(self._start_reload())
 
-    async def reload_after_change(self) -> None:
+    async def reload_after_change(self, *, rate_limited: bool = True) -> None:
         """Wait for a reload that began after now (so it sees what was just committed).
 
         Reloads start at most every `min_reload_interval` seconds, so callers driven by bad
-        input cannot hammer the database.
+        input cannot hammer the database; a caller that just made the change itself (an admin's
+        write, rare) need not wait for that (`rate_limited=False`).
         """
         moment = time.monotonic()
         while self._reload_started < moment:
             task = self._reload_task
-            wait = self._min_reload_interval - (time.monotonic() - self._reload_started)
+            wait = self._min_reload_interval - (time.monotonic() - self._reload_started) if rate_limited else 0
             if task is not None and not task.done():
                 with contextlib.suppress(Exception):
                     await asyncio.shield(task)

@@ -10,8 +10,9 @@ import time
 import zoneinfo
 
 from api.app import create_app
-from api.appkeys import INTAKE
-from api.catalogue import PriceHistory
+from api.appkeys import CATALOGUE_VIEWS, INTAKE
+from api.catalogue import CatalogueViews, PriceHistory
+from api.moments import now_us
 from shared import catalogue, rollups
 from shared.catalogue import ItemEdit
 from tests import recount
@@ -228,6 +229,8 @@ async def test_a_versioned_write_reloads_only_its_rows_and_a_hand_edit_everythin
     copy = other.server.app[INTAKE].catalogue
     await _seen_by(other, lambda c: len(c.item_rows) == 50)
     wholes = copy.whole_loads
+    views = other.server.app[CATALOGUE_VIEWS]
+    await views.whole(now_us())  # every item's JSON kept
     await _ok(await one.patch("/catalogue/items/7", json={"price": 321, "name": "seven"}, headers=ADMIN))
     await _ok(await one.delete("/catalogue/stores/2", headers=ADMIN))
     await _seen_by(other, lambda c: c.item_rows[7][0] == "seven" and 2 in c.retired_stores)
@@ -236,6 +239,9 @@ async def test_a_versioned_write_reloads_only_its_rows_and_a_hand_edit_everythin
         "SELECT price FROM item WHERE id = 8"
     )
     assert (await _sale(other, status=422, store_id=2))["error"].startswith("store 2 was retired")
+    # the kept JSON of the items that did not change, with the changed one's anew: as built from scratch
+    moment = now_us()
+    assert (await views.whole(moment))[0] == (await CatalogueViews(copy).whole(moment))[0]
     await edit_by_hand(db, "UPDATE item SET name = 'by hand' WHERE id = 9")  # anything may have changed
     await _seen_by(other, lambda c: c.item_rows[9][0] == "by hand")
     assert copy.whole_loads == wholes + 1

@@ -29,7 +29,7 @@ async def get_catalogue(request: web.Request) -> web.Response:
     """Items with their prices (now and scheduled) and stores, as the tills keep them."""
     since = int_param(request.query, "since", None, 0, 2**62)
     views = request.app[CATALOGUE_VIEWS]
-    body, etag = views.whole(now_us()) if since is None else views.since(since, now_us())
+    body, etag = await views.whole(now_us()) if since is None else views.since(since, now_us())
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
@@ -69,7 +69,7 @@ def _refused(exc: CatalogueRefused, what: str = "index") -> web.Response:
 async def _written(request: web.Request, kind: str, ids: list[int], status: int = 200) -> web.Response:
     """The items or stores as GET /catalogue/ shows them, from this process's copy, reloaded
     first: the writer sees its write at once (the others within a second)."""
-    await request.app[INTAKE].catalogue.reload_after_change()
+    await request.app[INTAKE].catalogue.reload_after_change(rate_limited=False)
     views, now = request.app[CATALOGUE_VIEWS], now_us()
     rows = [views.item(i, now) if kind == "items" else views.store(i) for i in ids]
     return json_response(rows[0] if len(ids) == 1 else rows, status=status)
@@ -156,7 +156,7 @@ def _import(kind: str):
                 written = await catalogue.import_csv(conn, kind, text)
             except CatalogueRefused as exc:
                 return _refused(exc, "line")
-        await request.app[INTAKE].catalogue.reload_after_change()
+        await request.app[INTAKE].catalogue.reload_after_change(rate_limited=False)
         return json_response({"imported": len(written.ids), "version": written.version})
 
     return handler
