@@ -27,19 +27,17 @@ log = logging.getLogger(__name__)
 # Moments come as microseconds since the epoch; -infinity (a price in effect since always) as this.
 SINCE_ALWAYS_US = -(2**62)
 _US = "CASE WHEN {0} = '-infinity' THEN {1} ELSE (extract(epoch FROM {0}) * 1000000)::bigint END"
-# Everything ($1 = -1), or what versioned writes changed after version $1 (an item's prices come
-# whole with it: its version moves whenever they do).
-LOAD_ITEMS = f"""
-SELECT id, name, price, {_US.format("retired_at", "NULL")} AS retired_us, version FROM item WHERE version > $1
-"""
-LOAD_STORES = f"""
-SELECT id, address, {_US.format("retired_at", "NULL")} AS retired_us, version FROM store WHERE version > $1
-"""
-LOAD_PRICES = f"""
-SELECT item_id, {_US.format("effective_from", SINCE_ALWAYS_US)} AS from_us, price, version FROM item_price
-WHERE $1 < 0 OR item_id IN (SELECT id FROM item WHERE version > $1)
-ORDER BY item_id, effective_from
-"""
+# Everything, or what versioned writes changed after version $1 (an item's prices come whole
+# with it: its version moves whenever they do; migration 015 indexes the versions).
+_ITEMS = f"SELECT id, name, price, {_US.format('retired_at', 'NULL')} AS retired_us, version FROM item"
+_STORES = f"SELECT id, address, {_US.format('retired_at', 'NULL')} AS retired_us, version FROM store"
+_PRICES = f"SELECT item_id, {_US.format('effective_from', SINCE_ALWAYS_US)} AS from_us, price FROM item_price"
+LOAD_ALL = (_ITEMS, _STORES, f"{_PRICES} ORDER BY item_id, effective_from")
+LOAD_SINCE = (
+    f"{_ITEMS} WHERE version > $1",
+    f"{_STORES} WHERE version > $1",
+    f"{_PRICES} WHERE item_id IN (SELECT id FROM item WHERE version > $1) ORDER BY item_id, effective_from",
+)
 # What shared.catalogue's writes say on the channel: only rows stamped with a newer version
 # changed. Anything else (a trigger's table name, the seeder's or the archiver's '') means
 # anything may have: a full load.
@@ -54,7 +52,6 @@ class PriceHistory(NamedTuple):
 
     starts_us: list[int]
     prices: list[int]
-    versions: list[int]
 
     def at(self, moment_us: int, before_any: int) -> int:
         """The price in effect at `moment_us`; `before_any` before the first change."""
@@ -119,18 +116,18 @@ class Catalogue(LiveTable):
         since = -1 if full else self.version
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # one snapshot: an item and its prices as one write left them
-            items = await conn.fetch(LOAD_ITEMS, since)
-            stores = await conn.fetch(LOAD_STORES, since)
-            prices = await conn.fetch(LOAD_PRICES, since)
+            if since < 0:
+                items, stores, prices = [await conn.fetch(query) for query in LOAD_ALL]
+            else:
+                items, stores, prices = [await conn.fetch(query, since) for query in LOAD_SINCE]
             archived = await conn.fetch("SELECT month FROM archived_months") if since < 0 else None
         changes: dict[int, PriceHistory] = {}
-        for n, (item_id, from_us, price, version) in enumerate(prices, start=1):
+        for n, (item_id, from_us, price) in enumerate(prices, start=1):
             history = changes.get(item_id)
             if history is None:
-                history = changes[item_id] = PriceHistory([], [], [])
+                history = changes[item_id] = PriceHistory([], [])
             history.starts_us.append(from_us)
             history.prices.append(price)
-            history.versions.append(version)
             if n % ROWS_PER_STEP == 0:
                 await asyncio.sleep(0)
         if since < 0:

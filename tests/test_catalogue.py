@@ -268,7 +268,7 @@ def test_price_history_against_a_plain_scan():
     rng = random.Random(7)
     for _ in range(2000):
         starts = sorted(rng.sample(range(-5, 60), rng.randint(0, 6)))
-        history = PriceHistory(starts, [rng.randint(0, 9) for _ in starts], [0] * len(starts))
+        history = PriceHistory(starts, [rng.randint(0, 9) for _ in starts])
         base = rng.randint(0, 9)
 
         def plain_at(moment, history=history, base=base):

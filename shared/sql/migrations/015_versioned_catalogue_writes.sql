@@ -11,3 +11,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- Each API process asks for the rows past the version it holds after every such write.
+CREATE INDEX item_version ON item (version);
+CREATE INDEX store_version ON store (version);
