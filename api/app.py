@@ -93,7 +93,7 @@ async def redis_ctx(app: web.Application):
 
 async def intake_ctx(app: web.Application):
     settings = app[SETTINGS]
-    catalogue = Catalogue(app[PG_POOL], settings.database_url)
+    catalogue = Catalogue(app[PG_POOL], settings.database_url, refresh_interval=Catalogue.REFRESH_SECONDS)
     await catalogue.start()
     ids = IdAllocator(app[PG_POOL])
     ids.prefetch()

@@ -113,7 +113,11 @@ class LiveTable:
             await conn.close()
             raise
         self._listener = conn
+        self._listening_again()
         await self.reload()  # changes made while we were not listening
+
+    def _listening_again(self) -> None:
+        """Called when a new listening connection is up, before the reload that follows."""
 
     async def _close_listener(self) -> None:
         conn, self._listener = self._listener, None
