@@ -107,13 +107,18 @@ class Catalogue(LiveTable):
         self._wholes_asked = 1
         self._wholes_done = 0
         self._full_loaded_at = 0.0
+        self._listened = False
 
     @property
     def store_ids(self):
         return self.store_rows.keys()
 
     def _listening_again(self) -> None:
-        self._wholes_asked += 1  # what changed while nobody listened is not known: everything
+        # What changed while nobody listened is not known: everything, after a lost connection.
+        # (The first one comes right after the start's whole load: the rows past its version.)
+        if self._listened:
+            self._wholes_asked += 1
+        self._listened = True
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
         if payload != VERSIONED:
