@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import random
+import subprocess
+import sys
 import time
 import zoneinfo
 
@@ -246,6 +249,31 @@ async def test_a_versioned_write_reloads_only_its_rows_and_a_hand_edit_everythin
     await _seen_by(other, lambda c: c.item_rows[9][0] == "by hand")
     assert copy.whole_loads == wholes + 1
     assert copy.item_rows[7][0] == "seven" and copy.price_at(7, 2**62) == 321
+
+
+async def test_the_command_line_tool_imports_all_or_nothing_and_exports(settings, seed, db, tmp_path):
+    await seed(items=2, stores=1)
+    env = {**os.environ, "DATABASE_URL": settings.database_url}
+
+    async def tool(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "shared.catalogue", *args]
+        return await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, check=False)
+
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("id,address\n,12 Market St\n1,renamed store\n")
+    bad.write_text("id,address,retired_at\n,ok\n2,x,yesterday\n")
+    done = await tool("import", "stores", str(good))
+    version = await db.fetchval("SELECT max(version) FROM store")
+    assert (done.returncode, done.stdout) == (0, f"2 stores imported (catalogue version {version})\n")
+    refused = await tool("import", "stores", str(bad))
+    assert refused.returncode == 1
+    assert "line 3: retired_at must be ISO 8601 with a UTC offset, got 'yesterday'" in refused.stderr
+    assert [tuple(r) for r in await db.fetch("SELECT id, address FROM store ORDER BY id")] == [
+        (1, "renamed store"),
+        (2, "12 Market St"),
+    ]
+    exported = await tool("export", "stores")
+    assert exported.stdout.splitlines() == ["id,address,retired_at", "1,renamed store,", "2,12 Market St,"]
 
 
 async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
