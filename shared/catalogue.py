@@ -364,7 +364,7 @@ def _edit_of(cells: dict[str, str], kind: str) -> ItemEdit | StoreEdit:
 
 
 def _integer(name: str, text: str) -> int:
-    if not text.isdigit() or len(text) > 10:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
         raise ValueError(f"{name} must be a whole number, got {text[:40]!r}")
     return int(text)
 

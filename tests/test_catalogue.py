@@ -283,6 +283,9 @@ async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
         await client.post("/catalogue/items/", json={"id": 1, "name": "x", "price": 1}, headers=ADMIN)
     ).status == 409
     assert (await client.patch("/catalogue/items/99", json={"name": "x"}, headers=ADMIN)).status == 404
+    for path_id in ("0", "x", "\u00b2", "9" * 30):  # "²" is a digit to str.isdigit, not to int()
+        answer = await client.patch(f"/catalogue/items/{path_id}", json={"name": "x"}, headers=ADMIN)
+        assert answer.status == 400 and "the id in the path" in (await answer.json())["error"]
     assert (await client.patch("/catalogue/items/1", json={"price": -5}, headers=ADMIN)).status == 400
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     refused = await client.patch("/catalogue/items/1", json={"price": 5, "price_from": past}, headers=ADMIN)

@@ -51,7 +51,7 @@ def _decode(body: bytes, decoder: msgspec.json.Decoder):
 
 def _path_id(request: web.Request) -> int:
     raw = request.match_info["id"]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not 1 <= int(raw) <= MAX_ID:
         raise BadRequest(f"the id in the path must be an integer from 1 to {MAX_ID}, got {raw[:40]!r}")
     return int(raw)
 
