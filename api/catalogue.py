@@ -21,6 +21,7 @@ import msgspec
 
 from api.live_table import DB_ERRORS, LiveTable
 from api.moments import iso_utc
+from shared.catalogue import CATALOGUE_LOCK
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,11 @@ _PRICES = f"SELECT item_id, {_US.format('effective_from', SINCE_ALWAYS_US)} AS f
 LOAD_ALL = (_ITEMS, _STORES, f"{_PRICES} ORDER BY item_id, effective_from")
 # The prices by the changed items' ids: by the versions, the planner (its statistics behind a
 # write that stamped many rows) hashed every price row, 10 ms at 100,000 items.
+LOAD_IDS = (
+    f"{_ITEMS} WHERE id = ANY($1::int[])",
+    f"{_STORES} WHERE id = ANY($1::int[])",
+    f"{_PRICES} WHERE item_id = ANY($1::int[]) ORDER BY item_id, effective_from",
+)
 LOAD_SINCE = (
     f"{_ITEMS} WHERE version > $1",
     f"{_STORES} WHERE version > $1",
@@ -44,6 +50,11 @@ LOAD_SINCE = (
 # changed. Anything else (a trigger's table name, the seeder's or the archiver's '') means
 # anything may have: a full load.
 VERSIONED = "versioned"
+# Before a whole load: a version taken under the writers' lock (shared.catalogue), so that every
+# write before it is in the load's snapshot and every write after it has a higher version.
+NEXT_VERSION_IN_ORDER = """
+SELECT nextval('catalogue_version') FROM (SELECT pg_advisory_xact_lock($1)) AS writers_done
+"""
 # A whole load of a large catalogue (100,000 items: about half a second of Python) lets other
 # requests run every this many rows.
 ROWS_PER_STEP = 10_000
@@ -101,7 +112,10 @@ class Catalogue(LiveTable):
         self.change_count = 0
         self.changed_at: dict[int, int] = {}
         self._starts: tuple[int, list[int]] | None = None  # (load, every price change's start, sorted)
-        self.version = 0  # the newest version loaded
+        self.loaded_through = 0  # the newest version loaded (incremental loads read past it)
+        # `?since=V` with V below this is answered whole: a whole load found changes that no
+        # version marks (a hand edit, a reseed, or anything before this process started).
+        self.floor = 0
         # Whole loads asked for, and the count a whole load had seen when it succeeded: a load
         # is whole while it is behind (a failed one leaves it behind).
         self._wholes_asked = 1
@@ -129,7 +143,10 @@ class Catalogue(LiveTable):
         # Whole when asked, and as the periodic safety net (LiveTable's refresh).
         asked = self._wholes_asked
         full = self._wholes_done < asked or time.monotonic() - self._full_loaded_at >= self._refresh_interval
-        since = -1 if full else self.version
+        since = -1 if full else self.loaded_through
+        if full:
+            async with self._pool.acquire() as conn, conn.transaction():
+                floor = await conn.fetchval(NEXT_VERSION_IN_ORDER, CATALOGUE_LOCK)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # one snapshot: an item and its prices as one write left them
             if since < 0:
@@ -143,29 +160,33 @@ class Catalogue(LiveTable):
                 prices = await conn.fetch(prices_of, [r["id"] for r in items]) if items else []
             archived = await conn.fetch("SELECT month FROM archived_months") if since < 0 else None
         changes: dict[int, PriceHistory] = {}
-        for n, (item_id, from_us, price) in enumerate(prices, start=1):
-            history = changes.get(item_id)
-            if history is None:
-                history = changes[item_id] = PriceHistory([], [])
-            history.starts_us.append(from_us)
-            history.prices.append(price)
-            if n % ROWS_PER_STEP == 0:
-                await asyncio.sleep(0)
+        for start in range(0, len(prices), ROWS_PER_STEP):
+            _histories(prices[start : start + ROWS_PER_STEP], changes)
+            await asyncio.sleep(0)
+        versions = [*(r["version"] for r in items), *(r["version"] for r in stores)]
         if since < 0:
-            await self._replace(items, stores, changes)
+            if await self._replace(items, stores, changes):
+                self.floor = floor
             self.archived_months = frozenset(r["month"] for r in archived or ())
             self._full_loaded_at = time.monotonic()
             self._wholes_done = asked
             self.whole_loads += 1
+            self.loaded_through = max([0, *versions])
         else:
             self._patch(items, stores, changes)
-        versions = [*(r["version"] for r in items), *(r["version"] for r in stores)]
-        self.version = max([0, *versions] if since < 0 else [self.version, *versions])
+            self.loaded_through = max([self.loaded_through, *versions])
         self.loads += 1
 
-    async def _replace(self, items, stores, changes: dict[int, PriceHistory]) -> None:
-        """Everything, built aside a step at a time (requests go on meanwhile), then put in place at once."""
+    @property
+    def version(self) -> int:
+        """The version GET /catalogue/ answers: what a till asks `?since=` with next."""
+        return max(self.loaded_through, self.floor)
+
+    async def _replace(self, items, stores, changes: dict[int, PriceHistory]) -> bool:
+        """Everything, built aside a step at a time (requests go on meanwhile), then put in place
+        at once; whether anything differed from the copy it replaced."""
         prices, rows, retired = {}, {}, {}
+        differ = []
         for n, r in enumerate(items, start=1):
             item_id = r["id"]
             prices[item_id] = r["price"]
@@ -178,15 +199,23 @@ class Catalogue(LiveTable):
                 or retired.get(item_id) != self.retired_items.get(item_id)
                 or changes.get(item_id) != self.price_changes.get(item_id)
             ):
-                self._changed(item_id)
+                differ.append(item_id)
             if n % ROWS_PER_STEP == 0:
                 await asyncio.sleep(0)
-        for gone in self.item_rows.keys() - rows.keys():
-            self.changed_at.pop(gone, None)
+        store_rows = {r["id"]: (r["address"], r["version"]) for r in stores}
+        retired_stores = {r["id"]: r["retired_us"] for r in stores if r["retired_us"] is not None}
+        # From here to the end nothing awaits: a reader sees the old copy or the new one, and the
+        # items' change counts move with the swap (GET /catalogue/ keeps JSON by them).
+        gone = self.item_rows.keys() - rows.keys()
+        stores_differ = store_rows != self.store_rows or retired_stores != self.retired_stores
         self.item_prices, self.item_rows, self.retired_items = prices, rows, retired
         self.price_changes = changes
-        self.retired_stores = {r["id"]: r["retired_us"] for r in stores if r["retired_us"] is not None}
-        self.store_rows = {r["id"]: (r["address"], r["version"]) for r in stores}
+        self.store_rows, self.retired_stores = store_rows, retired_stores
+        for item_id in differ:
+            self._changed(item_id)
+        for item_id in gone:
+            self.changed_at.pop(item_id, None)
+        return bool(differ or gone or stores_differ)
 
     def _changed(self, item_id: int) -> None:
         self.change_count += 1
@@ -236,16 +265,26 @@ class Catalogue(LiveTable):
         return None
 
     async def knows(self, item_ids: set[int], store_ids: set[int]) -> bool:
-        """True when every id is known, after a fresh reload if some were not (whole: the id may
-        have come by a write that says nothing, such as a hand INSERT)."""
+        """True when every id is known, after reading the unknown ones if some were not: by their
+        ids, whatever wrote them (a hand INSERT stamps no version), in a query begun after the
+        request arrived. One indexed query, not a whole load: a client sending unknown ids
+        costs the database a lookup, not this process a reload of the catalogue."""
         if self._all_known(item_ids, store_ids):
             return True
-        self._wholes_asked += 1
         try:
-            await self.reload_after_change()
+            await self._load_ids(sorted(item_ids - self.item_prices.keys()), sorted(store_ids - self.store_ids))
         except DB_ERRORS as exc:
-            log.warning("catalogue reload failed, using the cached copy: %s", exc)
+            log.warning("catalogue lookup failed, using the cached copy: %s", exc)
         return self._all_known(item_ids, store_ids)
+
+    async def _load_ids(self, item_ids: list[int], store_ids: list[int]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            items = await conn.fetch(LOAD_IDS[0], item_ids) if item_ids else []
+            stores = await conn.fetch(LOAD_IDS[1], store_ids) if store_ids else []
+            prices = await conn.fetch(LOAD_IDS[2], [r["id"] for r in items]) if items else []
+        if items or stores:
+            self._patch(items, stores, _histories(prices))
+            self.loads += 1
 
     def _all_known(self, item_ids: set[int], store_ids: set[int]) -> bool:
         return item_ids <= self.item_prices.keys() and store_ids <= self.store_ids
@@ -284,6 +323,25 @@ class CatalogueAnswer(msgspec.Struct):
     stores: list[CatalogueStore]
 
 
+MAX_SINCE_KEPT = 64
+
+
+def _histories(prices, into: dict[int, PriceHistory] | None = None) -> dict[int, PriceHistory]:
+    """Price rows (item, from, price; by item and time) as histories, added to `into`'s."""
+    histories = into if into is not None else {}
+    for item_id, from_us, price in prices:
+        history = histories.get(item_id)
+        if history is None:
+            history = histories[item_id] = PriceHistory([], [])
+        history.starts_us.append(from_us)
+        history.prices.append(price)
+    return histories
+
+
+def _etag(body: bytes) -> str:
+    return f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+
+
 def _set_or_drop(mapping: dict, key, value) -> None:
     if value is None:
         mapping.pop(key, None)
@@ -310,6 +368,7 @@ class CatalogueViews:
         self._items: dict[int, tuple[int, bytes]] = {}
         self._expiring: dict[int, int] = {}  # item id -> when its next scheduled price takes effect
         self._building = asyncio.Lock()
+        self._since: dict[int, tuple[int, int, bytes, str]] = {}  # version -> (load, valid until, body, etag)
 
     async def whole(self, now_us: int) -> tuple[bytes, str]:
         async with self._building:
@@ -318,20 +377,25 @@ class CatalogueViews:
                 return cached[2], cached[3]
             loads = self._catalogue.loads
             body, valid_until = await self._build(now_us)
-            etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
-            self._whole = (loads, valid_until, body, etag)
+            etag = _etag(body)
+            if self._catalogue.loads == loads:  # no load came during the build: it holds as a whole
+                self._whole = (loads, valid_until, body, etag)
             return body, etag
 
     async def _build(self, now_us: int) -> tuple[bytes, int]:
         c = self._catalogue
+        started_at = c.change_count  # an item changed after this is encoded again next time
+        version = c.version
         for item_id in [i for i, until in self._expiring.items() if now_us >= until]:
             self._items.pop(item_id, None)
             del self._expiring[item_id]
         parts = []
         for n, item_id in enumerate(sorted(c.item_rows), start=1):
+            if item_id not in c.item_rows:  # gone with a load during the build
+                continue
             kept = self._items.get(item_id)
             if kept is None or c.changed_at.get(item_id, 0) > kept[0]:
-                kept = self._items[item_id] = (c.change_count, _encoder.encode(self.item(item_id, now_us)))
+                kept = self._items[item_id] = (started_at, _encoder.encode(self.item(item_id, now_us)))
                 self._expiring.pop(item_id, None)
                 if (upcoming := self._upcoming(item_id, now_us)) is not None:
                     self._expiring[item_id] = upcoming
@@ -342,22 +406,33 @@ class CatalogueViews:
             del self._items[gone]
             self._expiring.pop(gone, None)
         stores = _encoder.encode([self.store(i) for i in sorted(c.store_rows)])
-        head = _encoder.encode({"version": c.version, "changes_since": None})[:-1]
+        head = _encoder.encode({"version": version, "changes_since": None})[:-1]
         body = b"".join([head, b',"items":[', b",".join(parts), b'],"stores":', stores, b"}"])
         return body, min(self._expiring.values(), default=2**63)
 
-    def since(self, version: int, now_us: int) -> tuple[bytes, str]:
-        """What changed after `version` (all of it when the catalogue was replaced since)."""
+    async def since(self, version: int, now_us: int) -> tuple[bytes, str]:
+        """What changed after `version`; everything (the whole answer) when versions cannot say
+        it: a `version` below the copy's floor (changes no version marks came since) or above
+        its newest. Kept per version until the next load (tills ask with the same few)."""
         c = self._catalogue
-        since = None if version > c.version else version
-        items = [
-            self.item(item_id, now_us)
-            for item_id, (_, changed) in sorted(c.item_rows.items())
-            if since is None or changed > since
-        ]
-        stores = [self.store(i) for i, (_, changed) in sorted(c.store_rows.items()) if since is None or changed > since]
-        body = _encoder.encode(CatalogueAnswer(c.version, since, items, stores))
-        return body, f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"'
+        if not c.floor <= version <= c.version:
+            return await self.whole(now_us)
+        kept = self._since.get(version)
+        if kept is not None and kept[0] == c.loads and now_us < kept[1]:
+            return kept[2], kept[3]
+        loads, valid_until = c.loads, 2**63
+        changed = sorted(item_id for item_id, (_, stamped) in c.item_rows.items() if stamped > version)
+        items = []
+        for item_id in changed:
+            items.append(self.item(item_id, now_us))
+            if (upcoming := self._upcoming(item_id, now_us)) is not None:
+                valid_until = min(valid_until, upcoming)
+        stores = [self.store(i) for i, (_, stamped) in sorted(c.store_rows.items()) if stamped > version]
+        body = _encoder.encode(CatalogueAnswer(c.version, version, items, stores))
+        if len(self._since) >= MAX_SINCE_KEPT:
+            self._since.clear()
+        self._since[version] = (loads, valid_until, body, _etag(body))
+        return body, self._since[version][3]
 
     def _upcoming(self, item_id: int, now_us: int) -> int | None:
         """When the item's next scheduled price takes effect (None: none is)."""

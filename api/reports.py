@@ -14,10 +14,11 @@ from api.period_parts import KeyedSums, Ranked, add, add_by_key
 from api.report_cache import ROW_BYTES
 from shared.rollups import DELTAS, RUNNING_TABLE
 
-# Each item's list price in effect now: its latest change up to now, else item.price (migration 013).
+# Each item's list price in effect at $1 (the API's now, the moment its cache key counts the
+# price changes in effect at): its latest change up to then, else item.price (migration 013).
 ITEMS = """
 SELECT i.id, i.name,
-       coalesce((SELECT p.price FROM item_price p WHERE p.item_id = i.id AND p.effective_from <= now()
+       coalesce((SELECT p.price FROM item_price p WHERE p.item_id = i.id AND p.effective_from <= $1
                  ORDER BY p.effective_from DESC LIMIT 1), i.price) AS price
 FROM item i ORDER BY i.id
 """
@@ -63,8 +64,8 @@ def report_month(mm: int | None, year: int | None, tz: zoneinfo.ZoneInfo, now: d
     return dt.date(year, month, 1)
 
 
-async def list_items(conn: asyncpg.Connection) -> list[dict]:
-    return [dict(r) for r in await conn.fetch(ITEMS)]
+async def list_items(conn: asyncpg.Connection, moment: dt.datetime) -> list[dict]:
+    return [dict(r) for r in await conn.fetch(ITEMS, moment)]
 
 
 async def get_store(conn: asyncpg.Connection, store_id: int) -> dict | None:

@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import io
 import pathlib
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Annotated
@@ -40,6 +41,10 @@ MAX_PRICE = 2_147_483_647
 MAX_ID = 2_147_483_647
 # A change dated a little before now (clocks, a slow request) is taken as now.
 CLOCK_SLACK = dt.timedelta(seconds=5)
+# Moments a price change or a retirement may carry (far ones would not even convert to UTC).
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2999, 12, 31, tzinfo=dt.UTC)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
@@ -96,10 +101,35 @@ def _text_problem(what: str, value: str | None, required: bool) -> str | None:
     return None
 
 
-def _moment_problem(what: str, moment: dt.datetime | None) -> str | None:
-    if moment is not None and moment.tzinfo is None:
+def _moment_problem(what: str, moment: dt.datetime) -> str | None:
+    if moment.tzinfo is None:
         return f"{what} must carry a UTC offset, e.g. 2026-12-07T00:00:00+03:00"
+    if not EARLIEST <= moment <= LATEST:
+        return f"{what} must be between {EARLIEST:%Y} and {LATEST:%Y}"
     return None
+
+
+def _check_alone(edits: Sequence[ItemEdit | StoreEdit], text: str) -> None:
+    """What is wrong with the edits whatever the database holds (before any query: an id past
+    int4 would fail the lookup itself); CatalogueRefused with all of it."""
+    errors: dict[int, str] = {}
+    for index, edit in enumerate(edits):
+        problems = []
+        if edit.id is not None and not 1 <= edit.id <= MAX_ID:
+            problems.append(f"id must be from 1 to {MAX_ID}")
+        value = getattr(edit, text)
+        if value is not None and (bad := _CONTROL.search(value)):
+            problems.append(f"{text} holds a control character ({bad.group()!r})")
+        if isinstance(edit, ItemEdit) and edit.price is not None and not 0 <= edit.price <= MAX_PRICE:
+            problems.append(f"price must be from 0 to {MAX_PRICE}")
+        for name in ("price_from", "retired_at"):
+            moment = getattr(edit, name, None)
+            if isinstance(moment, dt.datetime) and (p := _moment_problem(name, moment)):
+                problems.append(p)
+        if problems:
+            errors[index] = "; ".join(problems)
+    if errors:
+        raise CatalogueRefused(errors)
 
 
 def _check(
@@ -117,9 +147,7 @@ def _check(
     for index, edit in enumerate(edits):
         problems = []
         if edit.id is not None:
-            if not 1 <= edit.id <= MAX_ID:
-                problems.append(f"id must be from 1 to {MAX_ID}")
-            elif edit.id in seen:
+            if edit.id in seen:
                 problems.append(f"{_kind(edit)} {edit.id} is given twice")
             seen.add(edit.id)
         is_new = edit.id not in existing
@@ -128,16 +156,10 @@ def _check(
         if isinstance(edit, ItemEdit):
             if edit.price is None and is_new:
                 problems.append("price is required for a new item")
-            if edit.price is not None and not 0 <= edit.price <= MAX_PRICE:
-                problems.append(f"price must be from 0 to {MAX_PRICE}")
-            if p := _moment_problem("price_from", edit.price_from):
-                problems.append(p)
-            elif edit.price_from is not None and edit.price_from < now - CLOCK_SLACK:
+            if edit.price_from is not None and edit.price_from < now - CLOCK_SLACK:
                 problems.append("price_from is in the past: a price change takes effect now or later")
             if edit.price_from is not None and edit.price is None:
                 problems.append("price_from needs a price")
-        if isinstance(edit.retired_at, dt.datetime) and (p := _moment_problem("retired_at", edit.retired_at)):
-            problems.append(p)
         if problems:
             errors[index] = "; ".join(problems)
     if errors:
@@ -177,7 +199,8 @@ async def _finish_write(conn: asyncpg.Connection, table: str, ids: list[int], ed
     if retire:
         await conn.execute(
             f"UPDATE {table} t SET retired_at = r.at, version = $3 "
-            "FROM unnest($1::int[], $2::timestamptz[]) AS r(id, at) WHERE t.id = r.id",
+            "FROM unnest($1::int[], $2::timestamptz[]) AS r(id, at) "
+            "WHERE t.id = r.id AND t.retired_at IS DISTINCT FROM r.at",
             [i for i, _ in retire],
             [at for _, at in retire],
             version,
@@ -192,9 +215,10 @@ async def write_items(
     conn: asyncpg.Connection, edits: Sequence[ItemEdit], *, create: bool | None = None, now: dt.datetime | None = None
 ) -> Written:
     """Create (`create`), change (`create=False`) or create-or-change (None) items, all or none."""
-    now = now or dt.datetime.now(dt.UTC)
+    _check_alone(edits, "name")
     async with conn.transaction():
         version, existing, largest = await _begin_write(conn, "item", [e.id for e in edits if e.id is not None])
+        now = now or dt.datetime.now(dt.UTC)  # read once the lock is ours: no change lands before a write ahead
         _check(edits, existing, create, "name", now)
         ids = _assign_ids(edits, largest)
         new = [(i, e) for i, e in zip(ids, edits) if i not in existing]
@@ -244,7 +268,7 @@ async def _change_prices(
         start = max(start, now)
         past = history.get(item_id, [])
         in_effect = next((p for at, p in reversed(past) if at <= start), base[item_id])
-        if in_effect == price and not any(at > start for at, _ in past):
+        if in_effect == price:  # nothing to change (the same list imported twice)
             continue
         if not past:
             rows.append((item_id, None, base[item_id]))
@@ -278,9 +302,10 @@ async def write_stores(
     conn: asyncpg.Connection, edits: Sequence[StoreEdit], *, create: bool | None = None, now: dt.datetime | None = None
 ) -> Written:
     """Create, change or create-or-change stores, all or none (as write_items)."""
-    now = now or dt.datetime.now(dt.UTC)
+    _check_alone(edits, "address")
     async with conn.transaction():
         version, existing, largest = await _begin_write(conn, "store", [e.id for e in edits if e.id is not None])
+        now = now or dt.datetime.now(dt.UTC)
         _check(edits, existing, create, "address", now)
         ids = _assign_ids(edits, largest)
         new = [(i, e.address) for i, e in zip(ids, edits) if i not in existing]
@@ -329,23 +354,38 @@ def parse_csv(text: str, kind: str) -> list[ItemEdit] | list[StoreEdit]:
         )
     edits: list = []
     errors: dict[int, str] = {}
-    for line, cells in enumerate(reader, start=2):
-        if not any(c.strip() for c in cells):
-            continue
-        if len(edits) >= MAX_IMPORT_LINES:
-            raise CatalogueRefused({line: f"at most {MAX_IMPORT_LINES} lines in one import"}, 413)
-        if len(cells) != len(header):
-            errors[line] = f"{len(cells)} cells where the header has {len(header)}"
-            continue
-        try:
-            edits.append(_edit_of(dict(zip(header, (c.strip() for c in cells))), kind))
-        except ValueError as exc:
-            errors[line] = str(exc)
+    try:
+        for line, cells in enumerate(reader, start=2):
+            if (problem := _line(cells, header, kind, edits)) is not None:
+                errors[line] = problem
+    except csv.Error as exc:  # a line the csv module cannot read (a stray CR, a huge field)
+        errors[reader.line_num] = f"unreadable CSV: {exc}"
+    except _TooLong as exc:
+        raise CatalogueRefused({reader.line_num: str(exc)}, 413) from None
     if errors:
         raise CatalogueRefused(errors)
     if not edits:
         raise CatalogueRefused({2: "no lines after the header"})
     return edits
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _line(cells: list[str], header: list[str], kind: str, edits: list) -> str | None:
+    """Adds one line's edit to `edits`; what is wrong with it, if anything."""
+    if not any(c.strip() for c in cells):
+        return None
+    if len(edits) >= MAX_IMPORT_LINES:
+        raise _TooLong(f"at most {MAX_IMPORT_LINES} lines in one import")
+    if len(cells) != len(header):
+        return f"{len(cells)} cells where the header has {len(header)}"
+    try:
+        edits.append(_edit_of(dict(zip(header, (c.strip() for c in cells))), kind))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _edit_of(cells: dict[str, str], kind: str) -> ItemEdit | StoreEdit:

@@ -216,6 +216,22 @@ async def test_the_etag_round_trip_and_changes_since_a_version(client, seed):
     assert [(i["id"], i["name"]) for i in since["items"]] == [(2, "renamed")] and since["stores"] == []
 
 
+async def test_since_a_version_from_before_a_change_no_version_marks_is_answered_whole(client, seed, db):
+    await seed(items=3, stores=1)
+    await _seen_by(client, lambda copy: len(copy.item_rows) == 3)
+    held = (await _ok(await client.get("/catalogue/")))["version"]  # what a till holds
+    await edit_by_hand(db, "UPDATE item SET name = 'by hand' WHERE id = 1")  # no version says it
+    await _seen_by(client, lambda copy: copy.item_rows[1][0] == "by hand")
+    await _ok(await client.patch("/catalogue/items/2", json={"name": "versioned"}, headers=ADMIN))
+    answer = await _ok(await client.get("/catalogue/", params={"since": str(held)}))
+    assert answer["changes_since"] is None  # everything, not only what versions say
+    assert {i["id"]: i["name"] for i in answer["items"]} == {1: "by hand", 2: "versioned", 3: "item-3"}
+    newer = await _ok(await client.get("/catalogue/", params={"since": str(answer["version"])}))
+    assert (newer["changes_since"], newer["items"], newer["stores"]) == (answer["version"], [], [])
+    future = await _ok(await client.get("/catalogue/", params={"since": str(answer["version"] + 1000)}))
+    assert future["changes_since"] is None and len(future["items"]) == 3
+
+
 async def test_a_change_is_seen_by_every_api_process_within_a_second(settings, seed, aiohttp_client):
     await seed(items=2, stores=1)
     one, other = await aiohttp_client(create_app(settings)), await aiohttp_client(create_app(settings))
@@ -293,6 +309,20 @@ async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
     assert await refused.json() == {"error": "price_from is in the past: a price change takes effect now or later"}
     assert (await client.post("/catalogue/items.csv", data="nonsense,header\n1,2\n", headers=ADMIN)).status == 422
     assert (await client.post("/catalogue/items/", data=b"{", headers=ADMIN)).status == 400
+    for body in (
+        {"name": "nul\u0000", "price": 1},  # PostgreSQL refuses NUL in text
+        {"name": "x", "price": 1, "retired_at": "9999-12-31T23:59:59-01:00"},  # past year 9999 in UTC
+    ):
+        answer = await client.post("/catalogue/items/", json=body, headers=ADMIN)
+        assert answer.status == 422, await answer.text()
+    for text, line in (
+        ("id,name,price\n99999999999,x,1\n", 2),  # past int4
+        ("id,name,price\n1,x,1\r2,y\r\n", 2),  # a stray CR the csv module cannot read
+        ("id,name,price\n3000000000,x,1\n", 2),
+    ):
+        answer = await client.post("/catalogue/items.csv", data=text, headers=ADMIN)
+        assert answer.status == 422, await answer.text()
+        assert [e["line"] for e in (await answer.json())["errors"]] == [line]
 
 
 def test_price_history_against_a_plain_scan():

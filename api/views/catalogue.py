@@ -29,7 +29,7 @@ async def get_catalogue(request: web.Request) -> web.Response:
     """Items with their prices (now and scheduled) and stores, as the tills keep them."""
     since = int_param(request.query, "since", None, 0, 2**62)
     views = request.app[CATALOGUE_VIEWS]
-    body, etag = await views.whole(now_us()) if since is None else views.since(since, now_us())
+    body, etag = await views.whole(now_us()) if since is None else await views.since(since, now_us())
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)

@@ -13,7 +13,7 @@ from aiohttp import web
 from api import period_parts, reports
 from api.appkeys import CHAIN_TODAY, INTAKE, PG_POOL, REPORT_CACHE, SETTINGS, STORES_TODAY
 from api.chain_today import ChainDay
-from api.moments import now_us
+from api.moments import from_us, now_us
 from api.report_cache import CATALOGUE_ONLY, EVERYTHING, Part, Scope
 from api.responses import json_response, table_response, wants_csv
 from api.validation import BadRequest, date_param, int_param, one_of_params
@@ -227,8 +227,9 @@ async def _chain_top(
 async def list_items(request: web.Request) -> web.Response:
     as_csv = wants_csv(request)  # validates `format` before any query
     # the prices in effect now: a new answer once a scheduled change takes effect
-    in_effect = request.app[INTAKE].catalogue.prices_in_effect(now_us())
-    rows = await _cached(request, ("items", in_effect), CATALOGUE_ONLY, reports.list_items)
+    now = now_us()
+    in_effect = request.app[INTAKE].catalogue.prices_in_effect(now)
+    rows = await _cached(request, ("items", in_effect), CATALOGUE_ONLY, reports.list_items, from_us(now))
     return table_response(rows, ["id", "name", "price"], "items", as_csv)
 
 
