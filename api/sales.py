@@ -140,10 +140,14 @@ class SalesIntake:
             metrics.SALES_REJECTED.labels("no_ids").inc(len(sales))
             raise ServiceUnavailable("the database is unavailable and no sale ids are left; retry shortly", 5) from exc
         queued = []
-        for sale_id, s in zip(ids, sales):
+        for index, (sale_id, s) in enumerate(zip(ids, sales)):
             moment_us = to_us(s.sale_time) if s.sale_time else accepted_us
             # Priced at sale_time: a till offline on Monday books Monday's price.
-            listed = flat[s.item_id] if s.item_id not in changed else catalogue.price_at(s.item_id, moment_us)
+            try:
+                listed = flat[s.item_id] if s.item_id not in changed else catalogue.price_at(s.item_id, moment_us)
+            except KeyError:  # gone with a whole load since it was checked (a /clear/, a hand DELETE)
+                metrics.SALES_REJECTED.labels("refused").inc(len(sales))
+                raise SalesRefused({index: f"unknown item_id {s.item_id}"}) from None
             queued.append(
                 QueuedSale(
                     id=sale_id,
