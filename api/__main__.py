@@ -8,6 +8,7 @@ the parent before the processes start (and are safe to run concurrently anyway).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -18,6 +19,7 @@ import socket
 import sys
 import tempfile
 
+from shared import admin_token
 from shared.settings import Settings
 
 log = logging.getLogger("api")
@@ -84,6 +86,20 @@ async def _migrate(settings: Settings) -> None:
         await conn.close()
 
 
+def _with_admin_token(settings: Settings) -> Settings:
+    """ADMIN_TOKEN as given, else the one kept in ADMIN_TOKEN_FILE (generated at first start)."""
+    if settings.admin_token or not settings.admin_token_file:
+        return settings
+    token, created = admin_token.read_or_create(settings.admin_token_file)
+    if created:
+        log.warning(
+            "no ADMIN_TOKEN given: generated a random one into %s (kept there); print it with "
+            "`python -m shared.admin_token` (in compose: docker compose exec api python -m shared.admin_token)",
+            settings.admin_token_file,
+        )
+    return dataclasses.replace(settings, admin_token=token)
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
@@ -91,8 +107,8 @@ def main() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _exit_now)
     try:
-        settings = Settings.from_env()
-    except ValueError as exc:
+        settings = _with_admin_token(Settings.from_env())
+    except (ValueError, OSError) as exc:
         log.error("configuration error: %s", exc)
         sys.exit(2)
     count = settings.api_processes or os.cpu_count() or 1

@@ -31,7 +31,7 @@ from bench import common
 from bench.common import log, ratio
 from bench.post_sales import run_post
 
-ADMIN_TOKEN = "bench-admin-token"
+ADMIN_TOKEN = "bench-admin-token-0123"
 TODAY = "today (10,000 items, 1,000 stores)"
 SIZES = {
     TODAY: (10_000, 1_000),

@@ -4,7 +4,9 @@
 # Stop with Ctrl-C. Settings come from the environment (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ADMIN_TOKEN="${ADMIN_TOKEN:-change-me}"
+# Without ADMIN_TOKEN, the API generates one into this file at its first start and keeps it
+# (print it with `.venv/bin/python -m shared.admin_token`).
+export ADMIN_TOKEN_FILE="${ADMIN_TOKEN_FILE:-$PWD/.local/admin_token}"
 
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements.txt

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import zoneinfo
 
+from shared import admin_token as admin_tokens
 from shared.chain_fold import FOLD_INTERVAL_MS
 from shared.queue import QueueKeys
 
@@ -48,6 +49,8 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     admin_token: str | None = None
+    # Without ADMIN_TOKEN, the API keeps a generated one in this file (shared.admin_token).
+    admin_token_file: str | None = None
     report_timezone: str = "UTC"
     auth_required: bool = False
     # Queue: above this many sales waiting for the worker, POST /sales/ answers 503 (spread
@@ -78,6 +81,8 @@ class Settings:
     worker_fold_interval_ms: int = FOLD_INTERVAL_MS
 
     def __post_init__(self) -> None:
+        if self.admin_token is not None:
+            admin_tokens.check(self.admin_token)
         try:
             zoneinfo.ZoneInfo(self.report_timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -140,6 +145,7 @@ class Settings:
             host=get("HOST", defaults.host),
             port=get("PORT", defaults.port),
             admin_token=env.get("ADMIN_TOKEN") or None,
+            admin_token_file=env.get("ADMIN_TOKEN_FILE") or None,
             report_timezone=get("REPORT_TIMEZONE", defaults.report_timezone),
             auth_required=get("AUTH_REQUIRED", defaults.auth_required),
             queue_max_depth=get("QUEUE_MAX_DEPTH", defaults.queue_max_depth),

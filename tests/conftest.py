@@ -29,7 +29,7 @@ from shared.settings import Settings
 from worker import writer
 from worker.consumer import StreamConsumer
 
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-of-the-suite"
 PG_ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CITUS = os.environ.get("TEST_CITUS", "") == "1"

@@ -286,7 +286,7 @@ class Stack:
             HOST="127.0.0.1",
             PORT=str(self.port),
             API_PROCESSES="2",
-            ADMIN_TOKEN="fault-admin",
+            ADMIN_TOKEN="fault-admin-token-0123",
             REDIS_KEY_PREFIX=KEY_PREFIX,
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",

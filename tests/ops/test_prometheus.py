@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "prometheus"
-ADMIN = "fault-admin"  # the fault stack's ADMIN_TOKEN
+ADMIN = "fault-admin-token-0123"  # the fault stack's ADMIN_TOKEN
 
 
 def _prometheus_binary() -> str:

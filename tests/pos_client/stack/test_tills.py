@@ -31,7 +31,7 @@ from tests.recount import NO_DRIFT
 
 pytestmark = pytest.mark.slow
 
-ADMIN = "fault-admin"  # tests/fault/conftest.py's ADMIN_TOKEN
+ADMIN = "fault-admin-token-0123"  # tests/fault/conftest.py's ADMIN_TOKEN
 
 
 async def audit(stack, redis_client, database_url, tills, owner_key=ADMIN, before=None) -> dict:
