@@ -13,7 +13,7 @@ from pos_client.errors import InvalidSale, SpoolError
 from pos_client.ids import new_key
 from pos_client.sender import Sender
 from pos_client.spool import NewSale, Spool, SpooledSale
-from pos_client.transport import HttpTransport
+from pos_client.transport import HttpTransport, check_key_over_http
 
 MAX_BATCH = 1000  # the server's limit for POST /sales/batch/
 INT32_MAX = 2_147_483_647
@@ -93,6 +93,9 @@ class SalesClient:
         client.record(item_id=24, quantity=2)   # durable on disk when it returns
         client.flush(timeout=5)                  # optional: wait until the server has them
         client.close()
+
+    https is always verified; `ca_bundle` (a PEM file) trusts a private CA instead of the
+    system's. A key is never sent over plain http:// unless `allow_plain_http=True`.
     """  # fmt: skip  # else ruff format unindents the example above
 
     def __init__(
@@ -109,16 +112,23 @@ class SalesClient:
         backoff_cap: float = 30.0,
         keep_sent_days: float = 7.0,
         catalogue_interval: float = 300.0,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        allow_plain_http: bool = False,
         transport=None,
     ):
         _check_id("store_id", store_id)
+        check_key_over_http(base_url, key, allow_plain_http)
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be from 1 to {MAX_BATCH}, got {batch_size}")
         if flush_interval <= 0 or timeout <= 0:
             raise ValueError("flush_interval and timeout must be positive")
         self.store_id = store_id
         self._timeout = timeout
-        self._transport = transport or HttpTransport(base_url, timeout=timeout)
+        self._base_url = base_url
+        self._allow_plain_http = allow_plain_http
+        self._transport = transport or HttpTransport(
+            base_url, timeout=timeout, ca_bundle=ca_bundle, allow_plain_http=allow_plain_http
+        )
         self._lock = _lock_spool(str(spool))
         try:
             self._spool = Spool(str(spool), store_id)
@@ -209,6 +219,7 @@ class SalesClient:
 
     def resume(self, key: str | None = None) -> None:
         """Start sending again after a refused key, with a new key if given."""
+        check_key_over_http(self._base_url, key, self._allow_plain_http)
         self._sender.resume(key if key is not None else self._sender.key)
 
     def status(self) -> Status:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pos_client.spool import SENT, SpooledSale
-from pos_client.transport import HttpTransport
+from pos_client.transport import HttpTransport, check_key_over_http
 
 try:
     import zoneinfo
@@ -59,8 +59,17 @@ def expected_totals(ledgers: Iterable[Ledger], prices: dict[int, int], tz) -> tu
 class Reports:
     """GET the reports, as an owner key (or openly when the server requires none)."""
 
-    def __init__(self, base_url: str, key: str | None = None, timeout: float = 30.0):
-        self.http = HttpTransport(base_url, timeout=timeout)
+    def __init__(
+        self,
+        base_url: str,
+        key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        ca_bundle: str | None = None,
+        allow_plain_http: bool = False,
+    ):
+        check_key_over_http(base_url, key, allow_plain_http)
+        self.http = HttpTransport(base_url, timeout=timeout, ca_bundle=ca_bundle, allow_plain_http=allow_plain_http)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def get(self, path: str, **query) -> Any:  # decoded JSON

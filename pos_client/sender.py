@@ -4,6 +4,12 @@ Every `interval`, or when woken by `flush`, it sends the pending sales in batche
 `batch_size`, oldest first, until none is left; a day's backlog goes out batch after batch
 without waiting. A sale leaves the pending state only after the server answered for it, so a
 crash at any moment sends it again, with the same idempotency key, and the server stores it once.
+
+A server certificate that is not trusted is a configuration problem, not the network's: it is
+logged at ERROR with what to do (`ca_bundle=`) and shown in status(), and tried again with the
+backoff like no answer at all, since it is fixed elsewhere (a renewed certificate on the server,
+the till restarted with its CA bundle) and the till must then send without anyone's help.
+Nothing is sent while it lasts: the handshake fails before the request, key included, is written.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import cast
 
 from pos_client.backoff import Backoff
 from pos_client.spool import Spool, SpooledSale
-from pos_client.transport import TransportError
+from pos_client.transport import CertificateError, TransportError
 from pos_client.verdicts import judge
 
 log = logging.getLogger("pos_client")
@@ -119,6 +125,10 @@ class Sender:
             headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
             try:
                 answer = self.transport.request("POST", BATCH_PATH, [s.as_json(self.store_id) for s in part], headers)
+            except CertificateError as exc:
+                self.online = False
+                self._retry_later(str(exc), None, first_level=logging.ERROR)
+                return
             except TransportError as exc:
                 self.online = False
                 self._retry_later(f"no answer from the server: {exc}", None)
@@ -170,6 +180,11 @@ class Sender:
             headers["If-None-Match"] = etag
         try:
             answer = self.transport.request("GET", CATALOGUE_PATH, None, headers)
+        except CertificateError as exc:  # shown even when no sale waits to hit it
+            log.error("the catalogue could not be fetched: %s", exc)
+            self.online = False
+            self._note_error(str(exc))
+            return
         except TransportError as exc:
             log.info("the catalogue could not be fetched (%s); pricing from the copy", exc)
             return
@@ -183,10 +198,10 @@ class Sender:
         self.catalogue_checks += 1
         self._notify()
 
-    def _retry_later(self, error: str, retry_after: float | None) -> None:
+    def _retry_later(self, error: str, retry_after: float | None, first_level: int = logging.WARNING) -> None:
         delay = self.backoff.next_delay(retry_after)
         # the first failure of a run is news; the next ones while it lasts are not
-        log.log(logging.WARNING if self.backoff.failures == 1 else logging.INFO, "%s; next try in %.1f s", error, delay)
+        log.log(first_level if self.backoff.failures == 1 else logging.INFO, "%s; next try in %.1f s", error, delay)
         self._note_error(error)
         self._closing.wait(delay)
 

@@ -13,6 +13,9 @@ and with --database-url (or DATABASE_URL) every sale by key and id in `sales`.
 With AUTH_REQUIRED on the server, give --admin-token (or ADMIN_TOKEN): the simulator issues a
 POS key per store and an owner key, and revokes them at the end. Nobody else must sell in the
 simulated stores meanwhile, or the reports' change will not be the ledgers'.
+
+Behind TLS with a private CA (Caddy's internal one for localhost), give its root certificate:
+--ca-bundle (or POS_CA_BUNDLE). Keys go over a plain http:// URL only with --allow-plain-http.
 """
 
 from __future__ import annotations
@@ -76,29 +79,49 @@ class Till:
             spool.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """Where the stack is and how to talk to it (the tills get the same)."""
+
+    url: str
+    ca_bundle: str | None = None
+    allow_plain_http: bool = False
+
+    def reports(self, key: str | None = None) -> Reports:
+        try:
+            return Reports(self.url, key, ca_bundle=self.ca_bundle, allow_plain_http=self.allow_plain_http)
+        except ValueError as exc:  # a key for http:// without --allow-plain-http, an unreadable --ca-bundle
+            raise SystemExit(str(exc)) from exc
+
+
 class Keys:
     """POS keys per store and an owner key: given, issued with the admin token, or none needed."""
 
-    def __init__(self, url: str, admin_token: str | None, owner_key: str | None, pos_keys: dict[int, str]):
-        self.admin = Reports(url, admin_token) if admin_token else None
+    def __init__(self, conn: Connection, admin_token: str | None, owner_key: str | None, pos_keys: dict[int, str]):
+        self.conn = conn
+        self.admin_token = admin_token
+        self.admin: Reports | None = None  # made when keys are needed: no token goes out otherwise
         self.owner = owner_key
         self.pos = dict(pos_keys)
         self.issued: list[str] = []
         self.required = False
 
-    def detect(self, url: str) -> None:
+    def detect(self) -> None:
         """Whether the server asks for keys (its catalogue answers 401 without one)."""
-        probe = Reports(url)
+        probe = self.conn.reports()
         try:
             self.required = probe.http.request("GET", "/stores/").status == 401
         finally:
             probe.close()
 
     def prepare(self, stores: list[int]) -> None:
-        if not self.required:
+        if not self.required:  # none sent where none is asked for
             self.owner = None
+            self.pos = {}
             return
         missing = [s for s in stores if s not in self.pos]
+        if (missing or not self.owner) and self.admin_token:
+            self.admin = self.conn.reports(self.admin_token)
         if (missing or not self.owner) and self.admin is None:
             raise SystemExit(
                 "the server requires keys: give --admin-token (or ADMIN_TOKEN) to issue them, "
@@ -153,6 +176,17 @@ def parse_args(argv):
         default=os.environ.get("ADMIN_TOKEN"),
         help="to issue keys when the server requires them (default: $ADMIN_TOKEN)",
     )
+    parser.add_argument(
+        "--ca-bundle",
+        default=os.environ.get("POS_CA_BUNDLE") or None,
+        help="PEM file of the CA that signed the server's certificate, for a private CA such as "
+        "Caddy's internal one (default: $POS_CA_BUNDLE; else the system's CAs)",
+    )
+    parser.add_argument(
+        "--allow-plain-http",
+        action="store_true",
+        help="send keys (and the admin token) over an http:// --url: only on a network you trust",
+    )
     parser.add_argument("--owner-key", help="an owner key for the reports")
     parser.add_argument("--pos-keys", help="JSON file {store_id: pos key}")
     parser.add_argument(
@@ -176,19 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     pos_keys = (
         {int(k): v for k, v in json.loads(pathlib.Path(args.pos_keys).read_text()).items()} if args.pos_keys else {}
     )
-    keys = Keys(args.url, args.admin_token, args.owner_key, pos_keys)
+    conn = Connection(args.url, args.ca_bundle, args.allow_plain_http)
+    keys = Keys(conn, args.admin_token, args.owner_key, pos_keys)
     try:
-        keys.detect(args.url)
+        keys.detect()
     except TransportError as exc:
         raise SystemExit(f"cannot reach {args.url}: {exc}") from exc
-    reader = Reports(args.url, (keys.owner or args.admin_token) if keys.required else None)
+    reader = conn.reports((keys.owner or args.admin_token) if keys.required else None)
     all_stores = [s["id"] for s in reader.get("/stores/")]
     reader.close()
     if len(all_stores) < args.stores:
         raise SystemExit(f"the server has {len(all_stores)} stores, not {args.stores}")
     stores = all_stores[: args.stores]
     keys.prepare(stores)
-    reports = Reports(args.url, keys.owner)
+    reports = conn.reports(keys.owner)
     prices = reports.prices()
     items = sorted(prices)
     now = dt.datetime.now(tz)
@@ -214,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 offline=offline_windows(rng, args.day_seconds, args.offline_share),
                 seed=rng.randrange(10**9),
                 flush_timeout=max(60.0, args.day_seconds),
+                ca_bundle=args.ca_bundle,
+                allow_plain_http=args.allow_plain_http,
             )
             tills.append(Till(name, plan, spool_dir / f"{name}.json", spool_dir / f"{name}.log"))
     for till in rng.sample(tills, min(args.kill, len(tills))):

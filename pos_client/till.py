@@ -45,6 +45,8 @@ class Plan:
     flush_timeout: float = 120.0
     flush_interval: float = 0.5
     batch_size: int = 1000
+    ca_bundle: str | None = None  # a private CA's root certificate (PEM), for an https:// url
+    allow_plain_http: bool = False  # send the key over an http:// url (tests on loopback)
 
 
 def intensity(hour: float) -> float:
@@ -92,10 +94,15 @@ class OfflineWindows:
 
 def run(plan: Plan) -> dict:
     rng = random.Random(plan.seed * 1_000_003 + int(time.time() * 1000) % 1_000_003)
-    transport = OfflineWindows(HttpTransport(plan.url), plan.day_start, plan.offline)
+    transport = OfflineWindows(
+        HttpTransport(plan.url, ca_bundle=plan.ca_bundle, allow_plain_http=plan.allow_plain_http),
+        plan.day_start,
+        plan.offline,
+    )
     client = SalesClient(
         plan.url,
         plan.key,
+        allow_plain_http=plan.allow_plain_http,
         store_id=plan.store_id,
         spool=plan.spool,
         transport=transport,

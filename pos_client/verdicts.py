@@ -42,6 +42,12 @@ def judge(batch: list[SpooledSale], answer: Answer) -> Verdict:
         )
     if status == 422:
         return _refused(batch, answer)
+    if status in (301, 302, 303, 307, 308):  # never followed: the key would go wherever it points
+        location = answer.headers.get("location", "?")
+        return Verdict(
+            retry=True,
+            error=f"{status}: the server redirects to {location}; give the client that URL (https://...)",
+        )
     if status in (400, 413):  # the request as a whole was refused: find the sale that did it
         return _split(batch, f"{status}: {answer.error()}")
     return Verdict(

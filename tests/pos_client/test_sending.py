@@ -191,7 +191,14 @@ async def auth_client(aiohttp_client, settings, pos_keys):
 
 async def test_revoked_key_stops_sending_until_a_new_key(auth_client, pos_keys, db, drain, tmp_path):
     old = pos_keys[2]
-    till = SalesClient(base_url(auth_client), old.key, store_id=2, spool=str(tmp_path / "s.db"), flush_interval=0.05)
+    till = SalesClient(
+        base_url(auth_client),
+        old.key,
+        allow_plain_http=True,  # the test server is on loopback
+        store_id=2,
+        spool=str(tmp_path / "s.db"),
+        flush_interval=0.05,
+    )
     recorded = [till.record(item_id=1)]
     assert await flush(till)
     await keys.revoke(db, old.prefix)
@@ -216,7 +223,14 @@ async def test_revoked_key_stops_sending_until_a_new_key(auth_client, pos_keys, 
 
 async def test_a_key_of_another_store_stops_sending(auth_client, pos_keys, tmp_path):
     other = pos_keys[1]
-    till = SalesClient(base_url(auth_client), other.key, store_id=2, spool=str(tmp_path / "s.db"), flush_interval=0.05)
+    till = SalesClient(
+        base_url(auth_client),
+        other.key,
+        allow_plain_http=True,
+        store_id=2,
+        spool=str(tmp_path / "s.db"),
+        flush_interval=0.05,
+    )
     till.record(item_id=1)
     assert not await flush(till, timeout=10)
     assert "403" in till.status().stopped and "store 1 only" in till.status().stopped

@@ -127,7 +127,7 @@ def test_client_sends_a_backlog_in_batches_of_at_most_1000(tmp_path):
 def test_a_refused_key_stops_sending_and_says_so(tmp_path):
     server = ScriptedTransport(lambda batch: answer(401, {"error": "unknown or revoked key"}))
     client = SalesClient(
-        "http://x", key="sk_pos_x.y", store_id=1, spool=str(tmp_path / "s.db"), transport=server, flush_interval=0.05
+        "https://x", key="sk_pos_x.y", store_id=1, spool=str(tmp_path / "s.db"), transport=server, flush_interval=0.05
     )
     client.record(item_id=1)
     assert not client.flush(timeout=10)

@@ -97,6 +97,7 @@ def tills(tmp_path):
         plan.setdefault("items", list(range(1, ITEMS + 1)))
         plan.setdefault("profile", "flat")
         plan.setdefault("echo", True)
+        plan.setdefault("allow_plain_http", True)  # the stack is on loopback: keys over http
         till = TillProcess(Plan(**plan), tmp_path, name)
         made.append(till)
         return till

@@ -58,7 +58,7 @@ async def audit(stack, redis_client, database_url, tills, owner_key=ADMIN, befor
         await conn.close()
     assert total == check["sent"], "rows in sales that no till recorded"
     assert drift == NO_DRIFT
-    reports = Reports(stack.base_url, owner_key)
+    reports = Reports(stack.base_url, owner_key, allow_plain_http=True)
     try:
         income, units = expected_totals(ledgers, reports.prices(), dt.UTC)
         after = reports.snapshot({(year, month) for _, year, month in income})
@@ -277,6 +277,7 @@ async def test_simulator_reconciles_a_day_with_auth_on(make_stack, redis_client,
         "1",
         "--admin-token",
         ADMIN,
+        "--allow-plain-http",
         "--database-url",
         database_url,
         "--spool-dir",
