@@ -146,7 +146,7 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
     return f"malformed JSON: not UTF-8 (byte {exc.object[exc.start : exc.start + 1]!r} at position {exc.start})"
 
 
-def _decode_object(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder):
+def decode_object(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder):
     """One JSON object of the decoder's type; every failure a BadRequest saying why."""
     try:
         return decoder.decode(body)
@@ -159,7 +159,7 @@ def _decode_object(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder):
 
 
 def decode_sale(body: bytes | msgspec.Raw, now_us: int) -> SaleIn:
-    sale = _decode_object(body, _sale_decoder)
+    sale = decode_object(body, _sale_decoder)
     _check_sale_time(sale, now_us)
     return sale
 
@@ -169,7 +169,7 @@ _return_of_sale_decoder = msgspec.json.Decoder(ReturnOfSale)
 
 
 def _decode_return(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder, now_us: int):
-    decoded = _decode_object(body, decoder)
+    decoded = decode_object(body, decoder)
     _check_moment("return_time", decoded.return_time, now_us)
     return decoded
 

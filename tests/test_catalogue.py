@@ -302,13 +302,16 @@ async def test_bad_catalogue_edits_are_clear_4xx(client, seed):
     for path_id in ("0", "x", "\u00b2", "9" * 30):  # "²" is a digit to str.isdigit, not to int()
         answer = await client.patch(f"/catalogue/items/{path_id}", json={"name": "x"}, headers=ADMIN)
         assert answer.status == 400 and "the id in the path" in (await answer.json())["error"]
-    assert (await client.patch("/catalogue/items/1", json={"price": -5}, headers=ADMIN)).status == 400
+    negative = await client.patch("/catalogue/items/1", json={"price": -5}, headers=ADMIN)
+    assert negative.status == 400 and "price" in (await negative.json())["error"]
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     refused = await client.patch("/catalogue/items/1", json={"price": 5, "price_from": past}, headers=ADMIN)
     assert refused.status == 422
     assert await refused.json() == {"error": "price_from is in the past: a price change takes effect now or later"}
     assert (await client.post("/catalogue/items.csv", data="nonsense,header\n1,2\n", headers=ADMIN)).status == 422
-    assert (await client.post("/catalogue/items/", data=b"{", headers=ADMIN)).status == 400
+    for body, said in ((b"{", "malformed JSON"), (b'{"name": "x", "price": 1, "colour": 2}', "colour")):
+        answer = await client.post("/catalogue/items/", data=body, headers=ADMIN)
+        assert answer.status == 400 and said in (await answer.json())["error"], await answer.text()
     for body in (
         {"name": "nul\u0000", "price": 1},  # PostgreSQL refuses NUL in text
         {"name": "x", "price": 1, "retired_at": "9999-12-31T23:59:59-01:00"},  # past year 9999 in UTC

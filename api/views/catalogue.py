@@ -12,7 +12,7 @@ from aiohttp import web
 from api.appkeys import CATALOGUE_VIEWS, INTAKE, PG_POOL
 from api.moments import now_us
 from api.responses import json_error, json_response
-from api.validation import BadRequest, int_param, read_body
+from api.validation import BadRequest, decode_object, int_param, read_body
 from shared import catalogue
 from shared.catalogue import CatalogueRefused, ItemEdit, StoreEdit
 
@@ -38,15 +38,6 @@ async def get_catalogue(request: web.Request) -> web.Response:
 
 def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",")} if header else set()
-
-
-def _decode(body: bytes, decoder: msgspec.json.Decoder):
-    try:
-        return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise BadRequest(f"malformed body: {exc}") from exc
-    except (RecursionError, UnicodeDecodeError) as exc:
-        raise BadRequest("malformed JSON") from exc
 
 
 def _path_id(request: web.Request) -> int:
@@ -83,7 +74,7 @@ def _write(kind: str, create: bool | None):
     )
 
     async def handler(request: web.Request) -> web.Response:
-        edit = _decode(await read_body(request), decoder)
+        edit = decode_object(await read_body(request), decoder)
         if create is False:
             if edit.id is not None:
                 raise BadRequest("the id is in the path, not in the body")
