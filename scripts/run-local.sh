@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Without ADMIN_TOKEN, the API generates one into this file at its first start and keeps it
-# (print it with `.venv/bin/python -m shared.admin_token`).
+# (print it with `.venv/bin/python -m shared.admin_token .local/admin_token`).
 export ADMIN_TOKEN_FILE="${ADMIN_TOKEN_FILE:-$PWD/.local/admin_token}"
 
 python3 -m venv .venv
