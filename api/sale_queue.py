@@ -85,9 +85,13 @@ class SaleQueue:
         self._flushers: set[asyncio.Task] = set()
         self._full_until = [0.0] * keys.partitions  # per partition
 
-    async def remembered(self, sales: list[tuple[int, str]]) -> list[bool]:
-        """Whether each (store_id, idempotency key) is remembered: a sale was accepted under it."""
-        return await remembered(self._client, [self._keys.idempotency(store_id, key) for store_id, key in sales])
+    async def remembered(self, sales: list[tuple[int, str]]) -> list[QueuedSale | None]:
+        """For each (store_id, idempotency key), the sale accepted under it, or None."""
+        keys = [self._keys.idempotency(store_id, key) for store_id, key in sales]
+        return [
+            None if value is None else sale_decoder.decode(value)
+            for value in await remembered_values(self._client, keys)
+        ]
 
     def looks_full(self) -> bool:
         """Redis said "full" a moment ago for every partition. A request can then be refused
@@ -242,14 +246,19 @@ def _as_stored(sales: list[QueuedSale], order: Sequence[int], keyed_answers: lis
 
 
 async def remembered(client: redis.Redis, keys: list[str]) -> list[bool]:
-    """Whether each idempotency key (its Redis key, as the queueing scripts set it) is
-    remembered: something was accepted under it. A refusal for the time of a sale or return is
-    waived for such a retry, and the script answers what was accepted then: a till whose answer
-    was lost, and that retries after the sale grew too old (or its month was archived), must not
-    be told 422 for a sale that counts."""
+    """Whether each idempotency key is remembered (remembered_values)."""
+    return [value is not None for value in await remembered_values(client, keys)]
+
+
+async def remembered_values(client: redis.Redis, keys: list[str]) -> list[bytes | None]:
+    """What was accepted under each idempotency key (its Redis key, as the queueing scripts set
+    it), encoded, or None. A refusal of a sale or return is waived for such a retry, and it is
+    answered what was accepted then: a till whose answer was lost, and that retries after the
+    sale grew too old (or its month was archived, or its item was deleted), must not be told 422
+    for a sale that counts."""
     if not keys:
         return []
     try:
-        return [value is not None for value in await client.mget(keys)]
+        return await client.mget(keys)
     except (RedisError, OSError, TimeoutError) as exc:
         raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc

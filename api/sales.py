@@ -84,6 +84,13 @@ class SalesIntake:
         """Index -> why, for the sales that cannot be stored: naming an item or store the
         catalogue does not hold, dated too far back (api.sale_times) or after its item or store
         was retired, or charged more than the list price."""
+        return (await self._check(sales, accepted_us))[0]
+
+    async def _check(self, sales: dict[int, SaleIn], accepted_us: int) -> tuple[dict[int, str], dict[int, QueuedSale]]:
+        """(refusals, the sales accepted earlier under the keys of sales that would be refused
+        now). Such a retry is not refused: the idempotency key is checked before the catalogue,
+        so a till that retries a stored sale after its item was deleted or retired, or once it
+        grew too old, is answered the stored sale."""
         errors = {
             index: reason
             for index, sale in sales.items()
@@ -93,14 +100,16 @@ class SalesIntake:
         store_ids = {s.store_id for s in sales.values()}
         known = await self.catalogue.knows(item_ids, store_ids)
         errors.update(self._against_catalogue(sales, errors, accepted_us))
-        retries = {i: (sales[i].store_id, key) for i in errors if (key := sales[i].idempotency_key)}
-        for index, remembered in zip(retries, await self.queue.remembered(list(retries.values()))):
-            if remembered:  # accepted before under this key: the queue answers that sale
-                del errors[index]
         if not known:
             for index, unknown in self._unknown(sales).items():
                 errors[index] = f"{unknown}; {errors[index]}" if index in errors else unknown
-        return errors
+        earlier: dict[int, QueuedSale] = {}
+        retries = {i: (sales[i].store_id, key) for i in errors if (key := sales[i].idempotency_key)}
+        for index, sale in zip(retries, await self.queue.remembered(list(retries.values()))):
+            if sale is not None:  # accepted before under this key: answered with that sale
+                del errors[index]
+                earlier[index] = sale
+        return errors, earlier
 
     def _against_catalogue(self, sales: dict[int, SaleIn], refused: dict[int, str], accepted_us: int) -> dict[int, str]:
         """Index -> why, for known items and stores retired by the sale's time, or a charged
@@ -129,7 +138,8 @@ class SalesIntake:
 
     async def accept(self, sales: list[SaleIn], accepted_us: int) -> list[QueuedSale]:
         """All the sales, queued; raises before anything is queued if one of them cannot be."""
-        if refused := await self.refusals(dict(enumerate(sales)), accepted_us):
+        refused, earlier = await self._check(dict(enumerate(sales)), accepted_us)
+        if refused:
             metrics.SALES_REJECTED.labels("refused").inc(len(sales))
             raise SalesRefused(refused)
         catalogue = self.catalogue
@@ -141,6 +151,11 @@ class SalesIntake:
             raise ServiceUnavailable("the database is unavailable and no sale ids are left; retry shortly", 5) from exc
         queued = []
         for index, (sale_id, s) in enumerate(zip(ids, sales)):
+            if index in earlier:
+                # Queued as it was accepted: the script answers it from its key, and were the
+                # key to lapse meanwhile, the same sale (same id) is stored once all the same.
+                queued.append(earlier[index])
+                continue
             moment_us = to_us(s.sale_time) if s.sale_time else accepted_us
             # Priced at sale_time: a till offline on Monday books Monday's price.
             try:

@@ -7,7 +7,11 @@ import datetime as dt
 
 import pytest
 
+from api.appkeys import INTAKE
+from tests.conftest import ADMIN_TOKEN, edit_by_hand
 from tests.queue_state import queued_entries, queued_sales
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def test_accepted_sale_answers_202_with_final_id_and_is_stored(client, seed, db, drain):
@@ -126,6 +130,37 @@ async def test_same_idempotency_key_returns_same_sale_and_stores_once(client, se
     await drain()
     assert await db.fetchval("SELECT count(*) FROM sales") == 1
     assert await db.fetchval("SELECT id FROM sales") == bodies[0]["id"]
+
+
+async def test_a_retry_after_its_item_went_is_answered_with_the_stored_sale(client, seed, db, drain):
+    """The idempotency key is checked before the catalogue: a till whose answer was lost, and
+    that retries after the item was retired or deleted, gets its sale back, not a 422 that
+    would make it set aside a sale that counts. A new sale of that item is still refused."""
+    await seed(items=3, stores=2)
+    sold = {"item_id": 2, "store_id": 1, "quantity": 3, "idempotency_key": "till-1-000042"}
+    queued = {"item_id": 3, "store_id": 2, "idempotency_key": "till-2-000007"}
+    first = [await (await client.post("/sales/", json=sold)).json()]
+    await drain()  # the first is written; the second stays queued
+    first.append(await (await client.post("/sales/", json=queued)).json())
+    retire = await client.delete(f"/catalogue/items/{sold['item_id']}", headers=ADMIN)
+    assert retire.status == 200
+    # an item whose only sale is still queued can be deleted by hand (no row refers to it yet)
+    await edit_by_hand(db, "DELETE FROM item WHERE id = $1", queued["item_id"])
+    await client.server.app[INTAKE].catalogue.reload()
+    for sale, answer in zip((sold, queued), first):
+        retry = await client.post("/sales/", json=sale)
+        assert retry.status == 202, await retry.text()
+        assert await retry.json() == answer
+    batch = await client.post("/sales/batch/", json=[sold, queued, {"item_id": 1, "store_id": 2}])
+    assert batch.status == 202
+    assert (await batch.json())[:2] == first
+    fresh = await client.post("/sales/", json={**sold, "idempotency_key": "till-1-000043"})
+    assert fresh.status == 422 and (await fresh.json())["error"].startswith("item 2 was retired at ")
+    fresh = await client.post("/sales/", json={**queued, "idempotency_key": "till-2-000008"})
+    assert fresh.status == 422 and (await fresh.json())["error"] == "unknown item_id 3"
+    await drain()
+    stored = await db.fetch("SELECT id, item_id, quantity FROM sales ORDER BY id")
+    assert [tuple(r) for r in stored if r["item_id"] == 2] == [(first[0]["id"], 2, 3)]
 
 
 async def test_header_and_body_keys_must_agree(client, seed):
