@@ -14,6 +14,8 @@ import time
 
 import asyncpg
 
+from shared import db
+
 log = logging.getLogger(__name__)
 
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError)
@@ -106,7 +108,7 @@ class LiveTable:
         if self._listener is not None and not self._listener.is_closed():
             return
         # Its own connection, not a pooled one: it lives as long as the process.
-        conn = await asyncpg.connect(self._database_url, timeout=5)
+        conn = await db.connect(self._database_url, timeout=5)  # each host of the URL its own timeout
         try:
             await conn.add_listener(self.channel, self._on_notify)
         except BaseException:

@@ -37,7 +37,7 @@ import asyncpg
 
 from api.live_table import DB_ERRORS
 from api.moments import from_us
-from shared import report_changes
+from shared import db, report_changes
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ class ReportCache:
     # -- the listening connection
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self._database_url, timeout=5)
+        conn = await db.connect(self._database_url, timeout=5)  # each host of the URL its own timeout
         try:
             for channel in CHANNELS:
                 await conn.add_listener(channel, self._on_notification)
