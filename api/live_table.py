@@ -18,6 +18,8 @@ from shared import db
 
 log = logging.getLogger(__name__)
 
+# How often an idle listening connection is asked for a round trip (and how long it may take).
+LISTENER_CHECK_SECONDS = 5.0
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, asyncio.TimeoutError)
 
 
@@ -36,6 +38,7 @@ class LiveTable:
         self._reload_task: asyncio.Task | None = None
         self._notified = False
         self._listener: asyncpg.Connection | None = None
+        self._listener_checked_at = 0.0
         self._refresher: asyncio.Task | None = None
 
     async def _load(self) -> None:
@@ -106,6 +109,11 @@ class LiveTable:
 
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
+            if time.monotonic() - self._listener_checked_at >= LISTENER_CHECK_SECONDS:
+                # A server gone silent (a machine gone dark, a promoted standby elsewhere)
+                # closes nothing: only a round trip shows that no notification can come.
+                await asyncio.wait_for(self._listener.fetchval("SELECT 1"), LISTENER_CHECK_SECONDS)
+                self._listener_checked_at = time.monotonic()
             return
         # Its own connection, not a pooled one: it lives as long as the process.
         conn = await db.connect(self._database_url, timeout=5)  # each host of the URL its own timeout
@@ -115,6 +123,7 @@ class LiveTable:
             await conn.close()
             raise
         self._listener = conn
+        self._listener_checked_at = time.monotonic()
         self._listening_again()
         await self.reload()  # changes made while we were not listening
 

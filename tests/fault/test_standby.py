@@ -196,7 +196,22 @@ async def test_primary_lost_standby_promoted_under_load(
     await conn.close()
     reports = await _totals_today(stack.base_url, times=6)
 
+    # The catalogue follows too: a rename on the new primary reaches the copy both API processes
+    # keep (GET /catalogue/ is answered from it) through their listening connections; the
+    # 5-minute whole reload is far off.
+    renamed_at = time.monotonic()
+    await _fetchval(new_primary, "UPDATE item SET name = 'renamed after the promotion' WHERE id = 1 RETURNING id")
+    seen = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        while seen < 6 and time.monotonic() - renamed_at < 30:
+            async with session.get(f"{stack.base_url}/catalogue/", headers={"Connection": "close"}) as response:
+                names = {item["id"]: item["name"] for item in (await response.json())["items"]}
+            seen = seen + 1 if names[1] == "renamed after the promotion" else 0
+            await asyncio.sleep(0.1)
+    rename_seen_s = time.monotonic() - renamed_at
+
     assert on_standby == len(committed), f"{len(committed) - on_standby} committed sales missing on the standby"
+    assert seen == 6, "the rename on the promoted server never reached the API"
     assert first_write is not None, "nothing written on the promoted standby in 120 s"
     assert len(load.accepted) == load.posted, load.summary()
     assert len(returned.accepted) == returned.posted >= load.posted // 20
@@ -217,4 +232,5 @@ async def test_primary_lost_standby_promoted_under_load(
         accepted_until_promotion=len(backlog),
         backlog_written_after_kill_s=round(backlog_at - killed_at, 2),
         backlog_written_after_promotion_s=round(backlog_at - promoted_at, 2),
+        rename_seen_by_api_s=round(rename_seen_s, 2),
     )
