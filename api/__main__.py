@@ -75,11 +75,10 @@ def _refuse_a_taken_port(host: str, port: int) -> None:
 
 
 async def _migrate(settings: Settings) -> None:
-    import asyncpg
-
+    from shared import db
     from shared.migrate import migrate
 
-    conn = await asyncpg.connect(settings.database_url, timeout=30)
+    conn = await db.connect(settings.database_url, timeout=30)
     try:
         await migrate(conn, settings.report_timezone)
     finally:

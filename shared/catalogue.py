@@ -32,6 +32,7 @@ from typing import Annotated
 import asyncpg
 import msgspec
 
+from shared import db
 from shared.settings import Settings
 
 # pg_advisory_xact_lock key for catalogue writes ("catalog" in ASCII).
@@ -477,7 +478,7 @@ def _arguments() -> argparse.Namespace:
 
 
 async def _run(command: str, kind: str, text: str) -> int:
-    conn = await asyncpg.connect(Settings.from_env().database_url)
+    conn = await db.connect(Settings.from_env().database_url)
     try:
         if command == "export":
             sys.stdout.write(await export_csv(conn, kind))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
@@ -29,14 +30,16 @@ async def connect(dsn: str, *, timeout: float = 60, **kwargs) -> asyncpg.Connect
     asyncpg spends one timeout on the whole list (MagicStack/asyncpg#1155): a first host that
     hangs instead of refusing (a machine gone dark, a partition) uses it all up, and the promoted
     standby listed after it is never tried, so nothing followed a failover. Here the hosts are
-    tried in turn, each for timeout / hosts (libpq's connect_timeout is per host too)."""
+    tried in turn, each for its share of the time left (libpq's connect_timeout is per host
+    too): a first host that refuses at once leaves the next one the whole timeout."""
     urls = _one_url_per_host(dsn)
     if len(urls) == 1:
         return await asyncpg.connect(dsn, timeout=timeout, **kwargs)
     errors: list[Exception] = []
-    for url in urls:
+    deadline = time.monotonic() + timeout
+    for left, url in zip(range(len(urls), 0, -1), urls):
         try:
-            return await asyncpg.connect(url, timeout=timeout / len(urls), **kwargs)
+            return await asyncpg.connect(url, timeout=max(deadline - time.monotonic(), 0.1) / left, **kwargs)
         except _NEXT_HOST as exc:
             errors.append(exc)
     # as asyncpg: a host that could not be reached says more than one that was not read-write

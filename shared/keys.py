@@ -23,6 +23,7 @@ import sys
 
 import asyncpg
 
+from shared import db
 from shared.settings import Settings
 
 KINDS = ("pos", "owner", "admin")
@@ -115,7 +116,7 @@ async def _main(argv: list[str] | None = None) -> int:
     from shared.migrate import migrate
 
     settings = Settings.from_env()
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await db.connect(settings.database_url)
     try:
         await migrate(conn, settings.report_timezone)
         if args.command == "issue":

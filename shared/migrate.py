@@ -16,7 +16,7 @@ import re
 
 import asyncpg
 
-from shared import citus, partitions, rollups
+from shared import citus, db, partitions, rollups
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ async def migrate(conn: asyncpg.Connection, report_timezone: str = "UTC") -> lis
 
 async def _main() -> None:
     settings = Settings.from_env()
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await db.connect(settings.database_url)
     try:
         applied = await migrate(conn, settings.report_timezone)
     finally:

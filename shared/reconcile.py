@@ -17,7 +17,7 @@ import sys
 
 import asyncpg
 
-from shared import rollups
+from shared import db, rollups
 from shared.settings import Settings
 
 
@@ -42,7 +42,7 @@ def _show(title: str, drift: dict[str, int]) -> None:
 
 
 async def run(database_url: str, *, do_repair: bool) -> int:
-    conn = await asyncpg.connect(database_url, timeout=30)
+    conn = await db.connect(database_url, timeout=30)
     try:
         drift = await check(conn)
         _show("drift (rollup rows that differ from a recount of sales):", drift)

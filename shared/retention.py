@@ -40,7 +40,7 @@ import sys
 
 import asyncpg
 
-from shared import citus, partitions, rollups
+from shared import citus, db, partitions, rollups
 from shared.settings import Settings
 
 PARTITION_NAME = re.compile(r"sales_(\d{4})_(\d{2})")
@@ -173,7 +173,7 @@ async def run(
     now: dt.datetime | None = None,
     echo=print,
 ) -> list[dict]:
-    conn = await asyncpg.connect(database_url, timeout=30)
+    conn = await db.connect(database_url, timeout=30)
     try:
         old = await old_partitions(conn, keep_months, now)
         if not old:

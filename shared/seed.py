@@ -9,10 +9,9 @@ import argparse
 import asyncio
 import time
 
-import asyncpg
 from tqdm import tqdm
 
-from shared import seeding
+from shared import db, seeding
 from shared.migrate import migrate
 from shared.queue import purge
 from shared.redis_client import connect_from_settings
@@ -32,7 +31,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     settings = Settings.from_env()
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await db.connect(settings.database_url)
     try:
         await migrate(conn, settings.report_timezone)
         if args.if_empty and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM item)"):
