@@ -67,6 +67,12 @@ def read_or_create(path: str) -> tuple[str, bool]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             draft.unlink()
+    # the new name on disk too: after a power loss the token said in the log must still be there
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     token = read(path)
     assert token is not None
     return token, created

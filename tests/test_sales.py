@@ -161,6 +161,10 @@ async def test_a_retry_after_its_item_went_is_answered_with_the_stored_sale(clie
     await drain()
     stored = await db.fetch("SELECT id, item_id, quantity FROM sales ORDER BY id")
     assert [tuple(r) for r in stored if r["item_id"] == 2] == [(first[0]["id"], 2, 3)]
+    # the sale queued before its item was deleted by hand cannot be written (the retries queued
+    # nothing more): it is set aside once, with its reason, as it was before the retries
+    letters = await db.fetch("SELECT sale->>'id' AS id, reason FROM dead_letter")
+    assert [int(r["id"]) for r in letters] == [first[1]["id"]], letters
 
 
 async def test_header_and_body_keys_must_agree(client, seed):
