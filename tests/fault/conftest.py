@@ -68,19 +68,25 @@ def pg_server():
     server.destroy()
 
 
+async def create_seeded_database(server: PgServer, prefix: str = "fault") -> str:
+    """A new database on `server`, migrated, with ITEMS items and STORES stores; its name."""
+    name = f"{prefix}_{os.getpid()}_{random.randrange(10**9)}"
+    admin = await asyncpg.connect(server.url(), timeout=30)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    conn = await asyncpg.connect(server.url(name), timeout=30)
+    await migrate(conn, "UTC")
+    await seeding.seed(conn, items=ITEMS, stores=STORES, sales=0, tz=zoneinfo.ZoneInfo("UTC"), seed=7)
+    await conn.close()
+    return name
+
+
 @pytest.fixture
 async def database_url(pg_server):
     """A fresh, migrated database on the throwaway server, with 20 items and 10 stores."""
     pg_server.ensure_running()
-    name = f"fault_{os.getpid()}_{random.randrange(10**9)}"
-    admin = await asyncpg.connect(pg_server.url(), timeout=30)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
+    name = await create_seeded_database(pg_server)
     url = pg_server.url(name)
-    conn = await asyncpg.connect(url, timeout=30)
-    await migrate(conn, "UTC")
-    await seeding.seed(conn, items=ITEMS, stores=STORES, sales=0, tz=zoneinfo.ZoneInfo("UTC"), seed=7)
-    await conn.close()
     yield url
     if pg_server.running():
         with contextlib.suppress(Exception):

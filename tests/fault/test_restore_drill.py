@@ -19,10 +19,7 @@ everything. pgBackRest restores to T into a fresh data directory on another port
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
-import zoneinfo
 
 import aiohttp
 import asyncpg
@@ -30,12 +27,11 @@ import pytest
 
 from pos_client import reconcile as till_reconcile
 from pos_client.spool import SENT, SpooledSale
-from shared import reconcile, seeding
-from shared.migrate import migrate
+from shared import reconcile
 from tests.recount import NO_DRIFT
 
 from .backrest import ArchivingPgServer, Backrest, RestoredPgServer
-from .conftest import ITEMS, KEYS, STORES, LoadResult, Stack, audit, run_load, wait_stored
+from .conftest import KEYS, STORES, LoadResult, Stack, audit, create_seeded_database, run_load, wait_stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -70,15 +66,7 @@ async def database_url(drill):
     """Overrides the fault suite's: a migrated, seeded database on the archiving server (so the
     suite's make_stack runs the product on it)."""
     _, pg, _ = drill
-    name = f"drill_{os.getpid()}_{random.randrange(10**9)}"
-    admin = await asyncpg.connect(pg.url(), timeout=30)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    conn = await asyncpg.connect(pg.url(name), timeout=30)
-    await migrate(conn, "UTC")
-    await seeding.seed(conn, items=ITEMS, stores=STORES, sales=0, tz=zoneinfo.ZoneInfo("UTC"), seed=7)
-    await conn.close()
-    return pg.url(name)
+    return pg.url(await create_seeded_database(pg, "drill"))
 
 
 def _ledgers(load: LoadResult, ids: dict[str, int] | None = None) -> list[till_reconcile.Ledger]:

@@ -17,27 +17,26 @@ rollups equal a recount, no 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
-import random
+import signal
 import time
-import zoneinfo
 
 import aiohttp
 import asyncpg
 import pytest
 
-from shared import seeding
-from shared.migrate import migrate
 from tests import recount
+from tests.queue_state import queued_sales
 from tests.servers import PgServer, SilentProxy
 
 from .conftest import (
-    ITEMS,
-    STORES,
+    KEYS,
     LoadResult,
     audit,
     audit_returns,
+    create_seeded_database,
     run_load,
     run_returns,
     wait_queue_empty,
@@ -112,14 +111,7 @@ async def database_url(pg_pair, primary_front):
     """Overrides conftest's: a migrated, seeded database on the pair, named by a multi-host URL."""
     primary, standby = pg_pair
     first = primary_front.port if primary_front else primary.port
-    name = f"standby_{os.getpid()}_{random.randrange(10**9)}"
-    admin = await asyncpg.connect(primary.url(), timeout=30)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    conn = await asyncpg.connect(primary.url(name), timeout=30)
-    await migrate(conn, "UTC")
-    await seeding.seed(conn, items=ITEMS, stores=STORES, sales=0, tz=zoneinfo.ZoneInfo("UTC"), seed=7)
-    await conn.close()
+    name = await create_seeded_database(primary, "standby")
     return f"postgresql://postgres@127.0.0.1:{first},127.0.0.1:{standby.port}/{name}?target_session_attrs=read-write"
 
 
@@ -234,3 +226,42 @@ async def test_primary_lost_standby_promoted_under_load(
         backlog_written_after_promotion_s=round(backlog_at - promoted_at, 2),
         rename_seen_by_api_s=round(rename_seen_s, 2),
     )
+
+
+@pytest.mark.parametrize("primary_front", ["refused"], indirect=True)
+async def test_nothing_is_acknowledged_until_the_standby_has_it(
+    make_stack, redis_client, database_url, pg_pair, record
+):
+    """The synchronous rule as the worker meets it: with the standby frozen (SIGSTOP: it
+    receives nothing and confirms nothing), the worker's COMMIT waits (SyncRep) and it
+    acknowledges nothing on the stream, while the API goes on answering 202; once the standby
+    runs again, everything is written and acknowledged, once."""
+    primary, standby = pg_pair
+    name = database_url.rsplit("/", 1)[1].split("?")[0]
+    stack = make_stack()
+    await stack.start_api()
+    await stack.start_worker(redis_client)
+    frozen = standby.pids()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        load = await run_load(stack.base_url, count=300, rate=100, prefix="syncwait", deadline_s=30)
+        await asyncio.sleep(3)  # time enough for the worker to have written and acknowledged them
+        waiting = await asyncio.to_thread(
+            primary.psql, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+        )
+        still_queued = await queued_sales(redis_client, KEYS)
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    await wait_stored(primary.url(name), load.accepted.values(), timeout=60)
+    await wait_queue_empty(redis_client, timeout=60)
+    written_s = time.monotonic() - resumed
+    result = await audit(primary.url(name), load)
+
+    assert len(load.accepted) == load.posted == 300 and set(load.statuses) == {202}, load.summary()
+    assert int(waiting) >= 1, "no commit waited for the frozen standby"
+    assert still_queued == 300, f"{300 - still_queued} sales acknowledged on the stream before the standby had them"
+    record(**load.summary(), **result, commits_waiting=int(waiting), written_after_thaw_s=round(written_s, 2))
