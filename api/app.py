@@ -154,7 +154,9 @@ async def access_ctx(app: web.Application):
     keys = KeyRing(app[PG_POOL], settings.database_url) if settings.auth_required else None
     if keys:
         await keys.start()
-    app[ACCESS_CONTROL] = AccessControl(keys, settings.admin_token, settings.auth_required)
+    app[ACCESS_CONTROL] = AccessControl(
+        keys, settings.admin_token, settings.auth_required, trusted_proxies=settings.trusted_proxies
+    )
     yield
     if keys:
         await keys.close()

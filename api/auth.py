@@ -21,6 +21,7 @@ from typing import NamedTuple
 from aiohttp import web
 
 from api import metrics
+from api.forwarded import Network, client_address
 from api.live_table import LiveTable
 from api.responses import json_error
 from shared.keys import hash_secret, secrets_match, split_key
@@ -125,12 +126,18 @@ def credentials(request: web.Request) -> str | None:
 
 class AccessControl:
     def __init__(
-        self, keys: KeyRing | None, admin_token: str | None, auth_required: bool, limiter: FailureLimiter | None = None
+        self,
+        keys: KeyRing | None,
+        admin_token: str | None,
+        auth_required: bool,
+        limiter: FailureLimiter | None = None,
+        trusted_proxies: tuple[Network, ...] = (),
     ):
         self.keys = keys
         self._admin_token = admin_token
         self._auth_required = auth_required
         self._limiter = limiter or FailureLimiter()
+        self._trusted_proxies = trusted_proxies  # whose X-Forwarded-For names the client
 
     def identify(self, given: str) -> Principal | None:
         if self._admin_token and hmac.compare_digest(given.encode(), self._admin_token.encode()):
@@ -150,7 +157,9 @@ class AccessControl:
         if refusal is not None and request[PRINCIPAL] is None:
             # A failed authentication: answered as usual, but a client that keeps failing
             # waits longer and longer for its answers (up to MAX_FAILURE_DELAY each).
-            client = request.remote or "unknown"
+            client = client_address(
+                request.remote, request.headers.getall("X-Forwarded-For", []), self._trusted_proxies
+            )
             delay = self._limiter.blocked_for(client)
             self._limiter.failed(client)
             if delay > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import zoneinfo
 
@@ -34,6 +35,19 @@ def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(sentinels)
 
 
+def parse_networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`10.0.0.0/8,192.168.1.7,::1` -> networks (a bare address is a network of one)."""
+    networks = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"TRUSTED_PROXIES: {part!r} is not an address or network ({exc})") from exc
+    return tuple(networks)
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://postgres@localhost:5432/postgres"
@@ -51,6 +65,8 @@ class Settings:
     admin_token: str | None = None
     # Without ADMIN_TOKEN, the API keeps a generated one in this file (shared.admin_token).
     admin_token_file: str | None = None
+    # Reverse proxies (addresses, networks) whose X-Forwarded-For names the client (api.forwarded).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     report_timezone: str = "UTC"
     auth_required: bool = False
     # Queue: above this many sales waiting for the worker, POST /sales/ answers 503 (spread
@@ -146,6 +162,7 @@ class Settings:
             port=get("PORT", defaults.port),
             admin_token=env.get("ADMIN_TOKEN") or None,
             admin_token_file=env.get("ADMIN_TOKEN_FILE") or None,
+            trusted_proxies=parse_networks(env.get("TRUSTED_PROXIES", "")),
             report_timezone=get("REPORT_TIMEZONE", defaults.report_timezone),
             auth_required=get("AUTH_REQUIRED", defaults.auth_required),
             queue_max_depth=get("QUEUE_MAX_DEPTH", defaults.queue_max_depth),
