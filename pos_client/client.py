@@ -6,9 +6,10 @@ import dataclasses
 import datetime as dt
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pos_client.backoff import Backoff
+from pos_client.clock import ServerClock
 from pos_client.errors import InvalidSale, SpoolError
 from pos_client.ids import new_key
 from pos_client.sender import Sender
@@ -42,6 +43,7 @@ class Status:
     stopped: str | None  # why sending is stopped (a refused key), else None
     last_sent_at: float | None = None  # Unix time of the last batch the server took (this process)
     online: bool | None = None  # did the last request get an answer (None: none made yet)
+    clock_offset: float = 0.0  # seconds the server's clock is ahead of the till's (0: they agree)
 
 
 def _check_id(name: str, value) -> int:
@@ -115,6 +117,7 @@ class SalesClient:
         ca_bundle: str | os.PathLike[str] | None = None,
         allow_plain_http: bool = False,
         transport=None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         _check_id("store_id", store_id)
         check_key_over_http(base_url, key, allow_plain_http)
@@ -137,6 +140,9 @@ class SalesClient:
             if self._lock:
                 self._lock.close()
             raise
+        # Sales are stamped with the server's time as the answers' Date headers tell it
+        # (pos_client.clock), the offset kept in the spool across restarts.
+        self._clock = ServerClock(wall_clock, float(self._spool.meta("clock_offset") or 0))
         self._sender = Sender(
             self._spool,
             self._transport,
@@ -147,6 +153,7 @@ class SalesClient:
             backoff=Backoff(backoff_base, backoff_cap),
             keep_sent_seconds=keep_sent_days * 86400,
             catalogue_interval=catalogue_interval,
+            clock=self._clock,
         )
         self._closed = False
         self._sender.start()
@@ -169,7 +176,7 @@ class SalesClient:
         list price at its sale_time in the copy of the catalogue the till keeps (fetched while
         online), so a sale made offline counts at the price the customer paid."""
         self._check_open()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = self._clock.now()
         sales = []
         for item_id, quantity, *charged in lines:
             sale = _check_sale(item_id, quantity, sale_time, now, charged[0] if charged else None)
@@ -239,6 +246,7 @@ class SalesClient:
             stopped=self._sender.stopped,
             last_sent_at=self._sender.last_sent_at,
             online=self._sender.online,
+            clock_offset=self._clock.offset,
         )
 
     def set_aside(self) -> list[SpooledSale]:

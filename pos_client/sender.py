@@ -20,6 +20,7 @@ import time
 from typing import cast
 
 from pos_client.backoff import Backoff
+from pos_client.clock import ServerClock
 from pos_client.spool import Spool, SpooledSale
 from pos_client.transport import CertificateError, TransportError
 from pos_client.verdicts import judge
@@ -46,8 +47,10 @@ class Sender:
         backoff: Backoff,
         keep_sent_seconds: float,
         catalogue_interval: float = 300.0,
+        clock: ServerClock | None = None,
     ):
         self.spool = spool
+        self.clock = clock or ServerClock()
         self.transport = transport
         self.store_id = store_id
         self.key = key
@@ -124,7 +127,7 @@ class Sender:
             part = todo.pop(0)
             headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
             try:
-                answer = self.transport.request("POST", BATCH_PATH, [s.as_json(self.store_id) for s in part], headers)
+                answer = self._request("POST", BATCH_PATH, [s.as_json(self.store_id) for s in part], headers)
             except CertificateError as exc:
                 self.online = False
                 self._retry_later(str(exc), None, first_level=logging.ERROR)
@@ -168,6 +171,21 @@ class Sender:
         self._catalogue_checked = -float("inf")
         self.wake()
 
+    def _request(self, method: str, path: str, body, headers: dict[str, str]):
+        """The transport's request, its answer's `Date` taught to the clock."""
+        sent_at = self.clock.wall()
+        answer = self.transport.request(method, path, body, headers)
+        if self.clock.observe(answer.headers.get("date"), sent_at, self.clock.wall()):
+            if self.clock.offset:
+                log.warning(
+                    "the till's clock is %.1f s off the server's: sales are stamped with the server's time",
+                    -self.clock.offset,
+                )
+            else:
+                log.warning("the till's clock agrees with the server's again")
+            self.spool.set_metas({"clock_offset": repr(self.clock.offset)})
+        return answer
+
     def _refresh_catalogue(self) -> None:
         """The server's catalogue into the spool, every `catalogue_interval` while online: a
         304 when the copy is current (If-None-Match), else the whole copy. Offline, the last copy
@@ -179,7 +197,7 @@ class Sender:
         if etag := self.spool.meta("catalogue_etag"):
             headers["If-None-Match"] = etag
         try:
-            answer = self.transport.request("GET", CATALOGUE_PATH, None, headers)
+            answer = self._request("GET", CATALOGUE_PATH, None, headers)
         except CertificateError as exc:  # shown even when no sale waits to hit it
             log.error("the catalogue could not be fetched: %s", exc)
             self.online = False
