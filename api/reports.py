@@ -12,16 +12,12 @@ import asyncpg
 
 from api.period_parts import KeyedSums, Ranked, add, add_by_key
 from api.report_cache import ROW_BYTES
+from shared.catalogue import price_in_effect
 from shared.rollups import DELTAS, RUNNING_TABLE
 
 # Each item's list price in effect at $1 (the API's now, the moment its cache key counts the
 # price changes in effect at): its latest change up to then, else item.price (migration 013).
-ITEMS = """
-SELECT i.id, i.name,
-       coalesce((SELECT p.price FROM item_price p WHERE p.item_id = i.id AND p.effective_from <= $1
-                 ORDER BY p.effective_from DESC LIMIT 1), i.price) AS price
-FROM item i ORDER BY i.id
-"""
+ITEMS = f"SELECT i.id, i.name, {price_in_effect('$1')} AS price FROM item i ORDER BY i.id"
 STORES = "SELECT id, address FROM store ORDER BY id"
 
 # The top rows are picked from the rollup alone (a top-N sort over at most one row per item, or

@@ -420,13 +420,14 @@ def _moment(name: str, text: str) -> dt.datetime:
     return moment
 
 
-EXPORT_ITEMS = """
-SELECT i.id, i.name,
-       coalesce((SELECT p.price FROM item_price p WHERE p.item_id = i.id AND p.effective_from <= now()
-                 ORDER BY p.effective_from DESC LIMIT 1), i.price) AS price,
-       i.retired_at
-FROM item i ORDER BY i.id
-"""
+def price_in_effect(moment: str) -> str:
+    """SQL: the list price of item `i` in effect at `moment` (an SQL expression): its latest
+    change by then, else `item.price` (an item with no history)."""
+    return f"""coalesce((SELECT p.price FROM item_price p WHERE p.item_id = i.id AND p.effective_from <= {moment}
+                 ORDER BY p.effective_from DESC LIMIT 1), i.price)"""
+
+
+EXPORT_ITEMS = f"SELECT i.id, i.name, {price_in_effect('now()')} AS price, i.retired_at FROM item i ORDER BY i.id"
 EXPORT_STORES = "SELECT id, address, retired_at FROM store ORDER BY id"
 
 
