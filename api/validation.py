@@ -225,7 +225,7 @@ def decode_batch(body: bytes, what: str = "sales") -> list[msgspec.Raw]:
     return raw
 
 
-_DIGITS = re.compile(r"[0-9]{1,9}")
+_DIGITS = re.compile(r"[0-9]{1,19}")  # up to 2**63: never a huge int to parse
 
 
 @overload
@@ -239,9 +239,13 @@ def int_param(query: MultiMapping[str], name: str, default: int | None, low: int
         return default
     if len(values) > 1:
         raise BadRequest(f"{name} is given more than once")
-    raw = values[0]
+    return bounded_int(values[0], name, low, high)
+
+
+def bounded_int(raw: str, what: str, low: int, high: int) -> int:
+    """`raw` as an integer within [low, high] (ASCII digits only), else a BadRequest naming `what`."""
     if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise BadRequest(f"{name} must be an integer from {low} to {high}, got {raw[:40]!r}")
+        raise BadRequest(f"{what} must be an integer from {low} to {high}, got {raw[:40]!r}")
     return int(raw)
 
 

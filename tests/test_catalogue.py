@@ -214,6 +214,10 @@ async def test_the_etag_round_trip_and_changes_since_a_version(client, seed):
     since = await _ok(await client.get("/catalogue/", params={"since": str(whole["version"])}))
     assert since["changes_since"] == whole["version"]
     assert [(i["id"], i["name"]) for i in since["items"]] == [(2, "renamed")] and since["stores"] == []
+    # a version past this server's (another database, a reseed): the whole catalogue, even one of
+    # ten digits and more (versions are bigint)
+    ahead = await _ok(await client.get("/catalogue/", params={"since": "12345678901"}))
+    assert ahead["changes_since"] is None and [i["id"] for i in ahead["items"]] == [1, 2, 3]
 
 
 async def test_since_a_version_from_before_a_change_no_version_marks_is_answered_whole(client, seed, db):

@@ -12,7 +12,7 @@ from aiohttp import web
 from api.appkeys import CATALOGUE_VIEWS, INTAKE, PG_POOL
 from api.moments import now_us
 from api.responses import json_error, json_response
-from api.validation import BadRequest, decode_object, int_param, read_body
+from api.validation import BadRequest, bounded_int, decode_object, int_param, read_body
 from shared import catalogue
 from shared.catalogue import CatalogueRefused, ItemEdit, StoreEdit
 
@@ -41,10 +41,7 @@ def _etags(header: str) -> set[str]:
 
 
 def _path_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not 1 <= int(raw) <= MAX_ID:
-        raise BadRequest(f"the id in the path must be an integer from 1 to {MAX_ID}, got {raw[:40]!r}")
-    return int(raw)
+    return bounded_int(request.match_info["id"], "the id in the path", 1, MAX_ID)
 
 
 def _refused(exc: CatalogueRefused, what: str = "index") -> web.Response:
