@@ -38,6 +38,8 @@ class Principal(NamedTuple):
     kind: str  # pos / owner / admin
     store_id: int | None
     prefix: str
+    # The key's id. A pos key is one till's identity: its id is the till's (docs/guarantees.md).
+    key_id: int | None = None
 
 
 # Who made the request (None in open mode, where nobody needs to say).
@@ -61,9 +63,12 @@ class KeyRing(LiveTable):
 
     async def _load(self) -> None:
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch("SELECT prefix, kind, store_id, secret_hash FROM api_key WHERE revoked_at IS NULL")
+            rows = await conn.fetch(
+                "SELECT id, prefix, kind, store_id, secret_hash FROM api_key WHERE revoked_at IS NULL"
+            )
         self._keys = {
-            r["prefix"]: _Entry(bytes(r["secret_hash"]), Principal(r["kind"], r["store_id"], r["prefix"])) for r in rows
+            r["prefix"]: _Entry(bytes(r["secret_hash"]), Principal(r["kind"], r["store_id"], r["prefix"], r["id"]))
+            for r in rows
         }
 
     def authenticate(self, key: str) -> Principal | None:
@@ -207,6 +212,12 @@ def pos_store(request: web.Request) -> int | None:
     """The one store a pos key may record for; None for anyone else (and in open mode)."""
     principal: Principal | None = request.get(PRINCIPAL)
     return principal.store_id if principal is not None and principal.kind == "pos" else None
+
+
+def pos_till(request: web.Request) -> int | None:
+    """The till making the request: the id of its pos key; None for anyone else (and in open mode)."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    return principal.key_id if principal is not None and principal.kind == "pos" else None
 
 
 def check_store_scope(request: web.Request, store_ids: list[int]) -> str | None:
