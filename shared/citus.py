@@ -7,7 +7,7 @@ every start and upgrades a database that held data before):
 - `store`, `item` and `report_settings` become reference tables (a copy on every node), so that
   the foreign keys of sales and the rollups' time zone are checked and read on the node itself;
 - `sales` (partitioned by month: every partition, present and future, is distributed the same
-  way), `sale_keys`, `returns` (by the store that took it back) and the per-store rollups
+  way), `sale_keys`, `till_progress`, `returns` (by the store that took it back) and the per-store rollups
   (`store_monthly`, `daily_totals`, `store_item_daily`, `store_hourly`, `store_running` and
   `store_running_late`) are distributed by `store_id` and co-located: a store's sales, keys and
   rollup rows live in the same shard group, and a batch touches each store's rows on one node;
@@ -37,6 +37,7 @@ REFERENCE_TABLES = ("store", "item", "item_price", "report_settings")
 DISTRIBUTED_TABLES = (
     ("sales", "store_id", "none"),
     ("sale_keys", "store_id", "sales"),
+    ("till_progress", "store_id", "sales"),
     ("store_monthly", "store_id", "sales"),
     ("daily_totals", "store_id", "sales"),
     ("store_monthly_archived", "store_id", "sales"),

@@ -26,9 +26,15 @@ class QueuedSale(msgspec.Struct, array_like=True, frozen=True):
     quantity: int
     idempotency_key: str | None
     accepted_at_us: int
-    # The catalogue's price at sale_time. Last and optional (a release before it queued
-    # eight fields): without it the price is the list price (decode_sale_rows).
+    # The catalogue's price at sale_time. Optional (a release before it queued eight fields):
+    # without it the price is the list price (decode_sale_rows).
     list_price: int | None = None
+    # A till's sale: its till (pos key id) and sequence number (docs/guarantees.md).
+    till_id: int | None = None
+    till_seq: int | None = None
+    # What the till stamped, when it was ahead of the server's clock (sale_time is then the
+    # moment the API accepted it).
+    till_time_us: int | None = None
 
 
 class QueuedReturn(msgspec.Struct, array_like=True, frozen=True):
@@ -51,20 +57,34 @@ sale_decoder = msgspec.msgpack.Decoder(QueuedSale)
 entry_decoder = msgspec.msgpack.Decoder(list[QueuedSale])
 
 # The worker reads an entry's sales as plain tuples, the fastest form msgspec decodes to:
-# (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price).
-_rows_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int, int | None]])
-_rows_before_list_price = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, int, str | None, int]])
+# (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us,
+# list_price, till_id, till_seq, till_time_us).
+_rows_decoder = msgspec.msgpack.Decoder(
+    list[tuple[int, int, int, int, int, int, str | None, int, int | None, int | None, int | None, int | None]]
+)
 
 
 def decode_sale_rows(data: bytes) -> list[tuple]:
-    """An entry's sales as tuples. A sale queued without a list price (by a release before
-    them) was charged its list price: its price is its list price."""
+    """An entry's sales as tuples. A sale queued by an earlier release lacks the newer fields
+    (decoded with their defaults); one queued without a list price was charged its list price:
+    its price is its list price."""
     try:
         rows = _rows_decoder.decode(data)
     except msgspec.ValidationError:
-        return [(*row, row[4]) for row in _rows_before_list_price.decode(data)]
+        rows = [tuple(sale) for sale in map(msgspec.structs.astuple, entry_decoder.decode(data))]
     if any(row[8] is None for row in rows):
-        return [row if row[8] is not None else (*row[:8], row[4]) for row in rows]
+        return [row if row[8] is not None else (*row[:8], row[4], *row[9:]) for row in rows]
+    return rows
+
+
+ROW_WIDTH = 12  # the columns of decode_sale_rows's tuples
+
+
+def full_rows(rows: list[tuple]) -> list[tuple]:
+    """Rows as wide as decode_sale_rows's: a row made by hand with only the first nine (a sale
+    of no till, by tests, benchmarks and tools) gets the till columns as NULL."""
+    if rows and len(rows[0]) < ROW_WIDTH:
+        return [(*row, *(None,) * (ROW_WIDTH - len(row))) for row in rows]
     return rows
 
 

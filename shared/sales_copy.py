@@ -1,13 +1,16 @@
 """Sales as PostgreSQL binary COPY data, built by numpy a whole column at a time.
 
 Used by the seeding command (millions of generated sales) and by the worker (each batch
-from the queue). A sale without an idempotency key is a fixed-width row, so a batch of them
-is one numpy array written out in one go; the rare sale with a key is packed on its own.
+from the queue). Sales whose columns are all fixed-width (no idempotency key, no till time
+kept) are rows of one numpy array each, written out in one go: those of other callers with
+NULL till columns, a till's with its id and sequence number. The rare other sale is packed on
+its own.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -22,46 +25,31 @@ COLUMNS = [
     "idempotency_key",
     "accepted_at",
     "list_price",
+    "till_id",
+    "till_seq",
+    "till_time",
 ]
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 
-# One row: field count, then (length, value) for each column, big-endian; -1 is NULL.
-_ROW = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("id_len", ">i4"),
-        ("id", ">i8"),
-        ("time_len", ">i4"),
-        ("sale_time", ">i8"),
-        ("item_len", ">i4"),
-        ("item_id", ">i4"),
-        ("store_len", ">i4"),
-        ("store_id", ">i4"),
-        ("price_len", ">i4"),
-        ("price", ">i4"),
-        ("qty_len", ">i4"),
-        ("quantity", ">i4"),
-        ("key_len", ">i4"),
-        ("acc_len", ">i4"),
-        ("accepted_at", ">i8"),
-        ("list_len", ">i4"),
-        ("list_price", ">i4"),
-    ]
-)
-_LENGTHS = {
-    "id_len": 8,
-    "time_len": 8,
-    "item_len": 4,
-    "store_len": 4,
-    "price_len": 4,
-    "qty_len": 4,
-    "key_len": -1,
-    "acc_len": 8,
-    "list_len": 4,
-}
-_KEYED_HEAD = struct.Struct(">hiqiq" + "i" * 9)  # the columns before the key
-_KEYED_TAIL = struct.Struct(">iqii")  # accepted_at, list_price
+# A column of fixed_rows: (name, '>i2' / '>i4' / '>i8', values) or (name, None, None) for NULLs.
+Column = tuple[str, str | None, np.ndarray | int | None]
+
+
+def fixed_rows(columns: Sequence[Column], rows: int) -> bytes:
+    """Binary COPY rows (without header and trailer): per row the field count, then (length,
+    value) for each column, big-endian; a column of kind None is NULL (length -1, no value)
+    and values that are one int are every row's."""
+    dtype = [("fields", ">i2")]
+    for name, kind, _ in columns:
+        dtype += [(name + "_len", ">i4")] + ([(name, kind)] if kind else [])
+    data = np.empty(rows, dtype=dtype)
+    data["fields"] = len(columns)
+    for name, kind, values in columns:
+        data[name + "_len"] = int(kind[2:]) if kind else -1
+        if kind:
+            data[name] = values
+    return data.tobytes()
 
 
 def unkeyed_rows(
@@ -73,53 +61,49 @@ def unkeyed_rows(
     quantities: np.ndarray | int,
     accepted_us: np.ndarray,
     list_prices: np.ndarray,
+    till_ids: np.ndarray | None = None,
+    till_seqs: np.ndarray | None = None,
 ) -> bytes:
-    """Rows of sales without an idempotency key (times in Unix microseconds)."""
-    rows = np.empty(len(ids), dtype=_ROW)
-    rows["fields"] = len(COLUMNS)
-    for length_field, size in _LENGTHS.items():
-        rows[length_field] = size
-    rows["id"] = ids
-    rows["sale_time"] = times_us - PG_EPOCH_US
-    rows["item_id"] = item_ids
-    rows["store_id"] = store_ids
-    rows["price"] = prices
-    rows["quantity"] = quantities
-    rows["accepted_at"] = accepted_us - PG_EPOCH_US
-    rows["list_price"] = list_prices
-    return rows.tobytes()
-
-
-def keyed_row(
-    sale_id: int,
-    time_us: int,
-    item_id: int,
-    store_id: int,
-    price: int,
-    quantity: int,
-    key: str,
-    accepted_us: int,
-    list_price: int,
-) -> bytes:
-    """One row of a sale with an idempotency key."""
-    encoded = key.encode()
-    return (
-        _KEYED_HEAD.pack(
-            len(COLUMNS),
-            8,
-            sale_id,
-            8,
-            time_us - PG_EPOCH_US,
-            4,
-            item_id,
-            4,
-            store_id,
-            4,
-            price,
-            4,
-            quantity,
-            len(encoded),
-        )
-        + encoded
-        + _KEYED_TAIL.pack(8, accepted_us - PG_EPOCH_US, 4, list_price)
+    """Rows of sales without an idempotency key or a till time (times in Unix microseconds);
+    the till columns NULL unless `till_ids` and `till_seqs` are given."""
+    tilled = till_ids is not None
+    return fixed_rows(
+        [
+            ("id", ">i8", ids),
+            ("sale_time", ">i8", times_us - PG_EPOCH_US),
+            ("item_id", ">i4", item_ids),
+            ("store_id", ">i4", store_ids),
+            ("price", ">i4", prices),
+            ("quantity", ">i4", quantities),
+            ("idempotency_key", None, None),
+            ("accepted_at", ">i8", accepted_us - PG_EPOCH_US),
+            ("list_price", ">i4", list_prices),
+            ("till_id", ">i4" if tilled else None, till_ids),
+            ("till_seq", ">i8" if tilled else None, till_seqs),
+            ("till_time", None, None),
+        ],
+        len(ids),
     )
+
+
+# How each column of a row is packed: a struct, None for text, and whether it is a moment.
+_INT4, _INT8 = struct.Struct(">ii"), struct.Struct(">iq")
+_PACKING = [_INT8, _INT8, _INT4, _INT4, _INT4, _INT4, None, _INT8, _INT4, _INT4, _INT8, _INT8]
+_MOMENTS = {1, 7, 11}
+_NULL = struct.pack(">i", -1)
+_FIELD_COUNT = struct.pack(">h", len(COLUMNS))
+
+
+def one_row(row: Sequence) -> bytes:
+    """One row of any sale: (id, sale_time_us, item_id, store_id, price, quantity,
+    idempotency_key, accepted_at_us, list_price, till_id, till_seq, till_time_us), None as NULL."""
+    parts = [_FIELD_COUNT]
+    for index, (packing, value) in enumerate(zip(_PACKING, row)):
+        if value is None:
+            parts.append(_NULL)
+        elif packing is None:
+            encoded = value.encode()
+            parts.append(struct.pack(">i", len(encoded)) + encoded)
+        else:
+            parts.append(packing.pack(packing.size - 4, value - PG_EPOCH_US if index in _MOMENTS else value))
+    return b"".join(parts)

@@ -113,20 +113,11 @@ class SeededDays:
         return index + (self.first.toordinal() - PG_EPOCH_DAY)
 
 
-def copy_data(columns: list[tuple[str, str | None, np.ndarray | int | None]], rows: int | None = None) -> bytes:
-    """Binary COPY rows of (name, '>i2', '>i4' or '>i8', values) columns; a kind of None is a
-    column of NULLs, values that are one int are every row's. Without `rows`, the first column
-    holds an array of them."""
-    dtype = [("fields", ">i2")]
-    for name, kind, _ in columns:
-        dtype += [(name + "_len", ">i4")] + ([(name, kind)] if kind else [])
-    data = np.empty(rows if rows is not None else len(cast(np.ndarray, columns[0][2])), dtype=dtype)
-    data["fields"] = len(columns)
-    for name, kind, values in columns:
-        data[name + "_len"] = int(kind[2:]) if kind else -1
-        if kind:
-            data[name] = values
-    return sales_copy.HEADER + data.tobytes() + sales_copy.TRAILER
+def copy_data(columns: list[sales_copy.Column], rows: int | None = None) -> bytes:
+    """Binary COPY data of (name, '>i2', '>i4' or '>i8', values) columns (sales_copy.fixed_rows).
+    Without `rows`, the first column holds an array of them."""
+    count = rows if rows is not None else len(cast(np.ndarray, columns[0][2]))
+    return sales_copy.HEADER + sales_copy.fixed_rows(columns, count) + sales_copy.TRAILER
 
 
 def copy_chunks(columns: list[tuple[str, str, np.ndarray]]) -> Iterator[bytes]:

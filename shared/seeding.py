@@ -28,7 +28,7 @@ from shared.sale_ids import BLOCK, reserve_blocks
 
 CHUNK = 250_000
 DATA_TABLES = (
-    "sales, sale_keys, returns, sale_returned, dead_letter, store_monthly, item_totals, daily_totals, "
+    "sales, sale_keys, till_progress, returns, sale_returned, dead_letter, store_monthly, item_totals, daily_totals, "
     "store_item_daily, hourly_totals, store_hourly, store_running, item_running, store_running_late, "
     "item_running_late, chain_deltas, store_monthly_archived, "
     "item_totals_archived, daily_totals_archived, store_item_daily_archived, hourly_totals_archived, "

@@ -8,6 +8,7 @@ import time
 import asyncpg
 import pytest
 
+from shared.queue import full_rows
 from tests.conftest import CITUS
 from worker import writer
 
@@ -69,7 +70,7 @@ async def test_referenced_item_cannot_be_deleted_while_a_batch_holds_it(db, seed
                 pass
         finally:
             await other.close()
-        await conn.fetch(writer.INSERT_ROWS, *zip(*_rows([30_001], 2, 1)))
+        await conn.fetch(writer.INSERT_ROWS, *zip(*full_rows(_rows([30_001], 2, 1))))
     await conn.close()
     assert await db.fetchval("SELECT count(*) FROM sales WHERE id = 30001") == 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from shared import sales_copy
+from shared.queue import full_rows
 
 # The partial-sums parameters of shared.rollups.PARTIAL_SALES, in order.
 _GROUP_COLUMNS = ("second", "item_id", "store_id")
@@ -19,10 +20,19 @@ _GROUP_COLUMNS = ("second", "item_id", "store_id")
 class BatchColumns:
     def __init__(self, rows: list[tuple]):
         """`rows`: worker.writer.Row, (id, sale_time_us, item_id, store_id, price, quantity,
-        idempotency_key, accepted_at_us, list_price)."""
-        self.rows = rows
-        ids, times_us, item_ids, store_ids, prices, quantities, keys, accepted_us, list_prices = zip(*rows)
+        idempotency_key, accepted_at_us, list_price, till_id, till_seq, till_time_us)."""
+        self.rows = rows = full_rows(rows)
+        ids, times_us, item_ids, store_ids, prices, quantities, keys, accepted_us, list_prices, tills, _, till_times = (
+            zip(*rows)
+        )
         self._keyed = [] if keys.count(None) == len(keys) else [i for i, key in enumerate(keys) if key is not None]
+        # Rows packed one by one: a key (text) or a till time kept; the usual batch has none.
+        self._packed = (
+            self._keyed
+            if till_times.count(None) == len(till_times)
+            else sorted({*self._keyed, *(i for i, moment in enumerate(till_times) if moment is not None)})
+        )
+        self._tilled = tills.count(None) < len(tills)
         self.ids = np.array(ids, dtype=np.int64)
         self.times_us = np.array(times_us, dtype=np.int64)
         self.item_ids = np.array(item_ids, dtype=np.int64)
@@ -39,27 +49,50 @@ class BatchColumns:
         """(store_id, idempotency_key, id) of the sales that carry a key: rows of sale_keys."""
         return [(self.rows[i][3], self.rows[i][6], self.rows[i][0]) for i in self._keyed]
 
+    def till_progress(self) -> list[tuple[int, int, int, int]]:
+        """(store_id, till_id, lowest and highest till_seq) of each till with sales in the batch."""
+        bounds: dict[tuple[int, int], tuple[int, int]] = {}
+        if self._tilled:
+            for row in self.rows:
+                if row[9] is not None:
+                    low, high = bounds.get((row[3], row[9]), (row[10], row[10]))
+                    bounds[row[3], row[9]] = (min(low, row[10]), max(high, row[10]))
+        return [(store_id, till_id, low, high) for (store_id, till_id), (low, high) in bounds.items()]
+
+    def till_numbers_repeat(self) -> bool:
+        """Whether two sales of the batch carry the same till and sequence number."""
+        numbers = [(row[3], row[9], row[10]) for row in self.rows if row[9] is not None] if self._tilled else []
+        return len(set(numbers)) < len(numbers)
+
     def copy_data(self) -> bytes:
-        """The whole batch as binary COPY data for shared.sales_copy.COLUMNS."""
-        unkeyed = np.ones(len(self), dtype=bool)
-        unkeyed[self._keyed] = False
-        return b"".join(
-            [
-                sales_copy.HEADER,
-                sales_copy.unkeyed_rows(
-                    self.ids[unkeyed],
-                    self.times_us[unkeyed],
-                    self.item_ids[unkeyed],
-                    self.store_ids[unkeyed],
-                    self.prices[unkeyed],
-                    self.quantities[unkeyed],
-                    self.accepted_us[unkeyed],
-                    self.list_prices[unkeyed],
-                ),
-                *(sales_copy.keyed_row(*self.rows[i]) for i in self._keyed),
-                sales_copy.TRAILER,
-            ]
-        )
+        """The whole batch as binary COPY data for shared.sales_copy.COLUMNS: the fixed-width
+        rows by numpy (other callers' with NULL till columns, the tills' with theirs), the rest
+        one by one."""
+        fixed = np.ones(len(self), dtype=bool)
+        fixed[self._packed] = False
+        till_ids = np.array([row[9] or 0 for row in self.rows], dtype=np.int64) if self._tilled else None
+        till_seqs = np.array([row[10] or 0 for row in self.rows], dtype=np.int64) if self._tilled else None
+        tilled = till_ids != 0 if till_ids is not None else np.zeros(len(self), dtype=bool)
+        parts = [sales_copy.HEADER]
+        for group, with_till in ((fixed & ~tilled, False), (fixed & tilled, True)):
+            if group.any():
+                parts.append(
+                    sales_copy.unkeyed_rows(
+                        self.ids[group],
+                        self.times_us[group],
+                        self.item_ids[group],
+                        self.store_ids[group],
+                        self.prices[group],
+                        self.quantities[group],
+                        self.accepted_us[group],
+                        self.list_prices[group],
+                        till_ids[group] if with_till and till_ids is not None else None,
+                        till_seqs[group] if with_till and till_seqs is not None else None,
+                    )
+                )
+        parts.extend(sales_copy.one_row(self.rows[i]) for i in self._packed)
+        parts.append(sales_copy.TRAILER)
+        return b"".join(parts)
 
     def sums_by(self, names: tuple[str, ...]) -> list[list[int]]:
         """Income, units, sales and discounts summed per distinct value of `names` (a Rollup's

@@ -68,6 +68,10 @@ def rows_of(sale: dict) -> list[tuple]:
         values["accepted_at_us"] = _us(values.pop("accepted_at"))
         if not is_return(sale):
             values.setdefault("list_price", values["price"])  # filed before list prices: charged the list price
+            till_time = values.pop("till_time", None)  # filed before tills: none of the three
+            values["till_time_us"] = None if till_time is None else _us(till_time)
+            values.setdefault("till_id", None)
+            values.setdefault("till_seq", None)
         return [tuple(values[c] for c in columns)]
     except (KeyError, TypeError, ValueError) as exc:
         raise Unreplayable(f"stored {'return' if is_return(sale) else 'sale'} is incomplete: {exc}") from exc

@@ -28,11 +28,14 @@ import asyncpg
 
 from shared import partitions, report_changes, sales_copy
 from shared.db import set_codecs
+from shared.queue import full_rows
 from shared.rollups import EXTEND_RUNNING, LOCK_RUNNING, MAY_HOLD_LATE, RUNNING_COVERS, batch_upserts
 from worker.batch_columns import BatchColumns
 from worker.gc_paused import gc_paused
 
-Row = tuple  # (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price)
+# (id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price,
+#  till_id, till_seq, till_time_us)
+Row = tuple
 COLUMNS = [
     "id",
     "sale_time_us",
@@ -43,6 +46,9 @@ COLUMNS = [
     "idempotency_key",
     "accepted_at_us",
     "list_price",
+    "till_id",
+    "till_seq",
+    "till_time_us",
 ]
 
 # Sorting a batch by id needs more than the default 4 MB work_mem; JIT would cost more than
@@ -65,12 +71,14 @@ _FROM_US = "timestamptz 'epoch' + {} * interval '1 microsecond'"
 
 # The rows of a batch that are not stored yet (a stored one has the same id, store and time).
 INSERT_ROWS = f"""
-INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at, list_price)
+INSERT INTO sales (id, sale_time, item_id, store_id, price, quantity, idempotency_key, accepted_at, list_price,
+                   till_id, till_seq, till_time)
 SELECT id, {_FROM_US.format("sale_time_us")}, item_id, store_id, price, quantity, idempotency_key,
-       {_FROM_US.format("accepted_at_us")}, list_price
+       {_FROM_US.format("accepted_at_us")}, list_price, till_id, till_seq, {_FROM_US.format("till_time_us")}
 FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[], $6::int[], $7::text[], $8::bigint[],
-            $9::int[])
-     AS r(id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price)
+            $9::int[], $10::int[], $11::bigint[], $12::bigint[])
+     AS r(id, sale_time_us, item_id, store_id, price, quantity, idempotency_key, accepted_at_us, list_price,
+          till_id, till_seq, till_time_us)
 ORDER BY id
 ON CONFLICT DO NOTHING
 RETURNING id
@@ -87,6 +95,21 @@ SELECT store_id, idempotency_key, sale_id FROM sale_keys
 WHERE store_id = ANY($1::int[]) AND idempotency_key = ANY($2::text[])
 """
 SALE_KEYS_COLUMNS = ["store_id", "idempotency_key", "sale_id"]
+
+# The tills' progress (migration 016): the highest sequence number stored of each till of the
+# batch, read before its sales are written and moved in the same transaction.
+TILL_PROGRESS = """
+SELECT store_id, till_id, last_seq FROM till_progress
+WHERE store_id = ANY($1::int[]) AND till_id = ANY($2::int[])
+"""
+MOVE_TILL_PROGRESS = """
+INSERT INTO till_progress (store_id, till_id, last_seq)
+SELECT * FROM unnest($1::int[], $2::int[], $3::bigint[]) ORDER BY 1, 2
+ON CONFLICT (store_id, till_id) DO UPDATE
+SET last_seq = greatest(till_progress.last_seq, excluded.last_seq), updated_at = now()
+"""
+# Which of the rows' ids are stored (the sales of a till numbered at or below its progress).
+STORED_IDS = "SELECT id FROM sales WHERE id = ANY($1::bigint[]) AND store_id = ANY($2::int[])"
 
 # The foreign keys of sales, checked once per batch instead of once per row. PostgreSQL's own
 # check (a trigger per row and key, 6 µs each: most of a batch's time) locks the referenced
@@ -110,6 +133,53 @@ SELECT CASE WHEN (SELECT count(*) FROM items) = cardinality($1::int[])
 # The new batch's rollups: binary COPY cannot return rows, and needs not: all went in. By
 # whether the batch may hold a late sale (MAY_HOLD_LATE; almost never: no late upserts then).
 UPSERT_BATCH_SUMS = {late: batch_upserts(late=late) for late in (False, True)}
+
+
+class TillSalesSeen(Exception):
+    """A till's sale in the batch is numbered at or below what is stored of its till (the
+    batch delivered again, or a sale taken again by a Redis that lost its state): the batch
+    takes the INSERT path, which tells the two apart."""
+
+
+async def stored_progress(conn: asyncpg.Connection, tills: set[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """(store_id, till_id) -> the highest sequence number stored of that till."""
+    rows = await conn.fetch(TILL_PROGRESS, sorted({s for s, _ in tills}), sorted({t for _, t in tills}))
+    return {(r["store_id"], r["till_id"]): r["last_seq"] for r in rows}
+
+
+async def move_till_progress(conn: asyncpg.Connection, batch: BatchColumns) -> None:
+    if progress := batch.till_progress():
+        await conn.execute(MOVE_TILL_PROGRESS, *map(list, zip(*((s, t, high) for s, t, _, high in progress))))
+
+
+async def split_seen(conn: asyncpg.Connection, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, str]]]:
+    """The rows to insert, and those that must not be: a till's sale numbered at or below what
+    is stored of its till, or twice in the rows, under an id that is not stored (with the
+    reason). Such a sale under its stored id is neither: a duplicate, skipped."""
+    tills = {(row[3], row[9]) for row in rows if row[9] is not None}
+    if not tills:
+        return rows, []
+    stored = await stored_progress(conn, tills)
+    kept, behind = [], []
+    first: dict[tuple[int, int, int], int] = {}  # (store, till, seq) -> the id it came with first
+    for row in rows:
+        if row[9] is None:
+            kept.append(row)
+            continue
+        number = (row[3], row[9], row[10])
+        if first.setdefault(number, row[0]) != row[0] or row[10] <= stored.get(number[:2], 0):
+            behind.append(row)
+        else:
+            kept.append(row)  # (the same sale twice: INSERT's ON CONFLICT takes it once)
+    if not behind:
+        return kept, []
+    ids = [row[0] for row in behind]
+    stored_ids = {r["id"] for r in await conn.fetch(STORED_IDS, ids, sorted({row[3] for row in behind}))}
+    return kept, [
+        (row, f"sale {row[10]} of till {row[9]} is stored already under another id")
+        for row in behind
+        if row[0] not in stored_ids
+    ]
 
 
 class RunningTotalsBehind(Exception):
@@ -141,8 +211,10 @@ def row_json(row: tuple, columns: list[str] = COLUMNS) -> dict:
         if column.endswith("_us"):
             micros = values.pop(column)
             values[column[:-3]] = (
-                dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
-            ).isoformat()
+                None
+                if micros is None
+                else (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)).isoformat()
+            )
     return values
 
 
@@ -248,6 +320,12 @@ async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) 
     item_ids, store_ids = parent_ids(batch.rows)
     deltas = sends_deltas(len(batch), citus)
     changes = report_changes.payload(int(batch.times_us.min()), int(batch.times_us.max()), store_ids, deltas=deltas)
+    if progress := batch.till_progress():
+        stored = await stored_progress(conn, {(store, till) for store, till, _, _ in progress})
+        if batch.till_numbers_repeat() or any(
+            lowest <= stored.get((store, till), 0) for store, till, lowest, _ in progress
+        ):
+            raise TillSalesSeen
     if citus:
         await conn.execute(report_changes.ANNOUNCE, changes)
     else:
@@ -255,6 +333,7 @@ async def _copy_new(conn: asyncpg.Connection, batch: BatchColumns, citus: bool) 
     await conn.copy_to_table("sales", source=copy_data, columns=sales_copy.COLUMNS, format="binary")
     if keys:
         await conn.copy_records_to_table("sale_keys", records=keys, columns=SALE_KEYS_COLUMNS)
+    await move_till_progress(conn, batch)
     await _add_to_rollups(conn, batch, deltas=deltas)
     return len(batch)
 
@@ -267,6 +346,7 @@ async def insert_rows(
     skipped; the rollups get the sums of the rows inserted (and the deltas say them, but on
     `citus`, which is what a caller that does not say gets: no deltas)."""
     lost: list[tuple[Row, str]] = []
+    rows = full_rows(rows)
     keyed = [row for row in rows if row[6] is not None]
     if keyed:
         await conn.execute(CLAIM_KEYS, [r[3] for r in keyed], [r[6] for r in keyed], [r[0] for r in keyed])
@@ -281,6 +361,8 @@ async def insert_rows(
             if row[0] in taken
         ]
         rows = [row for row in rows if row[0] not in taken]
+    rows, seen = await split_seen(conn, rows)
+    lost += seen
     if not rows:
         return 0, lost
     deltas = sends_deltas(len(rows), citus)
@@ -291,7 +373,9 @@ async def insert_rows(
     inserted_ids = {r["id"] for r in await conn.fetch(INSERT_ROWS, *zip(*rows))}
     inserted = [row for row in rows if row[0] in inserted_ids]
     if inserted:
-        await _add_to_rollups(conn, BatchColumns(inserted), deltas=deltas)
+        columns = BatchColumns(inserted)
+        await _add_to_rollups(conn, columns, deltas=deltas)
+        await move_till_progress(conn, columns)
     return len(inserted), lost
 
 
@@ -302,6 +386,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
     consumer asks once per worker and passes it)."""
     if not rows:
         return BatchResult()
+    rows = full_rows(rows)
     if citus is None:
         citus = await is_citus(conn)
     with gc_paused():
@@ -314,7 +399,7 @@ async def write_batch(conn: asyncpg.Connection, rows: list[Row], *, citus: bool 
         async with conn.transaction():
             await lock_running(conn, _last_second(batch))
             return BatchResult(written=await _copy_new(conn, batch, citus))
-    except asyncpg.UniqueViolationError:
+    except (asyncpg.UniqueViolationError, TillSalesSeen):
         pass  # some of them are stored already: again, skipping those
     except asyncpg.InternalServerError:
         if not citus:

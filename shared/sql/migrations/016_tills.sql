@@ -1,0 +1,24 @@
+-- Tills as producers (docs/guarantees.md, "Tills: identity and sequence"). A till is a pos key
+-- (api_key.id); it numbers its sales 1, 2, 3, ... and each carries (till_id, till_seq), so
+-- that what is kept to recognise a retry grows with the number of tills, not with sales.
+--
+-- till_time: what the till stamped, kept only when it was ahead of the server's clock (by up to
+-- two minutes): such a sale is stored at the server's moment of acceptance (sale_time), never
+-- in the future. All three are NULL for sales of other callers (and of releases before them);
+-- a NULL costs a bit of the row's null bitmap, nothing more.
+ALTER TABLE sales
+    ADD COLUMN till_id   integer,
+    ADD COLUMN till_seq  bigint,
+    ADD COLUMN till_time timestamptz;
+
+-- The highest sequence number of each till that is stored, moved by the worker in the
+-- transaction that stores its sales: a sale of the till numbered at or below it is stored
+-- already, whatever id the API gave it (after a Redis that lost its state took it again).
+-- One row per till. Keyed by store as well, so that on Citus it lives beside the store's sales.
+CREATE TABLE till_progress (
+    store_id   integer NOT NULL,
+    till_id    integer NOT NULL,
+    last_seq   bigint  NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (store_id, till_id)
+);
