@@ -20,7 +20,8 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import cast
 
 import redis.asyncio as redis
 from redis.commands.core import AsyncScript
@@ -30,6 +31,7 @@ from api import metrics
 from api.errors import ServiceUnavailable
 from shared.queue import (
     ENQUEUE_SCRIPT,
+    TILL_WINDOW,
     QueuedSale,
     QueueKeys,
     encoded_back_to_back,
@@ -53,6 +55,16 @@ class QueueUnavailable(Exception):
 
 class QueueFull(Exception):
     """The backlog is over its limit; the client should retry later."""
+
+
+class TillSalesStored(Exception):
+    """Sales numbered by their till at or below its highest stored, and no longer in its window
+    (ENQUEUE_SCRIPT): stored already; nothing of the request was queued. `highest`: position ->
+    the till's highest number."""
+
+    def __init__(self, highest: dict[int, int]):
+        super().__init__(f"{len(highest)} sales of a till are stored already")
+        self.highest = highest
 
 
 class ReplicasBehind(Exception):
@@ -85,13 +97,40 @@ class SaleQueue:
         self._flushers: set[asyncio.Task] = set()
         self._full_until = [0.0] * keys.partitions  # per partition
 
-    async def remembered(self, sales: list[tuple[int, str]]) -> list[QueuedSale | None]:
-        """For each (store_id, idempotency key), the sale accepted under it, or None."""
-        keys = [self._keys.idempotency(store_id, key) for store_id, key in sales]
-        return [
-            None if value is None else sale_decoder.decode(value)
-            for value in await remembered_values(self._client, keys)
-        ]
+    async def remembered(self, sales: list[tuple[int, str | None, int | None, int | None]]) -> list[QueuedSale | None]:
+        """For each (store_id, idempotency key, till_id, till seq) of a sale that carries a key
+        or a till's number, the sale accepted under it, or None."""
+        lookups: list[tuple[str, str | None]] = []  # (Redis key, a till's slot in its window)
+        for store_id, key, till_id, seq in sales:
+            if till_id is not None and seq is not None:
+                lookups.append((self._keys.till(store_id, till_id), str(seq % TILL_WINDOW)))
+            else:
+                lookups.append((self._keys.idempotency(store_id, key or ""), None))
+        if not lookups:
+            return []
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, slot in lookups:
+                    pipe.get(key) if slot is None else pipe.hget(key, slot)
+                values = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
+        found: list[QueuedSale | None] = []
+        for (_, _, _, seq), (_, slot), value in zip(sales, lookups, values):
+            if value is not None and slot is not None:  # "<seq>:<sale>" when the slot still holds that number
+                number, _, value = value.partition(b":")
+                value = value if number == str(seq).encode() else None
+            found.append(None if value is None else sale_decoder.decode(value))
+        return found
+
+    async def till_highest(self, store_id: int, till_id: int) -> int:
+        """The highest number of the till's sales taken while Redis remembers it (0: none)."""
+        try:
+            # redis-py types its commands for sync and async clients alike
+            highest = await cast(Awaitable[bytes | None], self._client.hget(self._keys.till(store_id, till_id), "hw"))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
+        return int(highest or 0)
 
     def looks_full(self) -> bool:
         """Redis said "full" a moment ago for every partition. A request can then be refused
@@ -135,14 +174,11 @@ class SaleQueue:
             args.append(len(by_partition))
             for partition, positions in by_partition.items():
                 part = sales if len(by_partition) == 1 else [sales[position] for position in positions]
-                keyed = [sale for sale in part if sale.idempotency_key]
+                keyed = [sale for sale in part if is_remembered(sale)]
                 args += (places.setdefault(partition, len(places) + 1), len(part), len(keyed))
-                for sale in keyed:  # mypy does not narrow through the filter above: each of these has a key
-                    args += (
-                        self._keys.idempotency(sale.store_id, sale.idempotency_key),  # type: ignore[arg-type]
-                        sale_encoder.encode(sale),
-                    )
-                unkeyed = [sale for sale in part if not sale.idempotency_key] if keyed else part
+                for sale in keyed:
+                    args += self._remembered_args(sale)
+                unkeyed = [sale for sale in part if not is_remembered(sale)] if keyed else part
                 args.append(encoded_back_to_back(unkeyed))
             if len(by_partition) == 1:
                 orders.append(range(len(sales)))
@@ -178,8 +214,17 @@ class SaleQueue:
                 continue
             if answer == 0:
                 future.set_exception(QueueFull())
+            elif answer and answer[0] == b"!":
+                future.set_exception(TillSalesStored(_stale_positions(sales, order, answer[1:])))
             else:
                 future.set_result(_as_stored(sales, order, answer))
+
+    def _remembered_args(self, sale: QueuedSale) -> tuple:
+        """A remembered sale's quadruple of ENQUEUE_SCRIPT's arguments."""
+        if sale.till_id is not None and sale.till_seq is not None:
+            key = self._keys.till(sale.store_id, sale.till_id)
+            return key, str(sale.till_seq), str(sale.till_seq % TILL_WINDOW), sale_encoder.encode(sale)
+        return self._keys.idempotency(sale.store_id, sale.idempotency_key or ""), "", "", sale_encoder.encode(sale)
 
     async def _enqueue_and_wait(self, keys: list[str], args: list) -> tuple[list, int]:
         return await script_then_wait(self._client, self._script, keys, args, self._replicas, self._replica_wait_ms)
@@ -230,19 +275,32 @@ def _by_partition(sales: list[QueuedSale], partitions: int) -> Mapping[int, Sequ
     return by_partition
 
 
+def is_remembered(sale: QueuedSale) -> bool:
+    """Whether a retry of the sale is recognised: it carries an idempotency key or a till's number."""
+    return sale.idempotency_key is not None or sale.till_seq is not None
+
+
 def _as_stored(sales: list[QueuedSale], order: Sequence[int], keyed_answers: list[bytes]) -> list[QueuedSale]:
-    """Each sale as stored: itself, or the sale stored earlier under its idempotency key (the
-    answers come in `order`: the sales' positions as sent, grouped by partition)."""
+    """Each sale as stored: itself, or the sale stored earlier under its idempotency key or
+    till number (the answers come in `order`: the sales' positions as sent, grouped by
+    partition)."""
     if not keyed_answers:
         return sales
     earlier = iter(keyed_answers)
     stored = list(sales)
     for position in order:
         sale = sales[position]
-        found = next(earlier) if sale.idempotency_key else None
+        found = next(earlier) if is_remembered(sale) else None
         if found:
             stored[position] = sale_decoder.decode(found)
     return stored
+
+
+def _stale_positions(sales: list[QueuedSale], order: Sequence[int], stale: list) -> dict[int, int]:
+    """Position -> the till's highest number, of the request's sales that the script found
+    already stored and out of their till's window ((index among the remembered, highest) pairs)."""
+    remembered = [position for position in order if is_remembered(sales[position])]
+    return {remembered[int(index) - 1]: int(highest) for index, highest in zip(stale[::2], stale[1::2])}
 
 
 async def remembered(client: redis.Redis, keys: list[str]) -> list[bool]:

@@ -11,7 +11,7 @@ from api.catalogue import Catalogue
 from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
-from api.sale_queue import QueueFull, QueueUnavailable, ReplicasBehind, SaleQueue
+from api.sale_queue import QueueFull, QueueUnavailable, ReplicasBehind, SaleQueue, TillSalesStored
 from api.sale_times import SaleTimeLimits
 from api.validation import SaleIn
 from shared.queue import QueuedSale
@@ -37,6 +37,11 @@ class SalesRefused(Exception):
     def __init__(self, errors: dict[int, str]):
         super().__init__("; ".join(errors.values()))
         self.errors = errors
+
+
+class SalesStored(SalesRefused):
+    """Sales a till numbered at or below its highest stored number, out of the window of those
+    answered again: stored already (409)."""
 
 
 class SaleAnswer(msgspec.Struct):
@@ -80,17 +85,19 @@ class SalesIntake:
         if self.queue.looks_full():
             raise ServiceUnavailable(QUEUE_FULL, 2)
 
-    async def refusals(self, sales: dict[int, SaleIn], accepted_us: int) -> dict[int, str]:
+    async def refusals(self, sales: dict[int, SaleIn], accepted_us: int, till_id: int | None = None) -> dict[int, str]:
         """Index -> why, for the sales that cannot be stored: naming an item or store the
         catalogue does not hold, dated too far back (api.sale_times) or after its item or store
         was retired, or charged more than the list price."""
-        return (await self._check(sales, accepted_us))[0]
+        return (await self._check(sales, accepted_us, till_id))[0]
 
-    async def _check(self, sales: dict[int, SaleIn], accepted_us: int) -> tuple[dict[int, str], dict[int, QueuedSale]]:
-        """(refusals, the sales accepted earlier under the keys of sales that would be refused
-        now). Such a retry is not refused: the idempotency key is checked before the catalogue,
-        so a till that retries a stored sale after its item was deleted or retired, or once it
-        grew too old, is answered the stored sale."""
+    async def _check(
+        self, sales: dict[int, SaleIn], accepted_us: int, till_id: int | None
+    ) -> tuple[dict[int, str], dict[int, QueuedSale]]:
+        """(refusals, the sales accepted earlier under the keys or till numbers of sales that
+        would be refused now). Such a retry is not refused: the idempotency key (or the till's
+        number) is checked before the catalogue, so a till that retries a stored sale after its
+        item was deleted or retired, or once it grew too old, is answered the stored sale."""
         errors = {
             index: reason
             for index, sale in sales.items()
@@ -104,7 +111,11 @@ class SalesIntake:
             for index, unknown in self._unknown(sales).items():
                 errors[index] = f"{unknown}; {errors[index]}" if index in errors else unknown
         earlier: dict[int, QueuedSale] = {}
-        retries = {i: (sales[i].store_id, key) for i in errors if (key := sales[i].idempotency_key)}
+        retries = {
+            i: (s.store_id, s.idempotency_key, till_id if s.seq else None, s.seq)
+            for i in errors
+            if (s := sales[i]).idempotency_key or (s.seq and till_id)
+        }
         for index, sale in zip(retries, await self.queue.remembered(list(retries.values()))):
             if sale is not None:  # accepted before under this key: answered with that sale
                 del errors[index]
@@ -136,9 +147,10 @@ class SalesIntake:
                 )
         return errors
 
-    async def accept(self, sales: list[SaleIn], accepted_us: int) -> list[QueuedSale]:
-        """All the sales, queued; raises before anything is queued if one of them cannot be."""
-        refused, earlier = await self._check(dict(enumerate(sales)), accepted_us)
+    async def accept(self, sales: list[SaleIn], accepted_us: int, till_id: int | None = None) -> list[QueuedSale]:
+        """All the sales, queued; raises before anything is queued if one of them cannot be.
+        `till_id`: the till whose pos key sent them (its number `seq` is kept with each)."""
+        refused, earlier = await self._check(dict(enumerate(sales)), accepted_us, till_id)
         if refused:
             metrics.SALES_REJECTED.labels("refused").inc(len(sales))
             raise SalesRefused(refused)
@@ -157,6 +169,10 @@ class SalesIntake:
                 queued.append(earlier[index])
                 continue
             moment_us = to_us(s.sale_time) if s.sale_time else accepted_us
+            # Stamped ahead of our clock (by up to SALE_TIME_AHEAD): stored at our moment, the
+            # till's kept beside it, so that no sale is ever in the future.
+            till_time_us = moment_us if moment_us > accepted_us else None
+            moment_us = min(moment_us, accepted_us)
             # Priced at sale_time: a till offline on Monday books Monday's price.
             try:
                 listed = flat[s.item_id] if s.item_id not in changed else catalogue.price_at(s.item_id, moment_us)
@@ -174,6 +190,9 @@ class SalesIntake:
                     idempotency_key=s.idempotency_key,
                     accepted_at_us=accepted_us,
                     list_price=listed,
+                    till_id=till_id if s.seq is not None else None,
+                    till_seq=s.seq,
+                    till_time_us=till_time_us,
                 )
             )
         try:
@@ -181,6 +200,15 @@ class SalesIntake:
         except QueueFull as exc:
             metrics.SALES_REJECTED.labels("queue_full").inc(len(sales))
             raise ServiceUnavailable(QUEUE_FULL, 2) from exc
+        except TillSalesStored as exc:
+            metrics.SALES_REJECTED.labels("till_stored").inc(len(sales))
+            raise SalesStored(
+                {
+                    index: f"sale {sales[index].seq} of till {till_id} is stored already (the till's highest stored "
+                    f"is {highest}) and too old to be answered again: a till numbers each new sale above its highest"
+                    for index, highest in exc.highest.items()
+                }
+            ) from exc
         except ReplicasBehind as exc:
             metrics.SALES_REJECTED.labels("replica_unconfirmed").inc(len(sales))
             raise ServiceUnavailable(REPLICAS_BEHIND) from exc

@@ -18,6 +18,9 @@ INT32_MAX = 2_147_483_647
 # clock skew between a POS and the server is tolerated.
 EARLIEST_SALE_TIME = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 FUTURE_SKEW = dt.timedelta(seconds=5)
+# A till whose clock runs ahead: a sale_time up to this far in the future is taken, stored at
+# the moment the server accepts it, the till's own time kept beside it (docs/guarantees.md).
+SALE_TIME_AHEAD = dt.timedelta(minutes=2)
 
 TOO_DEEP = "malformed JSON: nested too deeply"
 
@@ -28,8 +31,10 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64, patter
 SaleTime = Annotated[
     dt.datetime,
     msgspec.Meta(
-        description="ISO 8601 with offset; not in the future, not before 2000 (400), not more than "
-        "MAX_SALE_AGE_DAYS ago nor in an archived month (422); null or absent: now",
+        description="ISO 8601 with offset; not more than 2 minutes ahead of the server's clock (a sale "
+        "stamped ahead is stored at the server's moment of acceptance, this time kept as till_time), "
+        "not before 2000 (400), not more than MAX_SALE_AGE_DAYS ago nor in an archived month (422); "
+        "null or absent: now",
         extra_json_schema={"format": "date-time"},
     ),
 ]
@@ -53,6 +58,16 @@ ReturningStore = Annotated[
     int, msgspec.Meta(ge=1, le=INT32_MAX, description="The store that takes it back; absent: the sale's")
 ]
 SaleId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+TillSeq = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=2**53,
+        description="The till's own number of this sale (1, 2, 3, ... in the order it recorded them), sent with "
+        "the till's pos key instead of an idempotency_key: a retry of a number is answered the sale stored "
+        "under it (docs/guarantees.md)",
+    ),
+]
 
 
 class BadRequest(Exception):
@@ -72,6 +87,7 @@ class SaleIn(msgspec.Struct, forbid_unknown_fields=True):
     sale_time: SaleTime | None = None
     idempotency_key: IdempotencyKey | None = None
     unit_price: UnitPrice | None = None
+    seq: TillSeq | None = None
 
 
 class ReturnIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -120,17 +136,22 @@ async def read_body(request) -> bytes:
         raise BadRequest(f"the request body did not arrive within {BODY_TIMEOUT_SECONDS:.0f} s", status=408) from exc
 
 
-def _check_sale_time(sale: SaleIn, now_us: int) -> None:
-    _check_moment("sale_time", sale.sale_time, now_us)
+def _check_sale(sale: SaleIn, now_us: int) -> None:
+    if sale.seq is not None and sale.idempotency_key is not None:
+        raise BadRequest("a sale carries a till's seq or an idempotency_key, not both")
+    _check_moment("sale_time", sale.sale_time, now_us, SALE_TIME_AHEAD)
 
 
-def _check_moment(name: str, moment: dt.datetime | None, now_us: int) -> None:
+def _check_moment(name: str, moment: dt.datetime | None, now_us: int, ahead: dt.timedelta = FUTURE_SKEW) -> None:
     if moment is None:
         return
     if moment.tzinfo is None:
         raise BadRequest(f"{name} must carry a UTC offset, e.g. 2026-09-01T12:30:00+03:00")
-    if moment > from_us(now_us) + FUTURE_SKEW:
-        raise BadRequest(f"{name} is in the future")
+    if moment > from_us(now_us) + ahead:
+        raise BadRequest(
+            f"{name} is in the future"
+            + (" (more than 2 minutes ahead of the server's clock)" if ahead > FUTURE_SKEW else "")
+        )
     if moment < EARLIEST_SALE_TIME:
         raise BadRequest(f"{name} is before 2000-01-01")
 
@@ -160,7 +181,7 @@ def decode_object(body: bytes | msgspec.Raw, decoder: msgspec.json.Decoder):
 
 def decode_sale(body: bytes | msgspec.Raw, now_us: int) -> SaleIn:
     sale = decode_object(body, _sale_decoder)
-    _check_sale_time(sale, now_us)
+    _check_sale(sale, now_us)
     return sale
 
 
@@ -191,8 +212,8 @@ def decode_valid_batch(body: bytes, now_us: int) -> list[SaleIn] | None:
         if not 0 < len(sales) <= MAX_BATCH:
             return None
         for sale in sales:
-            if sale.sale_time is not None:
-                _check_sale_time(sale, now_us)
+            if sale.sale_time is not None or sale.seq is not None:
+                _check_sale(sale, now_us)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError, BadRequest):
         return None
     return sales

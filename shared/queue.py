@@ -140,6 +140,11 @@ class QueueKeys:
     def idempotency(self, store_id: int, key: str) -> str:
         return f"{self.prefix}idem:{store_id}:{key}"
 
+    def till(self, store_id: int, till_id: int) -> str:
+        """A till's highest sequence number and window of latest sales (ENQUEUE_SCRIPT), in the
+        partition of its store (a till sells for one store)."""
+        return f"{self.prefix}{{p{self.partition_of(store_id)}}}:till:{till_id}"
+
     def return_idempotency(self, store_id: int, key: str) -> str:
         return f"{self.prefix}return-idem:{store_id}:{key}"
 
@@ -150,7 +155,12 @@ class QueueKeys:
     @property
     def remembered_patterns(self) -> tuple[str, ...]:
         """Every key that remembers a sale or return (dropped with them by /clear/)."""
-        return (f"{self.prefix}idem:*", f"{self.prefix}return-idem:*", f"{self.prefix}returned:*")
+        return (
+            f"{self.prefix}idem:*",
+            f"{self.prefix}return-idem:*",
+            f"{self.prefix}returned:*",
+            f"{self.prefix}{{p*}}:till:*",
+        )
 
     def max_depth_per_partition(self, max_depth: int) -> int:
         """QUEUE_MAX_DEPTH spread over the partitions: a partition whose worker fell behind (or
@@ -158,16 +168,30 @@ class QueueKeys:
         return max(1, -(-max_depth // self.partitions))
 
 
+# A till's sales answered again from Redis: how many of its latest numbers it keeps (docs/
+# guarantees.md). A till resends at most the batch whose answer it lost (up to 1,000 sales).
+# Fixed: a number's slot in the window is its remainder by this.
+TILL_WINDOW = 1_000
+
+
 # KEYS: the stream and depth counter of each partition the flush touches (2m keys). ARGV:
 # max_depth (per partition), idempotency_ttl, number of requests, then per request: how many
 # partitions it touches, and per partition: its place s (1..m) among the KEYS, its sale count
-# n, the count k of its sales that carry an idempotency key, k pairs (idempotency redis key,
-# encoded sale), and one string holding its other n - k sales encoded back to back (so a batch
-# of 1,000 is not 2,000 arguments to pack and parse).
-# Answers, per request: 0 when one of its partitions is full (nothing of it stored: a request
-# is queued whole or not at all), else a list with, per keyed sale in the order given, ""
-# (queued now) or the encoded sale stored earlier under the same key; then one more: the places
-# of the partitions found full. Each partition touched gets one stream entry.
+# n, the count k of its sales that are remembered, k quadruples (its Redis key, its till
+# sequence number or '' for an idempotency key, the number's slot in the till's window or '',
+# the encoded sale), and one string holding its other n - k sales encoded back to back (so a
+# batch of 1,000 is not 2,000 arguments to pack and parse).
+# A sale with an idempotency key is remembered under that key for the ttl. A till's sale
+# (QueueKeys.till: one hash per till, renewed for the ttl at every sale) is new when its
+# number is above the till's highest (`hw`), and is then kept in its slot of the window as
+# "<number>:<sale>"; a number at or below it is a retry, answered from its slot, or, when the
+# window no longer holds it, refused as already stored.
+# Answers, per request: 0 when one of its partitions is full, {'!', i, hw, ...} when its i-th
+# remembered sale (in the order given) is a till's, already stored and out of the window, with
+# the till's highest (in both cases nothing of it is stored: a request is queued whole or not
+# at all), else a list with, per remembered sale in the order given, "" (queued now) or the
+# encoded sale stored earlier under the same key or number; then one more: the places of the
+# partitions found full. Each partition touched gets one stream entry.
 ENQUEUE_SCRIPT = """
 local max_depth = tonumber(ARGV[1])
 local ttl = ARGV[2]
@@ -178,35 +202,70 @@ for s = 1, #KEYS / 2 do
     count[s] = 0
     parts[s] = {}
 end
+-- the sale a till's number was taken with, if its window still holds it; false otherwise
+local function in_window(till, seq, slot)
+    local kept = redis.call('HGET', till, slot)
+    if kept and string.sub(kept, 1, #seq + 1) == seq .. ':' then
+        return string.sub(kept, #seq + 2)
+    end
+    return false
+end
 local at = 4
 local answers = {}
 local full_places = {}
 for r = 1, requests do
     local touched = tonumber(ARGV[at]); at = at + 1
     local full = false
+    local stale = {'!'}
     local skip = at
+    local remembered = 0
     for _ = 1, touched do
         local s, k = tonumber(ARGV[skip]), tonumber(ARGV[skip + 2])
         if depth[s] + count[s] >= max_depth then
             full = true
             full_places[#full_places + 1] = s
         end
-        skip = skip + 3 + 2 * k + 1
+        for i = 1, k do
+            local e = skip + 3 + 4 * (i - 1)
+            local seq = ARGV[e + 1]
+            if seq ~= '' then
+                local hw = redis.call('HGET', ARGV[e], 'hw') or '0'
+                if tonumber(seq) <= tonumber(hw) and not in_window(ARGV[e], seq, ARGV[e + 2]) then
+                    stale[#stale + 1] = remembered + i
+                    stale[#stale + 1] = hw
+                end
+            end
+        end
+        remembered = remembered + k
+        skip = skip + 3 + 4 * k + 1
     end
     if full then
         answers[r] = 0
+        at = skip
+    elseif #stale > 1 then
+        answers[r] = stale
         at = skip
     else
         local answer = {}
         for _ = 1, touched do
             local s, n, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]); at = at + 3
             for _ = 1, k do
-                local key, sale = ARGV[at], ARGV[at + 1]; at = at + 2
-                local earlier = redis.call('GET', key)
+                local key, seq, slot, sale = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]; at = at + 4
+                local earlier
+                if seq == '' then
+                    earlier = redis.call('GET', key)
+                elseif tonumber(seq) <= tonumber(redis.call('HGET', key, 'hw') or '0') then
+                    earlier = in_window(key, seq, slot)
+                end
                 if earlier then
                     answer[#answer + 1] = earlier
                 else
-                    redis.call('SET', key, sale, 'EX', ttl)
+                    if seq == '' then
+                        redis.call('SET', key, sale, 'EX', ttl)
+                    else
+                        redis.call('HSET', key, 'hw', seq, slot, seq .. ':' .. sale)
+                        redis.call('EXPIRE', key, ttl)
+                    end
                     answer[#answer + 1] = ''
                     parts[s][#parts[s] + 1] = sale
                     count[s] = count[s] + 1

@@ -106,7 +106,7 @@ MOVE_TILL_PROGRESS = """
 INSERT INTO till_progress (store_id, till_id, last_seq)
 SELECT * FROM unnest($1::int[], $2::int[], $3::bigint[]) ORDER BY 1, 2
 ON CONFLICT (store_id, till_id) DO UPDATE
-SET last_seq = greatest(till_progress.last_seq, excluded.last_seq), updated_at = now()
+SET last_seq = greatest(till_progress.last_seq, excluded.last_seq)
 """
 # Which of the rows' ids are stored (the sales of a till numbered at or below its progress).
 STORED_IDS = "SELECT id FROM sales WHERE id = ANY($1::bigint[]) AND store_id = ANY($2::int[])"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from api.appkeys import INTAKE
-from api.auth import check_store_scope
+from api.appkeys import INTAKE, PG_POOL
+from api.auth import check_store_scope, pos_store, pos_till
 from api.moments import now_us
 from api.responses import json_error, json_response
-from api.sales import SalesRefused, sale_answer, sale_answers
+from api.sales import SalesRefused, SalesStored, sale_answer, sale_answers
 from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, decode_valid_batch, read_body
 
 _header_key = msgspec.json.Decoder(IdempotencyKey)
@@ -39,10 +39,26 @@ async def post_sale(request: web.Request) -> web.Response:
     if refusal := check_store_scope(request, [sale.store_id]):
         return json_error(403, refusal)
     try:
-        [stored] = await request.app[INTAKE].accept([sale], accepted_us)
+        [stored] = await request.app[INTAKE].accept([sale], accepted_us, till_of(request, [sale]))
+    except SalesStored as exc:
+        return json_error(409, str(exc))
     except SalesRefused as exc:
         return json_error(422, str(exc))
     return json_response(sale_answer(stored), status=202)
+
+
+NO_TILL = (
+    "seq is a till's own number for its sales: it comes with the till's pos key (AUTH_REQUIRED=true); "
+    "other callers give each sale an idempotency_key"
+)
+
+
+def till_of(request: web.Request, sales) -> int | None:
+    """The till that sent the sales (its pos key's id); 400 when one carries a seq without a till."""
+    till_id = pos_till(request)
+    if till_id is None and any(sale.seq is not None for sale in sales):
+        raise BadRequest(NO_TILL)
+    return till_id
 
 
 def _decode_sale_by_sale(body: bytes, accepted_us: int) -> tuple[dict[int, SaleIn], dict[int, str], int]:
@@ -72,17 +88,36 @@ async def post_batch(request: web.Request) -> web.Response:
     if refusal := check_store_scope(request, [s.store_id for s in sales.values()]):
         return json_error(403, refusal)
     intake = request.app[INTAKE]
+    till_id = till_of(request, sales.values())
+    status = 422
     if errors:  # report every bad sale at once, those that cannot be stored included
-        errors.update(await intake.refusals(sales, accepted_us))
+        errors.update(await intake.refusals(sales, accepted_us, till_id))
     else:
         try:
-            stored = await intake.accept(list(sales.values()), accepted_us)
+            stored = await intake.accept(list(sales.values()), accepted_us, till_id)
         except SalesRefused as exc:
             errors = exc.errors
+            status = 409 if isinstance(exc, SalesStored) else 422
         else:
             return json_response(sale_answers(stored), status=202)
+    what = "are stored already" if status == 409 else "are invalid"
     return json_error(
-        422,
-        f"{len(errors)} of {count} sales are invalid; none was accepted",
+        status,
+        f"{len(errors)} of {count} sales {what}; none was accepted",
         errors=[{"index": i, "error": message} for i, message in sorted(errors.items())],
     )
+
+
+async def till_numbers(request: web.Request) -> web.Response:
+    """GET /tills/me: the calling till and the highest number of its sales that the server
+    holds, queued or stored (a till with a new spool numbers its sales above it)."""
+    till_id, store_id = pos_till(request), pos_store(request)
+    if till_id is None or store_id is None:
+        return json_error(403, "this answers a till: call it with the till's pos key (AUTH_REQUIRED=true)")
+    queued = await request.app[INTAKE].queue.till_highest(store_id, till_id)
+    async with request.app[PG_POOL].acquire() as conn:
+        stored = await conn.fetchval(TILL_STORED, store_id, till_id)
+    return json_response({"till_id": till_id, "store_id": store_id, "last_seq": max(queued, stored or 0)})
+
+
+TILL_STORED = "SELECT last_seq FROM till_progress WHERE store_id = $1 AND till_id = $2"

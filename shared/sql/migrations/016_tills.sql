@@ -19,6 +19,5 @@ CREATE TABLE till_progress (
     store_id   integer NOT NULL,
     till_id    integer NOT NULL,
     last_seq   bigint  NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (store_id, till_id)
 );
