@@ -34,6 +34,7 @@ DATA_TABLES = (
     "item_totals_archived, daily_totals_archived, store_item_daily_archived, hourly_totals_archived, "
     "store_hourly_archived, archived_months, item_price, item, store"
 )
+CATALOGUE_IN_READING_ORDER = "LOCK TABLE item, store, item_price, archived_months IN ACCESS EXCLUSIVE MODE"
 # Catalogue and rollups are replaced: every API process reloads and drops its cached reports.
 # (Triggers say so on plain PostgreSQL; Citus's reference and distributed tables have none.)
 NOTIFY_ALL_CHANGED = "SELECT pg_notify('catalogue_changed', ''), pg_notify('reports_changed', '')"
@@ -252,6 +253,10 @@ async def _keys(conn: asyncpg.Connection, table: str) -> list[tuple[str, str]]:
 async def clear(conn: asyncpg.Connection) -> None:
     """Empty every table (inside the caller's transaction). Sale ids keep counting up."""
     await conn.execute(rollups.LOCK_RUNNING_EXCLUSIVE)  # first: writers take it before any table
+    # Then the catalogue in the order an API process's reload reads it (api.catalogue): TRUNCATE
+    # takes its tables in its list's order, and a reload holding item and store while it waited
+    # for item_price deadlocked a /create/ (seen under load in the suite).
+    await conn.execute(CATALOGUE_IN_READING_ORDER)
     await conn.execute(f"TRUNCATE {DATA_TABLES}")
     await conn.execute("UPDATE report_settings SET running_through = NULL")
     # setval, not ALTER SEQUENCE ... RESTART: Citus cannot alter a distributed sequence
