@@ -3,8 +3,9 @@
     python -m bench.capacity --duration 20 --rounds 3
 
 The figures docs/scaling.md plans with. For each shape of load (one sale per POST /sales/, 64
-connections; POST /sales/batch/ of 1,000 sales, 16 connections; each with and without an
-idempotency key per sale, as tills send them) the product runs as `docker compose up` runs it
+connections; POST /sales/batch/ of 1,000 sales, 16 connections; each with no key, with an
+idempotency key per sale, and numbered by tills: `seq` with each till's pos key, sent by a
+second API process with AUTH_REQUIRED=true) the product runs as `docker compose up` runs it
 (API processes: one per core, one worker, Redis with AOF and fsync always, PostgreSQL), wrk
 loads it for --duration seconds, and the CPU time (utime + stime from /proc) each component
 used from the start of the load until the queue is drained is divided by the sales stored.
@@ -15,17 +16,27 @@ run it on a cluster nothing else uses. wrk's own CPU is not counted.
 component reaches. Redis runs commands on one thread, so that figure is also the ceiling of one
 Redis primary; the API and the worker are single-threaded processes (one core each);
 PostgreSQL spreads sales over its backends (one per connection), so its figure is per core.
-Rounds alternate the two shapes; the table gives the median of the rounds.
+Rounds alternate the shapes; the table gives the median of the rounds.
+
+What each shape leaves behind, per sale, is measured too: Redis's used_memory and the size of
+the sales tables (partitions and indexes, sale_keys, till_progress) after the queue drained,
+minus before. An idempotency key is held in Redis for IDEMPOTENCY_TTL_SECONDS; a till's number
+is not (its till keeps one hash: the state per till is stated in bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import asyncpg
+import redis as redis_sync
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,8 +44,14 @@ if __package__ in (None, ""):
 from bench import common
 from bench.common import log
 from bench.workers import cpu_seconds
+from shared import keys
 
 COMPONENTS = ("API", "Redis", "worker", "PostgreSQL")
+TILLS = 128  # pos keys, one till each (bench/post_till.lua: more per wrk thread than connections)
+HELD_BYTES_SQL = """
+SELECT (SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'sales'::regclass)
+       + pg_total_relation_size('sale_keys') + pg_total_relation_size('till_progress')
+"""
 STORAGE_SQL = """
 SELECT (SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'sales'::regclass)
        AS sales_bytes,
@@ -73,18 +90,30 @@ def run_shape(shape: dict, args, url: str, api: common.Service, worker: common.S
         "KEYED": "1" if shape["keyed"] else "0",
         "KEY_PREFIX": f"k{time.time_ns()}",
     }
+    if shape.get("tills"):
+        # numbers above any a till sent before (1,000 numbers per till per millisecond since)
+        env.update(TILLS_FILE=shape["tills"], THREADS=str(args.threads), SEQ_FROM=str(time.time_ns() // 1000))
+        env["BATCH"] = str(shape["per_request"] if shape["path"] == "/sales/batch/" else 0)
     before_sales = common.count_sales(url)
+    held_before = held_bytes(url)
     wal_before = common.fetchrow_sync(url, "SELECT pg_current_wal_lsn() AS lsn")["lsn"]
     before = cpu_by_component(api, worker)
     started = time.monotonic()
     load = common.wrk(
-        args.product_port, shape["path"], shape["script"], args.duration, shape["connections"], args.threads, env
+        shape.get("port", args.product_port),
+        shape["path"],
+        shape["script"],
+        args.duration,
+        shape["connections"],
+        args.threads,
+        env,
     )
     common.wait_drained(args.product_port)
     seconds = time.monotonic() - started
     after = cpu_by_component(api, worker)
     stored = common.count_sales(url) - before_sales
     wal = common.fetchrow_sync(url, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn) AS b", wal_before)["b"]
+    held_after = held_bytes(url)
     accepted = load["ok"] * shape["per_request"]
     # requests in flight when wrk stops, or that it gave up on (timeouts), may be stored uncounted
     if not 0 <= stored - accepted <= (shape["connections"] + load["socket_errors"]) * shape["per_request"]:
@@ -95,8 +124,50 @@ def run_shape(shape: dict, args, url: str, api: common.Service, worker: common.S
         "cmd": load["cmd"],
         "non_2xx": load["status"],
         "wal_per_sale": float(wal) / stored,
+        "redis_per_sale": (held_after["redis"] - held_before["redis"]) / stored,
+        "postgres_per_sale": (held_after["postgres"] - held_before["postgres"]) / stored,
         "us_per_sale": {c: (after[c] - before[c]) * 1e6 / stored for c in COMPONENTS},
     }
+
+
+def held_bytes(url: str) -> dict[str, int]:
+    """What the product holds: Redis's used_memory, and the sales tables' bytes."""
+    return {
+        "redis": common.redis_memory()["used_memory"],
+        "postgres": int(common.fetchrow_sync(url, HELD_BYTES_SQL + " AS b")["b"]),
+    }
+
+
+def issue_tills(url: str, stores: int, count: int) -> str:
+    """`count` pos keys, one till each, spread over the stores; the file bench/post_till.lua reads."""
+
+    async def issue() -> list[tuple[str, int]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [
+                ((await keys.issue(conn, "pos", store, f"bench till {n}")).key, store)
+                for n in range(count)
+                for store in [n % stores + 1]
+            ]
+        finally:
+            await conn.close()
+
+    with tempfile.NamedTemporaryFile("w", prefix="bench-tills-", suffix=".txt", delete=False) as file:
+        file.writelines(f"{key} {store}\n" for key, store in asyncio.run(issue()))
+    common.on_exit(lambda: os.unlink(file.name))
+    return file.name
+
+
+def till_state_bytes(count: int) -> float:
+    """MEMORY USAGE of the tills' hashes (shared.queue.QueueKeys.till), on average."""
+    client = redis_sync.Redis.from_url(common.redis_url())
+    try:
+        sizes = [client.memory_usage(key) or 0 for key in client.scan_iter(match=f"{common.REDIS_PREFIX}*:till:*")]
+    finally:
+        client.close()
+    if len(sizes) != count:
+        log(f"{len(sizes)} till hashes found for {count} tills")
+    return statistics.mean(sizes) if sizes else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,30 +187,42 @@ def main(argv: list[str] | None = None) -> int:
 
     single = {"path": "/sales/", "script": "bench/post_sale.lua", "connections": 64, "per_request": 1}
     batch = {"path": "/sales/batch/", "script": "bench/post_batch.lua", "connections": 16, "per_request": args.batch}
-    shapes = [
-        {**single, "name": "single", "keyed": False},
-        {**single, "name": "single, keyed", "keyed": True},
-        {**batch, "name": f"batch of {args.batch}", "keyed": False},
-        {**batch, "name": f"batch of {args.batch}, keyed", "keyed": True},
-    ]
     url = common.create_database("bench_product", args.keep)
     common.clean_redis()
     if not args.keep:
         common.on_exit(common.clean_redis)
     common.seed_product(url, args.items, args.stores, 0)
     api, worker = common.start_product(url, args.product_port)
+    till_api = common.Service(
+        "product-api-tills",
+        [common.PYTHON, "-m", "api"],
+        {**common.product_env(url, args.product_port + 1), "AUTH_REQUIRED": "true"},
+        args.product_port + 1,
+    )
+    till_api.wait_http("/health")
+    numbered = {"script": "bench/post_till.lua", "tills": issue_tills(url, args.stores, TILLS)}
+    numbered.update(port=args.product_port + 1, api=till_api)
+    shapes = [
+        {**single, "name": "single", "keyed": False},
+        {**single, "name": "single, keyed", "keyed": True},
+        {**single, **numbered, "name": "single, tills", "keyed": False},
+        {**batch, "name": f"batch of {args.batch}", "keyed": False},
+        {**batch, "name": f"batch of {args.batch}, keyed", "keyed": True},
+        {**batch, **numbered, "name": f"batch of {args.batch}, tills", "keyed": False},
+    ]
     if common.private_redis_pid is None:
         log("BENCH_REDIS_URL is set: Redis's CPU is not measured")
 
     results: dict[str, list[dict]] = {s["name"]: [] for s in shapes}
     for shape in shapes:  # warm-up: connection pools, the catalogue, the first partitions
-        run_shape(shape, argparse.Namespace(**{**vars(args), "duration": 3}), url, api, worker)
+        run_shape(shape, argparse.Namespace(**{**vars(args), "duration": 3}), url, shape.get("api", api), worker)
     for round_no in range(args.rounds):
         for shape in shapes:
             log(f"round {round_no + 1}/{args.rounds}: {shape['name']}")
-            results[shape["name"]].append(run_shape(shape, args, url, api, worker))
+            results[shape["name"]].append(run_shape(shape, args, url, shape.get("api", api), worker))
     storage = common.fetchrow_sync(url, STORAGE_SQL)
     redis_memory = common.redis_memory()
+    per_till = till_state_bytes(TILLS)
 
     common.header(
         f"Capacity: CPU µs per sale by component ({args.rounds} rounds of {args.duration:g} s per shape, "
@@ -161,6 +244,24 @@ def main(argv: list[str] | None = None) -> int:
             for shape in shapes
         )
     )
+    print(
+        "\nHeld per sale after the queue drained (median of the rounds; Redis used_memory, PostgreSQL the sales "
+        "tables with their indexes, sale_keys and till_progress):\n"
+    )
+    print(
+        common.table(
+            ["load", "Redis bytes/sale", "PostgreSQL bytes/sale"],
+            [
+                [
+                    shape["name"],
+                    f"{statistics.median(r['redis_per_sale'] for r in results[shape['name']]):.1f}",
+                    f"{statistics.median(r['postgres_per_sale'] for r in results[shape['name']]):.1f}",
+                ]
+                for shape in shapes
+            ],
+        )
+    )
+    print(f"\nState per till in Redis (MEMORY USAGE of its hash, mean of {TILLS} tills): {per_till:,.0f} bytes")
     print("\nSpread over the rounds (µs per sale, min-max):\n")
     for shape in shapes:
         runs = results[shape["name"]]
@@ -185,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nwrk commands (last round):\n")
     for shape in shapes:
         print(f"- {shape['name']}: `{results[shape['name']][-1]['cmd']}`")
-    common.print_memory({"API": api, "worker": worker})
+    common.print_memory({"API": api, "API (tills)": till_api, "worker": worker})
     return 0
 
 
