@@ -36,6 +36,7 @@ from api.sale_queue import SaleQueue
 from api.sale_times import SaleTimeLimits
 from api.sales import SalesIntake
 from api.stores_today import StoresToday
+from api.till_contacts import record_till_contacts, till_contacts_ctx
 from shared.db import create_pool
 from shared.migrate import migrate
 from shared.redis_client import connect_from_settings
@@ -178,8 +179,10 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[edge])
+    # record_till_contacts wraps edge: it notes a till once the access check has said who called
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[record_till_contacts, edge])
     app[SETTINGS] = settings
     app.cleanup_ctx.extend([metrics_ctx, postgres_ctx, redis_ctx, intake_ctx, report_cache_ctx, access_ctx])
+    app.cleanup_ctx.append(till_contacts_ctx)
     setup_routes(app)
     return app

@@ -146,6 +146,95 @@ def _catalogue_paths() -> dict:
     return paths
 
 
+def _tills_path() -> dict:
+    till = {
+        "type": "object",
+        "required": [
+            "till_id",
+            "store_id",
+            "label",
+            "last_contact",
+            "silent_seconds",
+            "pending",
+            "oldest_pending",
+            "clock_offset",
+            "status_at",
+            "store_open",
+            "silent",
+            "behind",
+            "clock_off",
+        ],
+        "properties": {
+            "till_id": {"type": "integer", "description": "The till's pos key (api_key.id)"},
+            "store_id": {"type": "integer"},
+            "label": {"type": "string"},
+            "last_contact": {"type": "string", "format": "date-time", "nullable": True},
+            "silent_seconds": {
+                "type": "integer",
+                "description": "Since the last contact (or, never heard from, since the key was issued)",
+            },
+            "pending": {"type": "integer", "nullable": True, "description": "Sales in its spool, as it last said"},
+            "oldest_pending": {"type": "string", "format": "date-time", "nullable": True},
+            "clock_offset": {"type": "number", "nullable": True, "description": "Seconds, server minus till"},
+            "status_at": {
+                "type": "string",
+                "format": "date-time",
+                "nullable": True,
+                "description": "When it last sent a usable X-Till-Status header",
+            },
+            "store_open": {"type": "boolean"},
+            "silent": {"type": "boolean", "description": "No contact for over silent_minutes while its store is open"},
+            "behind": {
+                "type": "boolean",
+                "description": "When it last said so, its oldest pending sale was over behind_minutes old, "
+                "or over behind_pending sales were pending",
+            },
+            "clock_off": {"type": "boolean", "description": "|clock_offset| over clock_off_seconds"},
+        },
+    }
+    answer = {
+        "type": "object",
+        "required": ["tills_known", "note", "now", "thresholds", "tills"],
+        "properties": {
+            "tills_known": {"type": "boolean", "description": "false without AUTH_REQUIRED=true: no tills then"},
+            "note": {"type": "string", "nullable": True},
+            "now": {"type": "string", "format": "date-time"},
+            "thresholds": {
+                "type": "object",
+                "required": ["silent_minutes", "behind_minutes", "behind_pending", "clock_off_seconds"],
+                "properties": {
+                    name: {"type": "integer"}
+                    for name in ("silent_minutes", "behind_minutes", "behind_pending", "clock_off_seconds")
+                },
+            },
+            "tills": {"type": "array", "items": till},
+        },
+    }
+    return {
+        "get": {
+            "summary": "Every till (active pos key) with its last contact, spool backlog and clock offset, "
+            "problems first (silent, behind, clock off). CSV: the tills",
+            "parameters": [
+                {
+                    "name": "silent_minutes",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10080, "default": 15},
+                },
+                {"name": "store_id", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 2147483647}},
+                _FORMAT,
+            ],
+            "responses": {
+                "200": {
+                    "description": "The tills",
+                    "content": {"application/json": {"schema": answer}, "text/csv": {"schema": {"type": "string"}}},
+                },
+                "400": _error("Bad silent_minutes, store_id or format"),
+                "503": _error("Redis does not answer"),
+            },
+        }
+    }
+
+
 _UNAVAILABLE = {
     "description": "Redis or PostgreSQL unavailable, or the queue over its limit; retry after Retry-After seconds",
     "headers": {"Retry-After": {"schema": {"type": "integer"}}},
@@ -455,9 +544,14 @@ def spec() -> dict:
                     },
                     "responses": {
                         "202": _json(
-                            {"$ref": "#/components/schemas/SaleAnswer"}, "Accepted (or the earlier sale with this key)"
+                            {"$ref": "#/components/schemas/SaleAnswer"},
+                            "Accepted (or the earlier sale with this key, or this till's number)",
                         ),
                         "400": _error("Malformed JSON, wrong types, missing or unknown fields"),
+                        "409": _error(
+                            "A till's number at or below its highest stored, too old to be answered again: "
+                            "stored already"
+                        ),
                         "413": _error("Body over 1 MiB"),
                         "422": _error(
                             "Unknown item_id or store_id, or a sale_time the server will not store: more "
@@ -506,10 +600,37 @@ def spec() -> dict:
                             "All accepted, in order",
                         ),
                         "400": _error("Malformed JSON or not a list of sales"),
+                        "409": _json(
+                            {"$ref": "#/components/schemas/BatchErrors"},
+                            "None accepted: the sales a till numbered that are stored already, by index",
+                        ),
                         "413": _error(f"Body over 1 MiB or more than {MAX_BATCH} sales"),
                         "422": _json(
                             {"$ref": "#/components/schemas/BatchErrors"}, "None accepted: the errors by index"
                         ),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/tills/me": {
+                "get": {
+                    "summary": "The calling till (its pos key) and the highest number of its sales the server holds: "
+                    "a till with a new spool numbers its sales above it",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["till_id", "store_id", "last_seq"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "till_id": {"type": "integer"},
+                                    "store_id": {"type": "integer"},
+                                    "last_seq": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                            "The till",
+                        ),
+                        "403": _error("Not a pos key (tills exist with AUTH_REQUIRED=true)"),
                         "503": _UNAVAILABLE,
                     },
                 }
@@ -665,6 +786,7 @@ def spec() -> dict:
                 }
             },
             **_catalogue_paths(),
+            "/tills/": _tills_path(),
             "/health": {
                 "get": {
                     "summary": "Whether PostgreSQL and Redis answer",

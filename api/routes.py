@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.auth import ADMIN, OPEN, POST, READ, TILLS
-from api.views import admin, catalogue, dashboard, keys, ops, reports, returns, sales
+from api.views import admin, catalogue, dashboard, keys, ops, reports, returns, sales, tills
 
 
 class Route(NamedTuple):
@@ -34,8 +34,10 @@ ROUTES = (
     Route("GET", "/reports/trend/", reports.trend, READ),
     Route("GET", "/reports/totals/", reports.period_totals, READ),
     Route("GET", "/reports/hours/", reports.hours, READ),
+    Route("GET", "/tills/", tills.list_tills, READ),
     Route("POST", "/sales/", sales.post_sale, POST),
     Route("POST", "/sales/batch/", sales.post_batch, POST),
+    Route("GET", "/tills/me", sales.till_numbers, POST),
     Route("POST", "/sales/{id}/returns/", returns.post_return, POST),
     Route("POST", "/returns/batch/", returns.post_returns_batch, POST),
     Route("GET", "/clear/", admin.clear, ADMIN),

@@ -48,8 +48,10 @@ MATRIX = {
     ("GET", "/reports/trend/"): READ,
     ("GET", "/reports/totals/"): READ,
     ("GET", "/reports/hours/"): READ,
+    ("GET", "/tills/"): READ,
     ("POST", "/sales/"): POST,
     ("POST", "/sales/batch/"): POST,
+    ("GET", "/tills/me"): {**POST, "admin": 403, "admin_token": 403},  # a till's own: only a pos key
     ("POST", "/sales/{id}/returns/"): POST,
     ("POST", "/returns/batch/"): POST,
     ("GET", "/clear/"): ADMIN,

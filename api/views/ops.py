@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api import metrics
+from api import metrics, till_metrics
 from api.appkeys import PG_POOL, QUEUE_KEYS, REDIS
 from api.openapi import spec
 from api.responses import json_response
@@ -60,6 +60,7 @@ async def _dead_letters_pending(request: web.Request) -> int:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
+    store_silence = asyncio.ensure_future(till_metrics.exposition_within(request.app, CHECK_TIMEOUT))
     try:
         stats, depth, age = await asyncio.wait_for(_queue_snapshot(request), CHECK_TIMEOUT)
     except Exception:  # noqa: BLE001 - the scrape answers without the queue's numbers rather than fail
@@ -69,7 +70,7 @@ async def metrics_view(request: web.Request) -> web.Response:
     except Exception:  # noqa: BLE001 - ... and without the dead letters' count
         dead = None
     metrics.flush()
-    body = metrics.render(stats, depth, age, dead)
+    body = metrics.render(stats, depth, age, dead) + await store_silence
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
