@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from pos_client.client import RecordedSale, SalesClient, Status
+from pos_client.client import RecordedReturn, RecordedSale, SalesClient, Status
 from pos_client.errors import InvalidSale, PosClientError, SpoolError
 
-__all__ = ["InvalidSale", "PosClientError", "RecordedSale", "SalesClient", "SpoolError", "Status"]
+__all__ = ["InvalidSale", "PosClientError", "RecordedReturn", "RecordedSale", "SalesClient", "SpoolError", "Status"]

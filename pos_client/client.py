@@ -13,7 +13,7 @@ from pos_client.clock import ServerClock
 from pos_client.errors import InvalidSale, SpoolError
 from pos_client.ids import new_key
 from pos_client.sender import Sender
-from pos_client.spool import NewSale, Spool, SpooledSale
+from pos_client.spool import NewReturn, NewSale, Spool, SpooledReturn, SpooledSale
 from pos_client.transport import HttpTransport, check_key_over_http
 
 MAX_BATCH = 1000  # the server's limit for POST /sales/batch/
@@ -33,6 +33,15 @@ class RecordedSale:
 
 
 @dataclasses.dataclass(frozen=True)
+class RecordedReturn:
+    id: int  # the till's own number for the return
+    idempotency_key: str
+    sale_seq: int  # the sale returned (RecordedSale.seq)
+    quantity: int
+    return_time: str  # ISO 8601, UTC
+
+
+@dataclasses.dataclass(frozen=True)
 class Status:
     pending: int  # recorded, not yet taken by the server
     oldest_pending_age: float | None  # seconds since the oldest pending sale happened
@@ -44,6 +53,9 @@ class Status:
     last_sent_at: float | None = None  # Unix time of the last batch the server took (this process)
     online: bool | None = None  # did the last request get an answer (None: none made yet)
     clock_offset: float = 0.0  # seconds the server's clock is ahead of the till's (0: they agree)
+    returns_pending: int = 0  # returns not yet taken by the server (those waiting for their sale included)
+    returns_sent: int = 0
+    returns_set_aside: int = 0  # refused for good, or their sale was (see `python -m pos_client status`)
 
 
 def _check_id(name: str, value) -> int:
@@ -52,14 +64,28 @@ def _check_id(name: str, value) -> int:
     return value
 
 
+def _check_quantity(quantity) -> int:
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidSale(f"quantity must be an integer from 1 to {MAX_QUANTITY}, got {quantity!r}")
+    return quantity
+
+
+def _sale_reference(sale) -> tuple[int, str]:
+    """The till's own number and the key of the sale to return: a RecordedSale (or a
+    SpooledSale of the ledger); the key tells another till's sale of the same number."""
+    seq, key = getattr(sale, "seq", None), getattr(sale, "idempotency_key", None)
+    if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(key, str):
+        raise InvalidSale(f"a return names its sale as record() returned it (a RecordedSale), got {sale!r}")
+    return seq, key
+
+
 def _check_sale(item_id, quantity, sale_time, now: dt.datetime, unit_price=None) -> NewSale:
     _check_id("item_id", item_id)
     if unit_price is not None and (
         isinstance(unit_price, bool) or not isinstance(unit_price, int) or not 0 <= unit_price <= INT32_MAX
     ):
         raise InvalidSale(f"unit_price must be an integer from 0 to {INT32_MAX}, got {unit_price!r}")
-    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= MAX_QUANTITY:
-        raise InvalidSale(f"quantity must be an integer from 1 to {MAX_QUANTITY}, got {quantity!r}")
+    _check_quantity(quantity)
     if sale_time is None:
         sale_time = now
     elif not isinstance(sale_time, dt.datetime) or sale_time.utcoffset() is None:
@@ -190,6 +216,31 @@ class SalesClient:
             for s in self._spool.add(sales)
         ]
 
+    def record_return(
+        self, sale: RecordedSale, quantity: int = 1, return_time: dt.datetime | None = None
+    ) -> RecordedReturn:
+        """Take back `quantity` units of a sale recorded at this till (what record() returned);
+        when this returns it is on the till's disk (fsynced). It is sent once the server has the
+        sale, so a sale made offline can be returned before the network is back. `return_time`
+        defaults to now. InvalidSale: more than is left of the sale at this till, a time before
+        the sale, or a sale no longer in the spool."""
+        self._check_open()
+        seq, key = _sale_reference(sale)
+        _check_quantity(quantity)
+        sold = self._spool.sale(seq)
+        if sold is None or sold.idempotency_key != key:
+            raise InvalidSale(f"sale {seq} is not in this till's spool (sent sales are kept keep_sent_days)")
+        sale_time = dt.datetime.fromisoformat(sold.sale_time)
+        if return_time is None:
+            # never before the sale, whose time may have been stamped before the clock was corrected
+            return_time = max(self._clock.now(), sale_time)
+        elif not isinstance(return_time, dt.datetime) or return_time.utcoffset() is None:
+            raise InvalidSale(f"return_time must be a timezone-aware datetime, got {return_time!r}")
+        elif return_time < sale_time:
+            raise InvalidSale(f"return_time {return_time.isoformat()} is before the sale's ({sold.sale_time})")
+        stored = self._spool.add_return(NewReturn(new_key(), seq, quantity, return_time))
+        return RecordedReturn(stored.id, stored.idempotency_key, stored.sale_seq, stored.quantity, stored.return_time)
+
     def refresh_catalogue(self, timeout: float = 10.0) -> bool:
         """Check the catalogue copy with the server now (otherwise every `catalogue_interval`
         seconds while online); False when the server did not answer within `timeout`."""
@@ -208,14 +259,14 @@ class SalesClient:
     # --- sending
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the server has answered for every sale recorded so far (taken, or set
-        aside); False when `timeout` seconds passed first or sending is stopped."""
+        """Wait until the server has answered for every sale and return recorded so far (taken,
+        or set aside); False when `timeout` seconds passed first or sending is stopped."""
         self._check_open()
-        target = self._spool.last_seq()
+        target, returns_target = self._spool.last_seq(), self._spool.last_return_id()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._sender.wake()
         with self._sender.progress:
-            while self._spool.pending_up_to(target):
+            while self._spool.pending_up_to(target) or self._spool.returns_pending_up_to(returns_target):
                 if self._sender.stopped:
                     return False
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -247,11 +298,18 @@ class SalesClient:
             last_sent_at=self._sender.last_sent_at,
             online=self._sender.online,
             clock_offset=self._clock.offset,
+            returns_pending=counts.returns_pending,
+            returns_sent=counts.returns_sent,
+            returns_set_aside=counts.returns_refused,
         )
 
     def set_aside(self) -> list[SpooledSale]:
         """The sales the server refused for good, with the reason."""
         return self._spool.refused()
+
+    def returns_set_aside(self) -> list[SpooledReturn]:
+        """The returns the server refused for good, or whose sale it did, with the reason."""
+        return self._spool.refused_returns()
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the sender (what is still pending stays in the spool for the next start)."""

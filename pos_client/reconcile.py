@@ -7,7 +7,10 @@ ones it sent. Reconciled with the server:
   change between a snapshot taken before the tills sold and one after (other sales may be in
   the reports already; nobody else must sell in these stores meanwhile);
 - with a database URL: every sent sale is in `sales` once, under its key, with the id the
-  server answered (needs asyncpg, which a till does not have: only the simulator uses this).
+  server answered, and every sent return in `returns` likewise, naming its sale's id (needs
+  asyncpg, which a till does not have: only the simulator uses this).
+Returns count against their sale's price, in the month of their return_time (the reports are
+net of returns, in the period of the return).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
-from pos_client.spool import SENT, SpooledSale
+from pos_client.spool import SENT, SpooledReturn, SpooledSale
 from pos_client.transport import HttpTransport, check_key_over_http
 
 try:
@@ -32,10 +35,15 @@ except ImportError:  # Python < 3.9 has none; reports are then cut in UTC only
 class Ledger:
     store_id: int
     sales: list[SpooledSale]
+    returns: list[SpooledReturn] = dataclasses.field(default_factory=list)
 
     @property
     def sent(self) -> list[SpooledSale]:
         return [s for s in self.sales if s.state == SENT]
+
+    @property
+    def returns_sent(self) -> list[SpooledReturn]:
+        return [r for r in self.returns if r.state == SENT]
 
 
 def month_of(sale_time: str, tz) -> tuple[int, int]:
@@ -53,6 +61,12 @@ def expected_totals(ledgers: Iterable[Ledger], prices: dict[int, int], tz) -> tu
             price = prices[sale.item_id] if sale.unit_price is None else sale.unit_price
             income[(ledger.store_id, *month_of(sale.sale_time, tz))] += price * sale.quantity
             units[sale.item_id] += sale.quantity
+        sales = {sale.seq: sale for sale in ledger.sales}
+        for ret in ledger.returns_sent:  # at its sale's price, in the month it was returned
+            sale = sales[ret.sale_seq]
+            price = prices[sale.item_id] if sale.unit_price is None else sale.unit_price
+            income[(ledger.store_id, *month_of(ret.return_time, tz))] -= price * ret.quantity
+            units[sale.item_id] -= ret.quantity
     return dict(income), dict(units)
 
 
@@ -140,7 +154,48 @@ async def database_check(database_url: str, ledgers: Iterable[Ledger]) -> dict:
     sent = [(store, s.idempotency_key) for (store, _), s in wanted.items() if s.state == SENT]
     missing = [key for key in sent if key not in seen]
     problems += [f"sale {key} of store {store} sent but not in the database" for store, key in missing[:10]]
-    return {"rows": len(rows), "sent": len(sent), "missing": len(missing), "problems": problems}
+    returns = await _returns_check(database_url, ledgers)
+    return {
+        "rows": len(rows),
+        "sent": len(sent),
+        "missing": len(missing),
+        "problems": problems + returns.pop("problems"),
+        **returns,
+    }
+
+
+async def _returns_check(database_url: str, ledgers: Iterable[Ledger]) -> dict:
+    """Every sent return of the ledgers in `returns` exactly once, under its key, with the id
+    it was answered and its sale's id; no row of these keys the ledgers do not have as sent."""
+    import asyncpg  # the simulator's side only
+
+    wanted = {(ledger.store_id, r.idempotency_key): r for ledger in ledgers for r in ledger.returns}
+    rows: list = []
+    if wanted:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT id, sale_id, store_id, quantity, idempotency_key FROM returns "
+                "WHERE idempotency_key = ANY($1::text[])",
+                [key for _, key in wanted],
+            )
+        finally:
+            await conn.close()
+    seen = collections.Counter((r["store_id"], r["idempotency_key"]) for r in rows)
+    problems = []
+    for row in rows:
+        ret = wanted.get((row["store_id"], row["idempotency_key"]))
+        if ret is None:
+            problems.append(f"return {row['id']} has a till's key under another store")
+        elif ret.state != SENT:
+            problems.append(f"return {row['id']} ({row['idempotency_key']}) is stored but the till has it {ret.state}")
+        elif (row["id"], row["sale_id"], row["quantity"]) != (ret.server_id, ret.sale_id, ret.quantity):
+            problems.append(f"return {row['id']} differs from the till's: {dict(row)} vs {ret}")
+    problems += [f"return key {key} of store {store} stored {n} times" for (store, key), n in seen.items() if n > 1]
+    sent = [key for key, r in wanted.items() if r.state == SENT]
+    missing = [key for key in sent if key not in seen]
+    problems += [f"return {key} of store {store} sent but not in the database" for store, key in missing[:10]]
+    return {"returns_rows": len(rows), "returns_sent": len(sent), "returns_missing": len(missing), "problems": problems}
 
 
 def timezone(name: str):

@@ -10,6 +10,15 @@ logged at ERROR with what to do (`ca_bundle=`) and shown in status(), and tried 
 backoff like no answer at all, since it is fixed elsewhere (a renewed certificate on the server,
 the till restarted with its CA bundle) and the till must then send without anyone's help.
 Nothing is sent while it lasts: the handshake fails before the request, key included, is written.
+
+Returns made at the till go after the sales, in the same round, through the returns batch
+endpoint: only those whose sale has its server id, so a return recorded offline waits for its
+sale. A return whose sale is still queued on the server (409) waits a growing while without
+holding up anything else; one whose sale was set aside is set aside too.
+
+Every POST carries `X-Till-Status: pending=<sales and returns pending>; oldest=<sale_time of
+the oldest pending sale, or empty>; clock_offset=<server minus till, seconds>`, read from the
+spool once per batch.
 """
 
 from __future__ import annotations
@@ -21,17 +30,26 @@ from typing import cast
 
 from pos_client.backoff import Backoff
 from pos_client.clock import ServerClock
-from pos_client.spool import Spool, SpooledSale
-from pos_client.transport import CertificateError, TransportError
-from pos_client.verdicts import judge
+from pos_client.spool import Spool, SpooledReturn, SpooledSale
+from pos_client.transport import Answer, CertificateError, TransportError
+from pos_client.verdicts import ReturnsVerdict, judge, judge_returns
 
 log = logging.getLogger("pos_client")
 
 BATCH_PATH = "/sales/batch/"
+RETURNS_BATCH_PATH = "/returns/batch/"
+TILL_STATUS_HEADER = "X-Till-Status"
 CATALOGUE_PATH = "/catalogue/"
 # A sale whose sale_time the server found in the future waits this long before the next try.
 CLOCK_AHEAD_HOLD = 5.0
 PRUNE_EVERY = 3600.0
+
+
+def till_status(pending: int, oldest: str | None, clock_offset: float) -> str:
+    """The X-Till-Status header's value, in the format the server parses."""
+    # + 0.0 turns a -0.0 left by rounding into 0.0, so that no "-0.000" goes out
+    offset = round(clock_offset, 3) + 0.0
+    return f"pending={pending}; oldest={oldest or ''}; clock_offset={offset:.3f}"
 
 
 class Sender:
@@ -68,6 +86,9 @@ class Sender:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._held: dict[int, float] = {}  # seq -> not before (monotonic): clock ahead of the server's
+        self._returns_held: dict[int, float] = {}  # return id -> not before (monotonic)
+        # How long returns wait for a sale the server has not written yet (409), growing while it lasts.
+        self._early_backoff = Backoff(backoff.base, backoff.cap)
         self._pruned_at = 0.0
         self._thread = threading.Thread(target=self._run, name="pos-client-sender", daemon=True)
 
@@ -98,6 +119,7 @@ class Sender:
             try:
                 self._refresh_catalogue()
                 self._send_pending()
+                self._send_returns()
                 self._prune()
             except Exception as exc:
                 log.exception("sending failed unexpectedly; trying again later")
@@ -123,9 +145,9 @@ class Sender:
         """One batch, and the parts the server's answer calls for; returns after a backoff wait
         when the server could not take it."""
         todo = [batch]
+        headers = self._post_headers()
         while todo and not self._closing.is_set():
             part = todo.pop(0)
-            headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
             try:
                 answer = self._request("POST", BATCH_PATH, [s.as_json(self.store_id) for s in part], headers)
             except CertificateError as exc:
@@ -166,6 +188,93 @@ class Sender:
                 self._retry_later(cast(str, verdict.error), verdict.retry_after)  # every retry verdict says why
                 return
             todo[0:0] = verdict.send_again
+
+    def _send_returns(self) -> None:
+        """The pending returns whose sale the server has, in batches, until none is left or the
+        server cannot take them now."""
+        if aside := self.spool.set_aside_returns_of_refused_sales():
+            log.warning("%d return(s) set aside: their sale was set aside by the server", aside)
+            self._note_error(f"{aside} return(s) set aside: their sale was set aside by the server")
+            self._notify()
+        while not self._closing.is_set() and self.stopped is None:
+            batch = self._next_returns()
+            if not batch or not self._send_returns_batch(batch):
+                return
+
+    def _next_returns(self) -> list[SpooledReturn]:
+        now = time.monotonic()
+        self._returns_held = {rid: until for rid, until in self._returns_held.items() if until > now}
+        candidates = self.spool.returns_ready(self.batch_size + len(self._returns_held))
+        return [r for r in candidates if r.id not in self._returns_held][: self.batch_size]
+
+    def _send_returns_batch(self, batch: list[SpooledReturn]) -> bool:
+        """One batch of returns and the parts the answer calls for; False when sending should
+        pause (after a backoff wait, or stopped)."""
+        todo = [batch]
+        headers = self._post_headers()
+        while todo and not self._closing.is_set():
+            part = todo.pop(0)
+            answer = self._post(RETURNS_BATCH_PATH, [r.as_json(self.store_id) for r in part], headers)
+            if answer is None:
+                return False
+            verdict = judge_returns(part, answer)
+            self._settle_returns(verdict)
+            if verdict.stop:
+                self._stop(verdict.stop)
+                return False
+            if verdict.retry:
+                self._retry_later(cast(str, verdict.error), verdict.retry_after)  # every retry verdict says why
+                return False
+            todo[0:0] = verdict.send_again
+        return True
+
+    def _settle_returns(self, verdict: ReturnsVerdict) -> None:
+        """What the answer settled into the spool; the returns to wait, held."""
+        if verdict.sent:
+            self.spool.mark_returns_sent(verdict.sent)
+            self.last_sent_at = time.time()
+            self.backoff.reset()
+            self._early_backoff.reset()
+        if verdict.refused:
+            self.spool.set_aside_returns(verdict.refused)
+            for return_id, reason in verdict.refused:
+                log.warning("return %d set aside: the server refused it: %s", return_id, reason)
+            reasons = sorted({reason for _, reason in verdict.refused})
+            self._note_error(
+                f"{len(verdict.refused)} return(s) set aside, refused by the server: " + "; ".join(reasons[:3])
+            )
+        if verdict.early:
+            wait = self._early_backoff.next_delay(verdict.retry_after)
+            log.info("%d return(s) wait %.1f s: %s", len(verdict.early), wait, verdict.error)
+            for ret in verdict.early:
+                self._returns_held[ret.id] = time.monotonic() + wait
+        for ret in verdict.held:
+            self._returns_held[ret.id] = time.monotonic() + CLOCK_AHEAD_HOLD
+        if verdict.held:
+            self._note_error(f"{verdict.error} (is the till's clock ahead of the server's?)")
+        if verdict.sent or verdict.refused:
+            self._notify()
+
+    def _post(self, path: str, body, headers: dict[str, str]) -> Answer | None:
+        """The server's answer; None when there was none (then after the backoff's wait)."""
+        try:
+            answer = self._request("POST", path, body, headers)
+        except CertificateError as exc:
+            self.online = False
+            self._retry_later(str(exc), None, first_level=logging.ERROR)
+            return None
+        except TransportError as exc:
+            self.online = False
+            self._retry_later(f"no answer from the server: {exc}", None)
+            return None
+        self.online = True
+        return answer
+
+    def _post_headers(self) -> dict[str, str]:
+        """The key, and the till's backlog and clock for the server (one query: once per batch)."""
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        headers[TILL_STATUS_HEADER] = till_status(*self.spool.backlog(), self.clock.offset)
+        return headers
 
     def refresh_catalogue_soon(self) -> None:
         self._catalogue_checked = -float("inf")

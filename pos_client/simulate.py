@@ -4,11 +4,13 @@
 
 N stores x M tills, each its own process (`python -m pos_client.till`) with its own spool,
 sell from 09:00 to 21:00 squeezed into --day-seconds, with a lunch and an evening peak and
-baskets of 1-8 lines. Some tills lose the network for a while (their sales wait in the spool
-and go out when it returns); --kill tills are SIGKILLed with sales in their spool and started
-again. At the end the tills' ledgers are reconciled with the server: income per store and
-month against /stores/top/, units per item against /items/top/ (the change since the start),
-and with --database-url (or DATABASE_URL) every sale by key and id in `sales`.
+baskets of 1-8 lines; --return-share of the sales (3%) are brought back a few baskets later.
+Some tills lose the network for a while (their sales and returns wait in the spool and go out
+when it returns); --kill tills are SIGKILLed with sales in their spool and started again. At
+the end the tills' ledgers are reconciled with the server: income per store and month against
+/stores/top/, units per item against /items/top/ (the change since the start, net of the
+returns), and with --database-url (or DATABASE_URL) every sale by key and id in `sales`, every
+return likewise in `returns`.
 
 With AUTH_REQUIRED on the server, give --admin-token (or ADMIN_TOKEN): the simulator issues a
 POS key per store and an owner key, and revokes them at the end. Nobody else must sell in the
@@ -170,6 +172,9 @@ def parse_args(argv):
     parser.add_argument("--baskets", type=int, default=400, help="baskets per till per day")
     parser.add_argument("--offline-share", type=float, default=0.5, help="share of tills that lose the network")
     parser.add_argument("--kill", type=int, default=2, help="tills SIGKILLed once and started again")
+    parser.add_argument(
+        "--return-share", type=float, default=0.03, help="share of the sales brought back to the till (0 to 1)"
+    )
     parser.add_argument("--spool-dir", help="where the spools go (default: a new temporary directory)")
     parser.add_argument(
         "--admin-token",
@@ -200,6 +205,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.stores < 1 or args.tills < 1 or args.day_seconds <= 0 or args.baskets < 1:
         parser.error("--stores, --tills, --baskets and --day-seconds must be positive")
+    if not 0 <= args.return_share <= 1:
+        parser.error("--return-share must be from 0 to 1")
     return args
 
 
@@ -251,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush_timeout=max(60.0, args.day_seconds),
                 ca_bundle=args.ca_bundle,
                 allow_plain_http=args.allow_plain_http,
+                return_share=args.return_share,
             )
             tills.append(Till(name, plan, spool_dir / f"{name}.json", spool_dir / f"{name}.log"))
     for till in rng.sample(tills, min(args.kill, len(tills))):
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         for till in tills:
             if till.proc and till.proc.poll() is None:
                 till.kill()
-    ledgers = [Ledger(t.plan.store_id, _ledger(t.plan.spool)) for t in tills]
+    ledgers = [_ledger(t.plan.store_id, t.plan.spool) for t in tills]
     income, units = expected_totals(ledgers, prices, tz)
     months = {started_month} | {(y, m) for _, y, m in income}
     deadline = time.monotonic() + args.settle
@@ -289,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _ledger(path: str):
+def _ledger(store_id: int, path: str) -> Ledger:
     spool = Spool(path)
     try:
-        return spool.ledger()
+        return Ledger(store_id, spool.ledger(), spool.returns_ledger())
     finally:
         spool.close()
 
@@ -332,16 +340,29 @@ def run_day(tills: list[Till], day_start: float, day_seconds: float) -> None:
 def summary(args, tills, ledgers, income, units, diff, db) -> bool:
     sales = [s for ledger in ledgers for s in ledger.sales]
     by_state = {state: [s for s in sales if s.state == state] for state in (SENT, PENDING, REFUSED)}
+    returns = [r for ledger in ledgers for r in ledger.returns]
+    returns_by_state = {state: [r for r in returns if r.state == state] for state in (SENT, PENDING, REFUSED)}
     outages = [(b - a) for t in tills for a, b in t.plan.offline]
     minute = args.day_seconds / ((CLOSING_HOUR - OPENING_HOUR) * 60)
     killed = [t for t in tills if t.kills]
-    ok = not diff["stores"] and not diff["items"] and not by_state[PENDING] and (db is None or not db["problems"])
+    ok = (
+        not diff["stores"]
+        and not diff["items"]
+        and not by_state[PENDING]
+        and not returns_by_state[PENDING]
+        and (db is None or not db["problems"])
+    )
     lines = [
         "",
         f"Trading day: {args.stores} stores x {args.tills} tills, 09:00-21:00 in {args.day_seconds:g} s",
         (
             f"  sales {len(sales):,} (units {sum(s.quantity for s in sales):,}); "
             f"sent {len(by_state[SENT]):,}, pending {len(by_state[PENDING]):,}, set aside {len(by_state[REFUSED]):,}"
+        ),
+        (
+            f"  returns {len(returns):,} (units {sum(r.quantity for r in returns):,}); "
+            f"sent {len(returns_by_state[SENT]):,}, pending {len(returns_by_state[PENDING]):,}, "
+            f"set aside {len(returns_by_state[REFUSED]):,}"
         ),
         f"  income {sum(income.values()):,} over {len({k[0] for k in income})} stores; {len(units)} items sold",
         (
@@ -369,6 +390,10 @@ def summary(args, tills, ledgers, income, units, diff, db) -> bool:
                 if not db["problems"]
                 else f"PROBLEMS: {db['problems'][:3]}"
             )
+        )
+        lines.append(
+            f"  returns in the database: {db['returns_rows']:,} rows for {db['returns_sent']:,} returns sent, "
+            f"{db['returns_missing']} missing"
         )
     if by_state[REFUSED]:
         reasons = sorted({s.reason for s in by_state[REFUSED]})

@@ -6,6 +6,11 @@ honours fsync). Sent sales are kept (state 'sent', with the id the server gave) 
 `keep_sent_days`: the spool is also the till's ledger, which the simulator and the tests
 reconcile with the server. Sales the server refused for good stay as 'refused' with the reason
 until someone requeues them.
+
+Returns made at the till (`sale_return`) live beside the sales, by the same rules: durable when
+recorded, pending until the server answered for them. A return names its sale by the till's
+own `seq`, since the sale may have no server id yet (recorded offline); it is sent only once
+its sale is 'sent', and set aside when its sale was.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import cast
 
-from pos_client.errors import SpoolError
+from pos_client.errors import InvalidSale, SpoolError
 
 PENDING, SENT, REFUSED = "pending", "sent", "refused"
 
@@ -38,6 +43,20 @@ CREATE TABLE IF NOT EXISTS sale (
 );
 CREATE INDEX IF NOT EXISTS sale_pending ON sale (seq) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS sale_settled ON sale (settled_at) WHERE state = 'sent';
+-- Returns made at this till: sent once their sale has its server id.
+CREATE TABLE IF NOT EXISTS sale_return (
+    id              INTEGER PRIMARY KEY,          -- the till's own order of recording returns
+    sale_seq        INTEGER NOT NULL,             -- the sale returned (sale.seq): kept while this row is
+    quantity        INTEGER NOT NULL,
+    return_time     TEXT    NOT NULL,             -- ISO 8601, UTC, as sent
+    idempotency_key TEXT    NOT NULL UNIQUE,      -- made once, sent with every attempt
+    state           TEXT    NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'refused')),
+    server_id       INTEGER,                      -- the return's id the server answered
+    reason          TEXT,                         -- why it was set aside
+    settled_at      REAL                          -- when it was sent or set aside (Unix time)
+);
+CREATE INDEX IF NOT EXISTS sale_return_pending ON sale_return (id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS sale_return_of_sale ON sale_return (sale_seq);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- The server's catalogue as last fetched (GET /catalogue/): what the till prices from offline.
 CREATE TABLE IF NOT EXISTS catalogue_item (
@@ -87,11 +106,54 @@ class SpooledSale:
 
 
 @dataclasses.dataclass(frozen=True)
+class NewReturn:
+    idempotency_key: str
+    sale_seq: int
+    quantity: int
+    return_time: dt.datetime  # aware
+
+
+@dataclasses.dataclass(frozen=True)
+class SpooledReturn:
+    id: int
+    idempotency_key: str
+    sale_seq: int
+    quantity: int
+    return_time: str
+    state: str = PENDING
+    server_id: int | None = None
+    reason: str | None = None
+    sale_id: int | None = None  # its sale's server id, once the sale is sent
+    item_id: int | None = None  # its sale's item
+
+    def as_json(self, store_id: int) -> dict:
+        """The return as the returns batch endpoint takes it (its sale must be sent)."""
+        return {
+            "sale_id": self.sale_id,
+            "quantity": self.quantity,
+            "return_time": self.return_time,
+            "store_id": store_id,
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class Counts:
     pending: int
     sent: int
     refused: int
     oldest_pending: str | None  # sale_time of the oldest pending sale
+    returns_pending: int = 0  # their sale's pending ones included
+    returns_sent: int = 0
+    returns_refused: int = 0
+
+
+# A return with its sale's server id and item (NULL while the sale is not sent).
+_RETURN_COLUMNS = (
+    "r.id, r.idempotency_key, r.sale_seq, r.quantity, r.return_time, r.state, r.server_id, r.reason, "
+    "CASE WHEN s.state = 'sent' THEN s.server_id END, s.item_id"
+)
+_RETURNS = f"SELECT {_RETURN_COLUMNS} FROM sale_return r LEFT JOIN sale s ON s.seq = r.sale_seq"
 
 
 def iso_utc(moment: dt.datetime) -> str:
@@ -212,10 +274,97 @@ class Spool:
             )
 
     def prune_sent(self, older_than_seconds: float) -> int:
-        """Forget sent sales settled longer ago than that; how many."""
+        """Forget sent sales and returns settled longer ago than that; how many. A sale is kept
+        while the spool holds a return of it (a return's sale is what gives it its server id)."""
+        before = time.time() - older_than_seconds
+        with self._transaction() as db:
+            returns = db.execute("DELETE FROM sale_return WHERE state = 'sent' AND settled_at < ?", (before,)).rowcount
+            sales = db.execute(
+                "DELETE FROM sale WHERE state = 'sent' AND settled_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM sale_return r WHERE r.sale_seq = sale.seq)",
+                (before,),
+            ).rowcount
+        return sales + returns
+
+    # --- returns
+
+    def add_return(self, new: NewReturn) -> SpooledReturn:
+        """The return, committed (durable); InvalidSale when its sale is not in the spool or has
+        fewer units left than it takes (returns of it at this till not set aside count)."""
+        with self._transaction() as db:
+            sale = db.execute("SELECT quantity, item_id FROM sale WHERE seq = ?", (new.sale_seq,)).fetchone()
+            if sale is None:
+                raise InvalidSale(f"sale {new.sale_seq} is not in this till's spool (sent sales are kept a while)")
+            sold, item_id = sale
+            taken = db.execute(
+                "SELECT coalesce(sum(quantity), 0) FROM sale_return WHERE sale_seq = ? AND state != 'refused'",
+                (new.sale_seq,),
+            ).fetchone()[0]
+            if new.quantity > sold - taken:
+                raise InvalidSale(
+                    f"sale {new.sale_seq} has {sold - taken} of its {sold} unit(s) left to return "
+                    f"(returned at this till: {taken}), not {new.quantity}"
+                )
+            row = (new.sale_seq, new.quantity, iso_utc(new.return_time), new.idempotency_key)
+            return_id = cast(
+                int,
+                db.execute(
+                    "INSERT INTO sale_return (sale_seq, quantity, return_time, idempotency_key) VALUES (?, ?, ?, ?)",
+                    row,
+                ).lastrowid,
+            )  # an INSERT's: an int
+        return SpooledReturn(return_id, new.idempotency_key, new.sale_seq, new.quantity, row[2], item_id=item_id)
+
+    def returns_ready(self, limit: int) -> list[SpooledReturn]:
+        """Pending returns whose sale the server has (it answered the sale's id), oldest first."""
+        rows = self._query(
+            f"{_RETURNS} WHERE r.state = 'pending' AND s.state = 'sent' ORDER BY r.id LIMIT ?",
+            (limit,),
+        )
+        return [SpooledReturn(*row) for row in rows]
+
+    def mark_returns_sent(self, sent: Iterable[tuple[int, int]]) -> None:
+        """(return id, server id) pairs: the server has these."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE sale_return SET state = 'sent', server_id = ?, reason = NULL, settled_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                [(sid, now, return_id) for return_id, sid in sent],
+            )
+
+    def set_aside_returns(self, refused: Iterable[tuple[int, str]]) -> None:
+        """(return id, reason) pairs refused for good: never sent again unless requeued."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE sale_return SET state = 'refused', reason = ?, settled_at = ? WHERE id = ? AND state = 'pending'",
+                [(reason, now, return_id) for return_id, reason in refused],
+            )
+
+    def set_aside_returns_of_refused_sales(self) -> int:
+        """Pending returns whose sale the server refused can never be sent: set aside, saying
+        why; how many."""
+        waiting_in_vain = (
+            "SELECT 1 FROM sale_return r JOIN sale s ON s.seq = r.sale_seq "
+            "WHERE r.state = 'pending' AND s.state = 'refused' LIMIT 1"
+        )
+        if not self._query(waiting_in_vain):  # the usual case: no write (it runs every round)
+            return 0
         with self._transaction() as db:
             return db.execute(
-                "DELETE FROM sale WHERE state = 'sent' AND settled_at < ?", (time.time() - older_than_seconds,)
+                "UPDATE sale_return SET state = 'refused', settled_at = ?, "
+                "reason = 'its sale (seq ' || sale_seq || ') was set aside: ' "
+                "|| (SELECT reason FROM sale WHERE sale.seq = sale_return.sale_seq) "
+                "WHERE state = 'pending' AND sale_seq IN (SELECT seq FROM sale WHERE state = 'refused')",
+                (time.time(),),
+            ).rowcount
+
+    def requeue_returns(self) -> int:
+        """Every set-aside return back to pending (one whose sale is still set aside goes back); how many."""
+        with self._transaction() as db:
+            return db.execute(
+                "UPDATE sale_return SET state = 'pending', reason = NULL, settled_at = NULL WHERE state = 'refused'"
             ).rowcount
 
     # --- looking
@@ -226,10 +375,46 @@ class Spool:
     def pending_up_to(self, seq: int) -> int:
         return self._query("SELECT count(*) FROM sale WHERE state = 'pending' AND seq <= ?", (seq,))[0][0]
 
+    def sale(self, seq: int) -> SpooledSale | None:
+        rows = self._query(
+            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
+            "FROM sale WHERE seq = ?",
+            (seq,),
+        )
+        return SpooledSale(*rows[0]) if rows else None
+
+    def last_return_id(self) -> int:
+        return self._query("SELECT coalesce(max(id), 0) FROM sale_return")[0][0]
+
+    def returns_pending_up_to(self, return_id: int) -> int:
+        return self._query("SELECT count(*) FROM sale_return WHERE state = 'pending' AND id <= ?", (return_id,))[0][0]
+
+    def backlog(self) -> tuple[int, str | None]:
+        """Sales and returns pending, and the sale_time of the oldest pending sale: one query
+        over the pending rows only (partial indexes), cheap enough for every request."""
+        pending, oldest = self._query(
+            "SELECT (SELECT count(*) FROM sale WHERE state = 'pending') "
+            "+ (SELECT count(*) FROM sale_return WHERE state = 'pending'), "
+            "(SELECT min(sale_time) FROM sale WHERE state = 'pending')"
+        )[0]
+        return pending, oldest
+
     def counts(self) -> Counts:
-        rows = dict(self._query("SELECT state, count(*) FROM sale GROUP BY state"))
+        rows = self._query(
+            "SELECT 'sale', state, count(*) FROM sale GROUP BY state "
+            "UNION ALL SELECT 'return', state, count(*) FROM sale_return GROUP BY state"
+        )
+        by_state = {(kind, state): count for kind, state, count in rows}
         oldest = self._query("SELECT sale_time FROM sale WHERE state = 'pending' ORDER BY seq LIMIT 1")
-        return Counts(rows.get(PENDING, 0), rows.get(SENT, 0), rows.get(REFUSED, 0), oldest[0][0] if oldest else None)
+        return Counts(
+            by_state.get(("sale", PENDING), 0),
+            by_state.get(("sale", SENT), 0),
+            by_state.get(("sale", REFUSED), 0),
+            oldest[0][0] if oldest else None,
+            returns_pending=by_state.get(("return", PENDING), 0),
+            returns_sent=by_state.get(("return", SENT), 0),
+            returns_refused=by_state.get(("return", REFUSED), 0),
+        )
 
     def refused(self) -> list[SpooledSale]:
         rows = self._query(
@@ -245,6 +430,13 @@ class Spool:
             "FROM sale ORDER BY seq"
         )
         return [SpooledSale(*row) for row in rows]
+
+    def refused_returns(self) -> list[SpooledReturn]:
+        return [SpooledReturn(*row) for row in self._query(f"{_RETURNS} WHERE r.state = 'refused' ORDER BY r.id")]
+
+    def returns_ledger(self) -> list[SpooledReturn]:
+        """Every return the spool holds, in order."""
+        return [SpooledReturn(*row) for row in self._query(f"{_RETURNS} ORDER BY r.id")]
 
     # --- the catalogue copy
 

@@ -2,10 +2,13 @@
 
 It sells through a SalesClient for the plan's trading day (compressed into `day_seconds`),
 goes offline during the plan's windows (its transport then fails as a cut cable would), and
-at the end flushes and prints `done {status}`. With `echo`, it prints `rec <key> <item>
-<quantity>` for every sale once `record` returned: the parent's own copy of what the till
-promised to keep, checked against the spool and the server. Started again after a kill, it
-goes on from the same spool at the moment of the day it is.
+at the end flushes and prints `done {status}`. A `return_share` of the sales is taken back a
+few baskets later (offline too: the return then waits in the spool with its sale), part or
+all of it. With `echo`, it prints `rec <key> <item> <quantity>` for every sale once `record`
+returned, and `ret <key> <sale key> <quantity>` for every return once `record_return` did: the
+parent's own copy of what the till promised to keep, checked against the spool and the server.
+Started again after a kill, it goes on from the same spool at the moment of the day it is (the
+returns it had planned are forgotten with the process, as a customer who changed their mind).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import random
 import sys
 import time
 
-from pos_client.client import SalesClient
+from pos_client.client import RecordedSale, SalesClient
 from pos_client.transport import HttpTransport, TransportError
 
 OPENING_HOUR, CLOSING_HOUR = 9.0, 21.0
@@ -47,6 +50,7 @@ class Plan:
     batch_size: int = 1000
     ca_bundle: str | None = None  # a private CA's root certificate (PEM), for an https:// url
     allow_plain_http: bool = False  # send the key over an http:// url (tests on loopback)
+    return_share: float = 0.0  # share of the sales taken back, 1 to 20 baskets later
 
 
 def intensity(hour: float) -> float:
@@ -73,6 +77,32 @@ def basket(rng: random.Random, items: list[int]) -> list[tuple[int, int]]:
     while lines < 8 and rng.random() < 0.6:
         lines += 1
     return [(rng.choice(items), 1 if rng.random() < 0.8 else rng.randint(2, 4)) for _ in range(lines)]
+
+
+class Returns:
+    """The sales a customer will bring back, each due a few baskets after it was sold."""
+
+    def __init__(self, client: SalesClient, rng: random.Random, share: float, echo: bool):
+        self.client = client
+        self.rng = rng
+        self.share = share
+        self.echo = echo
+        self.due: list[tuple[int, RecordedSale]] = []  # (basket number, sale)
+
+    def plan(self, sales: list[RecordedSale], basket_number: int) -> None:
+        for sale in sales:
+            if self.rng.random() < self.share:
+                self.due.append((basket_number + self.rng.randint(1, 20), sale))
+
+    def make_due(self, basket_number: int | None = None) -> None:
+        """Record the returns due by then (None: all of them, at closing time)."""
+        now = [s for when, s in self.due if basket_number is None or when <= basket_number]
+        self.due = [(when, s) for when, s in self.due if basket_number is not None and when > basket_number]
+        for sale in now:
+            returned = self.client.record_return(sale, quantity=self.rng.randint(1, sale.quantity))
+            if self.echo:
+                sys.stdout.write(f"ret {returned.idempotency_key} {sale.idempotency_key} {returned.quantity}\n")
+                sys.stdout.flush()
 
 
 class OfflineWindows:
@@ -112,6 +142,7 @@ def run(plan: Plan) -> dict:
     mean = _mean_intensity(plan.profile)
     rate_per_second = plan.baskets_per_day / plan.day_seconds / mean  # at intensity 1
     baskets = 0
+    returns = Returns(client, rng, plan.return_share, plan.echo)
     try:
         while True:
             now = time.time()
@@ -133,6 +164,9 @@ def run(plan: Plan) -> dict:
             if plan.echo:
                 sys.stdout.write("".join(f"rec {s.idempotency_key} {s.item_id} {s.quantity}\n" for s in recorded))
                 sys.stdout.flush()
+            returns.plan(recorded, baskets)
+            returns.make_due(baskets)
+        returns.make_due()
         flushed = client.flush(timeout=plan.flush_timeout)
         status = dataclasses.asdict(client.status())
         status["flushed"] = flushed

@@ -4,6 +4,11 @@ The batch endpoint accepts all of a batch (202, the stored sales in order) or no
 (422, `errors: [{"index", "error"}]`); so after a 422 the sales it did not name are sent again
 at once, and those it named are set aside for good, except a sale_time "in the future",
 which is the till's clock running ahead: that sale waits and is tried again later.
+
+Returns (`judge_returns`) are answered the same way by the returns batch endpoint (202 with
+the stored returns in order, or none of them and `errors` by index), with one more answer:
+409 with Retry-After when a sale is not written yet (still queued on the server), which is
+not the return's fault: the returns it names wait and are tried again.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 
 from pos_client.backoff import parse_retry_after
-from pos_client.spool import SpooledSale
+from pos_client.spool import SpooledReturn, SpooledSale
 from pos_client.transport import Answer
 
 # The server's words for a sale_time ahead of its clock (api/validation.py): not the sale's fault.
 CLOCK_AHEAD = "in the future"
+# The statuses with which the returns endpoint names, by index, the returns it cannot take.
+RETURN_REFUSALS = (400, 403, 404, 422)
 
 
 @dataclasses.dataclass
@@ -105,3 +112,98 @@ def _split(batch: list[SpooledSale], error: str) -> Verdict:
         return Verdict(refused=[(batch[0].seq, error)], error=error)
     middle = len(batch) // 2
     return Verdict(send_again=[batch[:middle], batch[middle:]], error=error)
+
+
+@dataclasses.dataclass
+class ReturnsVerdict:
+    sent: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (return id, server id)
+    refused: list[tuple[int, str]] = dataclasses.field(default_factory=list)  # (return id, reason)
+    send_again: list[list[SpooledReturn]] = dataclasses.field(default_factory=list)  # now, in this order
+    early: list[SpooledReturn] = dataclasses.field(default_factory=list)  # their sale not written yet (409)
+    held: list[SpooledReturn] = dataclasses.field(default_factory=list)  # return_time ahead of the server
+    retry: bool = False  # nothing settled: the same returns later, after a backoff
+    retry_after: float | None = None  # what the server asked for, seconds
+    stop: str | None = None  # stop sending: the key is not accepted
+    error: str | None = None  # what went wrong, for status()
+
+
+def judge_returns(batch: list[SpooledReturn], answer: Answer) -> ReturnsVerdict:
+    status = answer.status
+    if 200 <= status < 300:
+        return _returns_accepted(batch, answer)
+    errors = _errors_by_index(answer, len(batch))
+    error = f"{status}: {answer.error()}"
+    retry_after = parse_retry_after(answer.headers.get("retry-after"))
+    if status == 409:  # some sale is still queued: the returns named wait, the others go again now
+        named = [r for i, r in enumerate(batch) if i in errors] or list(batch)
+        rest = [r for i, r in enumerate(batch) if i not in errors]
+        return ReturnsVerdict(early=named, send_again=[rest] if rest else [], retry_after=retry_after, error=error)
+    if status in RETURN_REFUSALS and errors:
+        return _returns_refused(batch, errors, error)
+    if status == 401 or status == 403:  # a 403 naming no return: the key's, not a return's
+        return ReturnsVerdict(
+            stop=f"the server refused this till's key ({error}); sending is stopped until the till gets a valid key",
+            error=error,
+        )
+    if status in (400, 413, 422):  # the request as a whole was refused: find the return that did it
+        return _split_returns(batch, error)
+    if status in (301, 302, 303, 307, 308):  # never followed, as for sales
+        location = answer.headers.get("location", "?")
+        return ReturnsVerdict(
+            retry=True,
+            error=f"{status}: the server redirects to {location}; give the client that URL (https://...)",
+        )
+    # 5xx, 429; and a 404 naming no return: a server without the returns endpoint (yet)
+    return ReturnsVerdict(retry=True, retry_after=retry_after, error=error)
+
+
+def _errors_by_index(answer: Answer, size: int) -> dict[int, str]:
+    """The answer's `errors: [{"index", "error"}]`, those that name one of the batch."""
+    payload = answer.json()
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    by_index: dict[int, str] = {}
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict) and isinstance(error.get("index"), int) and 0 <= error["index"] < size:
+            by_index[error["index"]] = str(error.get("error") or answer.error())
+    return by_index
+
+
+def _returns_accepted(batch: list[SpooledReturn], answer: Answer) -> ReturnsVerdict:
+    stored = answer.json()
+    if (
+        not isinstance(stored, list)
+        or len(stored) != len(batch)
+        or not all(isinstance(s, dict) and isinstance(s.get("id"), int) for s in stored)
+    ):
+        # Accepted, but unreadable: sending again is safe (same keys, the same returns answered).
+        return ReturnsVerdict(
+            retry=True,
+            error=f"{answer.status} with an answer that is not the list of "
+            f"{len(batch)} stored returns: {answer.body[:200]!r}",
+        )
+    return ReturnsVerdict(sent=[(ret.id, s["id"]) for ret, s in zip(batch, stored)])
+
+
+def _returns_refused(batch: list[SpooledReturn], errors: dict[int, str], error: str) -> ReturnsVerdict:
+    verdict = ReturnsVerdict(error=error)
+    rest = []
+    for index, ret in enumerate(batch):
+        reason = errors.get(index)
+        if reason is None:
+            rest.append(ret)
+        elif CLOCK_AHEAD in reason:
+            verdict.held.append(ret)
+        else:
+            verdict.refused.append((ret.id, reason))
+    if rest:
+        verdict.send_again.append(rest)
+    return verdict
+
+
+def _split_returns(batch: list[SpooledReturn], error: str) -> ReturnsVerdict:
+    if len(batch) == 1:
+        if CLOCK_AHEAD in error:
+            return ReturnsVerdict(held=list(batch), error=error)
+        return ReturnsVerdict(refused=[(batch[0].id, error)], error=error)
+    middle = len(batch) // 2
+    return ReturnsVerdict(send_again=[batch[:middle], batch[middle:]], error=error)

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+from pos_client.sender import RETURNS_BATCH_PATH
 from pos_client.transport import Answer, TransportError
 
 
@@ -29,12 +30,33 @@ def accepted(batch: list[dict], first_id: int = 1) -> Answer:
     )
 
 
-class ScriptedTransport:
-    """`respond(batch) -> Answer` (or raise TransportError) decides each answer; every request is kept."""
+def returns_accepted(batch: list[dict], first_id: int = 1) -> Answer:
+    """The returns batch endpoint's 202 (api.returns.ReturnAnswer, refund left out)."""
+    return answer(
+        202,
+        [
+            {
+                "id": first_id + i,
+                "sale_id": r["sale_id"],
+                "return_time": r["return_time"],
+                "store_id": r["store_id"],
+                "quantity": r["quantity"],
+            }
+            for i, r in enumerate(batch)
+        ],
+    )
 
-    def __init__(self, respond):
+
+class ScriptedTransport:
+    """`respond(batch) -> Answer` (or raise TransportError) decides each answer to the sales
+    batch endpoint, `returns(batch)` each to the returns one (by default, respond); every POST
+    is kept: `requests` (when, body), `posts` (path, headers, body)."""
+
+    def __init__(self, respond, returns=None):
         self.respond = respond
+        self.returns = returns or respond
         self.requests: list[tuple[float, list[dict]]] = []
+        self.posts: list[tuple[str, dict[str, str], list[dict]]] = []
         self.lock = threading.Lock()
 
     def request(self, method, path, body=None, headers=None):
@@ -42,7 +64,8 @@ class ScriptedTransport:
             return answer(404, {"error": "no catalogue in this script"})
         with self.lock:
             self.requests.append((time.monotonic(), body))
-        return self.respond(body)
+            self.posts.append((path, dict(headers or {}), body))
+        return self.returns(body) if path == RETURNS_BATCH_PATH else self.respond(body)
 
     def close(self):
         pass

@@ -235,3 +235,29 @@ async def test_a_key_of_another_store_stops_sending(auth_client, pos_keys, tmp_p
     assert not await flush(till, timeout=10)
     assert "403" in till.status().stopped and "store 1 only" in till.status().stopped
     await close(till)
+
+
+async def test_a_return_made_offline_reaches_the_server_after_its_sale(shop, client, drain, db, tmp_path):
+    """Sold and partly returned while the server was away: the sale goes first, the return
+    names the sale's id (waiting out the 409s while the sale is still queued), stored once."""
+    till = SalesClient(base_url(client), store_id=2, spool=str(tmp_path / "s.db"), flush_interval=0.05)
+    sale = till.record(item_id=3, quantity=3)
+    returned = till.record_return(sale, quantity=2)
+    flushing = asyncio.ensure_future(asyncio.to_thread(till.flush, 30))
+    while not flushing.done():  # the worker's part: the sale is written, then the return
+        await drain()
+        await asyncio.sleep(0.05)
+    assert flushing.result()
+    await drain()
+    [stored_sale] = await stored_rows(db, [sale.idempotency_key])
+    [row] = await db.fetch("SELECT id, sale_id, store_id, quantity, idempotency_key FROM returns")
+    [kept] = till._spool.returns_ledger()
+    assert (row["id"], row["sale_id"], row["store_id"], row["quantity"], row["idempotency_key"]) == (
+        kept.server_id,
+        stored_sale["id"],
+        2,
+        2,
+        returned.idempotency_key,
+    )
+    assert till.status().returns_sent == 1
+    await close(till)

@@ -39,6 +39,8 @@ class TillProcess:
         self.plan_path = directory / f"{name}.json"
         self.log_path = directory / f"{name}.log"
         self.promised: dict[str, tuple[int, int]] = {}  # key -> (item, quantity), echoed after record returned
+        # return key -> (its sale's key, quantity), echoed after record_return returned
+        self.promised_returns: dict[str, tuple[str, int]] = {}
         self.done: dict | None = None
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -66,6 +68,9 @@ class TillProcess:
             if line.startswith("rec "):
                 _, key, item, quantity = line.split()
                 self.promised[key] = (int(item), int(quantity))
+            elif line.startswith("ret "):
+                _, key, sale_key, quantity = line.split()
+                self.promised_returns[key] = (sale_key, int(quantity))
             elif line.startswith("done "):
                 self.done = json.loads(line[5:])
 
@@ -98,6 +103,7 @@ def tills(tmp_path):
         plan.setdefault("profile", "flat")
         plan.setdefault("echo", True)
         plan.setdefault("allow_plain_http", True)  # the stack is on loopback: keys over http
+        plan.setdefault("return_share", 0.03)  # returns made at the tills, offline ones too
         till = TillProcess(Plan(**plan), tmp_path, name)
         made.append(till)
         return till
