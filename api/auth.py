@@ -38,8 +38,8 @@ class Principal(NamedTuple):
     kind: str  # pos / owner / admin
     store_id: int | None
     prefix: str
-    # The key's id. A pos key is one till's identity: its id is the till's (docs/guarantees.md).
-    key_id: int | None = None
+    # The till a pos key speaks for (docs/guarantees.md, "Tills"): the id of the till's first key.
+    till_id: int | None = None
 
 
 # Who made the request (None in open mode, where nobody needs to say).
@@ -64,10 +64,11 @@ class KeyRing(LiveTable):
     async def _load(self) -> None:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, prefix, kind, store_id, secret_hash FROM api_key WHERE revoked_at IS NULL"
+                "SELECT coalesce(till_id, id) AS till_id, prefix, kind, store_id, secret_hash "
+                "FROM api_key WHERE revoked_at IS NULL"
             )
         self._keys = {
-            r["prefix"]: _Entry(bytes(r["secret_hash"]), Principal(r["kind"], r["store_id"], r["prefix"], r["id"]))
+            r["prefix"]: _Entry(bytes(r["secret_hash"]), Principal(r["kind"], r["store_id"], r["prefix"], r["till_id"]))
             for r in rows
         }
 
@@ -215,9 +216,9 @@ def pos_store(request: web.Request) -> int | None:
 
 
 def pos_till(request: web.Request) -> int | None:
-    """The till making the request: the id of its pos key; None for anyone else (and in open mode)."""
+    """The till making the request (its pos key's); None for anyone else (and in open mode)."""
     principal: Principal | None = request.get(PRINCIPAL)
-    return principal.key_id if principal is not None and principal.kind == "pos" else None
+    return principal.till_id if principal is not None and principal.kind == "pos" else None
 
 
 def check_store_scope(request: web.Request, store_ids: list[int]) -> str | None:

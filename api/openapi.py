@@ -165,7 +165,7 @@ def _tills_path() -> dict:
             "clock_off",
         ],
         "properties": {
-            "till_id": {"type": "integer", "description": "The till's pos key (api_key.id)"},
+            "till_id": {"type": "integer", "description": "The till: the id of its first pos key"},
             "store_id": {"type": "integer"},
             "label": {"type": "string"},
             "last_contact": {"type": "string", "format": "date-time", "nullable": True},
@@ -768,7 +768,7 @@ def spec() -> dict:
                         "400": _error("Bad kind, store or label"),
                         "401": _error("No bearer token"),
                         "403": _error("Not an admin"),
-                        "422": _error("No such store"),
+                        "422": _error("No such store, or no such till of that store"),
                     },
                 },
             },
@@ -1001,17 +1001,23 @@ def spec() -> dict:
                         "kind": {"type": "string", "enum": ["pos", "owner", "admin"]},
                         "store_id": {"type": "integer", "description": "Required for pos keys, absent otherwise"},
                         "label": {"type": "string", "maxLength": 200},
+                        "till_id": {
+                            "type": "integer",
+                            "description": "A pos key for this till (replacing its key: it keeps its sales' numbers); "
+                            "absent: a new till",
+                        },
                     },
                 },
                 "IssuedKey": {
                     "type": "object",
-                    "required": ["key", "prefix", "kind", "store_id", "label"],
+                    "required": ["key", "prefix", "kind", "store_id", "label", "till_id"],
                     "properties": {
                         "key": {"type": "string", "description": "The secret: shown once"},
                         "prefix": {"type": "string"},
                         "kind": {"type": "string"},
                         "store_id": {"type": "integer", "nullable": True},
                         "label": {"type": "string"},
+                        "till_id": {"type": "integer", "nullable": True, "description": "A pos key's till"},
                     },
                 },
                 "ApiKey": {

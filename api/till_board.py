@@ -32,11 +32,11 @@ BEHIND_PENDING = MAX_BATCH
 CLOCK_OFF_SECONDS = 30
 
 ACTIVE_TILLS = """
-SELECT id, store_id, label, created_at
+SELECT DISTINCT ON (coalesce(till_id, id)) coalesce(till_id, id) AS id, store_id, label, created_at
 FROM api_key
 WHERE kind = 'pos' AND revoked_at IS NULL AND ($1::int IS NULL OR store_id = $1)
-ORDER BY id
-"""
+ORDER BY coalesce(till_id, id), id DESC
+"""  # a till with a new key and the old one not revoked yet: once, with its newest key's label
 
 COLUMNS = [
     "till_id",

@@ -6,7 +6,8 @@ ones it sent. Reconciled with the server:
   from GET /items/) against `/stores/top/` and units per item against `/items/top/`, as the
   change between a snapshot taken before the tills sold and one after (other sales may be in
   the reports already; nobody else must sell in these stores meanwhile);
-- with a database URL: every sent sale is in `sales` once, under its key, with the id the
+- with a database URL: every sent sale is in `sales` once, under its till's number or its
+  key, with the id the
   server answered, and every sent return in `returns` likewise, naming its sale's id (needs
   asyncpg, which a till does not have: only the simulator uses this).
 Returns count against their sale's price, in the month of their return_time (the reports are
@@ -36,6 +37,7 @@ class Ledger:
     store_id: int
     sales: list[SpooledSale]
     returns: list[SpooledReturn] = dataclasses.field(default_factory=list)
+    till_id: int | None = None  # the till whose numbers its sales carry (Spool.till_id)
 
     @property
     def sent(self) -> list[SpooledSale]:
@@ -125,35 +127,52 @@ def differences(before: dict, after: dict, income: dict, units: dict) -> dict:
     return {"stores": stores, "items": items}
 
 
+def _identity(ledger: Ledger, sale: SpooledSale) -> tuple:
+    """How the server tells the sale from others: its till's number, else its key."""
+    if sale.till_seq is not None:
+        return ("till", ledger.till_id, sale.till_seq)
+    return ("key", ledger.store_id, sale.idempotency_key)
+
+
+def _row_identity(row) -> tuple:
+    if row["till_seq"] is not None:
+        return ("till", row["till_id"], row["till_seq"])
+    return ("key", row["store_id"], row["idempotency_key"])
+
+
 async def database_check(database_url: str, ledgers: Iterable[Ledger]) -> dict:
     """Every sent sale of the ledgers in `sales` exactly once, with the id it was answered,
-    and no row of these keys that the ledgers do not know."""
+    and no row of these keys or till numbers that the ledgers do not know."""
     import asyncpg  # the simulator's side only
 
-    wanted = {(ledger.store_id, s.idempotency_key): s for ledger in ledgers for s in ledger.sales}
+    wanted = {_identity(ledger, s): s for ledger in ledgers for s in ledger.sales}
+    numbered = [(till, seq) for kind, till, seq in wanted if kind == "till"]
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "SELECT id, store_id, item_id, quantity, idempotency_key FROM sales "
-            "WHERE idempotency_key = ANY($1::text[])",
-            [key for _, key in wanted],
+            "SELECT id, store_id, item_id, quantity, idempotency_key, till_id, till_seq FROM sales "
+            "WHERE idempotency_key = ANY($1::text[]) "
+            "OR (till_id, till_seq) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))",
+            [key for kind, _, key in wanted if kind == "key"],
+            [till for till, _ in numbered],
+            [seq for _, seq in numbered],
         )
     finally:
         await conn.close()
-    seen = collections.Counter((r["store_id"], r["idempotency_key"]) for r in rows)
+    seen = collections.Counter(_row_identity(r) for r in rows)
     problems = []
     for row in rows:
-        sale = wanted.get((row["store_id"], row["idempotency_key"]))
+        sale = wanted.get(_row_identity(row))
         if sale is None:
             problems.append(f"sale {row['id']} has a till's key under another store")
         elif sale.state != SENT:
-            problems.append(f"sale {row['id']} ({row['idempotency_key']}) is stored but the till has it {sale.state}")
+            problems.append(f"sale {row['id']} ({_row_identity(row)}) is stored but the till has it {sale.state}")
         elif (row["id"], row["item_id"], row["quantity"]) != (sale.server_id, sale.item_id, sale.quantity):
             problems.append(f"sale {row['id']} differs from the till's: {dict(row)} vs {sale}")
-    problems += [f"key {key} of store {store} stored {n} times" for (store, key), n in seen.items() if n > 1]
-    sent = [(store, s.idempotency_key) for (store, _), s in wanted.items() if s.state == SENT]
-    missing = [key for key in sent if key not in seen]
-    problems += [f"sale {key} of store {store} sent but not in the database" for store, key in missing[:10]]
+    problems += [f"sale {identity} stored {n} times" for identity, n in seen.items() if n > 1]
+    sent = [identity for identity, s in wanted.items() if s.state == SENT]
+    missing = [identity for identity in sent if identity not in seen]
+    problems += [f"sale {identity} sent but not in the database" for identity in missing[:10]]
     returns = await _returns_check(database_url, ledgers)
     return {
         "rows": len(rows),

@@ -38,6 +38,7 @@ log = logging.getLogger("pos_client")
 
 BATCH_PATH = "/sales/batch/"
 RETURNS_BATCH_PATH = "/returns/batch/"
+TILL_PATH = "/tills/me"
 TILL_STATUS_HEADER = "X-Till-Status"
 CATALOGUE_PATH = "/catalogue/"
 # A sale whose sale_time the server found in the future waits this long before the next try.
@@ -87,6 +88,7 @@ class Sender:
         self._closing = threading.Event()
         self._held: dict[int, float] = {}  # seq -> not before (monotonic): clock ahead of the server's
         self._returns_held: dict[int, float] = {}  # return id -> not before (monotonic)
+        self._numbering_known = False  # asked at each start: the key may have changed meanwhile
         # How long returns wait for a sale the server has not written yet (409), growing while it lasts.
         self._early_backoff = Backoff(backoff.base, backoff.cap)
         self._pruned_at = 0.0
@@ -101,6 +103,8 @@ class Sender:
         self._wake.set()
 
     def resume(self, key: str | None) -> None:
+        if key != self.key:
+            self._numbering_known = False  # perhaps another till's key: ask before numbering on
         self.key = key
         self.stopped = None
         self.spool.set_metas({"stopped": None})
@@ -133,7 +137,40 @@ class Sender:
             batch = self._next_batch()
             if not batch:
                 return
-            self._send(batch)
+            if not self._numbering_known:
+                if not self._learn_numbering():
+                    return
+                batch = self._next_batch()  # as numbered now (another till's key numbers them anew)
+            self._send(self.spool.number(batch))
+
+    def _learn_numbering(self) -> bool:
+        """Before the first sale goes after a start or a new key: whether the key is a till's,
+        and the highest number the server holds of it (GET /tills/me), above which this spool
+        numbers its sales (a new spool of a till that had one). False when the server did not say."""
+        if not self.key:
+            self.spool.start_numbering(None)  # no key, no till: idempotency keys
+            self._numbering_known = True
+            return True
+        answer = self._call("GET", TILL_PATH, None, {"Authorization": f"Bearer {self.key}"})
+        if answer is None:
+            return False
+        payload = answer.json() if answer.status == 200 else None
+        till = tuple(payload.get(name) for name in ("till_id", "last_seq")) if isinstance(payload, dict) else ()
+        if till and all(isinstance(n, int) and not isinstance(n, bool) for n in till):
+            till_id, highest = cast(tuple[int, int], till)
+            if self.spool.start_numbering((till_id, highest)):
+                log.warning("this spool now sends as till %d: its pending sales are numbered anew", till_id)
+            log.info("till %d numbers its sales from %d on", till_id, highest + 1)
+        elif answer.status in (403, 404):  # not a till's key (open mode, an admin key) or an older server
+            self.spool.start_numbering(None)
+        elif answer.status == 401:
+            self._stop(f"the server refused this till's key (401: {answer.error()}); sending is stopped")
+            return False
+        else:
+            self._retry_later(f"{answer.status} from {TILL_PATH}: {answer.error()}", None)
+            return False
+        self._numbering_known = True
+        return True
 
     def _next_batch(self) -> list[SpooledSale]:
         now = time.monotonic()
@@ -160,6 +197,15 @@ class Sender:
                 return
             self.online = True
             verdict = judge(part, answer)
+            if verdict.stored_without_id:
+                log.error(
+                    "the server holds %d sale(s) of this till under their numbers already (%s): counted as sent, "
+                    "with no id; was an old copy of the spool put back?",
+                    len(verdict.stored_without_id),
+                    verdict.error,
+                )
+                self.spool.mark_sent((seq, None) for seq in verdict.stored_without_id)
+                self._note_error(f"{verdict.error} (counted as sent, with no id)")
             if verdict.sent:
                 self.spool.mark_sent(verdict.sent)
                 self.last_sent_at = time.time()
@@ -170,6 +216,8 @@ class Sender:
                     log.warning("sale %d set aside: the server refused it: %s", seq, reason)
             for sale in verdict.held:
                 self._held[sale.seq] = time.monotonic() + CLOCK_AHEAD_HOLD
+            if verdict.held:  # not stored: they go later with new numbers, after the ones sent meanwhile
+                self.spool.unnumber(sale.seq for sale in verdict.held)
             if verdict.held:
                 self._note_error(f"{verdict.error} (is the till's clock ahead of the server's?)")
             elif verdict.refused:
@@ -257,8 +305,11 @@ class Sender:
 
     def _post(self, path: str, body, headers: dict[str, str]) -> Answer | None:
         """The server's answer; None when there was none (then after the backoff's wait)."""
+        return self._call("POST", path, body, headers)
+
+    def _call(self, method: str, path: str, body, headers: dict[str, str]) -> Answer | None:
         try:
-            answer = self._request("POST", path, body, headers)
+            answer = self._request(method, path, body, headers)
         except CertificateError as exc:
             self.online = False
             self._retry_later(str(exc), None, first_level=logging.ERROR)

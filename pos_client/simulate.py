@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ledger(store_id: int, path: str) -> Ledger:
     spool = Spool(path)
     try:
-        return Ledger(store_id, spool.ledger(), spool.returns_ledger())
+        return Ledger(store_id, spool.ledger(), spool.returns_ledger(), spool.till_id())
     finally:
         spool.close()
 

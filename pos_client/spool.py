@@ -66,8 +66,17 @@ CREATE TABLE IF NOT EXISTS catalogue_item (
     retired_at TEXT                               -- ISO 8601, UTC
 );
 """
-# Spools made before sales carried the price charged gain the column.
-_COLUMNS_ADDED = {"unit_price": "ALTER TABLE sale ADD COLUMN unit_price INTEGER"}
+# Spools made before sales carried the price charged, or the till's numbers, gain the columns.
+_COLUMNS_ADDED = {
+    "unit_price": "ALTER TABLE sale ADD COLUMN unit_price INTEGER",
+    # The till's number of the sale (docs/guarantees.md, "Tills"): given durably just before its
+    # first attempt, kept for every retry; NULL while unsent, and for a sale sent with its key.
+    "till_seq": "ALTER TABLE sale ADD COLUMN till_seq INTEGER",
+}
+_SALE_COLUMNS = "seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price, till_seq"
+# Numbers first, in their order (sent again before anything new), then the rest as recorded.
+_SEND_ORDER = "till_seq IS NULL, till_seq, seq"
+NUMBERED, KEYED = "till", "keys"  # meta `numbering`: how this spool's sales say who they are
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +99,20 @@ class SpooledSale:
     server_id: int | None = None
     reason: str | None = None
     unit_price: int | None = None
+    till_seq: int | None = None
 
     def as_json(self, store_id: int) -> dict:
-        """The sale as the batch endpoint takes it."""
-        sale = {
+        """The sale as the batch endpoint takes it: with the till's number, else its key."""
+        sale: dict = {
             "item_id": self.item_id,
             "store_id": store_id,
             "quantity": self.quantity,
             "sale_time": self.sale_time,
-            "idempotency_key": self.idempotency_key,
         }
+        if self.till_seq is not None:
+            sale["seq"] = self.till_seq
+        else:
+            sale["idempotency_key"] = self.idempotency_key
         if self.unit_price is not None:
             sale["unit_price"] = self.unit_price
         return sale
@@ -173,14 +186,20 @@ class Spool:
                 raise SpoolError(f"spool {self.path}: SQLite refused WAL mode (got {mode!r})")
             # FULL: the WAL is fsynced at every commit, so a returned record() survives a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
+            new_spool = not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sale'").fetchone()
             self._db.executescript(_SCHEMA)
             present = {row[1] for row in self._db.execute("PRAGMA table_info(sale)")}
             for column, statement in _COLUMNS_ADDED.items():
                 if column not in present:
                     self._db.execute(statement)
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS sale_till_seq ON sale (till_seq)")
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open the spool {self.path}: {exc}") from exc
         self.store_id = self._claim_store(store_id)
+        if self.meta("numbered_from") is None:
+            # A spool of a release before numbers may hold sales already tried with their keys
+            # (answers lost): those go on with their keys; the ones recorded from now on are numbered.
+            self.set_metas({"numbered_from": "1" if new_spool else str(self.last_seq() + 1)})
 
     def _claim_store(self, store_id: int | None) -> int | None:
         """A spool holds the sales of one store: the first client names it, later ones must agree."""
@@ -232,13 +251,12 @@ class Spool:
 
     def pending(self, limit: int, after_seq: int = 0) -> list[SpooledSale]:
         rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
-            "FROM sale WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {_SALE_COLUMNS} FROM sale WHERE state = 'pending' AND seq > ? ORDER BY {_SEND_ORDER} LIMIT ?",
             (after_seq, limit),
         )
         return [SpooledSale(*row) for row in rows]
 
-    def mark_sent(self, sent: Iterable[tuple[int, int]]) -> None:
+    def mark_sent(self, sent: Iterable[tuple[int, int | None]]) -> None:
         """(seq, server id) pairs: the server has these; they are kept only as the ledger."""
         now = time.time()
         with self._transaction() as db:
@@ -253,9 +271,77 @@ class Spool:
         now = time.time()
         with self._transaction() as db:
             db.executemany(
-                "UPDATE sale SET state = 'refused', reason = ?, settled_at = ? WHERE seq = ? AND state = 'pending'",
+                # its number goes: it was never stored, and a requeued sale is a new one (numbered anew)
+                "UPDATE sale SET state = 'refused', reason = ?, settled_at = ?, till_seq = NULL "
+                "WHERE seq = ? AND state = 'pending'",
                 [(reason, now, seq) for seq, reason in refused],
             )
+
+    # --- the till's numbers (docs/guarantees.md, "Tills: identity and sequence numbers")
+
+    def till_id(self) -> int | None:
+        """The till whose numbers this spool's sales carry (None: it has not numbered any)."""
+        value = self.meta("till_id")
+        return int(value) if value is not None else None
+
+    def numbering(self) -> str | None:
+        """NUMBERED or KEYED, as the server last said whether this spool's key is a till's; None before."""
+        return self.meta("numbering")
+
+    def start_numbering(self, till: tuple[int, int] | None) -> bool:
+        """Number the sales from now on as till `till` = (its id, the highest number the server
+        holds of it), above that highest (None: the server has no till for the key; the sales go
+        with their idempotency keys). True when the spool was another till's: its pending sales
+        that had numbers are numbered anew, as the new till's."""
+        if till is None:
+            self.set_metas({"numbering": KEYED})
+            return False
+        till_id, server_highest = till
+        with self._transaction() as db:
+            metas = dict(
+                db.execute("SELECT name, value FROM meta WHERE name IN ('next_till_seq', 'till_id', 'numbering')")
+            )
+            moved = metas.get("till_id") not in (None, str(till_id))
+            if moved:
+                db.execute("UPDATE sale SET till_seq = NULL WHERE state = 'pending'")
+            # numbers only ever grow in a spool, another till's or not (so they stay unique in it)
+            given = int(metas.get("next_till_seq", 1))
+            values = [
+                ("numbering", NUMBERED),
+                ("till_id", str(till_id)),
+                ("next_till_seq", str(max(server_highest + 1, given))),
+            ]
+            if metas.get("numbering") == KEYED:  # sales already tried with their keys go on with them
+                last = db.execute("SELECT coalesce(max(seq), 0) FROM sale").fetchone()[0]
+                values.append(("numbered_from", str(last + 1)))
+            db.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                values,
+            )
+        return moved
+
+    def number(self, sales: list[SpooledSale]) -> list[SpooledSale]:
+        """The sales about to be sent, those without a number given the next ones in order,
+        durably before they go (a retry then carries the same number). Sales of a spool that
+        does not number, or recorded before it did, are left with their keys."""
+        if self.numbering() != NUMBERED:
+            return sales
+        first = int(self.meta("numbered_from") or 1)
+        todo = [sale for sale in sales if sale.till_seq is None and sale.seq >= first]
+        if not todo:
+            return sales
+        with self._transaction() as db:
+            start = int(db.execute("SELECT value FROM meta WHERE name = 'next_till_seq'").fetchone()[0])
+            numbers = {sale.seq: start + offset for offset, sale in enumerate(todo)}
+            db.executemany("UPDATE sale SET till_seq = ? WHERE seq = ?", [(n, seq) for seq, n in numbers.items()])
+            db.execute("UPDATE meta SET value = ? WHERE name = 'next_till_seq'", (str(start + len(todo)),))
+        return [dataclasses.replace(s, till_seq=numbers[s.seq]) if s.seq in numbers else s for s in sales]
+
+    def unnumber(self, seqs: Iterable[int]) -> None:
+        """Take the numbers of pending sales the server refused for now (a clock ahead): they
+        were not stored, and go later with new numbers, after the ones sent meanwhile."""
+        with self._transaction() as db:
+            db.executemany("UPDATE sale SET till_seq = NULL WHERE seq = ? AND state = 'pending'", [(s,) for s in seqs])
 
     def requeue(self, seqs: Iterable[int] | None = None) -> int:
         """Refused sales back to pending (all of them when `seqs` is None); how many."""
@@ -377,8 +463,7 @@ class Spool:
 
     def sale(self, seq: int) -> SpooledSale | None:
         rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
-            "FROM sale WHERE seq = ?",
+            f"SELECT {_SALE_COLUMNS} FROM sale WHERE seq = ?",
             (seq,),
         )
         return SpooledSale(*rows[0]) if rows else None
@@ -417,18 +502,12 @@ class Spool:
         )
 
     def refused(self) -> list[SpooledSale]:
-        rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
-            "FROM sale WHERE state = 'refused' ORDER BY seq"
-        )
+        rows = self._query(f"SELECT {_SALE_COLUMNS} FROM sale WHERE state = 'refused' ORDER BY seq")
         return [SpooledSale(*row) for row in rows]
 
     def ledger(self) -> list[SpooledSale]:
         """Every sale the spool holds, in order."""
-        rows = self._query(
-            "SELECT seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price "
-            "FROM sale ORDER BY seq"
-        )
+        rows = self._query(f"SELECT {_SALE_COLUMNS} FROM sale ORDER BY seq")
         return [SpooledSale(*row) for row in rows]
 
     def refused_returns(self) -> list[SpooledReturn]:

@@ -35,6 +35,7 @@ class Verdict:
     held: list[SpooledSale] = dataclasses.field(default_factory=list)  # wait for the clock, then retry
     stop: str | None = None  # stop sending: the key is not accepted
     error: str | None = None  # what went wrong, for status()
+    stored_without_id: list[int] = dataclasses.field(default_factory=list)  # seqs the server holds, id unknown
 
 
 def judge(batch: list[SpooledSale], answer: Answer) -> Verdict:
@@ -49,6 +50,8 @@ def judge(batch: list[SpooledSale], answer: Answer) -> Verdict:
         )
     if status == 422:
         return _refused(batch, answer)
+    if status == 409:
+        return _stored_already(batch, answer)
     if status in (301, 302, 303, 307, 308):  # never followed: the key would go wherever it points
         location = answer.headers.get("location", "?")
         return Verdict(
@@ -100,6 +103,21 @@ def _refused(batch: list[SpooledSale], answer: Answer) -> Verdict:
             verdict.held.append(sale)
         else:
             verdict.refused.append((sale.seq, reason))
+    if rest:
+        verdict.send_again.append(rest)
+    return verdict
+
+
+def _stored_already(batch: list[SpooledSale], answer: Answer) -> Verdict:
+    """409: the server holds the sales it names under their till numbers already, and no longer
+    knows their ids (out of its window: a sale sent again long after); they count, as sent with
+    no id, and the others go again. Only a spool that went on without the server's word can
+    see this (docs/guarantees.md, "Tills"), so it is logged loudly."""
+    named = _errors_by_index(answer, len(batch))
+    if not named:
+        return Verdict(retry=True, error=f"409: {answer.error()}")
+    verdict = Verdict(error=f"409: {answer.error()}", stored_without_id=[batch[i].seq for i in named])
+    rest = [sale for index, sale in enumerate(batch) if index not in named]
     if rest:
         verdict.send_again.append(rest)
     return verdict

@@ -5,6 +5,7 @@ visible prefix (unique, stored in clear to find the key); the part after is 32 r
 stored as SHA-256 (a slow password hash adds nothing for 256 random bits).
 
     python -m shared.keys issue --kind pos --store 3 --label "till 1"
+    python -m shared.keys issue --kind pos --store 3 --till 12 --label "till 1, new key"
     python -m shared.keys list
     python -m shared.keys revoke sk_pos_Ab12Cd34
 """
@@ -53,26 +54,40 @@ class IssuedKey:
     kind: str
     store_id: int | None
     label: str
+    till_id: int | None = None  # a pos key's till (docs/guarantees.md, "Tills")
 
 
-async def issue(conn: asyncpg.Connection, kind: str, store_id: int | None = None, label: str = "") -> IssuedKey:
+async def issue(
+    conn: asyncpg.Connection, kind: str, store_id: int | None = None, label: str = "", till_id: int | None = None
+) -> IssuedKey:
+    """A new key. A pos key is a new till's, or, with `till_id`, another key for that till (the
+    till keeps its sales' numbers: revoke its old key once the till has the new one)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     if (kind == "pos") != (store_id is not None):
         raise ValueError("a pos key needs a store, and only a pos key has one")
     if kind == "pos" and not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM store WHERE id = $1)", store_id):
         raise ValueError(f"there is no store {store_id}")
+    if till_id is not None and (kind != "pos" or await conn.fetchval(TILL_STORE, till_id) != store_id):
+        raise ValueError(f"there is no till {till_id} of store {store_id} (a till is a pos key's id)")
     prefix = f"sk_{kind}_" + "".join(secrets.choice(_ALPHABET) for _ in range(8))
     secret = secrets.token_urlsafe(32)
-    await conn.execute(
-        "INSERT INTO api_key (kind, store_id, prefix, secret_hash, label) VALUES ($1, $2, $3, $4, $5)",
+    key_id = await conn.fetchval(
+        "INSERT INTO api_key (kind, store_id, prefix, secret_hash, label, till_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         kind,
         store_id,
         prefix,
         hash_secret(secret),
         label,
+        till_id,
     )
-    return IssuedKey(f"{prefix}.{secret}", prefix, kind, store_id, label)
+    till = (till_id or key_id) if kind == "pos" else None
+    return IssuedKey(f"{prefix}.{secret}", prefix, kind, store_id, label, till)
+
+
+# The store of a till: of the pos key whose id it is (revoked or not), and which is a till's first.
+TILL_STORE = "SELECT store_id FROM api_key WHERE id = $1 AND kind = 'pos' AND till_id IS NULL"
 
 
 async def list_keys(conn: asyncpg.Connection) -> list[dict]:
@@ -106,6 +121,9 @@ async def _main(argv: list[str] | None = None) -> int:
     issue_cmd.add_argument("--kind", choices=KINDS, required=True)
     issue_cmd.add_argument("--store", type=int, help="the store of a pos key")
     issue_cmd.add_argument("--label", default="")
+    issue_cmd.add_argument(
+        "--till", type=int, help="a pos key for this till (its id), replacing its key: the till keeps its numbers"
+    )
     issue_cmd.add_argument("--json", action="store_true", help="print JSON instead of text")
     list_cmd = commands.add_parser("list", help="list keys (never their secrets)")
     list_cmd.add_argument("--json", action="store_true")
@@ -121,7 +139,7 @@ async def _main(argv: list[str] | None = None) -> int:
         await migrate(conn, settings.report_timezone)
         if args.command == "issue":
             try:
-                issued = await issue(conn, args.kind, args.store, args.label)
+                issued = await issue(conn, args.kind, args.store, args.label, args.till)
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -131,7 +149,7 @@ async def _main(argv: list[str] | None = None) -> int:
                 print(issued.key)
                 print(
                     f"# {issued.kind} key {issued.prefix}"
-                    + (f" for store {issued.store_id}" if issued.store_id else "")
+                    + (f" for store {issued.store_id}, till {issued.till_id}" if issued.store_id else "")
                     + ": keep it now, it is not shown again",
                     file=sys.stderr,
                 )

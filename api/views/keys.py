@@ -17,6 +17,7 @@ class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     kind: str
     store_id: int | None = None
     label: str = ""
+    till_id: int | None = None  # a new key for this till (docs/guarantees.md, "Tills")
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -29,15 +30,15 @@ async def issue_key(request: web.Request) -> web.Response:
         wanted = msgspec.json.decode(await read_body(request), type=KeyRequest)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise BadRequest(
-            f'body must be {{"kind": "pos"|"owner"|"admin", "store_id": N, "label": "..."}}: {exc}'
+            f'body must be {{"kind": "pos"|"owner"|"admin", "store_id": N, "label": "...", "till_id": N}}: {exc}'
         ) from exc
     if len(wanted.label) > 200:
         raise BadRequest("label is at most 200 characters")
     async with request.app[PG_POOL].acquire() as conn:
         try:
-            issued = await keys.issue(conn, wanted.kind, wanted.store_id, wanted.label)
+            issued = await keys.issue(conn, wanted.kind, wanted.store_id, wanted.label, wanted.till_id)
         except ValueError as exc:
-            return json_error(422 if "no store" in str(exc) else 400, str(exc))
+            return json_error(422 if "there is no" in str(exc) else 400, str(exc))
     return json_response(dataclasses.asdict(issued), status=201)
 
 

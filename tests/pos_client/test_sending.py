@@ -13,6 +13,7 @@ import pytest
 
 from api.app import create_app
 from pos_client import SalesClient
+from pos_client.spool import Spool
 from pos_client.transport import HttpTransport, TransportError
 from shared import keys
 from tests.conftest import ADMIN_TOKEN
@@ -39,12 +40,22 @@ def base_url(client) -> str:
     return str(client.make_url("")).rstrip("/")
 
 
-async def stored_rows(db, keys_: list[str]) -> list:
-    return await db.fetch(
-        "SELECT id, store_id, item_id, quantity, sale_time, idempotency_key FROM sales "
-        "WHERE idempotency_key = ANY($1::text[]) ORDER BY id",
+async def stored_rows(db, keys_: list[str], spool: str | None = None) -> list:
+    """The stored sales of these keys: by key, or for a till that numbers its sales (a pos key
+    with AUTH_REQUIRED=true), by the numbers its ledger (the spool at that path) gave them."""
+    till = Spool(spool) if spool else None
+    ledger, till_id = (till.ledger(), till.till_id()) if till else ([], None)
+    if till:
+        till.close()
+    numbers = {s.till_seq: s.idempotency_key for s in ledger if s.till_seq is not None and s.idempotency_key in keys_}
+    rows = await db.fetch(
+        "SELECT id, store_id, item_id, quantity, sale_time, idempotency_key, till_seq FROM sales "
+        "WHERE idempotency_key = ANY($1::text[]) OR (till_id = $2 AND till_seq = ANY($3::bigint[])) ORDER BY id",
         keys_,
+        till_id,
+        list(numbers),
     )
+    return [{**row, "idempotency_key": row["idempotency_key"] or numbers[row["till_seq"]]} for row in rows]
 
 
 async def flush(client: SalesClient, timeout: float = 20) -> bool:
@@ -209,7 +220,7 @@ async def test_revoked_key_stops_sending_until_a_new_key(auth_client, pos_keys, 
     status = till.status()
     assert "401" in status.stopped and "unknown or revoked key" in status.stopped
     assert status.pending >= 1
-    new = await keys.issue(db, "pos", 2, "till 1, new key")
+    new = await keys.issue(db, "pos", 2, "till 1, new key", till_id=old.till_id)  # the same till: its numbers go on
     till.resume(key=new.key)
     for _ in range(40):  # the new key reaches the API within 5 s too
         if await flush(till, timeout=0.25):
@@ -217,7 +228,7 @@ async def test_revoked_key_stops_sending_until_a_new_key(auth_client, pos_keys, 
         till.resume()
     assert till.status().pending == 0
     await drain()
-    assert len(await stored_rows(db, [s.idempotency_key for s in recorded])) == len(recorded)
+    assert len(await stored_rows(db, [s.idempotency_key for s in recorded], till._spool.path)) == len(recorded)
     await close(till)
 
 

@@ -18,6 +18,7 @@ from pos_client import SalesClient
 from pos_client.reconcile import Reports
 from pos_client.transport import CertificateError, HttpTransport
 from shared import keys
+from tests.pos_client.test_sending import stored_rows
 from tests.tls_proxy import CaddyProxy
 
 
@@ -43,11 +44,8 @@ async def proxy(aiohttp_client, settings, pos_key, caddy_data, tmp_path):
     await asyncio.to_thread(caddy.stop)
 
 
-async def stored(db, recorded) -> list:
-    return await db.fetch(
-        "SELECT id, store_id, item_id, quantity FROM sales WHERE idempotency_key = ANY($1::text[]) ORDER BY id",
-        [s.idempotency_key for s in recorded],
-    )
+async def stored(db, recorded, spool) -> list:
+    return await stored_rows(db, [s.idempotency_key for s in recorded], str(spool))
 
 
 async def test_with_the_proxy_root_as_ca_bundle_a_sale_goes_through_and_is_stored(proxy, pos_key, db, drain, tmp_path):
@@ -58,7 +56,7 @@ async def test_with_the_proxy_root_as_ca_bundle_a_sale_goes_through_and_is_store
     assert (status.sent, status.pending, status.online) == (2, 0, True)
     await asyncio.to_thread(till.close)
     await drain()
-    rows = await stored(db, recorded)
+    rows = await stored(db, recorded, tmp_path / "s.db")
     assert [(r["store_id"], r["item_id"], r["quantity"]) for r in rows] == [(2, 1, 2), (2, 3, 1)]
 
     reports = Reports(proxy.https_url, ca_bundle=str(proxy.root_ca))
@@ -81,7 +79,7 @@ async def test_without_the_ca_bundle_the_handshake_fails_and_nothing_is_sent(pro
     assert "certificate verify failed" in status.last_error and "give ca_bundle=" in status.last_error
     assert f"localhost:{proxy.https_port}" in status.last_error
     await asyncio.to_thread(till.close)
-    assert await drain() == 0 and await stored(db, [recorded]) == []
+    assert await drain() == 0 and await stored(db, [recorded], spool) == []
 
     transport = HttpTransport(proxy.https_url)
     with pytest.raises(CertificateError, match="certificate verify failed"):
@@ -93,7 +91,7 @@ async def test_without_the_ca_bundle_the_handshake_fails_and_nothing_is_sent(pro
     assert await asyncio.to_thread(till.flush, 20), till.status()
     await asyncio.to_thread(till.close)
     await drain()
-    assert len(await stored(db, [recorded])) == 1
+    assert len(await stored(db, [recorded], spool)) == 1
 
 
 async def test_plain_http_to_the_proxy_is_redirected_to_https(proxy, db, drain, tmp_path):
@@ -119,7 +117,7 @@ async def test_plain_http_to_the_proxy_is_redirected_to_https(proxy, db, drain, 
     assert not await asyncio.to_thread(till.flush, 2)
     assert "308: the server redirects to https://localhost" in till.status().last_error
     await asyncio.to_thread(till.close)
-    assert await drain() == 0 and await stored(db, [recorded]) == []
+    assert await drain() == 0 and await stored(db, [recorded], tmp_path / "s.db") == []
 
 
 def test_a_key_over_plain_http_is_refused_unless_allowed(tmp_path):

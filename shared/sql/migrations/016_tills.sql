@@ -2,6 +2,11 @@
 -- (api_key.id); it numbers its sales 1, 2, 3, ... and each carries (till_id, till_seq), so
 -- that what is kept to recognise a retry grows with the number of tills, not with sales.
 --
+-- The till a pos key speaks for: NULL for the first key of a till (the till's id is then the
+-- key's own); a key issued to replace another (`python -m shared.keys issue --till N`) names
+-- that till, so that the till keeps its numbers across a change of key.
+ALTER TABLE api_key ADD COLUMN till_id integer;
+
 -- till_time: what the till stamped, kept only when it was ahead of the server's clock (by up to
 -- two minutes): such a sale is stored at the server's moment of acceptance (sale_time), never
 -- in the future. All three are NULL for sales of other callers (and of releases before them);
