@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 
 from api.app import create_app
-from api.appkeys import REDIS
+from api.appkeys import ACCESS_CONTROL, REDIS
 from shared import keys
 from shared.queue import TILL_WINDOW
 
@@ -165,3 +165,40 @@ async def test_tills_me_says_the_highest_number_queued_or_stored(till_client, ti
     assert (await (await till_client.get("/tills/me", headers=_as(till))).json())["last_seq"] == 4
     admin = await till_client.get("/tills/me", headers={"Authorization": f"Bearer {settings.admin_token}"})
     assert admin.status == 403
+
+
+async def test_a_new_key_for_the_same_till_keeps_its_numbers(till_client, till, db, settings):
+    assert (await till_client.post("/sales/batch/", json=_numbered(1, 3), headers=_as(till))).status == 202
+    till_id = await _till_id(db, till)
+    assert till.till_id == till_id
+    renewed = await keys.issue(db, "pos", 1, "till 1, new key", till_id=till_id)
+    assert renewed.till_id == till_id
+    await keys.revoke(db, till.prefix)
+    await till_client.app[ACCESS_CONTROL].keys.reload()  # else within 4 s
+    me = await till_client.get("/tills/me", headers=_as(renewed))
+    assert await me.json() == {"till_id": till_id, "store_id": 1, "last_seq": 3}
+    # the same numbers are retries of the same till's sales, whichever key sends them
+    again = await till_client.post("/sales/batch/", json=_numbered(3, 2), headers=_as(renewed))
+    assert again.status == 202
+    assert (await (await till_client.get("/tills/me", headers=_as(renewed))).json())["last_seq"] == 4
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    board = await (await till_client.get("/tills/", headers=admin)).json()
+    assert [(t["till_id"], t["label"]) for t in board["tills"]] == [(till_id, "till 1, new key")]
+
+
+async def test_a_key_names_a_till_of_its_own_store_only(till_client, till, db, settings):
+    till_id = await _till_id(db, till)
+    with pytest.raises(ValueError, match=f"there is no till {till_id} of store 2"):
+        await keys.issue(db, "pos", 2, "elsewhere", till_id=till_id)
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    response = await till_client.post(
+        "/admin/keys/", json={"kind": "pos", "store_id": 2, "till_id": till_id}, headers=admin
+    )
+    assert (response.status, await response.json()) == (
+        422,
+        {"error": f"there is no till {till_id} of store 2 (a till is a pos key's id)"},
+    )
+    issued = await till_client.post(
+        "/admin/keys/", json={"kind": "pos", "store_id": 1, "till_id": till_id}, headers=admin
+    )
+    assert issued.status == 201 and (await issued.json())["till_id"] == till_id
