@@ -67,6 +67,21 @@ class TillSalesStored(Exception):
         self.highest = highest
 
 
+class TillNumbersTaken(TillSalesStored):
+    """Sales whose till numbers the till's window holds for other sales (two tills sending with
+    one key, an old copy of a spool put back): nothing of the request was queued."""
+
+
+# A request waiting for the next flush: its sales, the marks of its numbered ones, its answer.
+Waiting = tuple[list[QueuedSale], Mapping[int, str], asyncio.Future]
+
+
+def sales_mark(item_id: int, quantity: int, till_time_us: int | None, unit_price: int | None) -> str:
+    """What a till's numbered sale is, kept with it in the till's window: a retry of the number
+    must be the same sale (the same item, quantity, till's time and price charged)."""
+    return ".".join("" if part is None else str(part) for part in (item_id, quantity, till_time_us, unit_price))
+
+
 class ReplicasBehind(Exception):
     """Redis took the sales, but too few replicas confirmed them in time. They may still be
     written (they are in the stream); a retry with the same idempotency key gets the same sale."""
@@ -91,17 +106,20 @@ class SaleQueue:
         self._keys = keys
         self._max_depth = keys.max_depth_per_partition(max_depth)
         self._idempotency_ttl = idempotency_ttl
-        self._waiting: collections.deque[tuple[list[QueuedSale], asyncio.Future]] = collections.deque()
+        self._waiting: collections.deque[Waiting] = collections.deque()
         self._max_in_flight = max_in_flight
         self._active = 0  # flushers running; counted inside them, not by done-callbacks (those run late)
         self._flushers: set[asyncio.Task] = set()
         self._full_until = [0.0] * keys.partitions  # per partition
 
-    async def remembered(self, sales: list[tuple[int, str | None, int | None, int | None]]) -> list[QueuedSale | None]:
-        """For each (store_id, idempotency key, till_id, till seq) of a sale that carries a key
-        or a till's number, the sale accepted under it, or None."""
+    async def remembered(
+        self, sales: list[tuple[int, str | None, int | None, int | None, str]]
+    ) -> list[QueuedSale | None]:
+        """For each (store_id, idempotency key, till_id, till seq, mark) of a sale that carries
+        a key or a till's number, the sale accepted under it, or None (a till's number taken by
+        another sale, with another mark, included)."""
         lookups: list[tuple[str, str | None]] = []  # (Redis key, a till's slot in its window)
-        for store_id, key, till_id, seq in sales:
+        for store_id, key, till_id, seq, _ in sales:
             if till_id is not None and seq is not None:
                 lookups.append((self._keys.till(store_id, till_id), str(seq % TILL_WINDOW)))
             else:
@@ -116,21 +134,22 @@ class SaleQueue:
         except (RedisError, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
         found: list[QueuedSale | None] = []
-        for (_, _, _, seq), (_, slot), value in zip(sales, lookups, values):
-            if value is not None and slot is not None:  # "<seq>:<sale>" when the slot still holds that number
+        for (_, _, _, seq, mark), (_, slot), value in zip(sales, lookups, values):
+            if value is not None and slot is not None:  # "<seq>:<mark>:<sale>" when the slot holds that number
                 number, _, value = value.partition(b":")
-                value = value if number == str(seq).encode() else None
+                kept_mark, _, value = value.partition(b":")
+                value = value if (number, kept_mark) == (str(seq).encode(), mark.encode()) else None
             found.append(None if value is None else sale_decoder.decode(value))
         return found
 
-    async def till_highest(self, store_id: int, till_id: int) -> int:
-        """The highest number of the till's sales taken while Redis remembers it (0: none)."""
+    async def till_highest(self, store_id: int, till_id: int) -> int | None:
+        """The highest number of the till's sales taken while Redis remembers it (None: it does not)."""
         try:
             # redis-py types its commands for sync and async clients alike
             highest = await cast(Awaitable[bytes | None], self._client.hget(self._keys.till(store_id, till_id), "hw"))
         except (RedisError, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(f"the sales queue (Redis) is unavailable: {exc}; retry shortly") from exc
-        return int(highest or 0)
+        return None if highest is None else int(highest)
 
     def looks_full(self) -> bool:
         """Redis said "full" a moment ago for every partition. A request can then be refused
@@ -139,10 +158,11 @@ class SaleQueue:
         are full (their worker fell behind), the others' stores are still answered."""
         return time.monotonic() < min(self._full_until)
 
-    async def put(self, sales: list[QueuedSale]) -> list[QueuedSale]:
-        """Queue the sales; answers each one as stored (an earlier sale for a reused key)."""
+    async def put(self, sales: list[QueuedSale], marks: Mapping[int, str] | None = None) -> list[QueuedSale]:
+        """Queue the sales; answers each one as stored (an earlier sale for a reused key or till
+        number). `marks`: position -> what a till's numbered sale is (sales_mark)."""
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append((sales, future))
+        self._waiting.append((sales, marks or {}, future))
         if self._active < self._max_in_flight:
             self._active += 1
             flusher = asyncio.create_task(self._flush_while_waiting())
@@ -153,31 +173,30 @@ class SaleQueue:
     async def _flush_while_waiting(self) -> None:
         try:
             while self._waiting:
-                group: list[tuple[list[QueuedSale], asyncio.Future]] = []
+                group: list[Waiting] = []
                 size = 0
                 while self._waiting and (not group or size + len(self._waiting[0][0]) <= MAX_SALES_PER_FLUSH):
-                    sales, future = self._waiting.popleft()
-                    group.append((sales, future))
-                    size += len(sales)
+                    group.append(self._waiting.popleft())
+                    size += len(group[-1][0])
                 await self._flush(group, size)
         finally:
             # No await between the last look at _waiting and this: a put() arriving now
             # sees a free slot and starts a flusher, so no sale is left waiting unflushed.
             self._active -= 1
 
-    async def _flush(self, group: list[tuple[list[QueuedSale], asyncio.Future]], size: int) -> None:
+    async def _flush(self, group: list[Waiting], size: int) -> None:
         places: dict[int, int] = {}  # partition -> its place among the script's KEYS (1-based)
         orders: list[Sequence[int]] = []  # per request, its sales' positions in the order sent
         args: list = [self._max_depth, self._idempotency_ttl, len(group)]
-        for sales, _ in group:
+        for sales, marks, _ in group:
             by_partition = _by_partition(sales, self._keys.partitions)
             args.append(len(by_partition))
             for partition, positions in by_partition.items():
                 part = sales if len(by_partition) == 1 else [sales[position] for position in positions]
-                keyed = [sale for sale in part if is_remembered(sale)]
+                keyed = [position for position in positions if is_remembered(sales[position])]
                 args += (places.setdefault(partition, len(places) + 1), len(part), len(keyed))
-                for sale in keyed:
-                    args += self._remembered_args(sale)
+                for position in keyed:
+                    args += self._remembered_args(sales[position], marks.get(position, ""))
                 unkeyed = [sale for sale in part if not is_remembered(sale)] if keyed else part
                 args.append(encoded_back_to_back(unkeyed))
             if len(by_partition) == 1:
@@ -209,29 +228,30 @@ class SaleQueue:
         partitions = list(places)
         for place in full_places:
             self._full_until[partitions[int(place) - 1]] = time.monotonic() + FULL_HOLD_SECONDS
-        for (sales, future), order, answer in zip(group, orders, answers):
+        for (sales, _, future), order, answer in zip(group, orders, answers):
             if future.done():  # the client went away
                 continue
             if answer == 0:
                 future.set_exception(QueueFull())
-            elif answer and answer[0] == b"!":
-                future.set_exception(TillSalesStored(_stale_positions(sales, order, answer[1:])))
+            elif answer and answer[0] in (b"!", b"?"):
+                problem = TillSalesStored if answer[0] == b"!" else TillNumbersTaken
+                future.set_exception(problem(_stale_positions(sales, order, answer[1:])))
             else:
                 future.set_result(_as_stored(sales, order, answer))
 
-    def _remembered_args(self, sale: QueuedSale) -> tuple:
-        """A remembered sale's quadruple of ENQUEUE_SCRIPT's arguments."""
+    def _remembered_args(self, sale: QueuedSale, mark: str) -> tuple:
+        """A remembered sale's quintuple of ENQUEUE_SCRIPT's arguments."""
         if sale.till_id is not None and sale.till_seq is not None:
             key = self._keys.till(sale.store_id, sale.till_id)
-            return key, str(sale.till_seq), str(sale.till_seq % TILL_WINDOW), sale_encoder.encode(sale)
-        return self._keys.idempotency(sale.store_id, sale.idempotency_key or ""), "", "", sale_encoder.encode(sale)
+            return key, str(sale.till_seq), str(sale.till_seq % TILL_WINDOW), mark, sale_encoder.encode(sale)
+        return self._keys.idempotency(sale.store_id, sale.idempotency_key or ""), "", "", "", sale_encoder.encode(sale)
 
     async def _enqueue_and_wait(self, keys: list[str], args: list) -> tuple[list, int]:
         return await script_then_wait(self._client, self._script, keys, args, self._replicas, self._replica_wait_ms)
 
     @staticmethod
-    def _fail(group: list[tuple[list[QueuedSale], asyncio.Future]], exc: Exception) -> None:
-        for _, future in group:
+    def _fail(group: list[Waiting], exc: Exception) -> None:
+        for _, _, future in group:
             if not future.done():
                 future.set_exception(exc)
 

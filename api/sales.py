@@ -11,7 +11,15 @@ from api.catalogue import Catalogue
 from api.errors import ServiceUnavailable
 from api.ids import IdAllocator, IdsUnavailable
 from api.moments import iso_utc, to_us
-from api.sale_queue import QueueFull, QueueUnavailable, ReplicasBehind, SaleQueue, TillSalesStored
+from api.sale_queue import (
+    QueueFull,
+    QueueUnavailable,
+    ReplicasBehind,
+    SaleQueue,
+    TillNumbersTaken,
+    TillSalesStored,
+    sales_mark,
+)
 from api.sale_times import SaleTimeLimits
 from api.validation import SaleIn
 from shared.queue import QueuedSale
@@ -37,6 +45,11 @@ class SalesRefused(Exception):
     def __init__(self, errors: dict[int, str]):
         super().__init__("; ".join(errors.values()))
         self.errors = errors
+
+
+def mark_of(sale: SaleIn) -> str:
+    """What a till's numbered sale is (api.sale_queue.sales_mark): as the till sent it."""
+    return sales_mark(sale.item_id, sale.quantity, to_us(sale.sale_time) if sale.sale_time else None, sale.unit_price)
 
 
 class SalesStored(SalesRefused):
@@ -112,7 +125,7 @@ class SalesIntake:
                 errors[index] = f"{unknown}; {errors[index]}" if index in errors else unknown
         earlier: dict[int, QueuedSale] = {}
         retries = {
-            i: (s.store_id, s.idempotency_key, till_id if s.seq else None, s.seq)
+            i: (s.store_id, s.idempotency_key, till_id if s.seq else None, s.seq, mark_of(s))
             for i in errors
             if (s := sales[i]).idempotency_key or (s.seq and till_id)
         }
@@ -195,11 +208,22 @@ class SalesIntake:
                     till_time_us=till_time_us,
                 )
             )
+        marks = {i: mark_of(s) for i, s in enumerate(sales) if s.seq is not None and till_id is not None}
         try:
-            stored = await self.queue.put(queued)
+            stored = await self.queue.put(queued, marks)
         except QueueFull as exc:
             metrics.SALES_REJECTED.labels("queue_full").inc(len(sales))
             raise ServiceUnavailable(QUEUE_FULL, 2) from exc
+        except TillNumbersTaken as exc:
+            metrics.SALES_REJECTED.labels("till_number_taken").inc(len(sales))
+            raise SalesStored(
+                {
+                    index: f"sale {sales[index].seq} of till {till_id} is another sale than the one stored under that "
+                    "number: does another till send with this till's key, or was an old copy of its spool put back? "
+                    'Each till needs a pos key of its own (docs/guarantees.md, "Tills")'
+                    for index in exc.highest
+                }
+            ) from exc
         except TillSalesStored as exc:
             metrics.SALES_REJECTED.labels("till_stored").inc(len(sales))
             raise SalesStored(

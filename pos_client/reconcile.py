@@ -37,7 +37,6 @@ class Ledger:
     store_id: int
     sales: list[SpooledSale]
     returns: list[SpooledReturn] = dataclasses.field(default_factory=list)
-    till_id: int | None = None  # the till whose numbers its sales carry (Spool.till_id)
 
     @property
     def sent(self) -> list[SpooledSale]:
@@ -130,7 +129,7 @@ def differences(before: dict, after: dict, income: dict, units: dict) -> dict:
 def _identity(ledger: Ledger, sale: SpooledSale) -> tuple:
     """How the server tells the sale from others: its till's number, else its key."""
     if sale.till_seq is not None:
-        return ("till", ledger.till_id, sale.till_seq)
+        return ("till", sale.till_id, sale.till_seq)
     return ("key", ledger.store_id, sale.idempotency_key)
 
 

@@ -30,7 +30,7 @@ from typing import cast
 
 from pos_client.backoff import Backoff
 from pos_client.clock import ServerClock
-from pos_client.spool import Spool, SpooledReturn, SpooledSale
+from pos_client.spool import NUMBERED, Spool, SpooledReturn, SpooledSale
 from pos_client.transport import Answer, CertificateError, TransportError
 from pos_client.verdicts import ReturnsVerdict, judge, judge_returns
 
@@ -137,11 +137,11 @@ class Sender:
             batch = self._next_batch()
             if not batch:
                 return
-            if not self._numbering_known:
-                if not self._learn_numbering():
-                    return
-                batch = self._next_batch()  # as numbered now (another till's key numbers them anew)
-            self._send(self.spool.number(batch))
+            if not self._numbering_known and not self._learn_numbering():
+                return
+            unnumbered = {sale.seq for sale in batch if sale.till_seq is None}
+            batch = self.spool.number(batch)
+            self._send(batch, fresh={s.seq for s in batch if s.seq in unnumbered and s.till_seq is not None})
 
     def _learn_numbering(self) -> bool:
         """Before the first sale goes after a start or a new key: whether the key is a till's,
@@ -152,14 +152,24 @@ class Sender:
             self._numbering_known = True
             return True
         answer = self._call("GET", TILL_PATH, None, {"Authorization": f"Bearer {self.key}"})
-        if answer is None:
-            return False
+        if answer is None or answer.status >= 500:
+            if answer is not None:
+                self._retry_later(f"{answer.status} from {TILL_PATH}: {answer.error()}", None)
+            # a spool that numbers goes on from its own next number: its till's highest is below
+            self._numbering_known = self.spool.numbering() == NUMBERED
+            return self._numbering_known
         payload = answer.json() if answer.status == 200 else None
         till = tuple(payload.get(name) for name in ("till_id", "last_seq")) if isinstance(payload, dict) else ()
         if till and all(isinstance(n, int) and not isinstance(n, bool) for n in till):
             till_id, highest = cast(tuple[int, int], till)
-            if self.spool.start_numbering((till_id, highest)):
-                log.warning("this spool now sends as till %d: its pending sales are numbered anew", till_id)
+            if waiting := self.spool.numbered_pending(other_than=till_id):
+                self._stop(
+                    f"this key is till {till_id}'s, and {waiting} sale(s) of the spool were sent as another till's "
+                    "with no answer yet: give this till a key of that till (python -m shared.keys issue --till "
+                    f"{self.spool.till_id()}), or they could be counted twice"
+                )
+                return False
+            self.spool.start_numbering((till_id, highest))
             log.info("till %d numbers its sales from %d on", till_id, highest + 1)
         elif answer.status in (403, 404):  # not a till's key (open mode, an admin key) or an older server
             self.spool.start_numbering(None)
@@ -178,15 +188,17 @@ class Sender:
         candidates = self.spool.pending(self.batch_size + len(self._held))
         return [s for s in candidates if s.seq not in self._held][: self.batch_size]
 
-    def _send(self, batch: list[SpooledSale]) -> None:
+    def _send(self, batch: list[SpooledSale], fresh: set[int]) -> None:
         """One batch, and the parts the server's answer calls for; returns after a backoff wait
-        when the server could not take it."""
+        when the server could not take it. `fresh`: the sales numbered for this first attempt."""
         todo = [batch]
         headers = self._post_headers()
+        numbered = self.spool.numbering() == NUMBERED
         while todo and not self._closing.is_set():
             part = todo.pop(0)
             try:
-                answer = self._request("POST", BATCH_PATH, [s.as_json(self.store_id) for s in part], headers)
+                body = [s.as_json(self.store_id, numbered) for s in part]
+                answer = self._request("POST", BATCH_PATH, body, headers)
             except CertificateError as exc:
                 self.online = False
                 self._retry_later(str(exc), None, first_level=logging.ERROR)
@@ -197,6 +209,16 @@ class Sender:
                 return
             self.online = True
             verdict = judge(part, answer)
+            if fresh.intersection(verdict.stored_without_id):  # never sent, yet "stored": not this till's
+                verdict.stop = (
+                    f"{verdict.error}: the server holds numbers this till never sent: does another till send with "
+                    "this key, or was an old copy of the spool put back? Each till needs a pos key of its own"
+                )
+                verdict.stored_without_id = []
+            retried = [sale for sale in verdict.held if sale.till_seq is not None and sale.seq not in fresh]
+            if retried:  # may have been stored at an earlier try: keeps its number, and goes first again
+                verdict.held = [sale for sale in verdict.held if sale not in retried]
+                verdict.retry, verdict.send_again = True, []
             if verdict.stored_without_id:
                 log.error(
                     "the server holds %d sale(s) of this till under their numbers already (%s): counted as sent, "

@@ -97,14 +97,17 @@ class Connection:
 
 
 class Keys:
-    """POS keys per store and an owner key: given, issued with the admin token, or none needed."""
+    """A pos key per till (a key is a till's identity: two tills never share one) and an owner
+    key: given, issued with the admin token, or none needed."""
 
-    def __init__(self, conn: Connection, admin_token: str | None, owner_key: str | None, pos_keys: dict[int, str]):
+    def __init__(
+        self, conn: Connection, admin_token: str | None, owner_key: str | None, pos_keys: dict[int, list[str]]
+    ):
         self.conn = conn
         self.admin_token = admin_token
         self.admin: Reports | None = None  # made when keys are needed: no token goes out otherwise
         self.owner = owner_key
-        self.pos = dict(pos_keys)
+        self.pos = {store: list(given) for store, given in pos_keys.items()}
         self.issued: list[str] = []
         self.required = False
 
@@ -116,12 +119,12 @@ class Keys:
         finally:
             probe.close()
 
-    def prepare(self, stores: list[int]) -> None:
+    def prepare(self, stores: list[int], tills: int) -> None:
         if not self.required:  # none sent where none is asked for
             self.owner = None
             self.pos = {}
             return
-        missing = [s for s in stores if s not in self.pos]
+        missing = [s for s in stores for _ in range(tills - len(self.pos.setdefault(s, [])))]
         if (missing or not self.owner) and self.admin_token:
             self.admin = self.conn.reports(self.admin_token)
         if (missing or not self.owner) and self.admin is None:
@@ -132,8 +135,14 @@ class Keys:
         if not self.owner:
             self.owner = self._issue({"kind": "owner", "label": "simulator"})
         for store in missing:
-            self.pos[store] = self._issue({"kind": "pos", "store_id": store, "label": f"simulator, store {store}"})
+            label = f"simulator, store {store} till {len(self.pos[store]) + 1}"
+            self.pos[store].append(self._issue({"kind": "pos", "store_id": store, "label": label}))
         time.sleep(5)  # a new key reaches every API process within 5 s
+
+    def of_till(self, store: int, n: int) -> str | None:
+        """The key of till n (from 1) of the store, if keys are needed."""
+        given = self.pos.get(store, [])
+        return given[n - 1] if n <= len(given) else None
 
     def _issue(self, body: dict) -> str:
         assert self.admin is not None  # prepare() stops first when it would need one
@@ -193,7 +202,7 @@ def parse_args(argv):
         help="send keys (and the admin token) over an http:// --url: only on a network you trust",
     )
     parser.add_argument("--owner-key", help="an owner key for the reports")
-    parser.add_argument("--pos-keys", help="JSON file {store_id: pos key}")
+    parser.add_argument("--pos-keys", help="JSON file {store_id: [a pos key per till]}: two tills never share a key")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("DATABASE_URL"),
@@ -215,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     tz = timezone(args.report_timezone)
     pos_keys = (
-        {int(k): v for k, v in json.loads(pathlib.Path(args.pos_keys).read_text()).items()} if args.pos_keys else {}
+        {
+            int(k): [v] if isinstance(v, str) else v
+            for k, v in json.loads(pathlib.Path(args.pos_keys).read_text()).items()
+        }
+        if args.pos_keys
+        else {}
     )
     conn = Connection(args.url, args.ca_bundle, args.allow_plain_http)
     keys = Keys(conn, args.admin_token, args.owner_key, pos_keys)
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(all_stores) < args.stores:
         raise SystemExit(f"the server has {len(all_stores)} stores, not {args.stores}")
     stores = all_stores[: args.stores]
-    keys.prepare(stores)
+    keys.prepare(stores, args.tills)
     reports = conn.reports(keys.owner)
     prices = reports.prices()
     items = sorted(prices)
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"store{store}-till{n}"
             plan = Plan(
                 url=args.url,
-                key=keys.pos.get(store),
+                key=keys.of_till(store, n),
                 store_id=store,
                 spool=str(spool_dir / f"{name}.db"),
                 items=items,
@@ -300,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ledger(store_id: int, path: str) -> Ledger:
     spool = Spool(path)
     try:
-        return Ledger(store_id, spool.ledger(), spool.returns_ledger(), spool.till_id())
+        return Ledger(store_id, spool.ledger(), spool.returns_ledger())
     finally:
         spool.close()
 

@@ -72,8 +72,11 @@ _COLUMNS_ADDED = {
     # The till's number of the sale (docs/guarantees.md, "Tills"): given durably just before its
     # first attempt, kept for every retry; NULL while unsent, and for a sale sent with its key.
     "till_seq": "ALTER TABLE sale ADD COLUMN till_seq INTEGER",
+    "till_id": "ALTER TABLE sale ADD COLUMN till_id INTEGER",  # the till whose number it is
 }
-_SALE_COLUMNS = "seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price, till_seq"
+_SALE_COLUMNS = (
+    "seq, idempotency_key, item_id, quantity, sale_time, state, server_id, reason, unit_price, till_seq, till_id"
+)
 # Numbers first, in their order (sent again before anything new), then the rest as recorded.
 _SEND_ORDER = "till_seq IS NULL, till_seq, seq"
 NUMBERED, KEYED = "till", "keys"  # meta `numbering`: how this spool's sales say who they are
@@ -100,16 +103,18 @@ class SpooledSale:
     reason: str | None = None
     unit_price: int | None = None
     till_seq: int | None = None
+    till_id: int | None = None
 
-    def as_json(self, store_id: int) -> dict:
-        """The sale as the batch endpoint takes it: with the till's number, else its key."""
+    def as_json(self, store_id: int, numbered: bool = True) -> dict:
+        """The sale as the batch endpoint takes it: with the till's number (while the spool
+        numbers: `numbered`), else its key."""
         sale: dict = {
             "item_id": self.item_id,
             "store_id": store_id,
             "quantity": self.quantity,
             "sale_time": self.sale_time,
         }
-        if self.till_seq is not None:
+        if self.till_seq is not None and numbered:
             sale["seq"] = self.till_seq
         else:
             sale["idempotency_key"] = self.idempotency_key
@@ -272,7 +277,7 @@ class Spool:
         with self._transaction() as db:
             db.executemany(
                 # its number goes: it was never stored, and a requeued sale is a new one (numbered anew)
-                "UPDATE sale SET state = 'refused', reason = ?, settled_at = ?, till_seq = NULL "
+                "UPDATE sale SET state = 'refused', reason = ?, settled_at = ?, till_seq = NULL, till_id = NULL "
                 "WHERE seq = ? AND state = 'pending'",
                 [(reason, now, seq) for seq, reason in refused],
             )
@@ -288,11 +293,19 @@ class Spool:
         """NUMBERED or KEYED, as the server last said whether this spool's key is a till's; None before."""
         return self.meta("numbering")
 
+    def numbered_pending(self, other_than: int) -> int:
+        """How many pending sales were numbered as another till's than `other_than` (sent, with
+        no answer yet: a new key must be of that till, else they could be counted twice)."""
+        return self._query(
+            "SELECT count(*) FROM sale WHERE state = 'pending' AND till_seq IS NOT NULL AND till_id != ?",
+            (other_than,),
+        )[0][0]
+
     def start_numbering(self, till: tuple[int, int] | None) -> bool:
         """Number the sales from now on as till `till` = (its id, the highest number the server
         holds of it), above that highest (None: the server has no till for the key; the sales go
-        with their idempotency keys). True when the spool was another till's: its pending sales
-        that had numbers are numbered anew, as the new till's."""
+        with their idempotency keys). True when the spool was another till's (the caller made
+        sure none of its numbered sales waits for an answer: Sender._learn_numbering)."""
         if till is None:
             self.set_metas({"numbering": KEYED})
             return False
@@ -302,8 +315,6 @@ class Spool:
                 db.execute("SELECT name, value FROM meta WHERE name IN ('next_till_seq', 'till_id', 'numbering')")
             )
             moved = metas.get("till_id") not in (None, str(till_id))
-            if moved:
-                db.execute("UPDATE sale SET till_seq = NULL WHERE state = 'pending'")
             # numbers only ever grow in a spool, another till's or not (so they stay unique in it)
             given = int(metas.get("next_till_seq", 1))
             values = [
@@ -331,17 +342,26 @@ class Spool:
         if not todo:
             return sales
         with self._transaction() as db:
-            start = int(db.execute("SELECT value FROM meta WHERE name = 'next_till_seq'").fetchone()[0])
+            metas = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('next_till_seq', 'till_id')"))
+            start, till_id = int(metas["next_till_seq"]), int(metas["till_id"])
             numbers = {sale.seq: start + offset for offset, sale in enumerate(todo)}
-            db.executemany("UPDATE sale SET till_seq = ? WHERE seq = ?", [(n, seq) for seq, n in numbers.items()])
+            db.executemany(
+                "UPDATE sale SET till_seq = ?, till_id = ? WHERE seq = ?",
+                [(n, till_id, seq) for seq, n in numbers.items()],
+            )
             db.execute("UPDATE meta SET value = ? WHERE name = 'next_till_seq'", (str(start + len(todo)),))
-        return [dataclasses.replace(s, till_seq=numbers[s.seq]) if s.seq in numbers else s for s in sales]
+        return [
+            dataclasses.replace(s, till_seq=numbers[s.seq], till_id=till_id) if s.seq in numbers else s for s in sales
+        ]
 
     def unnumber(self, seqs: Iterable[int]) -> None:
         """Take the numbers of pending sales the server refused for now (a clock ahead): they
         were not stored, and go later with new numbers, after the ones sent meanwhile."""
         with self._transaction() as db:
-            db.executemany("UPDATE sale SET till_seq = NULL WHERE seq = ? AND state = 'pending'", [(s,) for s in seqs])
+            db.executemany(
+                "UPDATE sale SET till_seq = NULL, till_id = NULL WHERE seq = ? AND state = 'pending'",
+                [(s,) for s in seqs],
+            )
 
     def requeue(self, seqs: Iterable[int] | None = None) -> int:
         """Refused sales back to pending (all of them when `seqs` is None); how many."""

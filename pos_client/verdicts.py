@@ -21,6 +21,8 @@ from pos_client.transport import Answer
 
 # The server's words for a sale_time ahead of its clock (api/validation.py): not the sale's fault.
 CLOCK_AHEAD = "in the future"
+# ... and for a till's number it holds for another sale (api/sales.py): not this till's number.
+TAKEN = "is another sale"
 # The statuses with which the returns endpoint names, by index, the returns it cannot take.
 RETURN_REFUSALS = (400, 403, 404, 422)
 
@@ -58,6 +60,8 @@ def judge(batch: list[SpooledSale], answer: Answer) -> Verdict:
             retry=True,
             error=f"{status}: the server redirects to {location}; give the client that URL (https://...)",
         )
+    if status == 400 and "seq" in answer.error():  # about the numbers, not a sale: an upgrade under way
+        return Verdict(retry=True, error=f"400: {answer.error()}")
     if status in (400, 413):  # the request as a whole was refused: find the sale that did it
         return _split(batch, f"{status}: {answer.error()}")
     return Verdict(
@@ -116,6 +120,8 @@ def _stored_already(batch: list[SpooledSale], answer: Answer) -> Verdict:
     named = _errors_by_index(answer, len(batch))
     if not named:
         return Verdict(retry=True, error=f"409: {answer.error()}")
+    if taken := [reason for reason in named.values() if TAKEN in reason]:
+        return Verdict(stop=f"409: {taken[0]}; sending is stopped", error=f"409: {answer.error()}")
     verdict = Verdict(error=f"409: {answer.error()}", stored_without_id=[batch[i].seq for i in named])
     rest = [sale for index, sale in enumerate(batch) if index not in named]
     if rest:

@@ -177,21 +177,24 @@ TILL_WINDOW = 1_000
 # KEYS: the stream and depth counter of each partition the flush touches (2m keys). ARGV:
 # max_depth (per partition), idempotency_ttl, number of requests, then per request: how many
 # partitions it touches, and per partition: its place s (1..m) among the KEYS, its sale count
-# n, the count k of its sales that are remembered, k quadruples (its Redis key, its till
-# sequence number or '' for an idempotency key, the number's slot in the till's window or '',
+# n, the count k of its sales that are remembered, k quintuples (its Redis key; for a till's
+# sale its number, the number's slot in the till's window and the sale's mark, else three '';
 # the encoded sale), and one string holding its other n - k sales encoded back to back (so a
 # batch of 1,000 is not 2,000 arguments to pack and parse).
 # A sale with an idempotency key is remembered under that key for the ttl. A till's sale
-# (QueueKeys.till: one hash per till, renewed for the ttl at every sale) is new when its
+# (QueueKeys.till: one hash per till, renewed for the ttl by each request) is new when its
 # number is above the till's highest (`hw`), and is then kept in its slot of the window as
-# "<number>:<sale>"; a number at or below it is a retry, answered from its slot, or, when the
-# window no longer holds it, refused as already stored.
-# Answers, per request: 0 when one of its partitions is full, {'!', i, hw, ...} when its i-th
-# remembered sale (in the order given) is a till's, already stored and out of the window, with
-# the till's highest (in both cases nothing of it is stored: a request is queued whole or not
-# at all), else a list with, per remembered sale in the order given, "" (queued now) or the
-# encoded sale stored earlier under the same key or number; then one more: the places of the
-# partitions found full. Each partition touched gets one stream entry.
+# "<number>:<mark>:<sale>"; a number at or below it is a retry, answered from its slot when the
+# slot holds that number with the same mark (what the sale is: sales_mark), refused when it
+# holds it with another (two tills on one key, an old copy of a spool), and refused as already
+# stored when the window no longer holds it.
+# Answers, per request: 0 when one of its partitions is full; {'?', i, hw, ...} when its i-th
+# remembered sale (in the order given) is a till's number taken by another sale; {'!', i, hw,
+# ...} when it is a till's, already stored and out of the window (hw: the till's highest; in
+# these three cases nothing of it is stored: a request is queued whole or not at all); else a
+# list with, per remembered sale in the order given, "" (queued now) or the encoded sale stored
+# earlier under the same key or number; then one more: the places of the partitions found full.
+# Each partition touched gets one stream entry.
 ENQUEUE_SCRIPT = """
 local max_depth = tonumber(ARGV[1])
 local ttl = ARGV[2]
@@ -202,13 +205,22 @@ for s = 1, #KEYS / 2 do
     count[s] = 0
     parts[s] = {}
 end
--- the sale a till's number was taken with, if its window still holds it; false otherwise
+local highest, touched_tills = {}, {}
+local function hw(till)
+    if highest[till] == nil then
+        highest[till] = tonumber(redis.call('HGET', till, 'hw') or '0')
+    end
+    return highest[till]
+end
+-- what the window holds of a till's number: the sale and its mark, or nothing
 local function in_window(till, seq, slot)
     local kept = redis.call('HGET', till, slot)
-    if kept and string.sub(kept, 1, #seq + 1) == seq .. ':' then
-        return string.sub(kept, #seq + 2)
+    if not kept or string.sub(kept, 1, #seq + 1) ~= seq .. ':' then
+        return false, false
     end
-    return false
+    local rest = string.sub(kept, #seq + 2)
+    local colon = string.find(rest, ':', 1, true)
+    return string.sub(rest, colon + 1), string.sub(rest, 1, colon - 1)
 end
 local at = 4
 local answers = {}
@@ -216,7 +228,7 @@ local full_places = {}
 for r = 1, requests do
     local touched = tonumber(ARGV[at]); at = at + 1
     local full = false
-    local stale = {'!'}
+    local stale, taken = {'!'}, {'?'}
     local skip = at
     local remembered = 0
     for _ = 1, touched do
@@ -226,21 +238,25 @@ for r = 1, requests do
             full_places[#full_places + 1] = s
         end
         for i = 1, k do
-            local e = skip + 3 + 4 * (i - 1)
+            local e = skip + 3 + 5 * (i - 1)
             local seq = ARGV[e + 1]
-            if seq ~= '' then
-                local hw = redis.call('HGET', ARGV[e], 'hw') or '0'
-                if tonumber(seq) <= tonumber(hw) and not in_window(ARGV[e], seq, ARGV[e + 2]) then
-                    stale[#stale + 1] = remembered + i
-                    stale[#stale + 1] = hw
+            if seq ~= '' and tonumber(seq) <= hw(ARGV[e]) then
+                local sale, mark = in_window(ARGV[e], seq, ARGV[e + 2])
+                local problem = (not sale and stale) or (mark ~= ARGV[e + 3] and taken) or nil
+                if problem then
+                    problem[#problem + 1] = remembered + i
+                    problem[#problem + 1] = hw(ARGV[e])
                 end
             end
         end
         remembered = remembered + k
-        skip = skip + 3 + 4 * k + 1
+        skip = skip + 3 + 5 * k + 1
     end
     if full then
         answers[r] = 0
+        at = skip
+    elseif #taken > 1 then
+        answers[r] = taken
         at = skip
     elseif #stale > 1 then
         answers[r] = stale
@@ -250,11 +266,12 @@ for r = 1, requests do
         for _ = 1, touched do
             local s, n, k = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]); at = at + 3
             for _ = 1, k do
-                local key, seq, slot, sale = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]; at = at + 4
+                local key, seq, slot, mark, sale = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+                at = at + 5
                 local earlier
                 if seq == '' then
                     earlier = redis.call('GET', key)
-                elseif tonumber(seq) <= tonumber(redis.call('HGET', key, 'hw') or '0') then
+                elseif tonumber(seq) <= hw(key) then
                     earlier = in_window(key, seq, slot)
                 end
                 if earlier then
@@ -263,8 +280,12 @@ for r = 1, requests do
                     if seq == '' then
                         redis.call('SET', key, sale, 'EX', ttl)
                     else
-                        redis.call('HSET', key, 'hw', seq, slot, seq .. ':' .. sale)
-                        redis.call('EXPIRE', key, ttl)
+                        redis.call('HSET', key, slot, seq .. ':' .. mark .. ':' .. sale)
+                        if tonumber(seq) > hw(key) then  -- always, with numbers ascending (checked by the API)
+                            redis.call('HSET', key, 'hw', seq)
+                            highest[key] = tonumber(seq)
+                        end
+                        touched_tills[key] = true
                     end
                     answer[#answer + 1] = ''
                     parts[s][#parts[s] + 1] = sale
@@ -279,6 +300,9 @@ for r = 1, requests do
         end
         answers[r] = answer
     end
+end
+for till in pairs(touched_tills) do
+    redis.call('EXPIRE', till, ttl)
 end
 for s = 1, #KEYS / 2 do
     if count[s] > 0 then

@@ -45,9 +45,13 @@ async def test_a_retried_number_is_answered_the_stored_sale(till_client, till, d
     first = await till_client.post("/sales/", json={"item_id": 1, "store_id": 1, "seq": 1}, headers=_as(till))
     assert first.status == 202
     sale = await first.json()
-    # The answer was lost; the till sends the same number again (even the body changed).
-    again = await till_client.post("/sales/", json={"item_id": 2, "store_id": 1, "seq": 1}, headers=_as(till))
+    # The answer was lost; the till sends the same sale again.
+    again = await till_client.post("/sales/", json={"item_id": 1, "store_id": 1, "seq": 1}, headers=_as(till))
     assert (again.status, await again.json()) == (202, sale)
+    # Another sale under that number (a second till on this key): refused, not answered the first.
+    other = await till_client.post("/sales/", json={"item_id": 2, "store_id": 1, "seq": 1}, headers=_as(till))
+    assert other.status == 409
+    assert (await other.json())["error"].startswith(f"sale 1 of till {await _till_id(db, till)} is another sale")
     await drain()
     row = await db.fetchrow("SELECT id, item_id, till_id, till_seq, till_time FROM sales")
     assert tuple(row) == (
@@ -92,12 +96,13 @@ async def test_a_number_out_of_the_window_is_refused_as_stored_and_nothing_of_th
         "error": f"sale 1 of till {await _till_id(db, till)} is stored already (the till's highest stored is "
         f"{2 * TILL_WINDOW}) and too old to be answered again: a till numbers each new sale above its highest"
     }
-    mixed = _numbered(2 * TILL_WINDOW + 1, 1) + _numbered(2, 1)
+    # A number of the window taken by another sale, beside a new one: neither is queued.
+    mixed = _numbered(2 * TILL_WINDOW - 1, 1, item_id=2) + _numbered(2 * TILL_WINDOW + 1, 1)
     response = await till_client.post("/sales/batch/", json=mixed, headers=_as(till))
     assert response.status == 409
     body = await response.json()
     assert body["error"] == "1 of 2 sales are stored already; none was accepted"
-    assert [e["index"] for e in body["errors"]] == [1]
+    assert [e["index"] for e in body["errors"]] == [0]
     await drain()  # the new number of the refused batch was not queued
     assert await db.fetchval("SELECT count(*) FROM sales") == 2 * TILL_WINDOW
     in_window = await till_client.post("/sales/batch/", json=_numbered(TILL_WINDOW + 5, 1), headers=_as(till))
@@ -119,6 +124,14 @@ async def test_seq_needs_a_till_and_goes_without_an_idempotency_key(till_client,
         400,
         {"error": "a sale carries a till's seq or an idempotency_key, not both"},
     )
+    for numbers in ([2, 1], [1, 1], [1, TILL_WINDOW + 1]):
+        batch = [{"item_id": 1, "store_id": 1, "seq": seq} for seq in numbers]
+        response = await till_client.post("/sales/batch/", json=batch, headers=_as(till))
+        assert response.status == 400, numbers
+    header = await till_client.post(
+        "/sales/", json={"item_id": 1, "store_id": 1, "seq": 1}, headers={**_as(till), "Idempotency-Key": "k"}
+    )
+    assert (await header.json()) == {"error": "a sale carries a till's seq or an idempotency_key, not both"}
     for bad in (0, -1, 2**53 + 1, "1", 1.5):
         response = await till_client.post("/sales/", json={"item_id": 1, "store_id": 1, "seq": bad}, headers=_as(till))
         assert response.status == 400, bad

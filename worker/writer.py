@@ -20,6 +20,7 @@ on the coordinator would also skip Citus's own triggers, TRUNCATE's among them).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
@@ -108,8 +109,12 @@ SELECT * FROM unnest($1::int[], $2::int[], $3::bigint[]) ORDER BY 1, 2
 ON CONFLICT (store_id, till_id) DO UPDATE
 SET last_seq = greatest(till_progress.last_seq, excluded.last_seq)
 """
-# Which of the rows' ids are stored (the sales of a till numbered at or below its progress).
-STORED_IDS = "SELECT id FROM sales WHERE id = ANY($1::bigint[]) AND store_id = ANY($2::int[])"
+# The ids stored under these tills' numbers (sales_till_seq; $1 the stores, for Citus to prune).
+STORED_NUMBERS = """
+SELECT till_id, till_seq, id FROM sales
+WHERE store_id = ANY($1::int[]) AND till_id IS NOT NULL
+  AND (till_id, till_seq) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))
+"""
 
 # The foreign keys of sales, checked once per batch instead of once per row. PostgreSQL's own
 # check (a trigger per row and key, 6 µs each: most of a batch's time) locks the referenced
@@ -153,33 +158,39 @@ async def move_till_progress(conn: asyncpg.Connection, batch: BatchColumns) -> N
 
 
 async def split_seen(conn: asyncpg.Connection, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, str]]]:
-    """The rows to insert, and those that must not be: a till's sale numbered at or below what
-    is stored of its till, or twice in the rows, under an id that is not stored (with the
-    reason). Such a sale under its stored id is neither: a duplicate, skipped."""
+    """The rows to insert, and those that must not be, with the reason: a till's number stored
+    already under another id, or twice in the rows. Those numbered above their till's progress
+    and once in the rows are new; the others are looked up (sales_till_seq): a number stored
+    under the row's own id is a duplicate, skipped; one not stored at all is written (a number
+    below the progress may be unstored: refused, given up, a dead letter replayed)."""
     tills = {(row[3], row[9]) for row in rows if row[9] is not None}
     if not tills:
         return rows, []
-    stored = await stored_progress(conn, tills)
-    kept, behind = [], []
-    first: dict[tuple[int, int, int], int] = {}  # (store, till, seq) -> the id it came with first
-    for row in rows:
-        if row[9] is None:
-            kept.append(row)
-            continue
-        number = (row[3], row[9], row[10])
-        if first.setdefault(number, row[0]) != row[0] or row[10] <= stored.get(number[:2], 0):
-            behind.append(row)
-        else:
-            kept.append(row)  # (the same sale twice: INSERT's ON CONFLICT takes it once)
-    if not behind:
-        return kept, []
-    ids = [row[0] for row in behind]
-    stored_ids = {r["id"] for r in await conn.fetch(STORED_IDS, ids, sorted({row[3] for row in behind}))}
-    return kept, [
-        (row, f"sale {row[10]} of till {row[9]} is stored already under another id")
-        for row in behind
-        if row[0] not in stored_ids
+    progress = await stored_progress(conn, tills)
+    counts = collections.Counter((row[9], row[10]) for row in rows if row[9] is not None)
+    doubtful = [
+        row
+        for row in rows
+        if row[9] is not None and (row[10] <= progress.get((row[3], row[9]), 0) or counts[row[9], row[10]] > 1)
     ]
+    stored: dict[tuple[int, int], int] = {}
+    if doubtful:
+        found = await conn.fetch(
+            STORED_NUMBERS,
+            sorted({row[3] for row in doubtful}),
+            [row[9] for row in doubtful],
+            [row[10] for row in doubtful],
+        )
+        stored = {(r["till_id"], r["till_seq"]): r["id"] for r in found}
+    kept, lost = [], []
+    for row in rows:
+        number = (row[9], row[10])
+        owner = stored.setdefault(number, row[0]) if row[9] is not None else row[0]
+        if owner == row[0]:
+            kept.append(row)  # new, or stored under its own id (INSERT's ON CONFLICT skips it)
+        else:
+            lost.append((row, f"sale {row[10]} of till {row[9]} is stored already as sale {owner}"))
+    return kept, lost
 
 
 class RunningTotalsBehind(Exception):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 import msgspec
 from aiohttp import web
 
@@ -11,6 +14,7 @@ from api.moments import now_us
 from api.responses import json_error, json_response
 from api.sales import SalesRefused, SalesStored, sale_answer, sale_answers
 from api.validation import BadRequest, IdempotencyKey, SaleIn, decode_batch, decode_sale, decode_valid_batch, read_body
+from shared.queue import TILL_WINDOW
 
 _header_key = msgspec.json.Decoder(IdempotencyKey)
 
@@ -36,6 +40,8 @@ async def post_sale(request: web.Request) -> web.Response:
         if sale.idempotency_key not in (None, header_key):
             raise BadRequest("the Idempotency-Key header and the idempotency_key field differ")
         sale.idempotency_key = header_key
+        if sale.seq is not None:
+            raise BadRequest("a sale carries a till's seq or an idempotency_key, not both")
     if refusal := check_store_scope(request, [sale.store_id]):
         return json_error(403, refusal)
     try:
@@ -53,11 +59,18 @@ NO_TILL = (
 )
 
 
-def till_of(request: web.Request, sales) -> int | None:
-    """The till that sent the sales (its pos key's id); 400 when one carries a seq without a till."""
+def till_of(request: web.Request, sales: Iterable[SaleIn]) -> int | None:
+    """The till that sent the sales (its pos key's id); 400 when one carries a seq without a
+    till, or when the numbers of a request do not rise, or span more than the till's window
+    (each would be taken for a retry of another: docs/guarantees.md, "Tills")."""
     till_id = pos_till(request)
-    if till_id is None and any(sale.seq is not None for sale in sales):
+    numbers = [sale.seq for sale in sales if sale.seq is not None]
+    if numbers and till_id is None:
         raise BadRequest(NO_TILL)
+    if any(later <= earlier for earlier, later in itertools.pairwise(numbers)):
+        raise BadRequest("a till's sales in one request go in the order of their seq, each number once")
+    if numbers and numbers[-1] - numbers[0] >= TILL_WINDOW:
+        raise BadRequest(f"the seq of one request's sales span fewer than {TILL_WINDOW} numbers")
     return till_id
 
 
@@ -110,14 +123,17 @@ async def post_batch(request: web.Request) -> web.Response:
 
 async def till_numbers(request: web.Request) -> web.Response:
     """GET /tills/me: the calling till and the highest number of its sales that the server
-    holds, queued or stored (a till with a new spool numbers its sales above it)."""
+    holds, queued or stored (a till with a new spool numbers its sales above it): Redis's, which
+    is never below the database's; the database's when Redis has none (no query otherwise, so a
+    till restarted while PostgreSQL is away still sends)."""
     till_id, store_id = pos_till(request), pos_store(request)
     if till_id is None or store_id is None:
         return json_error(403, "this answers a till: call it with the till's pos key (AUTH_REQUIRED=true)")
-    queued = await request.app[INTAKE].queue.till_highest(store_id, till_id)
-    async with request.app[PG_POOL].acquire() as conn:
-        stored = await conn.fetchval(TILL_STORED, store_id, till_id)
-    return json_response({"till_id": till_id, "store_id": store_id, "last_seq": max(queued, stored or 0)})
+    highest = await request.app[INTAKE].queue.till_highest(store_id, till_id)
+    if highest is None:  # Redis holds nothing of the till (never sold, or its state expired or was lost)
+        async with request.app[PG_POOL].acquire() as conn:
+            highest = await conn.fetchval(TILL_STORED, store_id, till_id) or 0
+    return json_response({"till_id": till_id, "store_id": store_id, "last_seq": highest})
 
 
 TILL_STORED = "SELECT last_seq FROM till_progress WHERE store_id = $1 AND till_id = $2"

@@ -148,33 +148,57 @@ def test_sales_recorded_while_the_spool_sent_keys_keep_them(tmp_path):
     client.record(item_id=2)
     assert client.flush(5)
     client.close()
-    [batch] = sent_batches(server)
-    assert numbers(batch) == [None, 4] and batch[0]["idempotency_key"]
+    sent = [sale for batch in sent_batches(server) for sale in batch]
+    assert numbers(sent) == [None, 4] and sent[0]["idempotency_key"]
 
 
-def test_stored_already_counts_as_sent_without_an_id(tmp_path):
+def test_stored_already_counts_a_retried_number_as_sent_and_stops_on_a_fresh_one(tmp_path):
+    """409 "stored already" for a number sent before (its answer lost long ago): counted, with
+    no id. For a number never sent before: not this till's; sending stops, nothing is lost."""
     stored = answer(409, {"error": "1 of 2 sales are stored already", "errors": [{"index": 0, "error": "stored"}]})
-    replies = [stored]
+    replies = [stored, answer(503, {"error": "busy"}, retry_after="0")]
     server = TillServer(lambda b: replies.pop() if replies else accepted(b, 60), highest=0)
     client = till(tmp_path / "s.db", server)
     client.record_many([(1, 1), (2, 1)])
     assert client.flush(5)
-    ledger = client._spool.ledger()
-    assert [(s.state, s.server_id) for s in ledger] == [("sent", None), ("sent", 60)]
+    assert [(s.state, s.server_id) for s in client._spool.ledger()] == [("sent", None), ("sent", 60)]
     assert "409" in client.status().last_error
+    server.respond = lambda b: stored
+    client.record(item_id=3)
+    assert not client.flush(2)
+    assert "the server holds numbers this till never sent" in client.status().stopped
+    assert client.status().pending == 1
     client.close()
 
 
-def test_a_new_key_of_another_till_numbers_the_pending_sales_anew(tmp_path):
+def test_another_sale_under_a_number_stops_sending(tmp_path):
+    taken = "sale 1 of till 7 is another sale than the one stored under that number: does another till send..."
+    server = TillServer(lambda b: answer(409, {"error": "1 of 1", "errors": [{"index": 0, "error": taken}]}))
+    client = till(tmp_path / "s.db", server)
+    client.record(item_id=1)
+    assert not client.flush(2)
+    assert taken in client.status().stopped and client.status().pending == 1
+    client.close()
+
+
+def test_a_key_of_another_till_waits_for_the_numbers_sent_as_the_first(tmp_path):
+    """Sales sent as till 7 with no answer yet: a key of till 8 would number them again (counted
+    twice if till 7's were stored); sending stops until the till gets a key of till 7."""
     server = TillServer(lambda b: answer(401, {"error": "unknown or revoked key"}), till_id=7, highest=10)
     client = till(tmp_path / "s.db", server)
     client.record(item_id=1)
     server.wait_requests(1)
     assert numbers(sent_batches(server)[0]) == [11]
     server.till_id, server.highest = 8, 2
-    server.respond = lambda b: accepted(b, 70)
     client.resume("sk_pos_Other123.secret")
+    assert not client.flush(2)
+    assert "give this till a key of that till (python -m shared.keys issue --till 7)" in client.status().stopped
+    server.till_id = 7  # a key issued with --till 7
+    server.respond = lambda b: accepted(b, 70)
+    client.resume("sk_pos_Renewed1.secret")
     assert client.flush(5)
-    assert numbers(sent_batches(server)[-1]) == [12]  # above till 8's highest, and above every number of the spool
-    assert client._spool.till_id() == 8
+    assert numbers(sent_batches(server)[-1]) == [11]
+    client.record(item_id=2)
+    assert client.flush(5)
+    assert numbers(sent_batches(server)[-1]) == [12]
     client.close()

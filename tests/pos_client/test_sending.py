@@ -44,18 +44,21 @@ async def stored_rows(db, keys_: list[str], spool: str | None = None) -> list:
     """The stored sales of these keys: by key, or for a till that numbers its sales (a pos key
     with AUTH_REQUIRED=true), by the numbers its ledger (the spool at that path) gave them."""
     till = Spool(spool) if spool else None
-    ledger, till_id = (till.ledger(), till.till_id()) if till else ([], None)
+    ledger = till.ledger() if till else []
     if till:
         till.close()
-    numbers = {s.till_seq: s.idempotency_key for s in ledger if s.till_seq is not None and s.idempotency_key in keys_}
+    numbered = {(s.till_id, s.till_seq): s.idempotency_key for s in ledger if s.till_seq and s.idempotency_key in keys_}
     rows = await db.fetch(
-        "SELECT id, store_id, item_id, quantity, sale_time, idempotency_key, till_seq FROM sales "
-        "WHERE idempotency_key = ANY($1::text[]) OR (till_id = $2 AND till_seq = ANY($3::bigint[])) ORDER BY id",
+        "SELECT id, store_id, item_id, quantity, sale_time, idempotency_key, till_id, till_seq FROM sales "
+        "WHERE idempotency_key = ANY($1::text[]) "
+        "OR (till_id, till_seq) IN (SELECT * FROM unnest($2::int[], $3::bigint[])) ORDER BY id",
         keys_,
-        till_id,
-        list(numbers),
+        [till_id for till_id, _ in numbered],
+        [seq for _, seq in numbered],
     )
-    return [{**row, "idempotency_key": row["idempotency_key"] or numbers[row["till_seq"]]} for row in rows]
+    return [
+        {**row, "idempotency_key": row["idempotency_key"] or numbered[row["till_id"], row["till_seq"]]} for row in rows
+    ]
 
 
 async def flush(client: SalesClient, timeout: float = 20) -> bool:

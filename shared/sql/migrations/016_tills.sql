@@ -7,10 +7,11 @@
 -- that till, so that the till keeps its numbers across a change of key.
 ALTER TABLE api_key ADD COLUMN till_id integer;
 
--- till_time: what the till stamped, kept only when it was ahead of the server's clock (by up to
--- two minutes): such a sale is stored at the server's moment of acceptance (sale_time), never
--- in the future. All three are NULL for sales of other callers (and of releases before them);
--- a NULL costs a bit of the row's null bitmap, nothing more.
+-- till_id, till_seq: a till's sale and its number (NULL for other callers' sales, and those of
+-- releases before). till_time: what the caller stamped, kept only when it was ahead of the
+-- server's clock (by up to two minutes): such a sale is stored at the server's moment of
+-- acceptance (sale_time), never in the future; NULL otherwise. A NULL costs a bit of the row's
+-- null bitmap, nothing more.
 ALTER TABLE sales
     ADD COLUMN till_id   integer,
     ADD COLUMN till_seq  bigint,
@@ -26,3 +27,8 @@ CREATE TABLE till_progress (
     last_seq   bigint  NOT NULL,
     PRIMARY KEY (store_id, till_id)
 );
+
+-- Whether a till's number is stored, and under which id: the worker asks when a batch holds a
+-- number at or below its till's progress (redelivered, a dead letter replayed, a Redis that lost
+-- the till's state), and numbers below it may be unstored (refused, given up, dead-lettered).
+CREATE INDEX sales_till_seq ON sales (till_id, till_seq) WHERE till_id IS NOT NULL;

@@ -83,7 +83,7 @@ async def audit(stack, redis_client, database_url, tills, owner_key=ADMIN, befor
 def till_ledger(till) -> Ledger:
     spool = till.spool()
     try:
-        return Ledger(till.plan.store_id, spool.ledger(), spool.returns_ledger(), spool.till_id())
+        return Ledger(till.plan.store_id, spool.ledger(), spool.returns_ledger())
     finally:
         spool.close()
 
