@@ -58,12 +58,12 @@ def test_sales_recorded_before_the_first_contact_are_numbered_above_the_servers_
     server = TillServer(lambda b: accepted(b, 100), highest=41)
     client = till(tmp_path / "s.db", server)
     client.record_many([(1, 1), (2, 1), (3, 2)])
-    assert client.flush(5)
+    assert client.flush(20)
     [batch] = sent_batches(server)
     assert numbers(batch) == [42, 43, 44]
     assert all("idempotency_key" not in sale for sale in batch)
     client.record(item_id=4)
-    assert client.flush(5)
+    assert client.flush(20)
     assert numbers(sent_batches(server)[-1]) == [45]
     assert server.asked == 1  # once per start
     client.close()
@@ -80,7 +80,7 @@ def test_a_retry_carries_the_same_numbers_and_newer_sales_come_after(tmp_path):
     client.record_many([(1, 1), (2, 1)])
     server.wait_requests(1)
     client.record(item_id=3)  # recorded while the first batch waits for its retry
-    assert client.flush(5)
+    assert client.flush(20)
     first, second = sent_batches(server)[:2]
     assert numbers(first) == [1, 2]
     assert numbers(second)[:2] == [1, 2] and numbers(sent_batches(server)[-1])[-1] == 3
@@ -97,14 +97,14 @@ def test_a_refused_sale_gives_its_number_up_and_a_requeued_one_gets_a_new(tmp_pa
     server = TillServer(respond, highest=5)
     client = till(tmp_path / "s.db", server)
     client.record_many([(1, 1), (9, 1), (2, 1)])
-    assert client.flush(5)
+    assert client.flush(20)
     assert [numbers(b) for b in sent_batches(server)] == [[6, 7, 8], [6, 8]]
     [refused] = client.set_aside()
     assert refused.till_seq is None
     client._spool.requeue([refused.seq])
     client._sender.wake()
     server.respond = lambda b: accepted(b, 20)
-    assert client.flush(5)
+    assert client.flush(20)
     assert numbers(sent_batches(server)[-1]) == [9]
     client.close()
 
@@ -117,7 +117,7 @@ def test_a_sale_held_for_the_clock_gives_its_number_up(tmp_path):
     client.record(item_id=1, sale_time=ahead)
     server.wait_requests(1)
     client.record(item_id=2)
-    assert client.flush(10)
+    assert client.flush(20)
     sent = [numbers(b) for b in sent_batches(server)]
     assert sent[0] == [1] and sent[1] == [2] and sent[-1] == [3]  # the held one, last, with a new number
     client.close()
@@ -128,7 +128,7 @@ def test_without_a_till_the_sales_go_with_their_keys(tmp_path):
         server = TillServer(lambda b: accepted(b, 1), me_status=status)
         client = till(tmp_path / f"s-{status}-{key is None}.db", server, key=key)
         client.record(item_id=1)
-        assert client.flush(5)
+        assert client.flush(20)
         [batch] = sent_batches(server)
         assert "seq" not in batch[0] and batch[0]["idempotency_key"]
         assert server.asked == (0 if key is None else 1)
@@ -146,7 +146,7 @@ def test_sales_recorded_while_the_spool_sent_keys_keep_them(tmp_path):
     server = TillServer(lambda b: accepted(b, 50), highest=3)
     client = till(tmp_path / "s.db", server)
     client.record(item_id=2)
-    assert client.flush(5)
+    assert client.flush(20)
     client.close()
     sent = [sale for batch in sent_batches(server) for sale in batch]
     assert numbers(sent) == [None, 4] and sent[0]["idempotency_key"]
@@ -160,12 +160,12 @@ def test_stored_already_counts_a_retried_number_as_sent_and_stops_on_a_fresh_one
     server = TillServer(lambda b: replies.pop() if replies else accepted(b, 60), highest=0)
     client = till(tmp_path / "s.db", server)
     client.record_many([(1, 1), (2, 1)])
-    assert client.flush(5)
+    assert client.flush(20)
     assert [(s.state, s.server_id) for s in client._spool.ledger()] == [("sent", None), ("sent", 60)]
     assert "409" in client.status().last_error
     server.respond = lambda b: stored
     client.record(item_id=3)
-    assert not client.flush(2)
+    assert not client.flush(20)  # returns as soon as sending stops
     assert "the server holds numbers this till never sent" in client.status().stopped
     assert client.status().pending == 1
     client.close()
@@ -176,7 +176,7 @@ def test_another_sale_under_a_number_stops_sending(tmp_path):
     server = TillServer(lambda b: answer(409, {"error": "1 of 1", "errors": [{"index": 0, "error": taken}]}))
     client = till(tmp_path / "s.db", server)
     client.record(item_id=1)
-    assert not client.flush(2)
+    assert not client.flush(20)  # returns as soon as sending stops
     assert taken in client.status().stopped and client.status().pending == 1
     client.close()
 
@@ -191,14 +191,14 @@ def test_a_key_of_another_till_waits_for_the_numbers_sent_as_the_first(tmp_path)
     assert numbers(sent_batches(server)[0]) == [11]
     server.till_id, server.highest = 8, 2
     client.resume("sk_pos_Other123.secret")
-    assert not client.flush(2)
+    assert not client.flush(20)  # returns as soon as sending stops
     assert "give this till a key of that till (python -m shared.keys issue --till 7)" in client.status().stopped
     server.till_id = 7  # a key issued with --till 7
     server.respond = lambda b: accepted(b, 70)
     client.resume("sk_pos_Renewed1.secret")
-    assert client.flush(5)
+    assert client.flush(20)
     assert numbers(sent_batches(server)[-1]) == [11]
     client.record(item_id=2)
-    assert client.flush(5)
+    assert client.flush(20)
     assert numbers(sent_batches(server)[-1]) == [12]
     client.close()
