@@ -61,9 +61,9 @@ async def test_a_retried_number_is_answered_the_stored_sale(till_client, till, d
         1,
         None,
     )
-    # Redis holds the till's hash and the queue's counters: no key per sale.
+    # Redis holds the till's hash, the queue's counters and the tills' contacts: no key per sale.
     partition = 1 % settings.queue_keys.partitions
-    queue_keys = ("depth", "stream", "worker-stats")
+    queue_keys = ("depth", "stream", "worker-stats", "tills")
     assert [k for k in await _redis_keys(redis_client, settings) if not k.endswith(queue_keys)] == [
         f"{{p{partition}}}:till:{row['till_id']}"
     ]
