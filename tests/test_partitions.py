@@ -10,6 +10,7 @@ import datetime as dt
 import gzip
 import hashlib
 import io
+import pathlib
 import subprocess
 import sys
 import time
@@ -253,7 +254,11 @@ async def test_retention_without_archive_and_dry_run(db, seed, database_url, tmp
 
 def test_retention_cli_refuses_to_drop_the_current_month():
     result = subprocess.run(
-        [sys.executable, "-m", "shared.retention", "--keep-months", "0"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "shared.retention", "--keep-months", "0"],
+        cwd=pathlib.Path(__file__).resolve().parent.parent,  # as the other CLI tests: not wherever pytest is
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "--keep-months must be at least 1" in result.stderr

@@ -145,6 +145,7 @@ def test_sales_recorded_while_the_spool_sent_keys_keep_them(tmp_path):
     client.close()
     server = TillServer(lambda b: accepted(b, 50), highest=3)
     client = till(tmp_path / "s.db", server)
+    assert client.flush(20)  # the waiting sale, with its key; and the key is a till's now
     client.record(item_id=2)
     assert client.flush(20)
     client.close()

@@ -236,12 +236,15 @@ def test_a_return_is_durable_across_a_close_and_goes_after_the_next_start(tmp_pa
     other.close()
     client.close()
 
-    server = ScriptedTransport(lambda b: accepted(b, 30), lambda b: returns_accepted(b, 31))
+    sales, returns = Network(lambda b: accepted(b, 30)), Network(lambda b: returns_accepted(b, 31))
+    server = ScriptedTransport(sales, returns)
     again = till(path, server)
-    assert again.status().returns_pending == 1
+    assert again.status().returns_pending == 1  # (the network still down: nothing sent yet)
     with pytest.raises(InvalidSale, match="0 of its 2"):  # what was returned before the restart counts
         again.record_return(sale)
-    assert again.flush(timeout=5)
+    sales.up.set()
+    returns.up.set()
+    assert again.flush(timeout=20)
     [(_, [sent])] = posts_to(server, RETURNS_BATCH_PATH)
     assert (sent["idempotency_key"], sent["sale_id"], sent["return_time"]) == (
         returned.idempotency_key,
