@@ -88,13 +88,7 @@ def _accepted(batch: list[SpooledSale], answer: Answer) -> Verdict:
 
 
 def _refused(batch: list[SpooledSale], answer: Answer) -> Verdict:
-    payload = answer.json()
-    errors = payload.get("errors") if isinstance(payload, dict) else None
-    by_index: dict[int, str] = {}
-    if isinstance(errors, list):
-        for error in errors:
-            if isinstance(error, dict) and isinstance(error.get("index"), int) and 0 <= error["index"] < len(batch):
-                by_index[error["index"]] = str(error.get("error") or answer.error())
+    by_index = _errors_by_index(answer, len(batch))
     if not by_index:  # the server did not say which: halve until the bad sale is alone
         return _split(batch, f"422: {answer.error()}")
     verdict = Verdict(error=f"422: {answer.error()}")
